@@ -1,0 +1,34 @@
+//! A Celery worker and client that speak kombu's Redis transport, so that
+//! stock Python clients (`send_task`, `AsyncResult.get`) drive Rust tasks
+//! run in a greenpool [`TaskPool`](greenpool::TaskPool), and Rust code can
+//! call Python tasks.
+//!
+//! # Architecture
+//!
+//! A message travels through these parts:
+//!
+//! * [`protocol`](TaskMessage): the JSON envelope kombu pushes on a Redis
+//!   list, its base64 body and the task headers, decoded into a
+//!   [`TaskMessage`] (v1 converted to v2) and encoded back for the client.
+//! * the broker: fetches from the queue lists (priority keys in kombu's
+//!   order), keeps each delivered message in the `unacked` hash and
+//!   `unacked_index` until it is acked, and gives back messages of crashed
+//!   workers after the visibility timeout.
+//! * the registry: maps task names to async Rust functions whose
+//!   arguments are decoded through serde.
+//! * the worker: runs each request as a job in the pool, acks it, and stores
+//!   the outcome in the result backend (`celery-task-meta-<id>`, SETEX +
+//!   PUBLISH) in the shape Python's `AsyncResult` reads.
+#![doc(test(attr(deny(warnings))))]
+
+mod error;
+pub mod protocol;
+mod repr;
+mod uuid;
+
+pub use error::ProtocolError;
+pub use protocol::{
+    DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,
+    Timestamp,
+};
+pub use uuid::uuid4;

@@ -1,0 +1,18 @@
+//! Celery task messages: protocol v2 (and v1, converted) inside kombu's
+//! Redis envelope.
+
+pub(crate) mod base64;
+mod envelope;
+mod headers;
+mod message;
+mod signature;
+mod time;
+mod timelimit;
+mod v1;
+
+pub use envelope::{DeliveryInfo, Envelope, Properties};
+pub use headers::TaskHeaders;
+pub use message::TaskMessage;
+pub use signature::{Embed, Signature};
+pub use time::Timestamp;
+pub use timelimit::TimeLimit;
