@@ -39,3 +39,73 @@ pub enum ProtocolError {
     #[error("cannot encode the message: {0}")]
     Encode(#[source] serde_json::Error),
 }
+
+/// A failure to reach or use Redis.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The URL does not parse.
+    #[error("invalid Redis URL: {0}; use redis://host:port/db")]
+    Url(#[source] redis::RedisError),
+    /// The server could not be reached.
+    #[error("cannot connect to Redis: {0}; is the server running?")]
+    Connect(#[source] redis::RedisError),
+    /// A command failed.
+    #[error("Redis command failed: {0}")]
+    Redis(#[source] redis::RedisError),
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An environment variable holds a value of the wrong form.
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// Concurrency or prefetch multiplier is zero, or no queue is named.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+/// Why a worker could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The broker or backend failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The pool could not be built or started.
+    #[error("cannot start the task pool: {0}")]
+    Pool(String),
+}
+
+/// Why waiting for a task result did not give a value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultError {
+    /// The task failed; Python would raise this exception.
+    #[error("task failed: {0}")]
+    Failed(crate::TaskError),
+    /// The task was revoked (or expired) before it ran.
+    #[error("task was revoked: {0}")]
+    Revoked(crate::TaskError),
+    /// No result arrived in time; the task may still run.
+    #[error("no result within {0:?}; wait longer or check that a worker consumes the queue")]
+    Timeout(std::time::Duration),
+    /// Redis failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The stored meta is not Celery's JSON.
+    #[error("stored result is malformed: {0}")]
+    Malformed(#[source] serde_json::Error),
+}

@@ -21,14 +21,34 @@
 //!   PUBLISH) in the shape Python's `AsyncResult` reads.
 #![doc(test(attr(deny(warnings))))]
 
+pub mod backend;
+mod batch;
+mod broker;
+mod client;
+mod config;
+mod connect;
+mod context;
 mod error;
 pub mod protocol;
+mod registry;
 mod repr;
+mod scripts;
+mod stats;
+mod task_error;
 mod uuid;
+mod worker;
 
-pub use error::ProtocolError;
+pub use backend::{result_key, ResultMeta, TaskState};
+pub use client::{AsyncResult, Client, SendOptions};
+pub use config::WorkerConfig;
+pub use context::TaskContext;
+pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use protocol::{
     DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,
     Timestamp,
 };
+pub use registry::{RegisteredTask, TaskFn, TaskFuture, TaskOptions, TaskRegistry};
+pub use stats::RedisStats;
+pub use task_error::TaskError;
 pub use uuid::uuid4;
+pub use worker::{ShutdownHandle, Worker, WorkerReport};

@@ -1,6 +1,8 @@
 //! Decoding messages captured from the real Python Celery 5.7 client
 //! (`fixtures/capture.py` regenerates them), and encoding them back.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
 use greenpool_celery::{ProtocolError, TaskMessage, TimeLimit, Timestamp};
 use serde_json::{json, Value};
 

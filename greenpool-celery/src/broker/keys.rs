@@ -1,0 +1,101 @@
+//! kombu's key names: priority lists, bindings, ack emulation.
+
+/// Separator kombu puts between a queue name and its priority step, and
+/// between the parts of a binding entry.
+pub(crate) const SEP: &str = "\x06\x16";
+
+/// kombu's default `priority_steps`.
+pub(crate) const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
+
+/// The hash of unacked messages: tag -> `[envelope, exchange, routing_key]`.
+pub(crate) const UNACKED: &str = "unacked";
+/// The zset of delivery times: tag -> unix seconds.
+pub(crate) const UNACKED_INDEX: &str = "unacked_index";
+/// The lock that lets one worker at a time run the restore sweep.
+pub(crate) const UNACKED_MUTEX: &str = "unacked_mutex";
+
+/// The list key for `queue` at message priority `priority` (0–9, clamped).
+pub(crate) fn queue_key(queue: &str, priority: u8) -> String {
+    let p = priority.min(9);
+    let step = PRIORITY_STEPS
+        .iter()
+        .rev()
+        .copied()
+        .find(|s| *s <= p)
+        .unwrap_or(0);
+    if step == 0 {
+        queue.to_owned()
+    } else {
+        format!("{queue}{SEP}{step}")
+    }
+}
+
+/// The keys BRPOP reads, priority-major: every queue's plain key first,
+/// then every queue's step-3 key, and so on (kombu's order).
+pub(crate) fn brpop_keys(queues: &[String]) -> Vec<String> {
+    PRIORITY_STEPS
+        .iter()
+        .flat_map(|step| queues.iter().map(move |q| queue_key(q, *step)))
+        .collect()
+}
+
+/// The queue a popped key belongs to.
+pub(crate) fn queue_of_key(key: &str) -> &str {
+    match key.rsplit_once(SEP) {
+        Some((q, _)) => q,
+        None => key,
+    }
+}
+
+/// The binding table of an exchange.
+pub(crate) fn binding_key(exchange: &str) -> String {
+    format!("_kombu.binding.{exchange}")
+}
+
+/// The persistent copy of the binding table (kombu 5.6+).
+pub(crate) fn binding_permanent_key(exchange: &str) -> String {
+    format!("_kombu.binding_permanent.{exchange}")
+}
+
+/// A binding table member: `routing_key SEP pattern SEP queue`.
+pub(crate) fn binding_member(routing_key: &str, queue: &str) -> String {
+    format!("{routing_key}{SEP}{SEP}{queue}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_to_kombu_steps() {
+        let keys: Vec<String> = (0..=10).map(|p| queue_key("q", p)).collect();
+        assert_eq!(keys[0], "q");
+        assert_eq!(keys[2], "q");
+        assert_eq!(keys[3], "q\x06\x163");
+        assert_eq!(keys[5], "q\x06\x163");
+        assert_eq!(keys[6], "q\x06\x166");
+        assert_eq!(keys[8], "q\x06\x166");
+        assert_eq!(keys[9], "q\x06\x169");
+        assert_eq!(keys[10], "q\x06\x169");
+    }
+
+    #[test]
+    fn brpop_order_is_priority_major() {
+        let keys = brpop_keys(&["a".to_owned(), "b".to_owned()]);
+        assert_eq!(
+            keys,
+            [
+                "a",
+                "b",
+                "a\x06\x163",
+                "b\x06\x163",
+                "a\x06\x166",
+                "b\x06\x166",
+                "a\x06\x169",
+                "b\x06\x169"
+            ]
+        );
+        assert_eq!(queue_of_key("b\x06\x166"), "b");
+        assert_eq!(queue_of_key("b"), "b");
+    }
+}

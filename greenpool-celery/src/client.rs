@@ -1,0 +1,299 @@
+//! The client side: send tasks that any Celery worker (Python or
+//! greenpool) accepts, and wait for their results as `AsyncResult` does.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde_json::{Map, Value};
+
+use crate::backend::{result_key, ResultMeta, TaskState};
+use crate::broker::keys;
+use crate::error::{BrokerError, ResultError};
+use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
+use crate::task_error::TaskError;
+
+/// Options of one call, as `apply_async` takes them.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenpool_celery::SendOptions;
+/// let opts = SendOptions::default().queue("io").countdown(Duration::from_secs(5)).priority(3);
+/// assert_eq!(opts.queue, "io");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Queue to send to (routing key on the default exchange).
+    pub queue: String,
+    /// Run no earlier than this.
+    pub eta: Option<Timestamp>,
+    /// Revoke if not started by then.
+    pub expires: Option<Timestamp>,
+    /// 0–9; on Redis a lower number is served first.
+    pub priority: Option<u8>,
+    /// Use this id instead of a new one.
+    pub task_id: Option<String>,
+    /// Ask the worker not to store a result.
+    pub ignore_result: bool,
+    /// Hard and soft time limits.
+    pub timelimit: TimeLimit,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            queue: "celery".to_owned(),
+            eta: None,
+            expires: None,
+            priority: None,
+            task_id: None,
+            ignore_result: false,
+            timelimit: TimeLimit::default(),
+        }
+    }
+}
+
+impl SendOptions {
+    /// Sets the queue.
+    pub fn queue(mut self, q: impl Into<String>) -> Self {
+        self.queue = q.into();
+        self
+    }
+    /// Runs the task `d` from now (sets the ETA, as Celery's client does).
+    pub fn countdown(mut self, d: Duration) -> Self {
+        self.eta = Some(Timestamp::now() + d);
+        self
+    }
+    /// Sets the ETA.
+    pub fn eta(mut self, t: Timestamp) -> Self {
+        self.eta = Some(t);
+        self
+    }
+    /// Sets the expiry time.
+    pub fn expires(mut self, t: Timestamp) -> Self {
+        self.expires = Some(t);
+        self
+    }
+    /// Sets the priority (0–9).
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = Some(p.min(9));
+        self
+    }
+    /// Sets the task id.
+    pub fn task_id(mut self, id: impl Into<String>) -> Self {
+        self.task_id = Some(id.into());
+        self
+    }
+    /// Asks for no result.
+    pub fn ignore_result(mut self, ignore: bool) -> Self {
+        self.ignore_result = ignore;
+        self
+    }
+    /// Sets `[hard, soft]` time limits in seconds.
+    pub fn time_limits(mut self, hard: Option<f64>, soft: Option<f64>) -> Self {
+        self.timelimit = TimeLimit { hard, soft };
+        self
+    }
+}
+
+/// A Celery client on Redis.
+#[derive(Debug, Clone)]
+pub struct Client {
+    broker: MultiplexedConnection,
+    backend: Option<(redis::Client, MultiplexedConnection)>,
+}
+
+impl Client {
+    /// Connects to the broker and, if given, the result backend.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError`] when a URL is invalid or a server cannot be reached.
+    pub async fn connect(
+        broker_url: &str,
+        result_backend: Option<&str>,
+    ) -> Result<Self, BrokerError> {
+        let (_, broker) = crate::connect::connect(broker_url).await?;
+        let backend = match result_backend {
+            Some(url) => Some(crate::connect::connect(url).await?),
+            None => None,
+        };
+        Ok(Client { broker, backend })
+    }
+
+    /// Sends a task, as `app.send_task(name, args, kwargs, **options)`
+    /// does: a protocol v2 message LPUSHed on the queue's list for its
+    /// priority.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Redis`] if the push fails.
+    pub async fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Result<AsyncResult, BrokerError> {
+        let mut msg = TaskMessage::new(name, args, kwargs);
+        if let Some(id) = options.task_id {
+            msg.headers.root_id = Some(id.clone());
+            msg.properties.correlation_id = Some(id.clone());
+            msg.headers.id = id;
+        }
+        msg.headers.eta = options.eta;
+        msg.headers.expires = options.expires;
+        msg.headers.ignore_result = options.ignore_result;
+        msg.headers.timelimit = options.timelimit;
+        msg.headers.origin = Some(format!("gen{}@greenpool", std::process::id()));
+        let priority = options.priority.unwrap_or(0);
+        msg.properties.priority = Some(priority);
+        msg.properties.delivery_info.routing_key = options.queue.clone();
+        let payload = msg.encode().map_err(|e| {
+            BrokerError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "cannot encode the task message",
+                e.to_string(),
+            )))
+        })?;
+        let key = keys::queue_key(&options.queue, priority);
+        let _: i64 = redis::cmd("LPUSH")
+            .arg(key)
+            .arg(payload)
+            .query_async(&mut self.broker.clone())
+            .await
+            .map_err(BrokerError::Redis)?;
+        Ok(self.result(&msg.headers.id))
+    }
+
+    /// A handle on the result of task `id`.
+    pub fn result(&self, id: &str) -> AsyncResult {
+        AsyncResult {
+            id: id.to_owned(),
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+/// The result of a sent task, read from the result backend.
+#[derive(Debug, Clone)]
+pub struct AsyncResult {
+    id: String,
+    backend: Option<(redis::Client, MultiplexedConnection)>,
+}
+
+fn no_backend() -> ResultError {
+    ResultError::Broker(BrokerError::Redis(redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "no result backend configured; connect the client with a result backend URL",
+    ))))
+}
+
+impl AsyncResult {
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The stored meta; `None` while nothing is stored (PENDING).
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::Broker`] if Redis fails or no backend is configured,
+    /// [`ResultError::Malformed`] for a meta that is not Celery's JSON.
+    pub async fn meta(&self) -> Result<Option<ResultMeta>, ResultError> {
+        let (_, conn) = self.backend.as_ref().ok_or_else(no_backend)?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(result_key(&self.id))
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
+        raw.map(|r| serde_json::from_str(&r).map_err(ResultError::Malformed))
+            .transpose()
+    }
+
+    /// The current state (PENDING when nothing is stored).
+    ///
+    /// # Errors
+    ///
+    /// As for [`AsyncResult::meta`].
+    pub async fn state(&self) -> Result<TaskState, ResultError> {
+        Ok(self.meta().await?.map_or(TaskState::Pending, |m| m.status))
+    }
+
+    /// Waits up to `timeout` for the task to finish, as Celery's Redis
+    /// backend does: subscribe to the result key, read it once, then wait
+    /// for the worker's PUBLISH.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::Failed`] with the task's exception,
+    /// [`ResultError::Revoked`], [`ResultError::Timeout`], or a Redis
+    /// error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
+        let (client, _) = self.backend.as_ref().ok_or_else(no_backend)?;
+        let key = result_key(&self.id);
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| ResultError::Broker(BrokerError::Connect(e)))?;
+        pubsub
+            .subscribe(&key)
+            .await
+            .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(meta) = self.meta().await? {
+            if meta.status.is_ready() {
+                return into_value(meta);
+            }
+        }
+        let mut messages = pubsub.on_message();
+        loop {
+            let next = tokio::time::timeout_at(deadline, messages.next()).await;
+            match next {
+                Err(_) => return Err(ResultError::Timeout(timeout)),
+                Ok(None) => {
+                    return Err(ResultError::Broker(BrokerError::Redis(
+                        redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "result subscription closed",
+                        )),
+                    )))
+                }
+                Ok(Some(msg)) => {
+                    let payload: String = msg
+                        .get_payload()
+                        .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
+                    let meta: ResultMeta =
+                        serde_json::from_str(&payload).map_err(ResultError::Malformed)?;
+                    if meta.status.is_ready() {
+                        return into_value(meta);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn into_value(meta: ResultMeta) -> Result<Value, ResultError> {
+    let exc = || {
+        TaskError::from_json(&meta.result)
+            .unwrap_or_else(|| TaskError::new("Exception", meta.result.to_string()))
+    };
+    match meta.status {
+        TaskState::Success => Ok(meta.result),
+        TaskState::Revoked => Err(ResultError::Revoked(exc())),
+        _ => {
+            let mut e = exc();
+            if let Some(tb) = &meta.traceback {
+                e = e.with_traceback(tb.clone());
+            }
+            Err(ResultError::Failed(e))
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Worker settings, from the builder, the environment or (in the CLI)
+//! flags.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Settings of a [`Worker`](crate::Worker).
+///
+/// ```
+/// use std::time::Duration;
+/// use greenpool_celery::WorkerConfig;
+/// let config = WorkerConfig::new("redis://127.0.0.1:6379/0")
+///     .concurrency(100)
+///     .queues(["celery", "io"])
+///     .visibility_timeout(Duration::from_secs(60));
+/// assert_eq!(config.prefetch_count(), 400);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkerConfig {
+    /// Broker URL, `redis://host:port/db`.
+    pub broker_url: String,
+    /// Result backend URL; `None` stores no results.
+    pub result_backend: Option<String>,
+    /// Jobs run at once: the pool limit (`-c`).
+    pub concurrency: usize,
+    /// Queues consumed (`-Q`), in order.
+    pub queues: Vec<String>,
+    /// Unacked messages allowed per pool slot
+    /// (`worker_prefetch_multiplier`, default 4).
+    pub prefetch_multiplier: usize,
+    /// Node name, `celery@<host>` by default.
+    pub hostname: String,
+    /// Ack after the task ends instead of when it starts (`task_acks_late`).
+    pub acks_late: bool,
+    /// Result lifetime (`result_expires`, default one day); `None` keeps
+    /// results forever.
+    pub result_expires: Option<Duration>,
+    /// After how long an unacked message is given back to its queue
+    /// (kombu's `visibility_timeout`, default one hour).
+    pub visibility_timeout: Duration,
+    /// How often the restore sweep runs (kombu: interval × throttle,
+    /// about 100 s).
+    pub restore_interval: Duration,
+    /// Most messages taken in one fetch.
+    pub fetch_batch: usize,
+}
+
+fn default_hostname() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("celery@{host}")
+}
+
+impl WorkerConfig {
+    /// Defaults (Celery's where it has one) for a worker on `broker_url`,
+    /// storing results on the same Redis.
+    pub fn new(broker_url: impl Into<String>) -> Self {
+        let broker_url = broker_url.into();
+        WorkerConfig {
+            result_backend: Some(broker_url.clone()),
+            broker_url,
+            concurrency: 1000,
+            queues: vec!["celery".to_owned()],
+            prefetch_multiplier: 4,
+            hostname: default_hostname(),
+            acks_late: false,
+            result_expires: Some(Duration::from_secs(86_400)),
+            visibility_timeout: Duration::from_secs(3600),
+            restore_interval: Duration::from_secs(100),
+            fetch_batch: 512,
+        }
+    }
+
+    /// Sets the result backend URL (`None`: store no results).
+    pub fn result_backend(mut self, url: Option<String>) -> Self {
+        self.result_backend = url;
+        self
+    }
+    /// Sets the pool limit.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// Sets the queues.
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+    /// Sets the prefetch multiplier.
+    pub fn prefetch_multiplier(mut self, m: usize) -> Self {
+        self.prefetch_multiplier = m;
+        self
+    }
+    /// Sets the node name.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+    /// Sets the default ack mode.
+    pub fn acks_late(mut self, late: bool) -> Self {
+        self.acks_late = late;
+        self
+    }
+    /// Sets the result lifetime.
+    pub fn result_expires(mut self, d: Option<Duration>) -> Self {
+        self.result_expires = d;
+        self
+    }
+    /// Sets the visibility timeout.
+    pub fn visibility_timeout(mut self, d: Duration) -> Self {
+        self.visibility_timeout = d;
+        self
+    }
+    /// Sets the restore sweep interval.
+    pub fn restore_interval(mut self, d: Duration) -> Self {
+        self.restore_interval = d;
+        self
+    }
+    /// Sets the largest fetch.
+    pub fn fetch_batch(mut self, n: usize) -> Self {
+        self.fetch_batch = n;
+        self
+    }
+
+    /// The cap on unacked messages: concurrency × prefetch multiplier.
+    pub fn prefetch_count(&self) -> usize {
+        self.concurrency.saturating_mul(self.prefetch_multiplier)
+    }
+
+    /// Overrides settings from `GREENPOOL_*` environment variables:
+    /// `BROKER_URL`, `RESULT_BACKEND` (empty: none), `CONCURRENCY`,
+    /// `QUEUES` (comma-separated), `PREFETCH_MULTIPLIER`, `HOSTNAME`,
+    /// `ACKS_LATE` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
+    /// `VISIBILITY_TIMEOUT` and `RESTORE_INTERVAL` (seconds).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Env`] for a value that does not parse.
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        self.with_vars(|k| std::env::var(k).ok())
+    }
+
+    fn with_vars(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn num(name: &'static str, v: String) -> Result<u64, ConfigError> {
+            v.trim().parse().map_err(|_| ConfigError::Env {
+                name,
+                value: v,
+                reason: "expected a whole number",
+            })
+        }
+        fn secs(name: &'static str, v: String) -> Result<Duration, ConfigError> {
+            match v.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+                _ => Err(ConfigError::Env {
+                    name,
+                    value: v,
+                    reason: "expected seconds",
+                }),
+            }
+        }
+        if let Some(v) = get("GREENPOOL_BROKER_URL") {
+            self.broker_url = v;
+        }
+        if let Some(v) = get("GREENPOOL_RESULT_BACKEND") {
+            self.result_backend = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("GREENPOOL_CONCURRENCY") {
+            self.concurrency = num("GREENPOOL_CONCURRENCY", v)? as usize;
+        }
+        if let Some(v) = get("GREENPOOL_QUEUES") {
+            self.queues = v
+                .split(',')
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("GREENPOOL_PREFETCH_MULTIPLIER") {
+            self.prefetch_multiplier = num("GREENPOOL_PREFETCH_MULTIPLIER", v)? as usize;
+        }
+        if let Some(v) = get("GREENPOOL_HOSTNAME") {
+            self.hostname = v;
+        }
+        if let Some(v) = get("GREENPOOL_ACKS_LATE") {
+            self.acks_late = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "GREENPOOL_ACKS_LATE",
+                        value: v,
+                        reason: "expected true or false",
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("GREENPOOL_RESULT_EXPIRES") {
+            let d = secs("GREENPOOL_RESULT_EXPIRES", v)?;
+            self.result_expires = (!d.is_zero()).then_some(d);
+        }
+        if let Some(v) = get("GREENPOOL_VISIBILITY_TIMEOUT") {
+            self.visibility_timeout = secs("GREENPOOL_VISIBILITY_TIMEOUT", v)?;
+        }
+        if let Some(v) = get("GREENPOOL_RESTORE_INTERVAL") {
+            self.restore_interval = secs("GREENPOOL_RESTORE_INTERVAL", v)?;
+        }
+        Ok(self)
+    }
+
+    /// Checks that the settings can run a worker.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for zero concurrency, prefetch multiplier
+    /// or fetch batch, or no queue.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.concurrency == 0 {
+            return Err(ConfigError::Invalid("concurrency must be at least 1"));
+        }
+        if self.prefetch_multiplier == 0 {
+            return Err(ConfigError::Invalid(
+                "prefetch multiplier must be at least 1 (unlimited prefetch is not supported)",
+            ));
+        }
+        if self.fetch_batch == 0 {
+            return Err(ConfigError::Invalid("fetch batch must be at least 1"));
+        }
+        if self.queues.is_empty() {
+            return Err(ConfigError::Invalid("name at least one queue to consume"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let vars: HashMap<&str, &str> = [
+            ("GREENPOOL_CONCURRENCY", "7"),
+            ("GREENPOOL_QUEUES", "a, b,,c"),
+            ("GREENPOOL_ACKS_LATE", "yes"),
+            ("GREENPOOL_RESULT_EXPIRES", "0"),
+            ("GREENPOOL_VISIBILITY_TIMEOUT", "2.5"),
+            ("GREENPOOL_RESULT_BACKEND", ""),
+        ]
+        .into_iter()
+        .collect();
+        let c = WorkerConfig::new("redis://x")
+            .with_vars(|k| vars.get(k).map(|v| (*v).to_owned()))
+            .unwrap();
+        assert_eq!(c.concurrency, 7);
+        assert_eq!(c.queues, ["a", "b", "c"]);
+        assert!(c.acks_late);
+        assert_eq!(c.result_expires, None);
+        assert_eq!(c.result_backend, None);
+        assert_eq!(c.visibility_timeout, Duration::from_millis(2500));
+        assert_eq!(c.prefetch_count(), 28);
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        let e = WorkerConfig::new("redis://x")
+            .with_vars(|k| (k == "GREENPOOL_CONCURRENCY").then(|| "many".to_owned()))
+            .unwrap_err();
+        assert!(e.to_string().contains("GREENPOOL_CONCURRENCY"), "{e}");
+        assert!(WorkerConfig::new("x").concurrency(0).validate().is_err());
+        assert!(WorkerConfig::new("x")
+            .queues(Vec::<String>::new())
+            .validate()
+            .is_err());
+    }
+}

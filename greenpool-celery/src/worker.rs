@@ -1,0 +1,652 @@
+//! The worker: consume, run each request as a job in a greenpool
+//! [`TaskPool`], ack, store the outcome.
+//!
+//! # A message's path
+//!
+//! 1. The consumer takes up to the free prefetch budget (concurrency ×
+//!    multiplier unacked messages) in one fetch; each message is in the
+//!    `unacked` hash from then on.
+//! 2. Its handler decodes it. Unreadable messages and unknown task names
+//!    are logged and dropped (an unknown name also stores FAILURE
+//!    `NotRegistered`, as Celery does); an expired one stores REVOKED.
+//! 3. A message with a future ETA waits on a timer, still unacked and no
+//!    longer counted against the prefetch budget.
+//! 4. It is applied to the pool, waiting for a slot. When the job first
+//!    runs it is acked (early ack), unless the task acks late.
+//! 5. When the job ends, its result callback stores SUCCESS or FAILURE
+//!    and, for late acks, acks. Acks and results of many jobs leave in one
+//!    pipelined round trip.
+//!
+//! # Shutdown
+//!
+//! Warm ([`ShutdownHandle::warm`]): stop fetching, close the pool (waiting
+//! requests are refused and put back), let running jobs finish and store
+//! their results, then put every message still unacked back at the front
+//! of its queue. Cold ([`ShutdownHandle::cold`]): as warm, but running jobs
+//! are killed; their messages are put back if they ack late.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use greenpool::{Job, JobContext, Outcome, TaskPool, TerminateReason};
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::{RedisBackend, ResultMeta, TaskState};
+use crate::batch::Batcher;
+use crate::broker::{Delivery, RedisBroker};
+use crate::config::WorkerConfig;
+use crate::context::TaskContext;
+use crate::error::WorkerError;
+use crate::protocol::TaskMessage;
+use crate::registry::TaskRegistry;
+use crate::stats::RedisStats;
+use crate::task_error::TaskError;
+
+/// Stops a running worker: warm first, cold if asked again.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    warm: CancellationToken,
+    cold: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Stops consuming, lets running tasks finish and gives back the rest.
+    pub fn warm(&self) {
+        self.warm.cancel();
+    }
+
+    /// Also kills running tasks.
+    pub fn cold(&self) {
+        self.warm.cancel();
+        self.cold.cancel();
+    }
+
+    /// Warm on the first call, cold on the next (as Celery treats a second
+    /// SIGTERM/SIGINT). Returns true if this call made it cold.
+    pub fn escalate(&self) -> bool {
+        if self.warm.is_cancelled() {
+            self.cold.cancel();
+            true
+        } else {
+            self.warm.cancel();
+            false
+        }
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Messages taken off the queues.
+    pub received: u64,
+    /// Tasks that returned a value.
+    pub succeeded: u64,
+    /// Tasks that failed (errors, panics, time limits, unknown names).
+    pub failed: u64,
+    /// Messages revoked (expired).
+    pub revoked: u64,
+    /// Messages put back on their queues at shutdown.
+    pub restored: u64,
+}
+
+/// A Celery worker on kombu's Redis transport.
+///
+/// ```no_run
+/// use greenpool_celery::{TaskContext, TaskError, TaskRegistry, Worker, WorkerConfig};
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut tasks = TaskRegistry::new();
+/// tasks.register("tasks.add", &["x", "y"], |_: TaskContext, (x, y): (i64, i64)| async move {
+///     Ok::<_, TaskError>(x + y)
+/// });
+/// let worker = Worker::new(WorkerConfig::new("redis://127.0.0.1:6379/0"), tasks)?;
+/// let stop = worker.shutdown_handle();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stop.warm();
+/// });
+/// worker.run().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    registry: Arc<TaskRegistry>,
+    shutdown: ShutdownHandle,
+    stats: Arc<RedisStats>,
+    ready: Arc<tokio::sync::Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: std::sync::atomic::AtomicU64,
+    succeeded: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    revoked: std::sync::atomic::AtomicU64,
+}
+
+/// State shared by the consumer and every message handler.
+#[derive(Debug)]
+struct Shared {
+    config: WorkerConfig,
+    registry: Arc<TaskRegistry>,
+    pool: TaskPool,
+    acks: Arc<Batcher>,
+    backend: Option<RedisBackend>,
+    /// Delivery tags taken but not yet acked, restored at shutdown.
+    outstanding: Mutex<HashSet<String>>,
+    warm: CancellationToken,
+    counters: Counters,
+}
+
+fn bump(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Shared {
+    fn ack(&self, tag: &str) {
+        let removed = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tag);
+        if removed {
+            self.acks.ack(tag.to_owned());
+        }
+    }
+
+    fn store(&self, msg: &TaskMessage, state: TaskState, result: Value, traceback: Option<String>) {
+        let Some(backend) = &self.backend else { return };
+        let mut meta = ResultMeta::new(&msg.headers.id, state, result);
+        meta.traceback = traceback;
+        meta.group_id = msg.headers.group.clone();
+        meta.parent_id = msg.headers.parent_id.clone();
+        backend.store(&meta);
+    }
+}
+
+impl Worker {
+    /// A worker with `config` running the tasks in `registry`.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError::Config`] for unusable settings.
+    pub fn new(config: WorkerConfig, registry: TaskRegistry) -> Result<Self, WorkerError> {
+        config.validate()?;
+        Ok(Worker {
+            config,
+            registry: Arc::new(registry),
+            shutdown: ShutdownHandle {
+                warm: CancellationToken::new(),
+                cold: CancellationToken::new(),
+            },
+            stats: Arc::new(RedisStats::default()),
+            ready: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// A handle that stops the worker.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Counters of the worker's Redis traffic.
+    pub fn stats(&self) -> Arc<RedisStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Notified once the worker is connected and consuming.
+    pub fn ready(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.ready)
+    }
+
+    /// Runs until shut down.
+    ///
+    /// # Errors
+    ///
+    /// [`WorkerError::Broker`] when Redis cannot be reached at start;
+    /// [`WorkerError::Pool`] if the pool does not start. Later Redis
+    /// errors are logged and retried.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future leaves fetched messages in the
+    /// `unacked` hash until a visibility-timeout sweep returns them. Stop it
+    /// with its [`ShutdownHandle`] instead.
+    pub async fn run(self) -> Result<WorkerReport, WorkerError> {
+        let config = self.config.clone();
+        let broker = Arc::new(
+            RedisBroker::connect(
+                &config.broker_url,
+                config.queues.clone(),
+                Arc::clone(&self.stats),
+            )
+            .await?,
+        );
+        broker.declare().await?;
+        let acks = Arc::new(Batcher::spawn(
+            broker.connection(),
+            broker.scripts().clone(),
+            config.result_expires.map_or(0, |d| d.as_secs()),
+            Arc::clone(&self.stats),
+        ));
+        let backend = match &config.result_backend {
+            None => None,
+            Some(url) if *url == config.broker_url => {
+                Some(RedisBackend::with_batcher(Arc::clone(&acks)))
+            }
+            Some(url) => Some(
+                RedisBackend::connect(url, config.result_expires, Arc::clone(&self.stats)).await?,
+            ),
+        };
+        let pool = TaskPool::builder()
+            .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
+            .build()
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
+        pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            registry: Arc::clone(&self.registry),
+            pool: pool.clone(),
+            acks: Arc::clone(&acks),
+            backend: backend.clone(),
+            outstanding: Mutex::new(HashSet::new()),
+            warm: self.shutdown.warm.clone(),
+            counters: Counters::default(),
+        });
+        tracing::info!(
+            "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
+            config.broker_url,
+            config.hostname,
+            config.concurrency,
+            config.prefetch_count(),
+            config.queues.join(",")
+        );
+        let sweeper = tokio::spawn(sweep(
+            Arc::clone(&broker),
+            config.visibility_timeout,
+            config.restore_interval,
+            self.shutdown.warm.clone(),
+        ));
+        self.ready.notify_waiters();
+        let handlers = TaskTracker::new();
+        consume(&broker, &shared, &handlers, &self.shutdown).await;
+
+        // Warm shutdown: refuse waiting requests, finish running jobs.
+        tracing::warn!("worker: warm shutdown");
+        pool.close();
+        handlers.close();
+        tokio::select! {
+            _ = handlers.wait() => {}
+            _ = self.shutdown.cold.cancelled() => {}
+        }
+        tokio::select! {
+            r = pool.stop() => { let _ = r; }
+            _ = self.shutdown.cold.cancelled() => {
+                tracing::warn!("worker: cold shutdown");
+                let _ = pool.terminate().await;
+            }
+        }
+        handlers.wait().await;
+        let _ = sweeper.await;
+        acks.flush().await;
+        // Give back whatever is still unacked: prefetched, ETA, or killed
+        // late-ack requests.
+        let left: Vec<String> = shared
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        let mut restored = 0u64;
+        for tag in &left {
+            match broker.restore(tag, false).await {
+                Ok(true) => restored += 1,
+                Ok(false) => {}
+                Err(e) => tracing::error!("cannot restore message {tag}: {e}"),
+            }
+        }
+        if restored > 0 {
+            tracing::warn!("Restoring {restored} unacknowledged message(s)");
+        }
+        acks.close().await;
+        if let Some(b) = &backend {
+            b.close().await;
+        }
+        let c = &shared.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(WorkerReport {
+            received: load(&c.received),
+            succeeded: load(&c.succeeded),
+            failed: load(&c.failed),
+            revoked: load(&c.revoked),
+            restored,
+        })
+    }
+}
+
+/// The restore sweep, at start and then every `interval`.
+async fn sweep(
+    broker: Arc<RedisBroker>,
+    visibility_timeout: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match broker
+            .restore_visible(visibility_timeout.as_secs_f64())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                "Restored {n} message(s) unacked for longer than the visibility timeout"
+            ),
+            Err(e) => tracing::warn!("restore sweep failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The consumer loop: fetch within the prefetch budget, hand each message
+/// to a handler, until warm shutdown.
+async fn consume(
+    broker: &RedisBroker,
+    shared: &Arc<Shared>,
+    handlers: &TaskTracker,
+    shutdown: &ShutdownHandle,
+) {
+    let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_count()));
+    loop {
+        let first = tokio::select! {
+            p = Arc::clone(&prefetch).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.warm.cancelled() => return,
+        };
+        if shutdown.warm.is_cancelled() {
+            return;
+        }
+        let budget = 1 + prefetch
+            .available_permits()
+            .min(shared.config.fetch_batch.saturating_sub(1));
+        let mut deliveries = match broker.fetch(budget).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("consumer: cannot fetch: {e}; retrying in 1 s");
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.warm.cancelled() => return,
+                }
+            }
+        };
+        if deliveries.is_empty() {
+            // Every queue is empty: sleep in BRPOP, as kombu does. Not
+            // cancelled on shutdown, so a popped message is never dropped.
+            match broker.wait_one(1).await {
+                Ok(Some(d)) => deliveries.push(d),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("consumer: BRPOP failed: {e}; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.warm.cancelled() => {}
+                    }
+                }
+            }
+        }
+        let mut first = Some(first);
+        for d in deliveries {
+            let permit = first
+                .take()
+                .or_else(|| Arc::clone(&prefetch).try_acquire_owned().ok());
+            let shared = Arc::clone(shared);
+            handlers.spawn(handle(shared, d, permit));
+        }
+    }
+}
+
+/// Handles one delivery up to the point where the pool owns it.
+async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+    bump(&shared.counters.received);
+    let Delivery { queue, raw, tag } = delivery;
+    let Some(tag) = tag else {
+        tracing::error!(
+            "Dropping a message from queue {queue:?} that is not a kombu envelope (no JSON or no delivery tag): {:.200}",
+            raw
+        );
+        return;
+    };
+    shared
+        .outstanding
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(tag.clone());
+    let msg = match TaskMessage::decode(&raw) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(
+                "Can't decode message body: {e}; the message has been dropped: {:.200}",
+                raw
+            );
+            shared.ack(&tag);
+            return;
+        }
+    };
+    let name = msg.headers.task.clone();
+    let id = msg.headers.id.clone();
+    let Some(task) = shared.registry.get(&name).cloned() else {
+        tracing::error!(
+            "Received unregistered task of type '{name}'. The message has been ignored and discarded."
+        );
+        bump(&shared.counters.failed);
+        let err = TaskError::new("NotRegistered", name.clone()).with_module("celery.exceptions");
+        if !msg.headers.ignore_result {
+            shared.store(&msg, TaskState::Failure, err.to_json(), None);
+        }
+        shared.ack(&tag);
+        return;
+    };
+    tracing::info!("Task {name}[{id}] received");
+    if revoke_if_expired(&shared, &msg, &tag) {
+        return;
+    }
+    let mut permit = permit;
+    if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
+        // Celery raises the prefetch budget while an ETA request waits.
+        drop(permit.take());
+        tokio::select! {
+            _ = tokio::time::sleep(eta.remaining()) => {}
+            // Left unacked: given back at shutdown.
+            _ = shared.warm.cancelled() => return,
+        }
+        if revoke_if_expired(&shared, &msg, &tag) {
+            return;
+        }
+    }
+    let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
+    let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
+    let ctx = TaskContext {
+        id: id.clone(),
+        name: name.clone(),
+        retries: msg.headers.retries,
+        eta: msg.headers.eta,
+        expires: msg.headers.expires,
+        parent_id: msg.headers.parent_id.clone(),
+        root_id: msg.headers.root_id.clone(),
+        queue,
+        hostname: shared.config.hostname.clone(),
+        token: CancellationToken::new(),
+    };
+    let limits = msg.headers.timelimit;
+    let args = msg.args.clone();
+    let kwargs = msg.kwargs.clone();
+    let started = Arc::new(Mutex::new(None::<Instant>));
+    let started_cb = Arc::clone(&started);
+    let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
+    let mut job = Job::new(move |jctx: JobContext| {
+        let mut ctx = ctx;
+        ctx.token = jctx.token().clone();
+        task.call(ctx, args, kwargs)
+    })
+    .name(name.clone())
+    .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
+    .accept_callback(move |_, at| {
+        *started_cb.lock().unwrap_or_else(PoisonError::into_inner) = Some(at.into_std());
+        if let Some((shared, tag, permit)) = early_ack {
+            shared.ack(&tag);
+            drop(permit);
+        }
+    });
+    let done = Arc::clone(&shared);
+    let late_tag = tag.clone();
+    job = job.callback(move |outcome: &Outcome<Result<Value, TaskError>>| {
+        let runtime = started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        let requeue = finish(&done, &msg, outcome, runtime, ignore_result);
+        if acks_late && !requeue {
+            done.ack(&late_tag);
+        }
+        drop(permit);
+    });
+    if let Some(hard) = limits.hard_duration() {
+        job = job.timeout(hard);
+    }
+    if let Some(soft) = limits.soft_duration() {
+        job = job.soft_timeout(soft);
+    }
+    if let Err(e) = shared.pool.apply_async(job).await {
+        // The pool closed (warm shutdown) while the request waited for a
+        // slot: the message stays unacked and is given back.
+        tracing::debug!("Task {name}[{id}] not started: {e}");
+    }
+}
+
+/// Stores REVOKED ("expired") and acks when the request has expired.
+fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
+    let Some(expires) = msg.headers.expires.filter(|e| e.is_past()) else {
+        return false;
+    };
+    tracing::info!(
+        "Discarding revoked task: {}[{}] (expired at {expires})",
+        msg.headers.task,
+        msg.headers.id
+    );
+    bump(&shared.counters.revoked);
+    if !msg.headers.ignore_result {
+        let err = TaskError::new("TaskRevokedError", "expired").with_module("celery.exceptions");
+        shared.store(msg, TaskState::Revoked, err.to_json(), None);
+    }
+    shared.ack(tag);
+    true
+}
+
+/// Logs and stores a job's outcome. Returns true when the message should
+/// go back to its queue instead of being acked (killed by a cold
+/// shutdown).
+fn finish(
+    shared: &Shared,
+    msg: &TaskMessage,
+    outcome: &Outcome<Result<Value, TaskError>>,
+    runtime: Duration,
+    ignore_result: bool,
+) -> bool {
+    let name = msg.headers.display_name();
+    let id = &msg.headers.id;
+    let (state, result, traceback) = match outcome {
+        Outcome::Completed(Ok(v)) => {
+            bump(&shared.counters.succeeded);
+            if tracing::enabled!(tracing::Level::INFO) {
+                tracing::info!(
+                    "Task {name}[{id}] succeeded in {:.6}s: {}",
+                    runtime.as_secs_f64(),
+                    crate::repr::repr(v)
+                );
+            }
+            (TaskState::Success, v.clone(), None)
+        }
+        Outcome::Completed(Err(e)) => {
+            bump(&shared.counters.failed);
+            tracing::error!("Task {name}[{id}] raised unexpected: {e}");
+            let tb = e
+                .traceback()
+                .map(str::to_owned)
+                .unwrap_or_else(|| traceback_text(name, e));
+            (TaskState::Failure, e.to_json(), Some(tb))
+        }
+        Outcome::Panicked(p) => {
+            bump(&shared.counters.failed);
+            let e = TaskError::runtime_error(format!("task panicked: {}", p.message()));
+            tracing::error!("Task {name}[{id}] raised unexpected: {e} ({p})");
+            let mut tb = traceback_text(name, &e);
+            let bt = p.backtrace_text();
+            if !bt.is_empty() {
+                tb = format!("{bt}\n{tb}");
+            }
+            (TaskState::Failure, e.to_json(), Some(tb))
+        }
+        Outcome::Terminated(t) => match t.reason {
+            TerminateReason::TimeLimit => {
+                bump(&shared.counters.failed);
+                let secs = msg.headers.timelimit.hard.unwrap_or(0.0);
+                let e = TaskError::new("TimeLimitExceeded", "")
+                    .with_args(vec![json!(secs)])
+                    .with_module("celery.exceptions");
+                tracing::error!("Task {name}[{id}] hard time limit ({secs}s) exceeded");
+                (
+                    TaskState::Failure,
+                    e.to_json(),
+                    Some(traceback_text(name, &e)),
+                )
+            }
+            TerminateReason::Killed => {
+                bump(&shared.counters.revoked);
+                let e = TaskError::new("TaskRevokedError", "terminated")
+                    .with_module("celery.exceptions");
+                tracing::warn!("Task {name}[{id}] terminated");
+                (TaskState::Revoked, e.to_json(), None)
+            }
+            _ => {
+                tracing::warn!("Task {name}[{id}] killed by shutdown: {t}");
+                return true;
+            }
+        },
+    };
+    if !ignore_result {
+        shared.store(msg, state, result, traceback);
+    }
+    false
+}
+
+/// A traceback text in Python's shape, so clients that print
+/// `result.traceback` see where the failure came from.
+fn traceback_text(name: &str, e: &TaskError) -> String {
+    let msg: Vec<String> = e
+        .args()
+        .iter()
+        .map(|a| match a {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let module = match e.exc_module() {
+        "builtins" => String::new(),
+        m => format!("{m}."),
+    };
+    format!(
+        "Traceback (most recent call last):\n  File \"<greenpool task {name}>\", in run\n{module}{}: {}\n",
+        e.exc_type(),
+        msg.join(", ")
+    )
+}

@@ -1,0 +1,114 @@
+//! Test helpers: a private redis-server per test, and the Python that has
+//! Celery installed. Both skip loudly when missing, and fail instead when
+//! GREENPOOL_REQUIRE_REDIS=1.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Whether missing Redis or Python must fail the test.
+pub fn required() -> bool {
+    std::env::var("GREENPOOL_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+}
+
+fn skip(what: &str) {
+    assert!(!required(), "GREENPOOL_REQUIRE_REDIS=1 but {what}");
+    eprintln!("\n*** SKIPPED: {what} (set GREENPOOL_REQUIRE_REDIS=1 to make this fail) ***\n");
+}
+
+/// A redis-server on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (after a loud note) when redis-server
+    /// is not installed.
+    pub fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                skip(&format!("redis-server cannot be started ({e}); install it with apt-get install redis-server"));
+                return None;
+            }
+        };
+        // Handshake: wait for the server's own readiness line.
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("redis-server on port {port} exited before it was ready"),
+            }
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(RedisServer { child, port })
+    }
+
+    /// `redis://127.0.0.1:<port>/<db>`.
+    pub fn url(&self, db: u8) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A synchronous connection for inspecting keys.
+    pub fn conn(&self, db: u8) -> redis::Connection {
+        redis::Client::open(self.url(db))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python with Celery: $GREENPOOL_PYTHON, else <repo>/.venv/bin/python.
+/// `None` (after a loud note) when neither exists or lacks Celery.
+pub fn python() -> Option<PathBuf> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let candidate = std::env::var_os("GREENPOOL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join(".venv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", "import celery, redis"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Some(candidate)
+    } else {
+        skip(&format!(
+            "no Python with celery[redis] at {} (set GREENPOOL_PYTHON)",
+            candidate.display()
+        ));
+        None
+    }
+}

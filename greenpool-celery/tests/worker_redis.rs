@@ -1,0 +1,260 @@
+//! The worker against a real redis-server, driven by the Rust client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
+mod support;
+
+use std::time::Duration;
+
+use greenpool_celery::{
+    Client, ResultError, SendOptions, TaskContext, TaskError, TaskRegistry, TaskState, Timestamp,
+    Worker, WorkerConfig,
+};
+use redis::Commands;
+use serde_json::{json, Map, Value};
+use support::RedisServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn registry() -> TaskRegistry {
+    let mut t = TaskRegistry::new();
+    t.register(
+        "t.add",
+        &["x", "y"],
+        |_: TaskContext, (x, y): (i64, i64)| async move { Ok::<_, TaskError>(x + y) },
+    );
+    t.register_raw(
+        "t.echo",
+        |_: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>| async move {
+            Ok::<_, TaskError>(json!({"args": args, "kwargs": kwargs}))
+        },
+    );
+    t.register(
+        "t.fail",
+        &["message"],
+        |_: TaskContext, (m,): (String,)| async move { Err::<(), _>(TaskError::value_error(m)) },
+    );
+    t.register("t.panic", &[], |_: TaskContext, (): ()| async move {
+        if true {
+            panic!("boom");
+        }
+        Ok::<_, TaskError>(())
+    });
+    t.register("t.late", &[], |_: TaskContext, (): ()| async move {
+        Ok::<_, TaskError>("late")
+    })
+    .acks_late = Some(true);
+    t
+}
+
+struct Running {
+    stop: greenpool_celery::ShutdownHandle,
+    task: tokio::task::JoinHandle<
+        Result<greenpool_celery::WorkerReport, greenpool_celery::WorkerError>,
+    >,
+}
+
+async fn start(config: WorkerConfig) -> Running {
+    let worker = Worker::new(config, registry()).unwrap();
+    let stop = worker.shutdown_handle();
+    let ready = worker.ready();
+    let notified = ready.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let task = tokio::spawn(worker.run());
+    notified.await;
+    Running { stop, task }
+}
+
+fn config(server: &RedisServer) -> WorkerConfig {
+    WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(4)
+        .hostname("celery@test")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_results_and_failures() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let w = start(config(&server)).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let send = |name: &'static str, args: Value, kwargs: Value| {
+        let client = client.clone();
+        async move {
+            client
+                .send_task(
+                    name,
+                    args.as_array().unwrap().clone(),
+                    kwargs.as_object().unwrap().clone(),
+                    SendOptions::default(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let add = send("t.add", json!([2]), json!({"y": 40})).await;
+    assert_eq!(add.get(WAIT).await.unwrap(), json!(42));
+    let echo = send(
+        "t.echo",
+        json!(["ü", null, 1.5, [true]]),
+        json!({"k": {"n": false}}),
+    )
+    .await;
+    assert_eq!(
+        echo.get(WAIT).await.unwrap(),
+        json!({"args": ["ü", null, 1.5, [true]], "kwargs": {"k": {"n": false}}})
+    );
+    let fail = send("t.fail", json!(["bad thing"]), json!({})).await;
+    match fail.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "ValueError");
+            assert_eq!(e.args(), &[json!("bad thing")]);
+            assert!(e.traceback().unwrap().contains("ValueError: bad thing"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong = send("t.add", json!(["x", 1]), json!({})).await;
+    match wrong.get(WAIT).await {
+        Err(ResultError::Failed(e)) => assert_eq!(e.exc_type(), "TypeError"),
+        other => panic!("{other:?}"),
+    }
+    let panicked = send("t.panic", json!([]), json!({})).await;
+    match panicked.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "RuntimeError");
+            assert!(e.args()[0].as_str().unwrap().contains("boom"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown = send("t.nope", json!([]), json!({})).await;
+    match unknown.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "NotRegistered");
+            assert_eq!(e.exc_module(), "celery.exceptions");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Garbage on the queue is dropped and the worker serves on.
+    let mut conn = server.conn(0);
+    let _: () = conn.lpush("celery", "{not json").unwrap();
+    let _: () = conn.lpush("celery", r#"{"body": "@@", "headers": {"task": "t.add", "id": "x"}, "properties": {"delivery_tag": "bad-b64", "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#).unwrap();
+    let late = send("t.late", json!([]), json!({})).await;
+    assert_eq!(late.get(WAIT).await.unwrap(), json!("late"));
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.succeeded, 3);
+    assert_eq!(report.failed, 4);
+    let unacked: usize = conn.hlen("unacked").unwrap();
+    assert_eq!(unacked, 0, "every message acked or dropped");
+    let index: usize = conn.zcard("unacked_index").unwrap();
+    assert_eq!(index, 0);
+    let binding: bool = conn
+        .sismember("_kombu.binding.celery", "celery\x06\x16\x06\x16celery")
+        .unwrap();
+    assert!(binding);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_is_never_overwritten_and_expired_is_revoked() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    // A stored SUCCESS for an id, then the same id sent again to fail.
+    let mut backend = server.conn(1);
+    let stored = json!({"status": "SUCCESS", "result": 1, "traceback": null, "children": [],
+        "date_done": "2026-01-01T00:00:00.000000+00:00", "task_id": "fixed"});
+    let _: () = backend
+        .set("celery-task-meta-fixed", stored.to_string())
+        .unwrap();
+    let w = start(config(&server)).await;
+    let again = client
+        .send_task(
+            "t.fail",
+            vec![json!("x")],
+            Map::new(),
+            SendOptions::default().task_id("fixed"),
+        )
+        .await
+        .unwrap();
+    let past: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
+    let expired = client
+        .send_task(
+            "t.add",
+            vec![json!(1), json!(2)],
+            Map::new(),
+            SendOptions::default().expires(past),
+        )
+        .await
+        .unwrap();
+    match expired.get(WAIT).await {
+        Err(ResultError::Revoked(e)) => {
+            assert_eq!(e.exc_type(), "TaskRevokedError");
+            assert_eq!(e.args(), &[json!("expired")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A later task on the same single queue proves the failing one ran.
+    let after = client
+        .send_task(
+            "t.add",
+            vec![json!(1), json!(2)],
+            Map::new(),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.get(WAIT).await.unwrap(), json!(3));
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.failed, 1, "the failing task ran");
+    assert_eq!(again.state().await.unwrap(), TaskState::Success);
+    assert_eq!(again.meta().await.unwrap().unwrap().result, json!(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_shutdown_gives_back_waiting_messages() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    // An ETA far ahead: fetched, waiting on the timer, unacked.
+    let eta = client
+        .send_task(
+            "t.add",
+            vec![json!(1), json!(1)],
+            Map::new(),
+            SendOptions::default().countdown(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let w = start(config(&server)).await;
+    // Wait until the worker holds it in `unacked` (a handshake on Redis state).
+    let mut conn = server.conn(0);
+    loop {
+        let n: usize = conn.hlen("unacked").unwrap();
+        if n == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.restored, 1);
+    let unacked: usize = conn.hlen("unacked").unwrap();
+    assert_eq!(unacked, 0);
+    let back: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    assert_eq!(back.len(), 1);
+    let v: Value = serde_json::from_str(&back[0]).unwrap();
+    assert_eq!(v["headers"]["id"], json!(eta.id()));
+    assert_eq!(v["headers"]["redelivered"], json!(true));
+    assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
+}
