@@ -25,17 +25,26 @@ async fn accept_then_result_callback_exactly_once_with_the_value() {
                     *aid.lock().unwrap() = Some(id);
                     a.push("accept");
                 })
-                .callback(move |o: &Outcome<u64>| c.push(format!("result {:?}", o.completed_ref()))),
+                .callback(move |o: &Outcome<u64>| {
+                    c.push(format!("result {:?}", o.completed_ref()))
+                }),
         )
         .await
         .unwrap();
     let id = h.id();
     let out = h.await;
     assert_eq!(out.completed(), Some(id.as_u64() + 41));
-    assert_eq!(*accepted_id.lock().unwrap(), Some(id), "accept gets the job's own id");
+    assert_eq!(
+        *accepted_id.lock().unwrap(),
+        Some(id),
+        "accept gets the job's own id"
+    );
     assert_eq!(
         calls.take(),
-        vec!["accept".to_string(), format!("result Some({})", id.as_u64() + 41)]
+        vec![
+            "accept".to_string(),
+            format!("result Some({})", id.as_u64() + 41)
+        ]
     );
     p.stop().await.unwrap();
     assert!(calls.take().is_empty(), "no second callback");
@@ -60,7 +69,10 @@ async fn accept_time_is_when_the_job_first_runs() {
     let second = second.await.unwrap();
     second.await;
     let at = times.lock().unwrap().unwrap();
-    assert!(at >= before, "accepted when it ran, not when it was applied");
+    assert!(
+        at >= before,
+        "accepted when it ran, not when it was applied"
+    );
 }
 
 #[tokio::test]
@@ -84,7 +96,10 @@ async fn a_panicking_job_reports_panicked_and_the_pool_goes_on() {
     let info = out.panic_info().expect("panicked");
     assert_eq!(info.message(), "boom 7");
     assert_eq!(info.type_name(), "String");
-    assert!(info.location().unwrap().contains("pool_apply.rs"), "{info:?}");
+    assert!(
+        info.location().unwrap().contains("pool_apply.rs"),
+        "{info:?}"
+    );
     assert!(!info.backtrace_text().is_empty());
     assert_eq!(calls.take(), vec!["true"]);
     // Other jobs are unaffected.
@@ -98,7 +113,9 @@ async fn a_panicking_job_reports_panicked_and_the_pool_goes_on() {
 async fn a_target_that_panics_while_building_its_future_is_panicked_too() {
     let p = pool(1);
     let h = p
-        .apply_async(Job::new(|_ctx| -> std::future::Ready<()> { panic!("early") }))
+        .apply_async(Job::new(|_ctx| -> std::future::Ready<()> {
+            panic!("early")
+        }))
         .await
         .unwrap();
     assert_eq!(h.await.panic_info().unwrap().message(), "early");
@@ -111,7 +128,11 @@ async fn a_panicking_callback_is_caught_and_the_map_still_cleaned() {
         .apply_async(job(async { 3 }).callback(|_| panic!("callback broke")))
         .await
         .unwrap();
-    assert_eq!(h.await.completed(), Some(3), "the handle still gets the outcome");
+    assert_eq!(
+        h.await.completed(),
+        Some(3),
+        "the handle still gets the outcome"
+    );
     assert_eq!(p.job_count(), 0);
     assert_eq!(p.info().callback_panics, 1);
     assert_eq!(p.free(), 1);
@@ -162,7 +183,11 @@ async fn full_pool_makes_apply_wait_and_try_apply_give_the_job_back() {
 
 #[tokio::test]
 async fn putlocks_off_makes_apply_fail_when_full() {
-    let p = TaskPool::builder().limit(1).putlocks(false).build().unwrap();
+    let p = TaskPool::builder()
+        .limit(1)
+        .putlocks(false)
+        .build()
+        .unwrap();
     p.start().unwrap();
     let gate = Gate::new();
     let _first = p.apply_async(parked(&gate, None)).await.unwrap();
@@ -180,12 +205,14 @@ async fn dropping_a_waiting_apply_applies_nothing() {
     let token = drops.token();
     let calls = Calls::default();
     let c = calls.clone();
-    let mut waiting = task::spawn(p.apply_async(
-        job(async move {
-            drop(token);
-        })
-        .callback(move |_| c.push("cb")),
-    ));
+    let mut waiting = task::spawn(
+        p.apply_async(
+            job(async move {
+                drop(token);
+            })
+            .callback(move |_| c.push("cb")),
+        ),
+    );
     assert_pending!(waiting.poll());
     drop(waiting);
     assert_eq!(drops.get(), 1, "the job was dropped, never run");

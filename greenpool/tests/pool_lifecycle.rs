@@ -36,7 +36,11 @@ fn builder_refuses_bad_options_without_panicking() {
         BuildError::LimitTooLarge { .. }
     ));
     assert_eq!(
-        TaskPool::builder().limit(1).option("", "x").build().unwrap_err(),
+        TaskPool::builder()
+            .limit(1)
+            .option("", "x")
+            .build()
+            .unwrap_err(),
         BuildError::EmptyOptionKey
     );
     let p = TaskPool::builder()
