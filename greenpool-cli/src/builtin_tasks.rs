@@ -1,0 +1,108 @@
+//! The tasks every `greenpool worker` serves, callable from Python by name.
+
+use std::time::Duration;
+
+use greenpool_celery::{TaskContext, TaskError, TaskRegistry};
+use serde_json::{json, Map, Number, Value};
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// `x + y` with Python's meaning for numbers, strings and lists.
+pub(crate) fn py_add(x: &Value, y: &Value) -> Result<Value, TaskError> {
+    match (x, y) {
+        (Value::Number(a), Value::Number(b)) => {
+            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+                if let Some(s) = a.checked_add(b) {
+                    return Ok(Value::from(s));
+                }
+            }
+            let s = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
+            Number::from_f64(s)
+                .map(Value::Number)
+                .ok_or_else(|| TaskError::new("OverflowError", "result is not a finite number"))
+        }
+        (Value::String(a), Value::String(b)) => Ok(Value::String(format!("{a}{b}"))),
+        (Value::Array(a), Value::Array(b)) => {
+            Ok(Value::Array(a.iter().chain(b).cloned().collect()))
+        }
+        _ => Err(TaskError::type_error(format!(
+            "unsupported operand type(s) for +: '{}' and '{}'",
+            type_name(x),
+            type_name(y)
+        ))),
+    }
+}
+
+/// `greenpool.add`, `greenpool.echo`, `greenpool.sleep`, `greenpool.fail`.
+pub(crate) fn registry() -> TaskRegistry {
+    let mut tasks = TaskRegistry::new();
+    tasks.register(
+        "greenpool.add",
+        &["x", "y"],
+        |_: TaskContext, (x, y): (Value, Value)| async move { py_add(&x, &y) },
+    );
+    tasks.register_raw(
+        "greenpool.echo",
+        |_: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>| async move {
+            Ok::<_, TaskError>(json!({"args": args, "kwargs": kwargs}))
+        },
+    );
+    tasks.register("greenpool.sleep", &["secs"], |ctx: TaskContext, (secs,): (Value,)| async move {
+        let d = secs
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                TaskError::type_error(format!(
+                    "greenpool.sleep() takes a non-negative number of seconds, not {}",
+                    type_name(&secs)
+                ))
+            })?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(d)) => Ok(secs),
+            _ = ctx.token().cancelled() => Err(TaskError::new("SoftTimeLimitExceeded", "sleep cancelled")
+                .with_module("celery.exceptions")),
+        }
+    });
+    tasks.register(
+        "greenpool.fail",
+        &["message"],
+        |_: TaskContext, (message,): (Value,)| async move {
+            let text = match message {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            Err::<(), _>(TaskError::value_error(text))
+        },
+    );
+    tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_follows_python() {
+        assert_eq!(py_add(&json!(2), &json!(3)).unwrap(), json!(5));
+        assert_eq!(py_add(&json!(2), &json!(0.5)).unwrap(), json!(2.5));
+        assert_eq!(py_add(&json!("a"), &json!("b")).unwrap(), json!("ab"));
+        assert_eq!(py_add(&json!([1]), &json!([2])).unwrap(), json!([1, 2]));
+        assert_eq!(
+            py_add(&json!(i64::MAX), &json!(1)).unwrap(),
+            json!(i64::MAX as f64 + 1.0)
+        );
+        let e = py_add(&json!(1), &json!("x")).unwrap_err();
+        assert_eq!(e.exc_type(), "TypeError");
+        assert!(e.to_string().contains("'int' and 'str'"));
+    }
+}

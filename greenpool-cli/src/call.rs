@@ -1,0 +1,91 @@
+//! `greenpool call`: send a task by name, like `celery call`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use greenpool_celery::{Client, SendOptions, Timestamp};
+use serde_json::{Map, Value};
+
+/// Arguments of `greenpool call`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CallArgs {
+    /// Task name, e.g. greenpool.add.
+    name: String,
+    /// Positional arguments as a JSON list, e.g. '[2, 3]'.
+    #[arg(default_value = "[]")]
+    args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, default_value = "{}")]
+    kwargs: String,
+    /// Broker URL.
+    #[arg(
+        short = 'b',
+        long,
+        env = "GREENPOOL_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    broker: String,
+    /// Result backend URL (default: the broker's).
+    #[arg(long, env = "GREENPOOL_RESULT_BACKEND")]
+    result_backend: Option<String>,
+    /// Queue to send to.
+    #[arg(short = 'Q', long, default_value = "celery")]
+    queue: String,
+    /// Run no earlier than this many seconds from now.
+    #[arg(long)]
+    countdown: Option<f64>,
+    /// Revoke if not started within this many seconds.
+    #[arg(long)]
+    expires: Option<f64>,
+    /// Priority 0-9 (on Redis, lower runs first).
+    #[arg(long)]
+    priority: Option<u8>,
+    /// Wait for the result and print it.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+}
+
+fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(
+        s.is_finite() && s >= 0.0,
+        "--{name} must be a non-negative number of seconds"
+    );
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Sends the task, prints its id, and with `--wait` its result.
+pub(crate) fn run(a: CallArgs) -> anyhow::Result<()> {
+    let args: Vec<Value> =
+        serde_json::from_str(&a.args).context("ARGS must be a JSON list, e.g. '[2, 3]'")?;
+    let kwargs: Map<String, Value> = serde_json::from_str(&a.kwargs)
+        .context("--kwargs must be a JSON object, e.g. '{\"y\": 3}'")?;
+    let mut options = SendOptions::default().queue(a.queue.clone());
+    if let Some(c) = a.countdown {
+        options = options.countdown(seconds("countdown", c)?);
+    }
+    if let Some(e) = a.expires {
+        options = options.expires(Timestamp::now() + seconds("expires", e)?);
+    }
+    if let Some(p) = a.priority {
+        options = options.priority(p);
+    }
+    let timeout = seconds("timeout", a.timeout)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let backend = a.result_backend.clone().unwrap_or_else(|| a.broker.clone());
+        let client = Client::connect(&a.broker, Some(&backend)).await?;
+        let result = client.send_task(&a.name, args, kwargs, options).await?;
+        println!("{}", result.id());
+        if a.wait {
+            let value = result.get(timeout).await?;
+            println!("{value}");
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,171 @@
+//! `greenpool worker`: a Celery worker on Redis serving the built-in tasks.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use greenpool_celery::{Worker, WorkerConfig};
+
+/// Arguments of `greenpool worker`, named as `celery worker`'s.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// Broker URL.
+    #[arg(
+        short = 'b',
+        long,
+        env = "GREENPOOL_BROKER_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    broker: String,
+    /// Result backend URL (default: the broker's); `none` stores no results.
+    #[arg(long, env = "GREENPOOL_RESULT_BACKEND")]
+    result_backend: Option<String>,
+    /// Tasks run at once (the pool limit).
+    #[arg(
+        short = 'c',
+        long,
+        env = "GREENPOOL_CONCURRENCY",
+        default_value_t = 1000
+    )]
+    concurrency: usize,
+    /// Queues to consume, comma-separated.
+    #[arg(
+        short = 'Q',
+        long,
+        env = "GREENPOOL_QUEUES",
+        value_delimiter = ',',
+        default_value = "celery"
+    )]
+    queues: Vec<String>,
+    /// Unacked messages per pool slot.
+    #[arg(long, env = "GREENPOOL_PREFETCH_MULTIPLIER", default_value_t = 4)]
+    prefetch_multiplier: usize,
+    /// Node name; `%h` is replaced by the host name.
+    #[arg(short = 'n', long, env = "GREENPOOL_HOSTNAME")]
+    hostname: Option<String>,
+    /// debug, info, warning, error or critical.
+    #[arg(short = 'l', long, default_value = "info")]
+    pub(crate) loglevel: String,
+    /// Ack after tasks end instead of when they start.
+    #[arg(long, env = "GREENPOOL_ACKS_LATE")]
+    acks_late: bool,
+    /// Seconds results are kept (0: forever).
+    #[arg(long, env = "GREENPOOL_RESULT_EXPIRES", default_value_t = 86_400)]
+    result_expires: u64,
+    /// Seconds after which unacked messages go back to their queue.
+    #[arg(long, env = "GREENPOOL_VISIBILITY_TIMEOUT", default_value_t = 3600.0)]
+    visibility_timeout: f64,
+    /// Seconds between restore sweeps.
+    #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
+    restore_interval: f64,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl WorkerArgs {
+    /// The library settings these flags describe.
+    pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
+        let secs = |name: &str, s: f64| {
+            anyhow::ensure!(
+                s.is_finite() && s >= 0.0,
+                "--{name} must be a non-negative number of seconds"
+            );
+            Ok(Duration::from_secs_f64(s))
+        };
+        let mut config = WorkerConfig::new(self.broker.clone())
+            .concurrency(self.concurrency)
+            .queues(
+                self.queues
+                    .iter()
+                    .map(|q| q.trim().to_owned())
+                    .filter(|q| !q.is_empty()),
+            )
+            .prefetch_multiplier(self.prefetch_multiplier)
+            .acks_late(self.acks_late)
+            .result_expires(
+                (self.result_expires > 0).then(|| Duration::from_secs(self.result_expires)),
+            )
+            .visibility_timeout(secs("visibility-timeout", self.visibility_timeout)?)
+            .restore_interval(secs("restore-interval", self.restore_interval)?);
+        if let Some(url) = &self.result_backend {
+            config =
+                config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));
+        }
+        if let Some(name) = &self.hostname {
+            let name = name.replace("%h", &host_name());
+            config = config.hostname(if name.contains('@') {
+                name
+            } else {
+                format!("celery@{name}")
+            });
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs the worker until SIGTERM/SIGINT (warm shutdown; a second signal
+/// is cold).
+pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let registry = crate::builtin_tasks::registry();
+        tracing::info!(
+            "[tasks]\n{}",
+            registry
+                .names()
+                .iter()
+                .map(|n| format!("  . {n}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let hostname = config.hostname.clone();
+        let worker = Worker::new(config, registry)?;
+        let stop = worker.shutdown_handle();
+        let ready = worker.ready();
+        tokio::spawn(async move {
+            ready.notified().await;
+            tracing::info!("{hostname} ready.");
+        });
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if stop.escalate() {
+                    tracing::warn!("worker: cold shutdown requested (second signal)");
+                    return;
+                }
+                tracing::warn!("worker: warm shutdown requested; signal again for a cold shutdown");
+            }
+        });
+        let report = worker.run().await?;
+        tracing::info!(
+            "worker stopped: {} received, {} succeeded, {} failed, {} revoked, {} restored",
+            report.received,
+            report.succeeded,
+            report.failed,
+            report.revoked,
+            report.restored
+        );
+        Ok(())
+    })
+}
