@@ -273,13 +273,23 @@ impl Worker {
             config.restore_interval,
             self.shutdown.warm.clone(),
         ));
+        // Refuse waiting requests the moment warm shutdown starts, even
+        // while the consumer still sits in BRPOP.
+        let closer = {
+            let pool = pool.clone();
+            let warm = self.shutdown.warm.clone();
+            tokio::spawn(async move {
+                warm.cancelled().await;
+                tracing::warn!("worker: warm shutdown");
+                pool.close();
+            })
+        };
         self.ready.notify_waiters();
         let handlers = TaskTracker::new();
         consume(&broker, &shared, &handlers, &self.shutdown).await;
 
         // Warm shutdown: refuse waiting requests, finish running jobs.
-        tracing::warn!("worker: warm shutdown");
-        pool.close();
+        let _ = closer.await;
         handlers.close();
         tokio::select! {
             _ = handlers.wait() => {}

@@ -1,0 +1,39 @@
+"""Python twin of greenpool's built-in tasks, for `celery worker -P eventlet`.
+
+Run: GREENPOOL_BROKER_URL=redis://... celery -A tasks worker -P eventlet -c 1000
+(from this folder). The bench and the interop tests start it this way.
+"""
+import os
+import time
+
+from celery import Celery
+
+broker = os.environ.get("GREENPOOL_BROKER_URL", "redis://127.0.0.1:6379/0")
+backend = os.environ.get("GREENPOOL_RESULT_BACKEND", broker)
+app = Celery("greenpool_twin", broker=broker, backend=backend)
+
+
+def _sleep(secs):
+    # eventlet patches time.sleep when the worker runs with -P eventlet.
+    time.sleep(secs)
+
+
+@app.task(name="greenpool.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="greenpool.echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="greenpool.sleep")
+def sleep(secs):
+    _sleep(secs)
+    return secs
+
+
+@app.task(name="greenpool.fail")
+def fail(message):
+    raise ValueError(message)
