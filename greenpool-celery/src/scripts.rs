@@ -13,6 +13,46 @@ use redis::aio::MultiplexedConnection;
 /// Returns a flat list of `key, raw, tag` triples; `tag` is empty for a
 /// message that is not a readable envelope (it is not recorded).
 pub(crate) const FETCH: &str = r#"
+-- The tag, exchange and routing key are found with plain substring
+-- searches: decoding every envelope with cjson (or scanning it with Lua
+-- patterns) costs more than all the other work together. A quote inside
+-- a JSON string is escaped, so `"delivery_tag"` followed by `:` and a
+-- quote only occurs as a key; the search starts at `"properties"`.
+-- Anything unusual falls back to cjson.
+local function string_after(raw, key, from)
+  local k = string.find(raw, key, from, true)
+  if not k then return nil end
+  local q1 = string.find(raw, '"', k + #key, true)
+  if not q1 or not string.match(string.sub(raw, k + #key, q1 - 1), '^%s*:%s*$') then return nil end
+  local q2 = string.find(raw, '"', q1 + 1, true)
+  if not q2 then return nil end
+  local v = string.sub(raw, q1 + 1, q2 - 1)
+  if string.find(v, '\\', 1, true) then return nil end
+  return v, q2
+end
+local function fields(raw)
+  local p = string.find(raw, '"properties"', 1, true)
+  if p then
+    local tag = string_after(raw, '"delivery_tag"', p)
+    local d = string.find(raw, '"delivery_info"', p, true)
+    if tag and tag ~= '' and d then
+      local ex = string_after(raw, '"exchange"', d)
+      local rk = string_after(raw, '"routing_key"', d)
+      if ex and rk then return tag, '"' .. ex .. '"', '"' .. rk .. '"' end
+    end
+  end
+  local ok, m = pcall(cjson.decode, raw)
+  if not (ok and type(m) == 'table' and type(m['properties']) == 'table') then return nil end
+  local p = m['properties']
+  if type(p['delivery_tag']) ~= 'string' or p['delivery_tag'] == '' then return nil end
+  local ex, rk = '', ''
+  local di = p['delivery_info']
+  if type(di) == 'table' then
+    if type(di['exchange']) == 'string' then ex = di['exchange'] end
+    if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+  end
+  return p['delivery_tag'], cjson.encode(ex), cjson.encode(rk)
+end
 local want = tonumber(ARGV[1])
 local out, zargs, hargs = {}, {}, {}
 for i = 3, #KEYS do
@@ -21,23 +61,14 @@ for i = 3, #KEYS do
   if items then
     for _, raw in ipairs(items) do
       want = want - 1
-      local tag = ''
-      local ok, m = pcall(cjson.decode, raw)
-      if ok and type(m) == 'table' and type(m['properties']) == 'table' then
-        local p = m['properties']
-        if type(p['delivery_tag']) == 'string' and p['delivery_tag'] ~= '' then
-          tag = p['delivery_tag']
-          local ex, rk = '', ''
-          local di = p['delivery_info']
-          if type(di) == 'table' then
-            if type(di['exchange']) == 'string' then ex = di['exchange'] end
-            if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
-          end
-          zargs[#zargs + 1] = ARGV[2]
-          zargs[#zargs + 1] = tag
-          hargs[#hargs + 1] = tag
-          hargs[#hargs + 1] = '[' .. raw .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']'
-        end
+      local tag, ex, rk = fields(raw)
+      if tag then
+        zargs[#zargs + 1] = ARGV[2]
+        zargs[#zargs + 1] = tag
+        hargs[#hargs + 1] = tag
+        hargs[#hargs + 1] = '[' .. raw .. ', ' .. ex .. ', ' .. rk .. ']'
+      else
+        tag = ''
       end
       out[#out + 1] = KEYS[i]
       out[#out + 1] = raw

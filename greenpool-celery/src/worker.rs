@@ -402,9 +402,8 @@ async fn consume(
         if deliveries.is_empty() {
             // Every queue is empty: sleep in BRPOP, as kombu does. Not
             // cancelled on shutdown, so a popped message is never dropped.
-            match broker.wait_one(1).await {
-                Ok(Some(d)) => deliveries.push(d),
-                Ok(None) => {}
+            match broker.wait(budget, 1).await {
+                Ok(d) => deliveries = d,
                 Err(e) => {
                     tracing::error!("consumer: BRPOP failed: {e}; retrying in 1 s");
                     tokio::select! {
@@ -428,10 +427,19 @@ async fn consume(
 /// Handles one delivery up to the point where the pool owns it.
 async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
     bump(&shared.counters.received);
-    let Delivery { queue, raw, tag } = delivery;
+    let Delivery {
+        queue,
+        raw,
+        tag,
+        parsed,
+    } = delivery;
     let Some(tag) = tag else {
+        let why = match &parsed {
+            Err(e) => e.to_string(),
+            Ok(_) => "it has no delivery tag".to_owned(),
+        };
         tracing::error!(
-            "Dropping a message from queue {queue:?} that is not a kombu envelope (no JSON or no delivery tag): {:.200}",
+            "Dropping a message from queue {queue:?}: {why}: {:.200}",
             raw
         );
         return;
@@ -441,7 +449,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(tag.clone());
-    let msg = match TaskMessage::decode(&raw) {
+    let msg = match parsed.and_then(TaskMessage::from_envelope) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(

@@ -9,6 +9,7 @@ mod builtin_tasks;
 mod call;
 mod celery_log;
 mod worker;
+mod worker_bench;
 
 /// greenpool: Celery's eventlet TaskPool on tokio.
 #[derive(Debug, Parser)]
@@ -24,6 +25,9 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Send a task by name, like `celery call`.
     Call(call::CallArgs),
+    /// Time `greenpool worker` draining 20,000 tasks against Python
+    /// Celery's eventlet worker.
+    BenchWorker(worker_bench::WorkerBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Worker(args) => worker::run(args),
         Command::Call(args) => call::run(args),
+        Command::BenchWorker(args) => worker_bench::main(args),
     }
 }

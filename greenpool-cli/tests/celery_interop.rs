@@ -321,16 +321,11 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     };
     let mut conn = server.conn(0);
     let w = worker(&server, &["-c", "1", "--prefetch-multiplier", "4"]);
-    let sleeps = py(
-        &python,
-        &server,
-        &["send_many", "greenpool.sleep", "1", "[1]"],
-    );
-    let adds = py(
-        &python,
-        &server,
-        &["send_many", "greenpool.add", "3", "[1, 1]"],
-    );
+    // The adds follow the sleep within milliseconds; the sleep lasts 3 s.
+    let sent: serde_json::Value =
+        serde_json::from_str(&py(&python, &server, &["send_sleep_and_adds", "3", "3"])).unwrap();
+    let sleeps = sent["sleep"].to_string();
+    let adds = sent["adds"].to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // early ack: the running sleep is acked, the three adds are not
@@ -348,9 +343,9 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     let unacked: usize = conn.hlen("unacked").unwrap();
     assert_eq!(unacked, 0);
     // The running sleep finished and stored its result before exit.
-    assert!(py(&python, &server, &["collect", sleeps.trim(), "1"]).contains("OK"));
+    assert!(py(&python, &server, &["collect", &sleeps, "3.0"]).contains("OK"));
     // A new worker completes the rest: nothing lost.
     let w2 = worker(&server, &["-c", "4"]);
-    assert!(py(&python, &server, &["collect", adds.trim(), "2"]).contains("OK"));
+    assert!(py(&python, &server, &["collect", &adds, "2"]).contains("OK"));
     w2.stop();
 }

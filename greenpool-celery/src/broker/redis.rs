@@ -15,12 +15,13 @@ use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
 use super::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
-use crate::error::BrokerError;
+use crate::error::{BrokerError, ProtocolError};
+use crate::protocol::Envelope;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 
 /// One message taken off a queue.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Delivery {
     /// The queue it came from.
     pub(crate) queue: String,
@@ -29,6 +30,8 @@ pub(crate) struct Delivery {
     /// Its delivery tag; `None` when the envelope is unreadable (then it
     /// was not recorded in `unacked` and is only to be logged and dropped).
     pub(crate) tag: Option<String>,
+    /// The envelope, parsed once here.
+    pub(crate) parsed: Result<Envelope, ProtocolError>,
 }
 
 /// A connection to the broker for one worker.
@@ -42,6 +45,8 @@ pub(crate) struct RedisBroker {
     queues: Vec<String>,
     /// Rotation of the queue order, as kombu's round-robin cycle.
     turn: AtomicUsize,
+    /// The server has LMPOP/BLMPOP (Redis 7+).
+    lmpop: bool,
     stats: Arc<RedisStats>,
 }
 
@@ -61,7 +66,19 @@ impl RedisBroker {
         let (_, mut conn) = crate::connect::connect(url).await?;
         let (_, blocking) = crate::connect::connect(url).await?;
         let scripts = Scripts::load(&mut conn).await.map_err(BrokerError::Redis)?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await
+            .map_err(BrokerError::Redis)?;
+        let major = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            .unwrap_or(0);
         Ok(RedisBroker {
+            lmpop: major >= 7,
             conn,
             blocking,
             scripts,
@@ -111,9 +128,110 @@ impl RedisBroker {
         keys::brpop_keys(&qs)
     }
 
-    /// Takes up to `max` messages without blocking, recording each in the
-    /// unacked hash in the same atomic step.
+    /// Takes up to `max` messages without blocking, in kombu's key order,
+    /// each recorded in the unacked hash before it is handed out.
     pub(crate) async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        if self.lmpop {
+            self.pop_many(max, None).await
+        } else {
+            self.fetch_lua(max).await
+        }
+    }
+
+    /// Blocks up to `timeout_secs` for messages (BLMPOP, or BRPOP on
+    /// servers older than 7.0, as kombu does).
+    pub(crate) async fn wait(
+        &self,
+        max: usize,
+        timeout_secs: u64,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        if self.lmpop {
+            self.pop_many(max, Some(timeout_secs)).await
+        } else {
+            Ok(self.wait_one(timeout_secs).await?.into_iter().collect())
+        }
+    }
+
+    /// LMPOP/BLMPOP (Redis 7): up to `max` messages from the first
+    /// non-empty key in priority-major order, then one pipelined
+    /// ZADD + HSET for all of them. As in kombu, a worker that dies
+    /// between the pop and the record loses those messages.
+    async fn pop_many(&self, max: usize, block: Option<u64>) -> Result<Vec<Delivery>, BrokerError> {
+        let keys = self.ordered_keys();
+        let mut cmd = match block {
+            Some(t) => {
+                let mut c = redis::cmd("BLMPOP");
+                c.arg(t);
+                c
+            }
+            None => redis::cmd("LMPOP"),
+        };
+        cmd.arg(keys.len())
+            .arg(&keys)
+            .arg("RIGHT")
+            .arg("COUNT")
+            .arg(max.max(1));
+        let mut conn = if block.is_some() {
+            self.blocking.clone()
+        } else {
+            self.conn.clone()
+        };
+        self.stats.round_trip();
+        let popped: Option<(String, Vec<String>)> = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(BrokerError::Redis)?;
+        let Some((key, raws)) = popped else {
+            return Ok(Vec::new());
+        };
+        self.stats.add_fetched(raws.len() as u64);
+        let queue = keys::queue_of_key(&key).to_owned();
+        let when = now_secs();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(UNACKED_INDEX);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(UNACKED);
+        let mut recorded = 0;
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let parsed: Result<Envelope, ProtocolError> =
+                serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+            let tag = parsed
+                .as_ref()
+                .ok()
+                .and_then(|e| e.properties.delivery_tag.clone())
+                .filter(|t| !t.is_empty());
+            if let (Some(tag), Ok(env)) = (&tag, &parsed) {
+                let info = &env.properties.delivery_info;
+                zadd.arg(when).arg(tag);
+                hset.arg(tag).arg(format!(
+                    "[{raw}, {}, {}]",
+                    Value::String(info.exchange.clone()),
+                    Value::String(info.routing_key.clone())
+                ));
+                recorded += 1;
+            }
+            out.push(Delivery {
+                queue: queue.clone(),
+                raw,
+                tag,
+                parsed,
+            });
+        }
+        if recorded > 0 {
+            pipe.add_command(zadd).ignore().add_command(hset).ignore();
+            self.stats.round_trip();
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(BrokerError::Redis)?;
+        }
+        Ok(out)
+    }
+
+    /// The Lua fetch, for servers without LMPOP.
+    async fn fetch_lua(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         let keys = self.ordered_keys();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.scripts.fetch)
@@ -138,10 +256,12 @@ impl RedisBroker {
         let mut out = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
         while let (Some(key), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
+            let parsed = serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
             out.push(Delivery {
                 queue: keys::queue_of_key(&key).to_owned(),
                 raw,
                 tag: (!tag.is_empty()).then_some(tag),
+                parsed,
             });
         }
         self.stats.add_fetched(out.len() as u64);
@@ -150,10 +270,7 @@ impl RedisBroker {
 
     /// Blocks up to `timeout_secs` on BRPOP for one message and records it
     /// in the unacked hash, as kombu does.
-    pub(crate) async fn wait_one(
-        &self,
-        timeout_secs: u64,
-    ) -> Result<Option<Delivery>, BrokerError> {
+    async fn wait_one(&self, timeout_secs: u64) -> Result<Option<Delivery>, BrokerError> {
         let keys = self.ordered_keys();
         self.stats.round_trip();
         let popped: Option<(String, String)> = redis::cmd("BRPOP")
@@ -166,25 +283,19 @@ impl RedisBroker {
             return Ok(None);
         };
         self.stats.add_fetched(1);
-        let parsed: Option<Value> = serde_json::from_str(&raw).ok();
-        let props = parsed.as_ref().and_then(|v| v.get("properties"));
-        let tag = props
-            .and_then(|p| p.get("delivery_tag"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        if let Some(tag) = &tag {
-            let info = props.and_then(|p| p.get("delivery_info"));
-            let field = |k: &str| {
-                info.and_then(|i| i.get(k))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
+        let parsed: Result<Envelope, ProtocolError> =
+            serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+        let tag = parsed
+            .as_ref()
+            .ok()
+            .and_then(|e| e.properties.delivery_tag.clone())
+            .filter(|t| !t.is_empty());
+        if let (Some(tag), Ok(env)) = (&tag, &parsed) {
+            let info = &env.properties.delivery_info;
             let entry = format!(
                 "[{raw}, {}, {}]",
-                Value::String(field("exchange")),
-                Value::String(field("routing_key"))
+                Value::String(info.exchange.clone()),
+                Value::String(info.routing_key.clone())
             );
             let mut pipe = redis::pipe();
             pipe.atomic()
@@ -207,6 +318,7 @@ impl RedisBroker {
             queue: keys::queue_of_key(&key).to_owned(),
             raw,
             tag,
+            parsed,
         }))
     }
 
