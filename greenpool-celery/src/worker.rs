@@ -508,48 +508,51 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
     let limits = msg.headers.timelimit;
     let args = msg.args.clone();
     let kwargs = msg.kwargs.clone();
-    let started = Arc::new(Mutex::new(None::<Instant>));
-    let started_cb = Arc::clone(&started);
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
-    let mut job = Job::new(move |jctx: JobContext| {
+    let done = Arc::clone(&shared);
+    let late_tag = tag.clone();
+    let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
         ctx.token = jctx.token().clone();
-        task.call(ctx, args, kwargs)
+        let fut = task.call(ctx, args, kwargs);
+        async move {
+            let t0 = Instant::now();
+            let r = fut.await;
+            (r, t0.elapsed())
+        }
     })
     .name(name.clone())
     .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
-    .accept_callback(move |_, at| {
-        *started_cb.lock().unwrap_or_else(PoisonError::into_inner) = Some(at.into_std());
+    .accept_callback(move |_, _| {
         if let Some((shared, tag, permit)) = early_ack {
             shared.ack(&tag);
             drop(permit);
         }
-    });
-    let done = Arc::clone(&shared);
-    let late_tag = tag.clone();
-    job = job.callback(move |outcome: &Outcome<Result<Value, TaskError>>| {
-        let runtime = started
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        let requeue = finish(&done, &msg, outcome, runtime, ignore_result);
+    })
+    .callback(move |outcome: &Outcome<TaskOutput>| {
+        let requeue = finish(&done, &msg, outcome, ignore_result);
         if acks_late && !requeue {
             done.ack(&late_tag);
         }
         drop(permit);
     });
-    if let Some(hard) = limits.hard_duration() {
-        job = job.timeout(hard);
-    }
-    if let Some(soft) = limits.soft_duration() {
-        job = job.soft_timeout(soft);
-    }
+    let job = match limits.hard_duration() {
+        Some(hard) => job.timeout(hard),
+        None => job,
+    };
+    let job = match limits.soft_duration() {
+        Some(soft) => job.soft_timeout(soft),
+        None => job,
+    };
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
         tracing::debug!("Task {name}[{id}] not started: {e}");
     }
 }
+
+/// What a job returns: the task's result and how long it ran.
+type TaskOutput = (Result<Value, TaskError>, Duration);
 
 /// Stores REVOKED ("expired") and acks when the request has expired.
 fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
@@ -576,14 +579,13 @@ fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
 fn finish(
     shared: &Shared,
     msg: &TaskMessage,
-    outcome: &Outcome<Result<Value, TaskError>>,
-    runtime: Duration,
+    outcome: &Outcome<TaskOutput>,
     ignore_result: bool,
 ) -> bool {
     let name = msg.headers.display_name();
     let id = &msg.headers.id;
     let (state, result, traceback) = match outcome {
-        Outcome::Completed(Ok(v)) => {
+        Outcome::Completed((Ok(v), runtime)) => {
             bump(&shared.counters.succeeded);
             if tracing::enabled!(tracing::Level::INFO) {
                 tracing::info!(
@@ -594,7 +596,7 @@ fn finish(
             }
             (TaskState::Success, v.clone(), None)
         }
-        Outcome::Completed(Err(e)) => {
+        Outcome::Completed((Err(e), _)) => {
             bump(&shared.counters.failed);
             tracing::error!("Task {name}[{id}] raised unexpected: {e}");
             let tb = e

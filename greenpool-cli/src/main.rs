@@ -1,13 +1,15 @@
 //! `greenpool`: the command-line face of the greenpool crates.
 //!
-//! Subcommands: `worker` runs a Celery worker on Redis, `call` sends a
-//! task by name, `bench-worker` times the worker against Python Celery.
+//! Subcommands: `tour` walks through the pool's features on 10,000 jobs;
+//! `worker` runs a Celery worker on Redis, `call` sends a task by name,
+//! `bench-worker` times the worker against Python Celery.
 
 use clap::{Parser, Subcommand};
 
 mod builtin_tasks;
 mod call;
 mod celery_log;
+mod tour;
 mod worker;
 mod worker_bench;
 
@@ -21,6 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply 10,000 jobs, resize the pool while they run, kill one by id,
+    /// and print info() as JSON.
+    Tour(tour::TourArgs),
     /// Run a Celery worker on Redis serving greenpool.add/echo/sleep/fail.
     Worker(worker::WorkerArgs),
     /// Send a task by name, like `celery call`.
@@ -32,11 +37,20 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Worker(args) => celery_log::init(&args.loglevel),
-        _ => celery_log::init("warning"),
+    if let Command::Worker(args) = &cli.command {
+        // Celery's log shape at the worker's --loglevel.
+        celery_log::init(&args.loglevel);
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
     }
     match cli.command {
+        Command::Tour(args) => tour::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Call(args) => call::run(args),
         Command::BenchWorker(args) => worker_bench::main(args),

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use greenpool_celery::{TaskMessage, Worker, WorkerConfig};
@@ -30,10 +30,6 @@ pub(crate) struct WorkerBenchArgs {
     /// $GREENPOOL_PYTHON, else .venv/bin/python); `none` skips it.
     #[arg(long)]
     python: Option<String>,
-    /// Store results in the broker's database (db 0) instead of db 1, so
-    /// acks and results share round trips.
-    #[arg(long)]
-    same_db: bool,
 }
 
 /// One worker's figures.
@@ -41,6 +37,7 @@ pub(crate) struct WorkerBenchArgs {
 struct Run {
     name: &'static str,
     tasks: usize,
+    /// First to last `date_done`.
     elapsed: Duration,
     commands: u64,
     round_trips: Option<u64>,
@@ -140,6 +137,43 @@ async fn wait_results(
     Ok(())
 }
 
+/// Seconds from the first to the last `date_done` stored in `db`: the
+/// worker's own span, free of start-up and of the bench's polling.
+async fn result_span(results: &mut MultiplexedConnection) -> anyhow::Result<Duration> {
+    let mut cursor: u64 = 0;
+    let mut first = f64::INFINITY;
+    let mut last = f64::NEG_INFINITY;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("celery-task-meta-*")
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(results)
+            .await?;
+        if !keys.is_empty() {
+            let metas: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(results).await?;
+            for meta in metas.into_iter().flatten() {
+                let v: serde_json::Value = serde_json::from_str(&meta)?;
+                let done: greenpool_celery::Timestamp = v["date_done"]
+                    .as_str()
+                    .context("a stored result has no date_done")?
+                    .parse()?;
+                first = first.min(done.unix_seconds());
+                last = last.max(done.unix_seconds());
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    anyhow::ensure!(first.is_finite(), "no results stored");
+    Ok(Duration::from_secs_f64((last - first).max(1e-6)))
+}
+
 /// Commands run since the last reset, without the bench's own polling.
 async fn commandstats(
     conn: &mut MultiplexedConnection,
@@ -194,14 +228,13 @@ async fn bench_greenpool(
     notified.as_mut().enable();
     let task = tokio::spawn(worker.run());
     notified.await;
-    let start = Instant::now();
     let trips_before = stats.round_trips();
     wait_results(&mut results, args.tasks, "greenpool      ").await?;
-    let elapsed = start.elapsed();
     let round_trips = stats.round_trips() - trips_before;
     stop.warm();
     task.await??;
     let (commands, top) = commandstats(&mut conn).await?;
+    let elapsed = result_span(&mut results).await?;
     Ok(Run {
         name: "greenpool worker",
         tasks: args.tasks,
@@ -258,7 +291,7 @@ async fn bench_python(
         .arg(args.concurrency.to_string())
         .args([
             "-l",
-            "info",
+            "warning",
             "-n",
             "bench@python",
             "--without-mingle",
@@ -269,35 +302,17 @@ async fn bench_python(
         .env("GREENPOOL_BROKER_URL", format!("{url}/0"))
         .env("GREENPOOL_RESULT_BACKEND", results_url)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start the Python Celery worker")?;
-    let stderr = child.stderr.take().context("celery has no stderr")?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" ready.") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    });
-    let ready = rx.await;
-    let outcome = async {
-        ready.context("the Python worker exited before it was ready")?;
-        let start = Instant::now();
-        wait_results(&mut results, args.tasks, "celery eventlet").await?;
-        anyhow::Ok(start.elapsed())
-    }
-    .await;
+    let outcome = wait_results(&mut results, args.tasks, "celery eventlet").await;
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    let elapsed = outcome?;
+    outcome?;
     let (commands, top) = commandstats(&mut conn).await?;
+    let elapsed = result_span(&mut results).await?;
     Ok(Run {
         name: "celery -P eventlet",
         tasks: args.tasks,
@@ -320,14 +335,8 @@ pub(crate) async fn run(args: WorkerBenchArgs) -> anyhow::Result<()> {
             (Some(s), u)
         }
     };
-    let results_url = if args.same_db {
-        format!("{url}/0")
-    } else {
-        format!("{url}/1")
-    };
-    if args.same_db {
-        bail!("--same-db cannot count stored results with DBSIZE; leave it off");
-    }
+    // Results in db 1, as many deployments keep them, so DBSIZE counts them.
+    let results_url = format!("{url}/1");
     println!(
         "worker bench: {} greenpool.add messages pre-enqueued, -c {}, results in {results_url}",
         args.tasks, args.concurrency

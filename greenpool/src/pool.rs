@@ -7,33 +7,36 @@
 //!   time limit, runtime shutdown), so the map never leaks.
 //! * Every admitted job gets exactly one outcome: the guard's `finish` runs
 //!   once, either from the job's last poll or from its destructor.
-//! * Once the state leaves `Run`, no job is admitted: the state check, the
-//!   job's map entry and its tracker token are taken under one lock, and
-//!   `close` changes the state under the same lock before it closes the
-//!   semaphore and the tracker.
+//! * Once the state leaves `Run`, no job is admitted. An applying task takes
+//!   the job's tracker token, puts the job in the map, and only then reads
+//!   the state; `close` and `terminate` write the state before they close
+//!   the tracker or walk the map. Both sides use `SeqCst`, so an apply that
+//!   still reads `Run` came first: `stop` waits for it and `terminate` finds
+//!   it in the map. One that reads anything else takes its job back out.
 //! * `stop` returns only after every admitted job's callback has run: each
 //!   guard holds a tracker token until its last step.
 //! * The limiter's own invariants are in `limiter.rs`; `free = limit -
 //!   running` holds at every lock boundary.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Semaphore, TryAcquireError};
-use tokio::task::AbortHandle;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use crate::error::{ApplyError, ResizeError, RestartError, StartError, StopError};
 use crate::info::PoolInfo;
-use crate::job::{AcceptCallback, Job, JobContext, JobHandle, JobId, ResultCallback, TimeLimits};
+use crate::job::{Job, JobContext, JobHandle, JobId, TimeLimits};
+use crate::job_cell::{JobCell, JobControl};
+use crate::job_map::{JobMap, Slot};
 use crate::kill::{KillResult, KillSignal};
 use crate::limiter::Limiter;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
@@ -96,6 +99,9 @@ impl fmt::Display for PoolId {
     }
 }
 
+/// What applying a job gives: its handle, or the job back with the reason.
+type Applied<F, T, C, A> = Result<JobHandle<T>, ApplyError<Job<F, T, C, A>>>;
+
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
 /// Checked options, from the builder.
@@ -106,27 +112,6 @@ pub(crate) struct Config {
     pub(crate) callbacks_propagate: bool,
     pub(crate) term_grace: Duration,
     pub(crate) options: std::collections::BTreeMap<String, String>,
-}
-
-/// A job's entry in the job map.
-#[derive(Debug)]
-struct Slot {
-    /// Kills the job's task; `None` for the moment between admission and
-    /// spawn.
-    abort: Option<AbortHandle>,
-    /// The job's token, cancelled by graceful kills and the soft limit.
-    token: CancellationToken,
-    /// Set by whoever kills the job, read by its guard for the outcome.
-    kill: Option<Termination>,
-    /// Killers waiting for the job to end; told whether it ended killed.
-    waiters: Vec<oneshot::Sender<bool>>,
-}
-
-/// What the state lock guards.
-#[derive(Debug)]
-struct Shared {
-    state: PoolState,
-    jobs: HashMap<JobId, Slot>,
 }
 
 /// Event counters, all `Relaxed`: they are statistics, never used to decide.
@@ -146,31 +131,42 @@ struct Inner {
     /// The free slots; closed when the pool closes, so that waiting applies
     /// give their jobs back at once.
     limiter: Limiter<Semaphore>,
-    /// State and job map, under one lock.
-    shared: Mutex<Shared>,
-    /// The state, readable without the lock (written only under it).
+    /// JobId -> abort handle and shared cell.
+    jobs: JobMap,
+    /// The lifecycle state; see the invariants for its ordering.
     state: AtomicU8,
+    /// Serialises state changes (start, close, stop, terminate).
+    lifecycle: std::sync::Mutex<()>,
     /// Holds a token for each admitted job until its guard is done.
     tracker: TaskTracker,
     /// Next job id; ids start at 1 and are never reused.
     next_job: AtomicU64,
+    /// Woken after a job ends while `killers` > 0.
+    job_ended: tokio::sync::Notify,
+    /// `terminate_job` calls waiting for a job to end.
+    killers: AtomicUsize,
     /// The runtime jobs are spawned on, set by `start`.
     runtime: OnceLock<Handle>,
     counters: Counters,
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_state(&self, shared: &mut Shared, state: PoolState) {
-        shared.state = state;
-        self.state.store(state as u8, Ordering::Release);
+    /// Changes the state unless `keep` says the current one stays; returns
+    /// the state before.
+    fn transition(&self, to: PoolState, keep: impl Fn(PoolState) -> bool) -> PoolState {
+        let _serial = self
+            .lifecycle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from = self.state();
+        if !keep(from) {
+            self.state.store(to as u8, Ordering::SeqCst);
+        }
+        from
     }
 
     fn state(&self) -> PoolState {
-        PoolState::from_u8(self.state.load(Ordering::Acquire))
+        PoolState::from_u8(self.state.load(Ordering::SeqCst))
     }
 }
 
@@ -223,13 +219,13 @@ impl TaskPool {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
                 limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
                 config,
-                shared: Mutex::new(Shared {
-                    state: PoolState::NotStarted,
-                    jobs: HashMap::new(),
-                }),
+                jobs: JobMap::new(),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
+                lifecycle: std::sync::Mutex::new(()),
                 tracker: TaskTracker::new(),
                 next_job: AtomicU64::new(1),
+                job_ended: tokio::sync::Notify::new(),
+                killers: AtomicUsize::new(0),
                 runtime: OnceLock::new(),
                 counters: Counters::default(),
             }),
@@ -277,13 +273,12 @@ impl TaskPool {
     /// closed; [`StartError::NoRuntime`] outside a tokio runtime.
     pub fn start(&self) -> Result<(), StartError> {
         let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        {
-            let mut shared = self.inner.lock();
-            if shared.state != PoolState::NotStarted {
-                return Err(StartError::NotStartable(shared.state));
-            }
-            let _ = self.inner.runtime.set(handle);
-            self.inner.set_state(&mut shared, PoolState::Run);
+        let _ = self.inner.runtime.set(handle);
+        let from = self
+            .inner
+            .transition(PoolState::Run, |s| s != PoolState::NotStarted);
+        if from != PoolState::NotStarted {
+            return Err(StartError::NotStartable(from));
         }
         signals::POOL_STARTED.send_robust(self.inner.id, &());
         Ok(())
@@ -301,18 +296,14 @@ impl TaskPool {
 
     /// True once the pool has started.
     pub fn did_start_ok(&self) -> bool {
-        self.inner.runtime.get().is_some()
+        self.state() != PoolState::NotStarted && self.inner.runtime.get().is_some()
     }
 
     /// Refuses new jobs; running ones go on. Callers of `apply_async` still
     /// waiting for a slot get their jobs back at once.
     pub fn close(&self) {
-        {
-            let mut shared = self.inner.lock();
-            if shared.state != PoolState::Terminate {
-                self.inner.set_state(&mut shared, PoolState::Close);
-            }
-        }
+        self.inner
+            .transition(PoolState::Close, |s| s == PoolState::Terminate);
         self.inner.limiter.permits().close();
         self.inner.tracker.close();
     }
@@ -335,10 +326,7 @@ impl TaskPool {
         signals::POOL_PRE_SHUTDOWN.send_robust(self.inner.id, &());
         self.close();
         self.inner.tracker.wait().await;
-        {
-            let mut shared = self.inner.lock();
-            self.inner.set_state(&mut shared, PoolState::Terminate);
-        }
+        self.inner.transition(PoolState::Terminate, |_| false);
         signals::POOL_POST_SHUTDOWN.send_robust(self.inner.id, &());
         Ok(())
     }
@@ -357,19 +345,16 @@ impl TaskPool {
     /// future only stops the wait.
     pub async fn terminate(&self) -> Result<(), StopError> {
         self.check_not_own_job()?;
-        {
-            let mut shared = self.inner.lock();
-            self.inner.set_state(&mut shared, PoolState::Terminate);
-            for slot in shared.jobs.values_mut() {
-                slot.kill.get_or_insert(Termination {
-                    signal: None,
-                    reason: TerminateReason::PoolTerminated,
-                });
-                if let Some(abort) = &slot.abort {
-                    abort.abort();
-                }
+        self.inner.transition(PoolState::Terminate, |_| false);
+        self.inner.jobs.for_each(|_, slot| {
+            slot.control.request_kill(Termination {
+                signal: None,
+                reason: TerminateReason::PoolTerminated,
+            });
+            if let Some(abort) = &slot.abort {
+                abort.abort();
             }
-        }
+        });
         self.inner.limiter.permits().close();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
@@ -389,13 +374,14 @@ impl TaskPool {
         let Some(current) = tokio::task::try_id() else {
             return Ok(());
         };
-        let shared = self.inner.lock();
-        match shared
-            .jobs
-            .iter()
-            .find(|(_, s)| s.abort.as_ref().is_some_and(|a| a.id() == current))
-        {
-            Some((id, _)) => Err(StopError::FromOwnJob(*id)),
+        let mut own = None;
+        self.inner.jobs.for_each(|id, slot| {
+            if slot.abort.as_ref().is_some_and(|a| a.id() == current) {
+                own = Some(*id);
+            }
+        });
+        match own {
+            Some(id) => Err(StopError::FromOwnJob(id)),
             None => Ok(()),
         }
     }
@@ -424,11 +410,7 @@ impl TaskPool {
 
     /// Jobs in the job map.
     pub fn job_count(&self) -> usize {
-        self.inner.lock().jobs.len()
-    }
-
-    pub(crate) fn contains_job(&self, id: JobId) -> bool {
-        self.inner.lock().jobs.contains_key(&id)
+        self.inner.jobs.len()
     }
 
     /// Raises the limit by `n`; waiting applies may start at once. Returns
@@ -491,14 +473,13 @@ impl TaskPool {
     ///
     /// Dropping the future while it waits for a slot means the job was
     /// never applied: nothing runs and no callback fires.
-    pub async fn apply_async<F, Fut, T>(
-        &self,
-        job: Job<F, T>,
-    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    pub async fn apply_async<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let state = self.inner.state();
         if state != PoolState::Run {
@@ -513,7 +494,8 @@ impl TaskPool {
         };
         match acquired {
             Ok(permit) => {
-                self.inner.limiter.admit(|| permit.forget());
+                permit.forget();
+                self.inner.limiter.admit();
                 self.spawn(job)
             }
             Err(_) => Err(ApplyError::NotRunning {
@@ -532,14 +514,13 @@ impl TaskPool {
     /// comes back, not run.
     // The job comes back by value in the error, as in tokio's `SendError`.
     #[allow(clippy::result_large_err)]
-    pub fn try_apply_async<F, Fut, T>(
-        &self,
-        job: Job<F, T>,
-    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    pub fn try_apply_async<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let state = self.inner.state();
         if state != PoolState::Run {
@@ -547,7 +528,8 @@ impl TaskPool {
         }
         match self.inner.limiter.permits().try_acquire() {
             Ok(permit) => {
-                self.inner.limiter.admit(|| permit.forget());
+                permit.forget();
+                self.inner.limiter.admit();
                 self.spawn(job)
             }
             Err(TryAcquireError::NoPermits) => Err(ApplyError::Full(job)),
@@ -560,11 +542,13 @@ impl TaskPool {
 
     /// Spawns an admitted job (its slot is taken).
     #[allow(clippy::result_large_err)]
-    fn spawn<F, Fut, T>(&self, job: Job<F, T>) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    fn spawn<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let inner = &self.inner;
         let id = JobId(inner.next_job.fetch_add(1, Ordering::Relaxed));
@@ -583,26 +567,22 @@ impl TaskPool {
                 job,
             });
         };
-        let token = CancellationToken::new();
-        let tracked = {
-            let mut shared = inner.lock();
-            if shared.state != PoolState::Run {
-                let state = shared.state;
-                drop(shared);
-                inner.limiter.release();
-                return Err(ApplyError::NotRunning { state, job });
-            }
-            shared.jobs.insert(
-                id,
-                Slot {
-                    abort: None,
-                    token: token.clone(),
-                    kill: None,
-                    waiters: Vec::new(),
-                },
-            );
-            inner.tracker.token()
-        };
+        // Token, then map entry, then the state check: see the invariants.
+        let tracked = inner.tracker.token();
+        let cell = Arc::new(JobCell::<T>::new());
+        inner.jobs.shard(id).insert(
+            id,
+            Slot {
+                abort: None,
+                control: cell.clone(),
+            },
+        );
+        let state = inner.state();
+        if state != PoolState::Run {
+            inner.jobs.shard(id).remove(&id);
+            inner.limiter.release();
+            return Err(ApplyError::NotRunning { state, job });
+        }
         inner.counters.applied.fetch_add(1, Ordering::Relaxed);
         let Job {
             target,
@@ -611,34 +591,30 @@ impl TaskPool {
             limits,
             ..
         } = job;
-        let (tx, rx) = oneshot::channel();
         let guard = JobGuard {
             inner: Arc::clone(inner),
             id,
             callback,
-            tx: Some(tx),
-            done: false,
+            cell: Some(cell.clone()),
             _tracked: tracked,
         };
-        // Spawned outside the lock: a runtime that is shutting down drops
-        // the future inside `spawn`, and its guard takes the lock.
-        let task = runtime.spawn(run_job(
-            guard,
-            target,
-            JobContext::new(id, token),
-            accept_callback,
-            limits,
-        ));
-        let mut shared = inner.lock();
-        if let Some(slot) = shared.jobs.get_mut(&id) {
-            // A kill that came before the handle existed is carried out now.
-            if slot.kill.is_some() {
+        let ctx = JobContext::new(id, cell.clone());
+        // Spawned outside the shard lock: a runtime that is shutting down
+        // drops the future inside `spawn`, and its guard takes that lock.
+        let task = runtime.spawn(run_job(guard, target, ctx, accept_callback, limits));
+        if let Some(slot) = inner.jobs.shard(id).get_mut(&id) {
+            // A hard kill that came before the handle existed is carried out
+            // now; a graceful one has cancelled the token and its grace
+            // timer will find the handle.
+            if cell
+                .kill()
+                .is_some_and(|k| !k.signal.is_some_and(KillSignal::is_graceful))
+            {
                 task.abort();
             }
             slot.abort = Some(task.abort_handle());
         }
-        drop(shared);
-        Ok(JobHandle::new(id, rx, self.clone()))
+        Ok(JobHandle::new(id, cell, self.clone()))
     }
 
     // ----- killing -----------------------------------------------------------
@@ -662,16 +638,16 @@ impl TaskPool {
     /// whether or not this future is polled again, grace period included.
     pub async fn terminate_job(&self, id: JobId, signal: Option<KillSignal>) -> KillResult {
         let graceful = signal.is_some_and(KillSignal::is_graceful);
-        let rx = {
-            let mut shared = self.inner.lock();
-            let Some(slot) = shared.jobs.get_mut(&id) else {
+        let control = {
+            let shard = self.inner.jobs.shard(id);
+            let Some(slot) = shard.get(&id) else {
                 return if id.0 != 0 && id.0 < self.inner.next_job.load(Ordering::Relaxed) {
                     KillResult::AlreadyFinished
                 } else {
                     KillResult::Unknown
                 };
             };
-            slot.kill.get_or_insert(Termination {
+            slot.control.request_kill(Termination {
                 signal,
                 reason: TerminateReason::Killed,
             });
@@ -683,21 +659,34 @@ impl TaskPool {
                 }
                 return KillResult::Requested;
             }
-            let (tx, rx) = oneshot::channel();
-            slot.waiters.push(tx);
             if graceful {
-                slot.token.cancel();
+                slot.control.token().cancel();
             } else if let Some(abort) = &slot.abort {
                 abort.abort();
             }
-            rx
+            Arc::clone(&slot.control)
         };
         if graceful {
             self.escalate_after_grace(id);
         }
-        match rx.await {
-            Ok(true) | Err(_) => KillResult::Killed,
-            Ok(false) => KillResult::Exited,
+        match self.wait_ended(&*control).await {
+            true => KillResult::Killed,
+            false => KillResult::Exited,
+        }
+    }
+
+    /// Waits for a job to end; true if it ended killed.
+    async fn wait_ended(&self, control: &dyn JobControl) -> bool {
+        let _waiting = Waiting::enter(&self.inner.killers);
+        loop {
+            let notified = self.inner.job_ended.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so an end in between still wakes.
+            notified.as_mut().enable();
+            if let Some(killed) = control.ended() {
+                return killed;
+            }
+            notified.await;
         }
     }
 
@@ -712,8 +701,7 @@ impl TaskPool {
         runtime.spawn(async move {
             tokio::time::sleep(grace).await;
             if let Some(inner) = weak.upgrade() {
-                let shared = inner.lock();
-                if let Some(abort) = shared.jobs.get(&id).and_then(|s| s.abort.as_ref()) {
+                if let Some(abort) = inner.jobs.shard(id).get(&id).and_then(|s| s.abort.as_ref()) {
                     abort.abort();
                 }
             }
@@ -724,17 +712,15 @@ impl TaskPool {
 impl fmt::Debug for TaskPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("TaskPool");
-        d.field("id", &self.inner.id);
-        match self.inner.shared.try_lock() {
-            Ok(shared) => d
-                .field("state", &shared.state)
-                .field("jobs", &shared.jobs.len()),
-            Err(_) => d.field("state", &"<locked>"),
+        d.field("id", &self.inner.id)
+            .field("state", &self.inner.state());
+        match self.inner.limiter.try_ledger() {
+            Some(ledger) => d
+                .field("limit", &ledger.limit)
+                .field("running", &ledger.running),
+            None => d.field("limit", &"<locked>"),
         };
-        let ledger = self.inner.limiter.ledger();
-        d.field("limit", &ledger.limit)
-            .field("running", &ledger.running)
-            .finish()
+        d.finish()
     }
 }
 
@@ -743,7 +729,7 @@ struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
     fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::SeqCst);
         Waiting(counter)
     }
 }
@@ -757,30 +743,26 @@ impl Drop for Waiting<'_> {
 /// Owns everything a job must give back, and gives it back exactly once:
 /// on its last poll through [`JobGuard::finish`], or from its destructor
 /// when the job's task is dropped (killed, time limit, runtime shutdown).
-struct JobGuard<T> {
+struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     inner: Arc<Inner>,
     id: JobId,
-    callback: Option<ResultCallback<T>>,
-    tx: Option<oneshot::Sender<Outcome<T>>>,
-    done: bool,
+    callback: Option<C>,
+    /// The job's cell; taken when the guard has done its work.
+    cell: Option<Arc<JobCell<T>>>,
     /// Dropped last, after the callback: `stop` waits for it.
     _tracked: TaskTrackerToken,
 }
 
-impl<T> JobGuard<T> {
+impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
     /// Ends the job: `None` means it was dropped before it finished.
     fn finish(&mut self, outcome: Option<Outcome<T>>) {
-        if std::mem::replace(&mut self.done, true) {
+        let Some(cell) = self.cell.take() else {
             return;
-        }
-        let inner = &self.inner;
-        let slot = inner.lock().jobs.remove(&self.id);
-        let (kill, waiters) = match slot {
-            Some(slot) => (slot.kill, slot.waiters),
-            None => (None, Vec::new()),
         };
+        let inner = &self.inner;
+        inner.jobs.shard(self.id).remove(&self.id);
         let outcome = outcome.unwrap_or_else(|| {
-            Outcome::Terminated(kill.unwrap_or(Termination {
+            Outcome::Terminated(cell.kill().unwrap_or(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
             }))
@@ -791,7 +773,6 @@ impl<T> JobGuard<T> {
             Outcome::Terminated(_) => &inner.counters.terminated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let terminated = outcome.is_terminated();
         let mut propagate = None;
         if let Some(callback) = self.callback.take() {
             if let Err(payload) = unwind::call_keep(|| callback(&outcome)) {
@@ -806,11 +787,12 @@ impl<T> JobGuard<T> {
                 }
             }
         }
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(outcome);
-        }
-        for waiter in waiters {
-            let _ = waiter.send(terminated);
+        cell.complete(outcome);
+        // SeqCst pairs with the increment in `wait_ended`: a killer that
+        // counted itself before this load is woken; one that counts itself
+        // after sees the cell ended.
+        if inner.killers.load(Ordering::SeqCst) > 0 {
+            inner.job_ended.notify_waiters();
         }
         inner.limiter.release();
         if let Some(payload) = propagate {
@@ -819,40 +801,151 @@ impl<T> JobGuard<T> {
     }
 }
 
-impl<T> Drop for JobGuard<T> {
+impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
     fn drop(&mut self) {
         self.finish(None);
     }
 }
 
-/// The job's task: accept callback, target under its limits, outcome.
-async fn run_job<F, Fut, T>(
-    mut guard: JobGuard<T>,
+/// A time-limited job's future, boxed so that its timers do not grow every
+/// job's task.
+type LimitedJob<T> = Pin<Box<dyn Future<Output = Outcome<T>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The job's task: accept callback, target under its limits, outcome.
+    ///
+    /// A hand-written future rather than an `async fn`, so that the task
+    /// holds the guard plus whichever stage is current, and no moved-from
+    /// copies of the target or of the job's future.
+    #[must_use = "futures do nothing unless polled"]
+    struct RunJob<F, Fut, T, C, A>
+    where
+        T: Send,
+        T: 'static,
+        C: FnOnce(&Outcome<T>),
+    {
+        guard: JobGuard<T, C>,
+        #[pin]
+        stage: Stage<F, Fut, T, A>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<F, Fut, T, A> {
+        /// Not polled yet.
+        Start {
+            target: Option<F>,
+            ctx: Option<JobContext>,
+            accept: Option<A>,
+            limits: Option<Box<TimeLimits>>,
+        },
+        /// Running, no time limits.
+        Running {
+            #[pin]
+            fut: unwind::CatchPanic<Fut>,
+        },
+        /// Running under time limits.
+        Limited {
+            fut: LimitedJob<T>,
+        },
+        /// Ended.
+        Done,
+    }
+}
+
+fn run_job<F, Fut, T, C, A>(
+    guard: JobGuard<T, C>,
     target: F,
     ctx: JobContext,
-    accept: Option<AcceptCallback>,
-    limits: TimeLimits,
-) where
+    accept: Option<A>,
+    limits: Option<Box<TimeLimits>>,
+) -> RunJob<F, Fut, T, C, A>
+where
+    F: FnOnce(JobContext) -> Fut,
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>),
+{
+    RunJob {
+        guard,
+        stage: Stage::Start {
+            target: Some(target),
+            ctx: Some(ctx),
+            accept,
+            limits,
+        },
+    }
+}
+
+impl<F, Fut, T, C, A> Future for RunJob<F, Fut, T, C, A>
+where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
+    C: FnOnce(&Outcome<T>) + Send + 'static,
+    A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    if let Some(accept) = accept {
-        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-            guard
-                .inner
-                .counters
-                .callback_panics
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let outcome = match this.stage.as_mut().project() {
+                StageProj::Start {
+                    target,
+                    ctx,
+                    accept,
+                    limits,
+                } => {
+                    let guard = &*this.guard;
+                    if let Some(accept) = accept.take() {
+                        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+                            guard
+                                .inner
+                                .counters
+                                .callback_panics
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+                        }
+                    }
+                    let (Some(target), Some(ctx)) = (target.take(), ctx.take()) else {
+                        debug_assert!(false, "a job starts once");
+                        return Poll::Ready(());
+                    };
+                    match limits.take() {
+                        Some(limits) => {
+                            let fut: LimitedJob<T> = Box::pin(run_limited(target, ctx, *limits));
+                            this.stage.set(Stage::Limited { fut });
+                            continue;
+                        }
+                        None => match unwind::call_in_job(move || target(ctx)) {
+                            Ok(fut) => {
+                                this.stage.set(Stage::Running {
+                                    fut: unwind::CatchPanic::new(fut),
+                                });
+                                continue;
+                            }
+                            // Building the job's future panicked.
+                            Err(p) => Outcome::Panicked(p),
+                        },
+                    }
+                }
+                StageProj::Running { fut } => match fut.poll(cx) {
+                    Poll::Ready(r) => into_outcome(r),
+                    Poll::Pending => return Poll::Pending,
+                },
+                StageProj::Limited { fut } => match fut.as_mut().poll(cx) {
+                    Poll::Ready(o) => o,
+                    Poll::Pending => return Poll::Pending,
+                },
+                StageProj::Done => return Poll::Ready(()),
+            };
+            // The job's future is dropped before the guard reports.
+            this.stage.set(Stage::Done);
+            this.guard.finish(Some(outcome));
+            return Poll::Ready(());
         }
     }
-    let outcome = if limits.is_set() {
-        run_limited(target, ctx, limits).await
-    } else {
-        into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
-    };
-    guard.finish(Some(outcome));
 }
 
 fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {

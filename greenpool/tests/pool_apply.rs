@@ -282,17 +282,19 @@ async fn many_jobs_from_many_tasks_each_get_one_callback() {
         submitters.push(tokio::spawn(async move {
             for i in 0..500u32 {
                 let c = count.clone();
-                p.apply_async(
-                    job(async move {
-                        tokio::task::yield_now().await;
-                        i
-                    })
-                    .callback(move |_| {
-                        c.fetch_add(1, Ordering::SeqCst);
-                    }),
-                )
-                .await
-                .unwrap();
+                let detached = p
+                    .apply_async(
+                        job(async move {
+                            tokio::task::yield_now().await;
+                            i
+                        })
+                        .callback(move |_| {
+                            c.fetch_add(1, Ordering::SeqCst);
+                        }),
+                    )
+                    .await
+                    .unwrap();
+                drop(detached);
             }
         }));
     }

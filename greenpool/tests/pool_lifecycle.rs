@@ -10,11 +10,12 @@ use greenpool::{
 };
 use support::{pool, Calls};
 
+// The class facts, checked when this file compiles.
+const _: () =
+    assert!(!TaskPool::SIGNAL_SAFE && TaskPool::IS_GREEN && !TaskPool::TASK_JOIN_WILL_BLOCK);
+
 #[test]
 fn class_facts_match_celerys_eventlet_pool() {
-    assert!(!TaskPool::SIGNAL_SAFE);
-    assert!(TaskPool::IS_GREEN);
-    assert!(!TaskPool::TASK_JOIN_WILL_BLOCK);
     let p = TaskPool::builder().limit(3).build().unwrap();
     assert!(!p.signal_safe() && p.is_green() && !p.task_join_will_block());
     assert_eq!(p.num_processes(), 3);

@@ -27,7 +27,7 @@ async fn stop_waits_for_every_job_between_the_two_signals() {
         let g = gate.clone();
         let job = parked(&g, None).callback(move |_| c.push(format!("job{i}")));
         if i < 2 {
-            p.apply_async(job).await.unwrap();
+            drop(p.apply_async(job).await.unwrap());
         } else {
             assert!(p2.try_apply_async(job).unwrap_err().is_full());
         }

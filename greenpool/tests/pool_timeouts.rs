@@ -1,5 +1,7 @@
 //! Soft and hard time limits, on a paused clock.
 
+#![allow(clippy::expect_used)]
+
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -8,13 +10,15 @@ use std::time::Duration;
 use greenpool::{Job, TerminateReason};
 use support::pool;
 
-fn recorder() -> (
-    Arc<Mutex<Vec<(bool, Duration)>>>,
-    impl Fn(bool, Duration) + Send + Sync + 'static,
-) {
-    let calls = Arc::new(Mutex::new(Vec::new()));
+type Calls = Arc<Mutex<Vec<(bool, Duration)>>>;
+
+/// A timeout callback that records its calls.
+fn recorder() -> (Calls, impl Fn(bool, Duration) + Send + Sync + 'static) {
+    let calls = Calls::default();
     let c = calls.clone();
-    (calls, move |soft, d| c.lock().unwrap().push((soft, d)))
+    (calls, move |soft, d| {
+        c.lock().expect("lock").push((soft, d))
+    })
 }
 
 #[tokio::test(start_paused = true)]

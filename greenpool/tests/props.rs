@@ -7,6 +7,8 @@
 //! callback per admitted job with the kind the model expects, and an empty
 //! job map.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
