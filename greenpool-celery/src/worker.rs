@@ -449,7 +449,7 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(tag.clone());
-    let msg = match parsed.and_then(TaskMessage::from_envelope) {
+    let msg = match parsed.and_then(TaskMessage::from_wire) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(
@@ -506,8 +506,9 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
         token: CancellationToken::new(),
     };
     let limits = msg.headers.timelimit;
-    let args = msg.args.clone();
-    let kwargs = msg.kwargs.clone();
+    let mut msg = msg;
+    let args = std::mem::take(&mut msg.args);
+    let kwargs = std::mem::take(&mut msg.kwargs);
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();

@@ -211,7 +211,7 @@ fn malformed_messages_say_what_is_wrong() {
     assert!(matches!(e, ProtocolError::ContentType(_)), "{e}");
     let e =
         TaskMessage::decode(&with(good.clone(), &["headers", "eta"], json!("soon"))).unwrap_err();
-    assert!(matches!(e, ProtocolError::Headers(_)), "{e}");
+    assert!(e.to_string().contains("ISO-8601"), "{e}");
     // base64 of `{"a": 1}`: valid JSON, wrong shape for a v2 body.
     let e = TaskMessage::decode(&with(good.clone(), &["body"], json!("eyJhIjogMX0="))).unwrap_err();
     assert!(matches!(e, ProtocolError::Body(_)), "{e}");

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
 use crate::error::{BrokerError, ProtocolError};
-use crate::protocol::Envelope;
+use crate::protocol::WireEnvelope;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 
@@ -31,7 +31,7 @@ pub(crate) struct Delivery {
     /// was not recorded in `unacked` and is only to be logged and dropped).
     pub(crate) tag: Option<String>,
     /// The envelope, parsed once here.
-    pub(crate) parsed: Result<Envelope, ProtocolError>,
+    pub(crate) parsed: Result<WireEnvelope, ProtocolError>,
 }
 
 /// A connection to the broker for one worker.
@@ -196,7 +196,7 @@ impl RedisBroker {
         let mut recorded = 0;
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let parsed: Result<Envelope, ProtocolError> =
+            let parsed: Result<WireEnvelope, ProtocolError> =
                 serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
             let tag = parsed
                 .as_ref()
@@ -283,7 +283,7 @@ impl RedisBroker {
             return Ok(None);
         };
         self.stats.add_fetched(1);
-        let parsed: Result<Envelope, ProtocolError> =
+        let parsed: Result<WireEnvelope, ProtocolError> =
             serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
         let tag = parsed
             .as_ref()

@@ -77,6 +77,19 @@ pub struct Envelope {
     pub properties: Properties,
 }
 
+/// The envelope as the worker reads it: headers straight into typed
+/// fields, with no intermediate JSON map.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WireEnvelope {
+    pub(crate) body: String,
+    #[serde(rename = "content-type", default = "json_type")]
+    pub(crate) content_type: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub(crate) headers: super::headers::TaskHeaders,
+    #[serde(default, deserialize_with = "null_default")]
+    pub(crate) properties: Properties,
+}
+
 fn utf8() -> String {
     "utf-8".to_owned()
 }

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::base64;
-use super::envelope::{DeliveryInfo, Envelope, Properties};
+use super::envelope::{DeliveryInfo, Envelope, Properties, WireEnvelope};
 use super::headers::TaskHeaders;
 use super::signature::Embed;
 use super::v1::BodyV1;
@@ -79,15 +79,16 @@ impl TaskMessage {
     }
 
     /// Decodes a queue entry: the JSON envelope, its base64 body, and the
-    /// task headers. Protocol v1 (no `task` header) is converted to v2.
+    /// task headers. Protocol v1 (no `task` header, a dict body) is
+    /// converted to v2.
     ///
     /// # Errors
     ///
     /// [`ProtocolError`] for invalid JSON or base64, a content type other
     /// than JSON, a body of the wrong shape, or a missing `task`/`id`.
     pub fn decode(raw: &str) -> Result<Self, ProtocolError> {
-        let envelope: Envelope = serde_json::from_str(raw).map_err(ProtocolError::Envelope)?;
-        Self::from_envelope(envelope)
+        let wire: WireEnvelope = serde_json::from_str(raw).map_err(ProtocolError::Envelope)?;
+        Self::from_wire(wire)
     }
 
     /// Decodes an already parsed envelope; see [`TaskMessage::decode`].
@@ -96,25 +97,39 @@ impl TaskMessage {
     ///
     /// As for [`TaskMessage::decode`].
     pub fn from_envelope(envelope: Envelope) -> Result<Self, ProtocolError> {
-        let ct = envelope.content_type.as_str();
+        let headers: TaskHeaders = serde_json::from_value(Value::Object(envelope.headers))
+            .map_err(ProtocolError::Headers)?;
+        Self::from_wire(WireEnvelope {
+            body: envelope.body,
+            content_type: envelope.content_type,
+            headers,
+            properties: envelope.properties,
+        })
+    }
+
+    pub(crate) fn from_wire(wire: WireEnvelope) -> Result<Self, ProtocolError> {
+        let ct = wire.content_type.as_str();
         if ct != "application/json" && ct != "application/x-json" {
-            return Err(ProtocolError::ContentType(envelope.content_type));
+            return Err(ProtocolError::ContentType(wire.content_type));
         }
-        let body_bytes = match envelope.properties.body_encoding.as_deref() {
-            Some("base64") => base64::decode(&envelope.body)?,
-            None | Some("") => envelope.body.into_bytes(),
+        let body_bytes = match wire.properties.body_encoding.as_deref() {
+            Some("base64") => base64::decode(&wire.body)?,
+            None | Some("") => wire.body.into_bytes(),
             Some(other) => return Err(ProtocolError::BodyEncoding(other.to_owned())),
         };
-        let is_v2 = envelope.headers.contains_key("task");
-        let (headers, args, kwargs, embed) = if is_v2 {
-            let headers: TaskHeaders = serde_json::from_value(Value::Object(envelope.headers))
-                .map_err(ProtocolError::Headers)?;
-            let BodyV2(args, kwargs, embed) =
-                serde_json::from_slice(&body_bytes).map_err(ProtocolError::Body)?;
-            (headers, args, kwargs, embed)
-        } else {
+        // v1 has no task header and a dict body; anything else is read as v2.
+        let is_v1 = wire.headers.task.is_empty()
+            && body_bytes
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .is_some_and(|b| *b == b'{');
+        let (headers, args, kwargs, embed) = if is_v1 {
             let body: BodyV1 = serde_json::from_slice(&body_bytes).map_err(ProtocolError::Body)?;
             body.into_v2()
+        } else {
+            let BodyV2(args, kwargs, embed) =
+                serde_json::from_slice(&body_bytes).map_err(ProtocolError::Body)?;
+            (wire.headers, args, kwargs, embed)
         };
         if headers.task.is_empty() {
             return Err(ProtocolError::MissingHeader("task"));
@@ -124,7 +139,7 @@ impl TaskMessage {
         }
         Ok(TaskMessage {
             headers,
-            properties: envelope.properties,
+            properties: wire.properties,
             args,
             kwargs,
             embed,

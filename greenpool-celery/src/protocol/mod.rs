@@ -10,6 +10,7 @@ mod time;
 mod timelimit;
 mod v1;
 
+pub(crate) use envelope::WireEnvelope;
 pub use envelope::{DeliveryInfo, Envelope, Properties};
 pub use headers::TaskHeaders;
 pub use message::TaskMessage;
