@@ -45,6 +45,9 @@ pub struct WorkerConfig {
     pub restore_interval: Duration,
     /// Most messages taken in one fetch.
     pub fetch_batch: usize,
+    /// Fetch with the Lua script and BRPOP even where the server has
+    /// LMPOP; that is the path taken on Redis before 7.0.
+    pub legacy_fetch: bool,
 }
 
 fn default_hostname() -> String {
@@ -78,6 +81,7 @@ impl WorkerConfig {
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(100),
             fetch_batch: 512,
+            legacy_fetch: false,
         }
     }
 
@@ -133,6 +137,12 @@ impl WorkerConfig {
     /// Sets the largest fetch.
     pub fn fetch_batch(mut self, n: usize) -> Self {
         self.fetch_batch = n;
+        self
+    }
+
+    /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
+    pub fn legacy_fetch(mut self, legacy: bool) -> Self {
+        self.legacy_fetch = legacy;
         self
     }
 

@@ -224,6 +224,7 @@ impl Worker {
             RedisBroker::connect(
                 &config.broker_url,
                 config.queues.clone(),
+                config.legacy_fetch,
                 Arc::clone(&self.stats),
             )
             .await?,

@@ -75,10 +75,19 @@ fn config(server: &RedisServer) -> WorkerConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_results_and_failures() {
+    round_trips(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_with_the_lua_fetch_of_older_servers() {
+    round_trips(true).await;
+}
+
+async fn round_trips(legacy_fetch: bool) {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let w = start(config(&server)).await;
+    let w = start(config(&server).legacy_fetch(legacy_fetch)).await;
     let client = Client::connect(&server.url(0), Some(&server.url(1)))
         .await
         .unwrap();

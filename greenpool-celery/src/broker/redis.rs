@@ -61,6 +61,7 @@ impl RedisBroker {
     pub(crate) async fn connect(
         url: &str,
         queues: Vec<String>,
+        legacy_fetch: bool,
         stats: Arc<RedisStats>,
     ) -> Result<Self, BrokerError> {
         let (_, mut conn) = crate::connect::connect(url).await?;
@@ -78,7 +79,7 @@ impl RedisBroker {
             .and_then(|m| m.trim().parse::<u32>().ok())
             .unwrap_or(0);
         Ok(RedisBroker {
-            lmpop: major >= 7,
+            lmpop: major >= 7 && !legacy_fetch,
             conn,
             blocking,
             scripts,
