@@ -80,7 +80,7 @@ impl WorkerConfig {
             result_expires: Some(Duration::from_secs(86_400)),
             visibility_timeout: Duration::from_secs(3600),
             restore_interval: Duration::from_secs(100),
-            fetch_batch: 512,
+            fetch_batch: 1024,
             legacy_fetch: false,
         }
     }
