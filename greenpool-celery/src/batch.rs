@@ -25,6 +25,7 @@ const ATTEMPTS: u32 = 5;
 enum Op {
     Ack(String),
     Store { key: String, payload: String },
+    Push { key: String, payload: String },
     Flush(oneshot::Sender<()>),
 }
 
@@ -60,6 +61,11 @@ impl Batcher {
     /// Queues a result store on `key`.
     pub(crate) fn store(&self, key: String, payload: String) {
         let _ = self.tx.send(Op::Store { key, payload });
+    }
+
+    /// Queues an LPUSH of a new message (a follow-up task).
+    pub(crate) fn push(&self, key: String, payload: String) {
+        let _ = self.tx.send(Op::Push { key, payload });
     }
 
     /// Waits until everything queued before this call has been sent.
@@ -98,6 +104,7 @@ async fn run(
         let mut keys = Vec::new();
         let mut payloads = Vec::new();
         let mut waiters = Vec::new();
+        let mut pushes = Vec::new();
         for op in ops.drain(..) {
             match op {
                 Op::Ack(tag) => acks.push(tag),
@@ -105,10 +112,11 @@ async fn run(
                     keys.push(key);
                     payloads.push(payload);
                 }
+                Op::Push { key, payload } => pushes.push((key, payload)),
                 Op::Flush(w) => waiters.push(w),
             }
         }
-        if !acks.is_empty() || !keys.is_empty() {
+        if !acks.is_empty() || !keys.is_empty() || !pushes.is_empty() {
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -116,6 +124,9 @@ async fn run(
                 if !acks.is_empty() {
                     pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(&acks).ignore();
                     pipe.cmd("HDEL").arg(UNACKED).arg(&acks).ignore();
+                }
+                for (key, payload) in &pushes {
+                    pipe.cmd("LPUSH").arg(key).arg(payload).ignore();
                 }
                 if !keys.is_empty() {
                     pipe.cmd("EVALSHA")

@@ -24,6 +24,7 @@
 pub mod backend;
 mod batch;
 mod broker;
+mod canvas;
 mod client;
 mod config;
 mod connect;

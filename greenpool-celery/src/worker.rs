@@ -645,10 +645,60 @@ fn finish(
             }
         },
     };
+    follow_up(shared, msg, state, &result);
     if !ignore_result {
         shared.store(msg, state, result, traceback);
     }
     false
+}
+
+/// Sends link callbacks and the next chain step after a success, link
+/// errors after a failure.
+fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Value) {
+    let embed = &msg.embed;
+    let priority = msg.properties.priority;
+    let mut out = Vec::new();
+    match state {
+        TaskState::Success => {
+            for sig in embed.callbacks.iter().flatten() {
+                out.extend(crate::canvas::message_for(
+                    sig,
+                    Some(result),
+                    None,
+                    &msg.headers,
+                    priority,
+                ));
+            }
+            if let Some(chain) = embed.chain.as_ref().filter(|c| !c.is_empty()) {
+                let mut rest = chain.clone();
+                if let Some(next) = rest.pop() {
+                    out.extend(crate::canvas::message_for(
+                        &next,
+                        Some(result),
+                        Some(rest),
+                        &msg.headers,
+                        priority,
+                    ));
+                }
+            }
+        }
+        TaskState::Failure => {
+            let id = Value::String(msg.headers.id.clone());
+            for sig in embed.errbacks.iter().flatten() {
+                out.extend(crate::canvas::message_for(
+                    sig,
+                    Some(&id),
+                    None,
+                    &msg.headers,
+                    priority,
+                ));
+            }
+        }
+        _ => {}
+    }
+    for (key, payload) in out {
+        shared.acks.push(key, payload);
+    }
 }
 
 /// A traceback text in Python's shape, so clients that print

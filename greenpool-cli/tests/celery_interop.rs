@@ -176,6 +176,16 @@ fn expired_tasks_are_revoked_not_run() {
 }
 
 #[test]
+fn chains_links_and_link_errors_are_followed() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let w = worker(&server, &["-c", "10"]);
+    assert!(py(&python, &server, &["canvas"]).contains("OK"));
+    w.stop();
+}
+
+#[test]
 fn lower_priority_number_runs_first() {
     let Some((server, python)) = setup() else {
         return;

@@ -106,6 +106,28 @@ def expires():
     assert r.get(timeout=T) == 3
 
 
+def canvas():
+    from celery import chain, signature
+    add = signature("greenpool.add", app=app)
+    # a chain: ((1 + 2) + 3) + 4
+    r = chain(add.clone((1, 2)), add.clone((3,)), add.clone((4,))).apply_async()
+    assert r.get(timeout=T) == 10, r
+    assert r.parent.get(timeout=T) == 6
+    # link: the callback gets the result first
+    cb = signature("greenpool.echo", ("tail",), app=app).set(task_id="cb-" + r.id)
+    r2 = add.clone((2, 3)).set(link=cb).apply_async()
+    assert r2.get(timeout=T) == 5
+    assert app.AsyncResult(cb.id).get(timeout=T) == {"args": [5, "tail"], "kwargs": {}}
+    # link_error: the errback gets the failed task's id
+    eb = signature("greenpool.echo", app=app).set(task_id="eb-" + r.id)
+    r3 = signature("greenpool.fail", ("x",), app=app).set(link_error=eb).apply_async()
+    try:
+        r3.get(timeout=T)
+    except ValueError:
+        pass
+    assert app.AsyncResult(eb.id).get(timeout=T) == {"args": [r3.id], "kwargs": {}}
+
+
 def send_priorities():
     """Sends 8 low (9) then 8 high (0) priority tasks; prints their ids."""
     low = [app.send_task("greenpool.echo", ("low", i), priority=9).id for i in range(8)]
@@ -170,6 +192,7 @@ def collect(ids, expect):
     "unknown": unknown,
     "countdown": countdown,
     "expires": expires,
+    "canvas": canvas,
     "send_priorities": send_priorities,
     "check_priorities": check_priorities,
     "concurrency": concurrency,
