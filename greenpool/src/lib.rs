@@ -2,4 +2,6 @@
 
 mod timer;
 
-pub use timer::{CancelResult, Entry, EntryPanic, ErrorHandler, Scheduled, Timer, TimerError, TimerRef};
+pub use timer::{
+    CancelResult, Entry, EntryPanic, ErrorHandler, Scheduled, Timer, TimerError, TimerRef,
+};

@@ -164,7 +164,7 @@ impl Core {
         };
         st.next_seq += 1;
         if let Some(rep) = entry.repeat() {
-            rep.set_pending(key);
+            rep.set_pending(key, st.epoch);
         }
         if first {
             self.wake.notify_one();
@@ -189,7 +189,10 @@ impl Core {
         let mut st = self.lock();
         let (was, removed) = match entry.repeat() {
             Some(rep) if rep.is_owned_by(self) => {
-                let was = rep.cancel();
+                // Live: not cancelled, and entered since the last clear or
+                // stop (a run under way then does not reschedule).
+                let live = !st.stopped && rep.epoch() == st.epoch;
+                let was = rep.cancel() && live;
                 let removed = rep.take_pending().and_then(|k| st.queue.remove(k));
                 (was, removed)
             }
@@ -244,7 +247,10 @@ impl Core {
 
     /// Sets the `on_error` handler.
     pub(crate) fn set_on_error(&self, handler: Option<ErrorHandler>) {
-        *self.on_error.write().unwrap_or_else(PoisonError::into_inner) = handler;
+        *self
+            .on_error
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = handler;
     }
 
     /// Runs `entry` once on the current task; a panic goes to `on_error`.

@@ -187,8 +187,7 @@ impl Queue {
     /// Snapshot of the pending entries with their keys, in heap order
     /// (sort by deadline for firing order, after releasing the lock).
     pub(crate) fn snapshot(&self) -> Vec<(Deadline, Key, Entry)> {
-        self
-            .heap
+        self.heap
             .iter()
             .filter_map(|node| {
                 let s = &self.slots[node.slot as usize];
@@ -292,9 +291,16 @@ impl Queue {
         for (i, node) in self.heap.iter().enumerate() {
             let s = &self.slots[node.slot as usize];
             assert!(s.entry.is_some(), "heap node {i} names a vacant slot");
-            assert_eq!(s.link as usize, i, "slot {} lost its heap position", node.slot);
+            assert_eq!(
+                s.link as usize, i,
+                "slot {} lost its heap position",
+                node.slot
+            );
             if i > 0 {
-                assert!(self.heap[(i - 1) / ARITY].deadline <= node.deadline, "heap order at {i}");
+                assert!(
+                    self.heap[(i - 1) / ARITY].deadline <= node.deadline,
+                    "heap order at {i}"
+                );
             }
         }
         let occupied = self.slots.iter().filter(|s| s.entry.is_some()).count();
@@ -375,8 +381,10 @@ mod tests {
     fn pop_due_leaves_future_entries() {
         let base = Instant::now();
         let mut q = Queue::new();
-        q.insert(deadline(base, 10, 0, 0), Entry::new(|| {})).unwrap();
-        q.insert(deadline(base, 5, 0, 1), Entry::new(|| {})).unwrap();
+        q.insert(deadline(base, 10, 0, 0), Entry::new(|| {}))
+            .unwrap();
+        q.insert(deadline(base, 5, 0, 1), Entry::new(|| {}))
+            .unwrap();
         let now = base + Duration::from_millis(7);
         assert_eq!(q.pop_due(now).map(|(_, d, _)| d.seq), Some(1));
         assert!(q.pop_due(now).is_none());
@@ -387,9 +395,13 @@ mod tests {
     fn stale_keys_never_match_a_reused_slot() {
         let base = Instant::now();
         let mut q = Queue::new();
-        let a = q.insert(deadline(base, 1, 0, 0), Entry::new(|| {})).unwrap();
+        let a = q
+            .insert(deadline(base, 1, 0, 0), Entry::new(|| {}))
+            .unwrap();
         assert!(q.remove(a).is_some());
-        let b = q.insert(deadline(base, 1, 0, 1), Entry::new(|| {})).unwrap();
+        let b = q
+            .insert(deadline(base, 1, 0, 1), Entry::new(|| {}))
+            .unwrap();
         assert_eq!(a.slot, b.slot, "the slot is reused");
         assert!(q.remove(a).is_none(), "the old key is stale");
         assert!(q.get(b).is_some());
@@ -397,7 +409,9 @@ mod tests {
         assert_eq!(drained.len(), 1);
         assert!(q.get(b).is_none(), "drain makes keys stale");
         q.check();
-        let c = q.insert(deadline(base, 1, 0, 2), Entry::new(|| {})).unwrap();
+        let c = q
+            .insert(deadline(base, 1, 0, 2), Entry::new(|| {}))
+            .unwrap();
         assert_ne!(b, c);
         q.check();
     }
@@ -435,7 +449,8 @@ mod tests {
         let n = 1_000_000u64;
         for seq in 0..n {
             let ms = rng(&mut state) % 3_600_000;
-            q.insert(deadline(base, ms, 0, seq), Entry::new(|| {})).unwrap();
+            q.insert(deadline(base, ms, 0, seq), Entry::new(|| {}))
+                .unwrap();
         }
         let per_entry = q.allocated_bytes() as f64 / n as f64;
         println!("queue bytes per pending entry: {per_entry:.1}");

@@ -32,6 +32,9 @@ pub(crate) struct Repeat {
     cancelled: AtomicBool,
     /// Packed [`Key`] of the pending occurrence, or [`NO_KEY`].
     pending: AtomicU64,
+    /// The timer's epoch when the series was last entered; a series entered
+    /// before a `clear` or `stop` is no longer live.
+    epoch: AtomicU64,
     /// Start of the last run that was not skipped.
     last_run: Mutex<Option<Instant>>,
 }
@@ -48,6 +51,7 @@ impl Repeat {
             owner: Arc::downgrade(owner),
             cancelled: AtomicBool::new(false),
             pending: AtomicU64::new(NO_KEY),
+            epoch: AtomicU64::new(0),
             last_run: Mutex::new(None),
         }
     }
@@ -74,20 +78,24 @@ impl Repeat {
         (packed != NO_KEY).then(|| Key::unpack(packed))
     }
 
-    /// Records the key of the pending occurrence. Call under the state lock.
-    pub(crate) fn set_pending(&self, key: Key) {
+    /// Records the key of the pending occurrence, entered in `epoch`.
+    /// Call under the state lock.
+    pub(crate) fn set_pending(&self, key: Key, epoch: u64) {
         self.pending.store(key.pack(), Ordering::Relaxed);
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The epoch the series was last entered in. Call under the state lock.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     /// Forgets the pending occurrence if it is `key` (it just fired).
     /// Call under the state lock.
     pub(crate) fn clear_pending_if(&self, key: Key) {
-        let _ = self.pending.compare_exchange(
-            key.pack(),
-            NO_KEY,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.pending
+                .compare_exchange(key.pack(), NO_KEY, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// kombu's early-run rule, applied at `now`.
