@@ -9,7 +9,6 @@
 //! "never fired" is proven by a dropped sender (the timer dropped the entry)
 //! or by a later entry firing first on the current-thread runtime.
 
-
 // Helpers outside #[test] fns are not covered by clippy.toml's test allowance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -17,7 +17,6 @@
 //! runtime entries run in the order they fire, so when the canary has run,
 //! every due entry has run.
 
-
 // Helpers outside #[test] fns are not covered by clippy.toml's test allowance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
