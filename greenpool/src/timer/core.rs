@@ -22,7 +22,7 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::entry::{Deadline, Entry};
+use super::entry::Entry;
 use super::error::TimerError;
 use super::panic::{EntryPanic, ErrorHandler};
 use super::queue::{Key, Queue};
@@ -43,8 +43,6 @@ pub(crate) struct Core {
 pub(crate) struct State {
     /// Pending entries.
     pub(crate) queue: Queue,
-    /// Next insertion number (ties between equal etas and priorities).
-    next_seq: u64,
     /// Bumped by `clear` and `stop`.
     pub(crate) epoch: u64,
     /// Set once by `stop`.
@@ -59,7 +57,6 @@ impl Core {
         Arc::new(Core {
             state: Mutex::new(State {
                 queue: Queue::new(),
-                next_seq: 0,
                 epoch: 0,
                 stopped: false,
                 driver: false,
@@ -149,20 +146,13 @@ impl Core {
         let mut replaced = None;
         if let Some(rep) = entry.repeat() {
             if let Some(old) = rep.take_pending() {
-                replaced = st.queue.remove(old).map(|(_, e)| e);
+                replaced = st.queue.remove(old);
             }
         }
-        let deadline = Deadline {
-            eta,
-            priority,
-            seq: st.next_seq,
-        };
-        let first = st.queue.peek().map_or(true, |head| deadline < *head);
-        let key = match st.queue.insert(deadline, entry.clone()) {
-            Ok(key) => key,
+        let (key, first) = match st.queue.insert(eta, priority, entry.clone()) {
+            Ok(inserted) => inserted,
             Err(_) => return Err(TimerError::Full),
         };
-        st.next_seq += 1;
         if let Some(rep) = entry.repeat() {
             rep.set_pending(key, st.epoch);
         }

@@ -30,7 +30,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
             }
             let now = Instant::now();
             while due.len() < BATCH {
-                let Some((key, _, entry)) = st.queue.pop_due(now) else {
+                let Some((key, entry)) = st.queue.pop_due(now) else {
                     break;
                 };
                 if let Some(rep) = entry.repeat() {
@@ -38,7 +38,7 @@ pub(crate) async fn drive(core: Arc<Core>) {
                 }
                 due.push(entry);
             }
-            (st.epoch, st.queue.peek().map(|d| d.eta))
+            (st.epoch, st.queue.next_eta())
         };
         let more = due.len() == BATCH;
         for entry in due.drain(..) {

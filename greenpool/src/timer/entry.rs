@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use tokio::time::Instant;
 
 use super::repeat::Repeat;
 
@@ -205,28 +204,25 @@ impl fmt::Debug for Entry {
 /// Field order is the comparison order (the derived `Ord` is lexicographic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Deadline {
-    /// The instant the entry becomes due.
-    pub(crate) eta: Instant,
+    /// The eta in nanoseconds since the queue's origin (see `queue.rs`).
+    pub(crate) eta: u64,
     /// kombu's priority: among equal etas, the lower value fires first.
     pub(crate) priority: i32,
-    /// Insertion counter of the timer; breaks the remaining ties FIFO.
+    /// Insertion counter of the queue; breaks the remaining ties FIFO.
     pub(crate) seq: u64,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn deadline_orders_by_eta_then_priority_then_seq() {
-        let t0 = Instant::now();
-        let t1 = t0 + Duration::from_millis(1);
         let d = |eta, priority, seq| Deadline { eta, priority, seq };
-        assert!(d(t0, 9, 9) < d(t1, 0, 0), "eta decides first");
-        assert!(d(t0, -1, 9) < d(t0, 0, 0), "then priority, lower first");
-        assert!(d(t0, 0, 1) < d(t0, 0, 2), "then insertion order");
-        assert_eq!(d(t0, 0, 1), d(t0, 0, 1));
+        assert!(d(0, 9, 9) < d(1, 0, 0), "eta decides first");
+        assert!(d(0, -1, 9) < d(0, 0, 0), "then priority, lower first");
+        assert!(d(0, 0, 1) < d(0, 0, 2), "then insertion order");
+        assert_eq!(d(0, 0, 1), d(0, 0, 1));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! A timer is a handle on a shared [`Core`](self::core::Core): a queue of
 //! pending entries (a 4-ary heap over a slab, see `queue.rs`) and one driver
 //! task (see `driver.rs`) that sleeps until the nearest deadline and spawns
-//! each due entry as a task of its own. Entering and cancelling are
-//! O(log n) under a short lock; a pending entry costs no task and no sleep.
+//! each due entry as a task of its own. Entering is O(log n) and cancelling
+//! O(1) amortised, under a short lock; a pending entry costs no task and no
+//! sleep.
 //!
 //! Time is [`tokio::time::Instant`], so a paused tokio clock drives the timer
 //! in tests.
@@ -456,13 +457,13 @@ impl Timer {
     /// ```
     pub fn queue(&self) -> Vec<Scheduled> {
         let mut snapshot = self.core().lock().queue.snapshot();
-        snapshot.sort_unstable_by_key(|(deadline, _, _)| *deadline);
+        snapshot.sort_unstable_by_key(|pending| pending.deadline);
         snapshot
             .into_iter()
-            .map(|(deadline, key, entry)| Scheduled {
-                eta: deadline.eta,
-                priority: deadline.priority,
-                tref: TimerRef::new(key, entry),
+            .map(|pending| Scheduled {
+                eta: pending.eta,
+                priority: pending.deadline.priority,
+                tref: TimerRef::new(pending.key, pending.entry),
             })
             .collect()
     }
