@@ -9,8 +9,9 @@
 //! 2. Its handler decodes it. Unreadable messages and unknown task names
 //!    are logged and dropped (an unknown name also stores FAILURE
 //!    `NotRegistered`, as Celery does); an expired one stores REVOKED.
-//! 3. A message with a future ETA waits on a timer, still unacked and no
-//!    longer counted against the prefetch budget.
+//! 3. A message with a future ETA waits on the pool's green
+//!    [`Timer`](greenpool::Timer), still unacked and no longer counted
+//!    against the prefetch budget.
 //! 4. It is applied to the pool, waiting for a slot. When the job first
 //!    runs it is acked (early ack), unless the task acks late.
 //! 5. When the job ends, its result callback stores SUCCESS or FAILURE
@@ -29,7 +30,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use greenpool::{Job, JobContext, Outcome, TaskPool, TerminateReason};
+use greenpool::{Job, JobContext, Outcome, TaskPool, TerminateReason, Timer};
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,7 @@ use crate::broker::{Delivery, RedisBroker};
 use crate::config::WorkerConfig;
 use crate::context::TaskContext;
 use crate::error::WorkerError;
-use crate::protocol::TaskMessage;
+use crate::protocol::{TaskMessage, Timestamp};
 use crate::registry::TaskRegistry;
 use crate::stats::RedisStats;
 use crate::task_error::TaskError;
@@ -142,6 +143,8 @@ struct Shared {
     outstanding: Mutex<HashSet<String>>,
     warm: CancellationToken,
     counters: Counters,
+    /// The green timer ETA requests wait on.
+    timer: Timer,
 }
 
 fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -259,6 +262,7 @@ impl Worker {
             outstanding: Mutex::new(HashSet::new()),
             warm: self.shutdown.warm.clone(),
             counters: Counters::default(),
+            timer: TaskPool::new_timer(),
         });
         tracing::info!(
             "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
@@ -304,6 +308,7 @@ impl Worker {
             }
         }
         handlers.wait().await;
+        shared.timer.stop();
         let _ = sweeper.await;
         acks.flush().await;
         // Give back whatever is still unacked: prefetched, ETA, or killed
@@ -483,10 +488,9 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
     if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
         // Celery raises the prefetch budget while an ETA request waits.
         drop(permit.take());
-        tokio::select! {
-            _ = tokio::time::sleep(eta.remaining()) => {}
-            // Left unacked: given back at shutdown.
-            _ = shared.warm.cancelled() => return,
+        if !wait_for_eta(&shared, eta).await {
+            // Warm shutdown: left unacked, given back at the end.
+            return;
         }
         if revoke_if_expired(&shared, &msg, &tag) {
             return;
@@ -550,6 +554,33 @@ async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSem
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
         tracing::debug!("Task {name}[{id}] not started: {e}");
+    }
+}
+
+/// Waits on the pool's green timer until `eta` (priority 6, as Celery
+/// enters ETA requests). Returns false when warm shutdown came first.
+async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = Mutex::new(Some(tx));
+    let at = tokio::time::Instant::now() + eta.remaining();
+    let fire = move || {
+        if let Some(tx) = tx.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = tx.send(());
+        }
+    };
+    match shared.timer.call_at(at, fire, 6) {
+        Ok(tref) => tokio::select! {
+            r = rx => r.is_ok(),
+            _ = shared.warm.cancelled() => {
+                let _ = shared.timer.cancel(&tref);
+                false
+            }
+        },
+        Err(e) => {
+            // Only after the timer stopped, i.e. during shutdown.
+            tracing::debug!("ETA timer refused the entry: {e}");
+            false
+        }
     }
 }
 
