@@ -267,3 +267,50 @@ async fn warm_shutdown_gives_back_waiting_messages() {
     assert_eq!(v["headers"]["redelivered"], json!(true));
     assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_result_and_result_expires_are_honoured() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let config = config(&server)
+        .concurrency(1)
+        .result_expires(Some(Duration::from_secs(1234)));
+    let w = start(config).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let ignored = client
+        .send_task(
+            "t.add",
+            vec![json!(1), json!(1)],
+            Map::new(),
+            SendOptions::default().ignore_result(true),
+        )
+        .await
+        .unwrap();
+    // One slot, one queue: the next task's result is stored after the
+    // ignored one ran.
+    let kept = client
+        .send_task(
+            "t.add",
+            vec![json!(2), json!(2)],
+            Map::new(),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept.get(WAIT).await.unwrap(), json!(4));
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.succeeded, 2);
+    let mut backend = server.conn(1);
+    let exists: bool = backend
+        .exists(format!("celery-task-meta-{}", ignored.id()))
+        .unwrap();
+    assert!(!exists, "no result stored for ignore_result");
+    let ttl: i64 = backend
+        .ttl(format!("celery-task-meta-{}", kept.id()))
+        .unwrap();
+    assert!((1200..=1234).contains(&ttl), "ttl {ttl}");
+}
