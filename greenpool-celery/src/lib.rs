@@ -33,6 +33,7 @@ mod error;
 pub mod protocol;
 mod registry;
 mod repr;
+mod request;
 mod scripts;
 mod stats;
 mod task_error;

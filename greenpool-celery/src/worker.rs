@@ -28,24 +28,22 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use greenpool::{Job, JobContext, Outcome, TaskPool, TerminateReason, Timer};
-use serde_json::{json, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use greenpool::{TaskPool, Timer};
+use serde_json::Value;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{RedisBackend, ResultMeta, TaskState};
 use crate::batch::Batcher;
-use crate::broker::{Delivery, RedisBroker};
+use crate::broker::RedisBroker;
 use crate::config::WorkerConfig;
-use crate::context::TaskContext;
 use crate::error::WorkerError;
-use crate::protocol::{TaskMessage, Timestamp};
+use crate::protocol::TaskMessage;
 use crate::registry::TaskRegistry;
 use crate::stats::RedisStats;
-use crate::task_error::TaskError;
 
 /// Stops a running worker: warm first, cold if asked again.
 #[derive(Debug, Clone)]
@@ -124,35 +122,35 @@ pub struct Worker {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    received: std::sync::atomic::AtomicU64,
-    succeeded: std::sync::atomic::AtomicU64,
-    failed: std::sync::atomic::AtomicU64,
-    revoked: std::sync::atomic::AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) received: std::sync::atomic::AtomicU64,
+    pub(crate) succeeded: std::sync::atomic::AtomicU64,
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+    pub(crate) revoked: std::sync::atomic::AtomicU64,
 }
 
 /// State shared by the consumer and every message handler.
 #[derive(Debug)]
-struct Shared {
-    config: WorkerConfig,
-    registry: Arc<TaskRegistry>,
-    pool: TaskPool,
-    acks: Arc<Batcher>,
-    backend: Option<RedisBackend>,
+pub(crate) struct Shared {
+    pub(crate) config: WorkerConfig,
+    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) pool: TaskPool,
+    pub(crate) acks: Arc<Batcher>,
+    pub(crate) backend: Option<RedisBackend>,
     /// Delivery tags taken but not yet acked, restored at shutdown.
-    outstanding: Mutex<HashSet<String>>,
-    warm: CancellationToken,
-    counters: Counters,
+    pub(crate) outstanding: Mutex<HashSet<String>>,
+    pub(crate) warm: CancellationToken,
+    pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
-    timer: Timer,
+    pub(crate) timer: Timer,
 }
 
-fn bump(c: &std::sync::atomic::AtomicU64) {
+pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Shared {
-    fn ack(&self, tag: &str) {
+    pub(crate) fn ack(&self, tag: &str) {
         let removed = self
             .outstanding
             .lock()
@@ -163,7 +161,13 @@ impl Shared {
         }
     }
 
-    fn store(&self, msg: &TaskMessage, state: TaskState, result: Value, traceback: Option<String>) {
+    pub(crate) fn store(
+        &self,
+        msg: &TaskMessage,
+        state: TaskState,
+        result: Value,
+        traceback: Option<String>,
+    ) {
         let Some(backend) = &self.backend else { return };
         let mut meta = ResultMeta::new(&msg.headers.id, state, result);
         meta.traceback = traceback;
@@ -425,331 +429,7 @@ async fn consume(
                 .take()
                 .or_else(|| Arc::clone(&prefetch).try_acquire_owned().ok());
             let shared = Arc::clone(shared);
-            handlers.spawn(handle(shared, d, permit));
+            handlers.spawn(crate::request::handle(shared, d, permit));
         }
     }
-}
-
-/// Handles one delivery up to the point where the pool owns it.
-async fn handle(shared: Arc<Shared>, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
-    bump(&shared.counters.received);
-    let Delivery {
-        queue,
-        raw,
-        tag,
-        parsed,
-    } = delivery;
-    let Some(tag) = tag else {
-        let why = match &parsed {
-            Err(e) => e.to_string(),
-            Ok(_) => "it has no delivery tag".to_owned(),
-        };
-        tracing::error!(
-            "Dropping a message from queue {queue:?}: {why}: {:.200}",
-            raw
-        );
-        return;
-    };
-    shared
-        .outstanding
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(tag.clone());
-    let msg = match parsed.and_then(TaskMessage::from_wire) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(
-                "Can't decode message body: {e}; the message has been dropped: {:.200}",
-                raw
-            );
-            shared.ack(&tag);
-            return;
-        }
-    };
-    let name = msg.headers.task.clone();
-    let id = msg.headers.id.clone();
-    let Some(task) = shared.registry.get(&name).cloned() else {
-        tracing::error!(
-            "Received unregistered task of type '{name}'. The message has been ignored and discarded."
-        );
-        bump(&shared.counters.failed);
-        let err = TaskError::new("NotRegistered", name.clone()).with_module("celery.exceptions");
-        if !msg.headers.ignore_result {
-            shared.store(&msg, TaskState::Failure, err.to_json(), None);
-        }
-        shared.ack(&tag);
-        return;
-    };
-    tracing::info!("Task {name}[{id}] received");
-    if revoke_if_expired(&shared, &msg, &tag) {
-        return;
-    }
-    let mut permit = permit;
-    if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
-        // Celery raises the prefetch budget while an ETA request waits.
-        drop(permit.take());
-        if !wait_for_eta(&shared, eta).await {
-            // Warm shutdown: left unacked, given back at the end.
-            return;
-        }
-        if revoke_if_expired(&shared, &msg, &tag) {
-            return;
-        }
-    }
-    let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
-    let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
-    let ctx = TaskContext {
-        id: id.clone(),
-        name: name.clone(),
-        retries: msg.headers.retries,
-        eta: msg.headers.eta,
-        expires: msg.headers.expires,
-        parent_id: msg.headers.parent_id.clone(),
-        root_id: msg.headers.root_id.clone(),
-        queue,
-        hostname: shared.config.hostname.clone(),
-        token: CancellationToken::new(),
-    };
-    let limits = msg.headers.timelimit;
-    let mut msg = msg;
-    let args = std::mem::take(&mut msg.args);
-    let kwargs = std::mem::take(&mut msg.kwargs);
-    let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
-    let done = Arc::clone(&shared);
-    let late_tag = tag.clone();
-    let job = Job::new(move |jctx: JobContext| {
-        let mut ctx = ctx;
-        ctx.token = jctx.token().clone();
-        let fut = task.call(ctx, args, kwargs);
-        async move {
-            let t0 = Instant::now();
-            let r = fut.await;
-            (r, t0.elapsed())
-        }
-    })
-    .name(name.clone())
-    .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
-    .accept_callback(move |_, _| {
-        if let Some((shared, tag, permit)) = early_ack {
-            shared.ack(&tag);
-            drop(permit);
-        }
-    })
-    .callback(move |outcome: &Outcome<TaskOutput>| {
-        let requeue = finish(&done, &msg, outcome, ignore_result);
-        if acks_late && !requeue {
-            done.ack(&late_tag);
-        }
-        drop(permit);
-    });
-    let job = match limits.hard_duration() {
-        Some(hard) => job.timeout(hard),
-        None => job,
-    };
-    let job = match limits.soft_duration() {
-        Some(soft) => job.soft_timeout(soft),
-        None => job,
-    };
-    if let Err(e) = shared.pool.apply_async(job).await {
-        // The pool closed (warm shutdown) while the request waited for a
-        // slot: the message stays unacked and is given back.
-        tracing::debug!("Task {name}[{id}] not started: {e}");
-    }
-}
-
-/// Waits on the pool's green timer until `eta` (priority 6, as Celery
-/// enters ETA requests). Returns false when warm shutdown came first.
-async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let tx = Mutex::new(Some(tx));
-    let at = tokio::time::Instant::now() + eta.remaining();
-    let fire = move || {
-        if let Some(tx) = tx.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = tx.send(());
-        }
-    };
-    match shared.timer.call_at(at, fire, 6) {
-        Ok(tref) => tokio::select! {
-            r = rx => r.is_ok(),
-            _ = shared.warm.cancelled() => {
-                let _ = shared.timer.cancel(&tref);
-                false
-            }
-        },
-        Err(e) => {
-            // Only after the timer stopped, i.e. during shutdown.
-            tracing::debug!("ETA timer refused the entry: {e}");
-            false
-        }
-    }
-}
-
-/// What a job returns: the task's result and how long it ran.
-type TaskOutput = (Result<Value, TaskError>, Duration);
-
-/// Stores REVOKED ("expired") and acks when the request has expired.
-fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
-    let Some(expires) = msg.headers.expires.filter(|e| e.is_past()) else {
-        return false;
-    };
-    tracing::info!(
-        "Discarding revoked task: {}[{}] (expired at {expires})",
-        msg.headers.task,
-        msg.headers.id
-    );
-    bump(&shared.counters.revoked);
-    if !msg.headers.ignore_result {
-        let err = TaskError::new("TaskRevokedError", "expired").with_module("celery.exceptions");
-        shared.store(msg, TaskState::Revoked, err.to_json(), None);
-    }
-    shared.ack(tag);
-    true
-}
-
-/// Logs and stores a job's outcome. Returns true when the message should
-/// go back to its queue instead of being acked (killed by a cold
-/// shutdown).
-fn finish(
-    shared: &Shared,
-    msg: &TaskMessage,
-    outcome: &Outcome<TaskOutput>,
-    ignore_result: bool,
-) -> bool {
-    let name = msg.headers.display_name();
-    let id = &msg.headers.id;
-    let (state, result, traceback) = match outcome {
-        Outcome::Completed((Ok(v), runtime)) => {
-            bump(&shared.counters.succeeded);
-            if tracing::enabled!(tracing::Level::INFO) {
-                tracing::info!(
-                    "Task {name}[{id}] succeeded in {:.6}s: {}",
-                    runtime.as_secs_f64(),
-                    crate::repr::repr(v)
-                );
-            }
-            (TaskState::Success, v.clone(), None)
-        }
-        Outcome::Completed((Err(e), _)) => {
-            bump(&shared.counters.failed);
-            tracing::error!("Task {name}[{id}] raised unexpected: {e}");
-            let tb = e
-                .traceback()
-                .map(str::to_owned)
-                .unwrap_or_else(|| traceback_text(name, e));
-            (TaskState::Failure, e.to_json(), Some(tb))
-        }
-        Outcome::Panicked(p) => {
-            bump(&shared.counters.failed);
-            let e = TaskError::runtime_error(format!("task panicked: {}", p.message()));
-            tracing::error!("Task {name}[{id}] raised unexpected: {e} ({p})");
-            let mut tb = traceback_text(name, &e);
-            let bt = p.backtrace_text();
-            if !bt.is_empty() {
-                tb = format!("{bt}\n{tb}");
-            }
-            (TaskState::Failure, e.to_json(), Some(tb))
-        }
-        Outcome::Terminated(t) => match t.reason {
-            TerminateReason::TimeLimit => {
-                bump(&shared.counters.failed);
-                let secs = msg.headers.timelimit.hard.unwrap_or(0.0);
-                let e = TaskError::new("TimeLimitExceeded", "")
-                    .with_args(vec![json!(secs)])
-                    .with_module("celery.exceptions");
-                tracing::error!("Task {name}[{id}] hard time limit ({secs}s) exceeded");
-                (
-                    TaskState::Failure,
-                    e.to_json(),
-                    Some(traceback_text(name, &e)),
-                )
-            }
-            TerminateReason::Killed => {
-                bump(&shared.counters.revoked);
-                let e = TaskError::new("TaskRevokedError", "terminated")
-                    .with_module("celery.exceptions");
-                tracing::warn!("Task {name}[{id}] terminated");
-                (TaskState::Revoked, e.to_json(), None)
-            }
-            _ => {
-                tracing::warn!("Task {name}[{id}] killed by shutdown: {t}");
-                return true;
-            }
-        },
-    };
-    follow_up(shared, msg, state, &result);
-    if !ignore_result {
-        shared.store(msg, state, result, traceback);
-    }
-    false
-}
-
-/// Sends link callbacks and the next chain step after a success, link
-/// errors after a failure.
-fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Value) {
-    let embed = &msg.embed;
-    let priority = msg.properties.priority;
-    let mut out = Vec::new();
-    match state {
-        TaskState::Success => {
-            for sig in embed.callbacks.iter().flatten() {
-                out.extend(crate::canvas::message_for(
-                    sig,
-                    Some(result),
-                    None,
-                    &msg.headers,
-                    priority,
-                ));
-            }
-            if let Some(chain) = embed.chain.as_ref().filter(|c| !c.is_empty()) {
-                let mut rest = chain.clone();
-                if let Some(next) = rest.pop() {
-                    out.extend(crate::canvas::message_for(
-                        &next,
-                        Some(result),
-                        Some(rest),
-                        &msg.headers,
-                        priority,
-                    ));
-                }
-            }
-        }
-        TaskState::Failure => {
-            let id = Value::String(msg.headers.id.clone());
-            for sig in embed.errbacks.iter().flatten() {
-                out.extend(crate::canvas::message_for(
-                    sig,
-                    Some(&id),
-                    None,
-                    &msg.headers,
-                    priority,
-                ));
-            }
-        }
-        _ => {}
-    }
-    for (key, payload) in out {
-        shared.acks.push(key, payload);
-    }
-}
-
-/// A traceback text in Python's shape, so clients that print
-/// `result.traceback` see where the failure came from.
-fn traceback_text(name: &str, e: &TaskError) -> String {
-    let msg: Vec<String> = e
-        .args()
-        .iter()
-        .map(|a| match a {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect();
-    let module = match e.exc_module() {
-        "builtins" => String::new(),
-        m => format!("{m}."),
-    };
-    format!(
-        "Traceback (most recent call last):\n  File \"<greenpool task {name}>\", in run\n{module}{}: {}\n",
-        e.exc_type(),
-        msg.join(", ")
-    )
 }

@@ -40,6 +40,14 @@ fn registry() -> TaskRegistry {
         }
         Ok::<_, TaskError>(())
     });
+    t.register(
+        "t.sleep",
+        &["secs"],
+        |_: TaskContext, (secs,): (f64,)| async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            Ok::<_, TaskError>(secs)
+        },
+    );
     t.register("t.late", &[], |_: TaskContext, (): ()| async move {
         Ok::<_, TaskError>("late")
     })
@@ -313,4 +321,35 @@ async fn ignore_result_and_result_expires_are_honoured() {
         .ttl(format!("celery-task-meta-{}", kept.id()))
         .unwrap();
     assert!((1200..=1234).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_time_limit_fails_with_time_limit_exceeded() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let w = start(config(&server)).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let slow = client
+        .send_task(
+            "t.sleep",
+            vec![json!(3600)],
+            Map::new(),
+            SendOptions::default().time_limits(Some(0.2), None),
+        )
+        .await
+        .unwrap();
+    match slow.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "TimeLimitExceeded");
+            assert_eq!(e.exc_module(), "celery.exceptions");
+            assert_eq!(e.args(), &[json!(0.2)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.failed, 1);
 }
