@@ -107,6 +107,7 @@ pub(crate) async fn handle(
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();
+    let started_label = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{name}[{id}]"));
     let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
         ctx.token = jctx.token().clone();
@@ -120,6 +121,9 @@ pub(crate) async fn handle(
     .name(name.clone())
     .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
     .accept_callback(move |_, _| {
+        if let Some(label) = started_label {
+            tracing::debug!("Task {label} started");
+        }
         if let Some((shared, tag, permit)) = early_ack {
             shared.ack(&tag);
             drop(permit);

@@ -93,9 +93,12 @@ fn worker(server: &RedisServer, args: &[&str]) -> Proc {
     cmd.arg("worker")
         .arg("--broker")
         .arg(server.url(0))
-        .args(["-n", "interop@%h", "--loglevel", "info"])
+        .args(["-n", "interop@%h"])
         .args(args)
         .env_remove("RUST_LOG");
+    if !args.contains(&"--loglevel") {
+        cmd.args(["--loglevel", "info"]);
+    }
     let p = Proc::spawn("worker", cmd);
     p.wait_for(" ready.");
     p
@@ -358,4 +361,36 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     let w2 = worker(&server, &["-c", "4"]);
     assert!(py(&python, &server, &["collect", &adds, "2"]).contains("OK"));
     w2.stop();
+}
+
+#[test]
+fn second_signal_is_a_cold_shutdown_that_gives_late_acks_back() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let mut conn = server.conn(0);
+    let w = worker(&server, &["-c", "1", "--acks-late", "--loglevel", "debug"]);
+    let ids = py(
+        &python,
+        &server,
+        &["send_many", "greenpool.sleep", "1", "[3600]"],
+    );
+    w.wait_for("] started");
+    w.signal("-TERM");
+    w.wait_for("warm shutdown requested");
+    // Running tasks hold up a warm shutdown; the second signal kills them.
+    w.signal("-TERM");
+    let mut w = w;
+    let status = w.child.wait().unwrap();
+    assert!(status.success(), "worker exited with {status}");
+    let back: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    assert_eq!(
+        back.len(),
+        1,
+        "the killed late-ack task is back on its queue"
+    );
+    let id: Vec<String> = serde_json::from_str(ids.trim()).unwrap();
+    assert!(back[0].contains(&id[0]));
+    let unacked: usize = conn.hlen("unacked").unwrap();
+    assert_eq!(unacked, 0);
 }
