@@ -24,13 +24,26 @@ pub type TaskFn =
     Arc<dyn Fn(TaskContext, Vec<Value>, Map<String, Value>) -> TaskFuture + Send + Sync>;
 
 /// Per-task settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskOptions {
     /// Ack after the task ends instead of when it starts; `None` follows
     /// the worker's setting.
     pub acks_late: Option<bool>,
     /// Never store results of this task.
     pub ignore_result: bool,
+    /// Retries allowed through [`TaskError::retry`] (Celery's default 3);
+    /// `None` allows any number.
+    pub max_retries: Option<u32>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            acks_late: None,
+            ignore_result: false,
+            max_retries: Some(3),
+        }
+    }
 }
 
 /// A registered task.

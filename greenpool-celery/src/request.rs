@@ -107,6 +107,10 @@ pub(crate) async fn handle(
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();
+    let retry = RetryInfo {
+        raw,
+        max_retries: task.options.max_retries,
+    };
     let started_label = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{name}[{id}]"));
     let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
@@ -130,7 +134,7 @@ pub(crate) async fn handle(
         }
     })
     .callback(move |outcome: &Outcome<TaskOutput>| {
-        let requeue = finish(&done, &msg, outcome, ignore_result);
+        let requeue = finish(&done, &msg, outcome, ignore_result, &retry);
         if acks_late && !requeue {
             done.ack(&late_tag);
         }
@@ -208,10 +212,14 @@ fn finish(
     msg: &TaskMessage,
     outcome: &Outcome<TaskOutput>,
     ignore_result: bool,
+    retry: &RetryInfo,
 ) -> bool {
     let name = msg.headers.display_name();
     let id = &msg.headers.id;
     let (state, result, traceback) = match outcome {
+        Outcome::Completed((Err(e), _)) if e.retry_countdown().is_some() => {
+            retry_or_fail(shared, msg, e, retry)
+        }
         Outcome::Completed((Ok(v), runtime)) => {
             bump(&shared.counters.succeeded);
             if tracing::enabled!(tracing::Level::INFO) {
@@ -324,6 +332,82 @@ fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Valu
     for (key, payload) in out {
         shared.acks.push(key, payload);
     }
+}
+
+/// What a retry needs: the message as received, and the task's limit.
+struct RetryInfo {
+    raw: String,
+    max_retries: Option<u32>,
+}
+
+/// Handles a task's request to be retried: sends the request again with
+/// `retries + 1` and an ETA, and reports RETRY; or, when the retries are
+/// used up, reports FAILURE (`MaxRetriesExceededError` for a bare retry,
+/// else the task's own error).
+fn retry_or_fail(
+    shared: &Shared,
+    msg: &TaskMessage,
+    e: &TaskError,
+    retry: &RetryInfo,
+) -> (TaskState, Value, Option<String>) {
+    let name = msg.headers.display_name();
+    let id = &msg.headers.id;
+    let countdown = e.retry_countdown().unwrap_or_default();
+    let allowed = retry.max_retries.is_none_or(|m| msg.headers.retries < m);
+    let again = allowed
+        .then(|| retry_message(&retry.raw, countdown))
+        .flatten();
+    if let Some((key, payload)) = again {
+        tracing::info!("Task {name}[{id}] retry: {e}");
+        bump(&shared.counters.retried);
+        shared.acks.push(key, payload);
+        return (TaskState::Retry, e.to_json(), Some(traceback_text(name, e)));
+    }
+    bump(&shared.counters.failed);
+    let failure = if e.exc_type() == "Retry" {
+        TaskError::new(
+            "MaxRetriesExceededError",
+            format!(
+                "Can't retry {name}[{id}] args:{:?} kwargs:{:?}",
+                msg.headers.argsrepr, msg.headers.kwargsrepr
+            ),
+        )
+        .with_module("celery.exceptions")
+    } else {
+        e.clone()
+    };
+    tracing::error!("Task {name}[{id}] raised unexpected: {failure}");
+    let tb = traceback_text(name, &failure);
+    (TaskState::Failure, failure.to_json(), Some(tb))
+}
+
+/// The queue key and envelope of the retry of `raw`: `retries + 1`, an
+/// ETA `countdown` from now, a fresh delivery tag. `None` for v1 messages
+/// or unreadable ones.
+fn retry_message(raw: &str, countdown: Duration) -> Option<(String, String)> {
+    let mut v: Value = serde_json::from_str(raw).ok()?;
+    let headers = v.get_mut("headers")?.as_object_mut()?;
+    headers.get("task")?;
+    let retries = headers.get("retries").and_then(Value::as_u64).unwrap_or(0);
+    headers.insert("retries".to_owned(), json!(retries + 1));
+    headers.insert(
+        "eta".to_owned(),
+        json!((Timestamp::now() + countdown).to_string()),
+    );
+    headers.remove("redelivered");
+    let props = v.get_mut("properties")?.as_object_mut()?;
+    props.insert("delivery_tag".to_owned(), json!(crate::uuid::uuid4()));
+    let priority = props
+        .get("priority")
+        .and_then(Value::as_u64)
+        .map_or(0, |p| p.min(9) as u8);
+    let info = props.get_mut("delivery_info")?.as_object_mut()?;
+    info.remove("redelivered");
+    let queue = info.get("routing_key")?.as_str()?.to_owned();
+    Some((
+        crate::broker::keys::queue_key(&queue, priority),
+        v.to_string(),
+    ))
 }
 
 /// A traceback text in Python's shape, so clients that print

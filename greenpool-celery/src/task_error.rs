@@ -2,6 +2,8 @@
 //! an optional traceback, stored the way Celery's JSON serializer stores
 //! exceptions so that Python rebuilds the same type.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// A task failure, seen by Python clients as an exception of type
@@ -24,6 +26,7 @@ pub struct TaskError {
     exc_module: String,
     args: Vec<Value>,
     traceback: Option<String>,
+    retry: Option<Duration>,
 }
 
 impl TaskError {
@@ -34,7 +37,37 @@ impl TaskError {
             exc_module: "builtins".to_owned(),
             args: vec![Value::String(message.into())],
             traceback: None,
+            retry: None,
         }
+    }
+
+    /// Asks for the task to be retried after `countdown`, as Celery's
+    /// `self.retry(countdown=...)`: the worker stores RETRY and sends the
+    /// request again with `retries + 1`. Once the task's `max_retries` are
+    /// used up it fails with `MaxRetriesExceededError`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let e = greenpool_celery::TaskError::retry(Duration::from_secs(5));
+    /// assert_eq!(e.exc_type(), "Retry");
+    /// assert_eq!(e.retry_countdown(), Some(Duration::from_secs(5)));
+    /// ```
+    pub fn retry(countdown: Duration) -> Self {
+        Self::new("Retry", format!("Retry in {}s", countdown.as_secs_f64()))
+            .with_module("celery.exceptions")
+            .retry_after(countdown)
+    }
+
+    /// Makes this error retryable after `countdown`; once the retries are
+    /// used up the task fails with this error (Celery's `retry(exc=...)`).
+    pub fn retry_after(mut self, countdown: Duration) -> Self {
+        self.retry = Some(countdown);
+        self
+    }
+
+    /// The countdown of a requested retry.
+    pub fn retry_countdown(&self) -> Option<Duration> {
+        self.retry
     }
 
     /// `ValueError(message)`.
@@ -119,6 +152,7 @@ impl TaskError {
             exc_module,
             args,
             traceback: None,
+            retry: None,
         })
     }
 }

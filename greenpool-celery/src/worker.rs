@@ -89,6 +89,8 @@ pub struct WorkerReport {
     pub failed: u64,
     /// Messages revoked (expired).
     pub revoked: u64,
+    /// Retries sent on (each also counts as received when it comes back).
+    pub retried: u64,
     /// Messages put back on their queues at shutdown.
     pub restored: u64,
 }
@@ -127,6 +129,7 @@ pub(crate) struct Counters {
     pub(crate) succeeded: std::sync::atomic::AtomicU64,
     pub(crate) failed: std::sync::atomic::AtomicU64,
     pub(crate) revoked: std::sync::atomic::AtomicU64,
+    pub(crate) retried: std::sync::atomic::AtomicU64,
 }
 
 /// State shared by the consumer and every message handler.
@@ -345,6 +348,7 @@ impl Worker {
             succeeded: load(&c.succeeded),
             failed: load(&c.failed),
             revoked: load(&c.revoked),
+            retried: load(&c.retried),
             restored,
         })
     }

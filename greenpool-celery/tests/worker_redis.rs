@@ -48,6 +48,16 @@ fn registry() -> TaskRegistry {
             Ok::<_, TaskError>(secs)
         },
     );
+    t.register("t.flaky", &[], |ctx: TaskContext, (): ()| async move {
+        if ctx.retries() < 2 {
+            return Err(TaskError::retry(Duration::from_millis(10)));
+        }
+        Ok(ctx.retries())
+    });
+    t.register("t.hopeless", &[], |_: TaskContext, (): ()| async move {
+        Err::<(), _>(TaskError::value_error("still down").retry_after(Duration::from_millis(10)))
+    })
+    .max_retries = Some(1);
     t.register("t.late", &[], |_: TaskContext, (): ()| async move {
         Ok::<_, TaskError>("late")
     })
@@ -352,4 +362,39 @@ async fn hard_time_limit_fails_with_time_limit_exceeded() {
     w.stop.warm();
     let report = w.task.await.unwrap().unwrap();
     assert_eq!(report.failed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_come_back_until_they_succeed_or_run_out() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let w = start(config(&server)).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let flaky = client
+        .send_task("t.flaky", vec![], Map::new(), SendOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        flaky.get(WAIT).await.unwrap(),
+        json!(2),
+        "succeeded on the 2nd retry"
+    );
+    let hopeless = client
+        .send_task("t.hopeless", vec![], Map::new(), SendOptions::default())
+        .await
+        .unwrap();
+    match hopeless.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "ValueError");
+            assert_eq!(e.args(), &[json!("still down")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.retried, 3, "two for t.flaky, one for t.hopeless");
+    assert_eq!(report.received, 5);
 }
