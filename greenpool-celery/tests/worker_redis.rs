@@ -169,12 +169,21 @@ async fn round_trips(legacy_fetch: bool) {
     let mut conn = server.conn(0);
     let _: () = conn.lpush("celery", "{not json").unwrap();
     let _: () = conn.lpush("celery", r#"{"body": "@@", "headers": {"task": "t.add", "id": "x"}, "properties": {"delivery_tag": "bad-b64", "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#).unwrap();
+    // A v2 envelope whose headers lack the task id.
+    let no_id = {
+        let mut m =
+            greenpool_celery::TaskMessage::new("t.add", vec![json!(1), json!(1)], Map::new());
+        m.headers.id = String::new();
+        m.encode().unwrap()
+    };
+    let _: () = conn.lpush("celery", no_id).unwrap();
     let late = send("t.late", json!([]), json!({})).await;
     assert_eq!(late.get(WAIT).await.unwrap(), json!("late"));
     w.stop.warm();
     let report = w.task.await.unwrap().unwrap();
     assert_eq!(report.succeeded, 3);
     assert_eq!(report.failed, 4);
+    assert_eq!(report.received, 10, "7 tasks and 3 bad messages");
     let unacked: usize = conn.hlen("unacked").unwrap();
     assert_eq!(unacked, 0, "every message acked or dropped");
     let index: usize = conn.zcard("unacked_index").unwrap();
