@@ -48,6 +48,9 @@ pub struct WorkerConfig {
     /// Fetch with the Lua script and BRPOP even where the server has
     /// LMPOP; that is the path taken on Redis before 7.0.
     pub legacy_fetch: bool,
+    /// Store STARTED (`{"pid", "hostname"}`) when a task starts
+    /// (`task_track_started`, default off).
+    pub track_started: bool,
 }
 
 fn default_hostname() -> String {
@@ -82,6 +85,7 @@ impl WorkerConfig {
             restore_interval: Duration::from_secs(100),
             fetch_batch: 1024,
             legacy_fetch: false,
+            track_started: false,
         }
     }
 
@@ -140,6 +144,12 @@ impl WorkerConfig {
         self
     }
 
+    /// Stores STARTED when tasks start.
+    pub fn track_started(mut self, track: bool) -> Self {
+        self.track_started = track;
+        self
+    }
+
     /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
@@ -154,7 +164,7 @@ impl WorkerConfig {
     /// Overrides settings from `GREENPOOL_*` environment variables:
     /// `BROKER_URL`, `RESULT_BACKEND` (empty: none), `CONCURRENCY`,
     /// `QUEUES` (comma-separated), `PREFETCH_MULTIPLIER`, `HOSTNAME`,
-    /// `ACKS_LATE` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
+    /// `ACKS_LATE` and `TRACK_STARTED` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
     /// `VISIBILITY_TIMEOUT` and `RESTORE_INTERVAL` (seconds).
     ///
     /// # Errors
@@ -205,18 +215,22 @@ impl WorkerConfig {
         if let Some(v) = get("GREENPOOL_HOSTNAME") {
             self.hostname = v;
         }
+        fn flag(name: &'static str, v: String) -> Result<bool, ConfigError> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" | "" => Ok(false),
+                _ => Err(ConfigError::Env {
+                    name,
+                    value: v,
+                    reason: "expected true or false",
+                }),
+            }
+        }
         if let Some(v) = get("GREENPOOL_ACKS_LATE") {
-            self.acks_late = match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" | "" => false,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "GREENPOOL_ACKS_LATE",
-                        value: v,
-                        reason: "expected true or false",
-                    })
-                }
-            };
+            self.acks_late = flag("GREENPOOL_ACKS_LATE", v)?;
+        }
+        if let Some(v) = get("GREENPOOL_TRACK_STARTED") {
+            self.track_started = flag("GREENPOOL_TRACK_STARTED", v)?;
         }
         if let Some(v) = get("GREENPOOL_RESULT_EXPIRES") {
             let d = secs("GREENPOOL_RESULT_EXPIRES", v)?;

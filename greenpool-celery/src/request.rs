@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::TaskState;
+use crate::backend::{ResultMeta, TaskState};
 use crate::broker::Delivery;
 use crate::context::TaskContext;
 use crate::protocol::{TaskMessage, Timestamp};
@@ -107,6 +107,16 @@ pub(crate) async fn handle(
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();
+    let started_meta = (shared.config.track_started && !ignore_result).then(|| {
+        let mut meta = ResultMeta::new(
+            &msg.headers.id,
+            TaskState::Started,
+            json!({"pid": std::process::id(), "hostname": shared.config.hostname}),
+        );
+        meta.group_id = msg.headers.group.clone();
+        meta.parent_id = msg.headers.parent_id.clone();
+        (Arc::clone(&shared), meta)
+    });
     let retry = RetryInfo {
         raw,
         max_retries: task.options.max_retries,
@@ -127,6 +137,11 @@ pub(crate) async fn handle(
     .accept_callback(move |_, _| {
         if let Some(label) = started_label {
             tracing::debug!("Task {label} started");
+        }
+        if let Some((shared, meta)) = started_meta {
+            if let Some(backend) = &shared.backend {
+                backend.store(&meta);
+            }
         }
         if let Some((shared, tag, permit)) = early_ack {
             shared.ack(&tag);

@@ -407,3 +407,59 @@ async fn retries_come_back_until_they_succeed_or_run_out() {
     assert_eq!(report.retried, 3, "two for t.flaky, one for t.hopeless");
     assert_eq!(report.received, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_started_publishes_started_before_success() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut tasks = registry();
+    let g = gate.clone();
+    tasks.register("t.gated", &[], move |_: TaskContext, (): ()| {
+        let g = g.clone();
+        async move {
+            g.notified().await;
+            Ok::<_, TaskError>("through")
+        }
+    });
+    let worker = Worker::new(config(&server).track_started(true), tasks).unwrap();
+    let stop = worker.shutdown_handle();
+    let task = tokio::spawn(worker.run());
+    // Subscribe to the result channel before sending (as AsyncResult does).
+    let id = "gated-1";
+    let redis_client = redis::Client::open(server.url(1)).unwrap();
+    let mut pubsub = redis_client.get_async_pubsub().await.unwrap();
+    pubsub
+        .subscribe(format!("celery-task-meta-{id}"))
+        .await
+        .unwrap();
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    client
+        .send_task(
+            "t.gated",
+            vec![],
+            Map::new(),
+            SendOptions::default().task_id(id),
+        )
+        .await
+        .unwrap();
+    let mut messages = pubsub.on_message();
+    use futures::StreamExt;
+    let first: String = messages.next().await.unwrap().get_payload().unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["status"], json!("STARTED"));
+    assert_eq!(first["result"]["hostname"], json!("celery@test"));
+    assert!(first["result"]["pid"].is_u64());
+    assert_eq!(first["date_done"], Value::Null);
+    gate.notify_one();
+    let second: String = messages.next().await.unwrap().get_payload().unwrap();
+    let second: Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(second["status"], json!("SUCCESS"));
+    assert_eq!(second["result"], json!("through"));
+    drop(messages);
+    stop.warm();
+    task.await.unwrap().unwrap();
+}

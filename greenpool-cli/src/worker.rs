@@ -48,6 +48,9 @@ pub(crate) struct WorkerArgs {
     /// Ack after tasks end instead of when they start.
     #[arg(long, env = "GREENPOOL_ACKS_LATE")]
     acks_late: bool,
+    /// Store STARTED when tasks start.
+    #[arg(long, env = "GREENPOOL_TRACK_STARTED")]
+    track_started: bool,
     /// Seconds results are kept (0: forever).
     #[arg(long, env = "GREENPOOL_RESULT_EXPIRES", default_value_t = 86_400)]
     result_expires: u64,
@@ -87,6 +90,7 @@ impl WorkerArgs {
             )
             .prefetch_multiplier(self.prefetch_multiplier)
             .acks_late(self.acks_late)
+            .track_started(self.track_started)
             .result_expires(
                 (self.result_expires > 0).then(|| Duration::from_secs(self.result_expires)),
             )
