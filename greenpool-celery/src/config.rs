@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     /// Store STARTED (`{"pid", "hostname"}`) when a task starts
     /// (`task_track_started`, default off).
     pub track_started: bool,
+    /// Also store name, args, kwargs, worker, retries and queue with each
+    /// result (`result_extended`, default off).
+    pub result_extended: bool,
 }
 
 fn default_hostname() -> String {
@@ -86,6 +89,7 @@ impl WorkerConfig {
             fetch_batch: 1024,
             legacy_fetch: false,
             track_started: false,
+            result_extended: false,
         }
     }
 
@@ -150,6 +154,12 @@ impl WorkerConfig {
         self
     }
 
+    /// Stores request details with results (`result_extended`).
+    pub fn result_extended(mut self, extended: bool) -> Self {
+        self.result_extended = extended;
+        self
+    }
+
     /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
@@ -164,7 +174,7 @@ impl WorkerConfig {
     /// Overrides settings from `GREENPOOL_*` environment variables:
     /// `BROKER_URL`, `RESULT_BACKEND` (empty: none), `CONCURRENCY`,
     /// `QUEUES` (comma-separated), `PREFETCH_MULTIPLIER`, `HOSTNAME`,
-    /// `ACKS_LATE` and `TRACK_STARTED` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
+    /// `ACKS_LATE`, `TRACK_STARTED` and `RESULT_EXTENDED` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
     /// `VISIBILITY_TIMEOUT` and `RESTORE_INTERVAL` (seconds).
     ///
     /// # Errors
@@ -231,6 +241,9 @@ impl WorkerConfig {
         }
         if let Some(v) = get("GREENPOOL_TRACK_STARTED") {
             self.track_started = flag("GREENPOOL_TRACK_STARTED", v)?;
+        }
+        if let Some(v) = get("GREENPOOL_RESULT_EXTENDED") {
+            self.result_extended = flag("GREENPOOL_RESULT_EXTENDED", v)?;
         }
         if let Some(v) = get("GREENPOOL_RESULT_EXPIRES") {
             let d = secs("GREENPOOL_RESULT_EXPIRES", v)?;

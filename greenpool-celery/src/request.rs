@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{ResultMeta, TaskState};
+use crate::backend::TaskState;
 use crate::broker::Delivery;
 use crate::context::TaskContext;
 use crate::protocol::{TaskMessage, Timestamp};
@@ -102,19 +102,25 @@ pub(crate) async fn handle(
     };
     let limits = msg.headers.timelimit;
     let mut msg = msg;
-    let args = std::mem::take(&mut msg.args);
-    let kwargs = std::mem::take(&mut msg.kwargs);
+    // The job owns the arguments; a copy stays only for result_extended.
+    let (args, kwargs) = if shared.config.result_extended {
+        (msg.args.clone(), msg.kwargs.clone())
+    } else {
+        (
+            std::mem::take(&mut msg.args),
+            std::mem::take(&mut msg.kwargs),
+        )
+    };
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();
     let started_meta = (shared.config.track_started && !ignore_result).then(|| {
-        let mut meta = ResultMeta::new(
-            &msg.headers.id,
+        let meta = shared.meta(
+            &msg,
             TaskState::Started,
             json!({"pid": std::process::id(), "hostname": shared.config.hostname}),
+            None,
         );
-        meta.group_id = msg.headers.group.clone();
-        meta.parent_id = msg.headers.parent_id.clone();
         (Arc::clone(&shared), meta)
     });
     let retry = RetryInfo {

@@ -172,11 +172,32 @@ impl Shared {
         traceback: Option<String>,
     ) {
         let Some(backend) = &self.backend else { return };
+        backend.store(&self.meta(msg, state, result, traceback));
+    }
+
+    /// The meta of `msg` in `state`; with `result_extended`, the request
+    /// details too (args and kwargs from `msg`, so callers that moved them
+    /// out put them back first).
+    pub(crate) fn meta(
+        &self,
+        msg: &TaskMessage,
+        state: TaskState,
+        result: Value,
+        traceback: Option<String>,
+    ) -> ResultMeta {
         let mut meta = ResultMeta::new(&msg.headers.id, state, result);
         meta.traceback = traceback;
         meta.group_id = msg.headers.group.clone();
         meta.parent_id = msg.headers.parent_id.clone();
-        backend.store(&meta);
+        if self.config.result_extended {
+            meta.name = Some(msg.headers.task.clone());
+            meta.args = Some(msg.args.clone());
+            meta.kwargs = Some(msg.kwargs.clone());
+            meta.worker = Some(self.config.hostname.clone());
+            meta.retries = Some(msg.headers.retries);
+            meta.queue = Some(msg.properties.delivery_info.routing_key.clone());
+        }
+        meta
     }
 }
 

@@ -463,3 +463,33 @@ async fn track_started_publishes_started_before_success() {
     stop.warm();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_extended_stores_the_request() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let w = start(config(&server).result_extended(true)).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let r = client
+        .send_task(
+            "t.add",
+            vec![json!(20)],
+            json!({"y": 22}).as_object().unwrap().clone(),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), json!(42));
+    let meta = r.meta().await.unwrap().unwrap();
+    assert_eq!(meta.name.as_deref(), Some("t.add"));
+    assert_eq!(meta.args, Some(vec![json!(20)]));
+    assert_eq!(meta.kwargs.unwrap()["y"], json!(22));
+    assert_eq!(meta.worker.as_deref(), Some("celery@test"));
+    assert_eq!(meta.retries, Some(0));
+    assert_eq!(meta.queue.as_deref(), Some("celery"));
+    w.stop.warm();
+    w.task.await.unwrap().unwrap();
+}

@@ -51,6 +51,9 @@ pub(crate) struct WorkerArgs {
     /// Store STARTED when tasks start.
     #[arg(long, env = "GREENPOOL_TRACK_STARTED")]
     track_started: bool,
+    /// Store name, args, kwargs, worker, retries and queue with results.
+    #[arg(long, env = "GREENPOOL_RESULT_EXTENDED")]
+    result_extended: bool,
     /// Seconds results are kept (0: forever).
     #[arg(long, env = "GREENPOOL_RESULT_EXPIRES", default_value_t = 86_400)]
     result_expires: u64,
@@ -91,6 +94,7 @@ impl WorkerArgs {
             .prefetch_multiplier(self.prefetch_multiplier)
             .acks_late(self.acks_late)
             .track_started(self.track_started)
+            .result_extended(self.result_extended)
             .result_expires(
                 (self.result_expires > 0).then(|| Duration::from_secs(self.result_expires)),
             )

@@ -29,6 +29,24 @@ pub struct ResultMeta {
     /// Task that sent this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// Task name (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Positional arguments (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<Value>>,
+    /// Keyword arguments (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs: Option<serde_json::Map<String, Value>>,
+    /// Node name of the worker (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Retries so far (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Queue (routing key) the request came from (`result_extended` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// The task id.
     pub task_id: String,
 }
@@ -45,6 +63,12 @@ impl ResultMeta {
             date_done: status.is_ready().then(Timestamp::now),
             group_id: None,
             parent_id: None,
+            name: None,
+            args: None,
+            kwargs: None,
+            worker: None,
+            retries: None,
+            queue: None,
             task_id: task_id.to_owned(),
         }
     }
