@@ -189,6 +189,19 @@ fn chains_links_and_link_errors_are_followed() {
 }
 
 #[test]
+fn track_started_and_result_extended_read_from_python() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let w = worker(
+        &server,
+        &["-c", "10", "--track-started", "--result-extended"],
+    );
+    assert!(py(&python, &server, &["extended"]).contains("OK"));
+    w.stop();
+}
+
+#[test]
 fn lower_priority_number_runs_first() {
     let Some((server, python)) = setup() else {
         return;

@@ -128,6 +128,26 @@ def canvas():
     assert app.AsyncResult(eb.id).get(timeout=T) == {"args": [r3.id], "kwargs": {}}
 
 
+def extended():
+    """Against a worker run with --track-started --result-extended."""
+    import time
+    app.conf.result_extended = True
+    r = app.send_task("greenpool.sleep", (1.0,), {})
+    deadline = time.monotonic() + T
+    while r.state == "PENDING":
+        assert time.monotonic() < deadline, "never STARTED"
+        time.sleep(0.02)
+    assert r.state == "STARTED", r.state
+    assert r.info["hostname"].startswith("interop@"), r.info
+    assert r.get(timeout=T) == 1.0
+    assert r.name == "greenpool.sleep", r.name
+    assert r.args == [1.0], r.args
+    assert r.kwargs == {}, r.kwargs
+    assert r.worker.startswith("interop@"), r.worker
+    assert r.queue == "celery", r.queue
+    assert r.retries == 0
+
+
 def send_priorities():
     """Sends 8 low (9) then 8 high (0) priority tasks; prints their ids."""
     low = [app.send_task("greenpool.echo", ("low", i), priority=9).id for i in range(8)]
@@ -193,6 +213,7 @@ def collect(ids, expect):
     "countdown": countdown,
     "expires": expires,
     "canvas": canvas,
+    "extended": extended,
     "send_priorities": send_priorities,
     "check_priorities": check_priorities,
     "concurrency": concurrency,
