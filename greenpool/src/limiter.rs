@@ -1,0 +1,423 @@
+//! The resizable concurrency limit: a semaphore plus a debt.
+//!
+//! A tokio [`Semaphore`] holds the free slots, so that waiting applies queue
+//! fairly and wake when a slot frees. A job takes one permit when it is
+//! admitted and `forget`s it at once; the slot is given back by
+//! [`Limiter::release`] when the job ends, which either returns the permit to
+//! the semaphore or, while the limit is in debt, keeps it to pay the debt.
+//!
+//! Shrinking cannot take permits away from jobs that are already running, so
+//! whatever `shrink` cannot forget from the semaphore is recorded as *debt*,
+//! paid off by the next jobs to finish (or by a later `grow`).
+//!
+//! # Invariants
+//!
+//! With `available` the semaphore's free permits, `running` the admitted jobs
+//! and `admitting` the permits taken from the semaphore but not yet counted:
+//!
+//! * `available + running + admitting = limit + debt`;
+//! * `free() = limit - running` (negative while the limit is in debt);
+//! * `debt > 0` only while `available = 0`: debt is created only when the
+//!   semaphore has no permit left to forget, and every permit that comes back
+//!   pays the debt before it reaches the semaphore.
+//!
+//! The release decision and the debt update happen in one critical section
+//! (the [`Ledger`] lock). Were they apart, a permit released while `shrink`
+//! raises the debt could go back to a waiter, and the shrink would quietly
+//! fail to hold.
+//!
+//! [`Semaphore`]: tokio::sync::Semaphore
+
+use std::sync::PoisonError;
+
+use crate::error::ResizeError;
+use crate::loom::sync::Mutex;
+
+/// Where the free permits live: tokio's semaphore in the pool, a plain
+/// counter in the loom models.
+pub(crate) trait Permits {
+    /// Returns `n` permits.
+    fn add(&self, n: usize);
+    /// Forgets up to `n` free permits; returns how many it forgot.
+    fn forget(&self, n: usize) -> usize;
+}
+
+impl Permits for tokio::sync::Semaphore {
+    fn add(&self, n: usize) {
+        self.add_permits(n);
+    }
+
+    fn forget(&self, n: usize) -> usize {
+        self.forget_permits(n)
+    }
+}
+
+/// The bookkeeping that the semaphore does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ledger {
+    /// The current limit.
+    pub(crate) limit: usize,
+    /// Permits owed: slots that must not be handed out again when they free.
+    pub(crate) debt: usize,
+    /// Jobs admitted and not yet released.
+    pub(crate) running: usize,
+}
+
+impl Ledger {
+    /// Free slots; negative while more jobs run than the limit allows.
+    pub(crate) fn free(&self) -> isize {
+        to_isize(self.limit) - to_isize(self.running)
+    }
+}
+
+fn to_isize(n: usize) -> isize {
+    isize::try_from(n).unwrap_or(isize::MAX)
+}
+
+/// The resizable limit: a source of permits plus the [`Ledger`].
+#[derive(Debug)]
+pub(crate) struct Limiter<P> {
+    /// The free permits.
+    permits: P,
+    /// limit, debt and running, changed only under this lock.
+    ledger: Mutex<Ledger>,
+    /// The largest limit `permits` can hold.
+    max: usize,
+}
+
+impl<P: Permits> Limiter<P> {
+    /// A limiter whose `permits` already hold `limit` permits.
+    pub(crate) fn new(permits: P, limit: usize, max: usize) -> Self {
+        Limiter {
+            permits,
+            ledger: Mutex::new(Ledger {
+                limit,
+                debt: 0,
+                running: 0,
+            }),
+            max,
+        }
+    }
+
+    /// The permit source, for acquiring.
+    pub(crate) fn permits(&self) -> &P {
+        &self.permits
+    }
+
+    /// A copy of the ledger.
+    pub(crate) fn ledger(&self) -> Ledger {
+        *self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a job whose permit was just taken from the semaphore.
+    ///
+    /// `forget` drops the permit object without returning it; it runs under
+    /// the ledger lock, so the permit moves from `available` to `running`
+    /// in one step as far as `grow`, `shrink` and `release` can see.
+    pub(crate) fn admit(&self, forget: impl FnOnce()) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        forget();
+        ledger.running += 1;
+    }
+
+    /// Gives back the slot of a job that ended: to the debt if there is one,
+    /// else to the semaphore.
+    pub(crate) fn release(&self) {
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        debug_assert!(ledger.running > 0, "release without a matching admit");
+        ledger.running = ledger.running.saturating_sub(1);
+        if ledger.debt > 0 {
+            ledger.debt -= 1;
+        } else {
+            self.permits.add(1);
+        }
+    }
+
+    /// Raises the limit by `n`, paying any debt first.
+    pub(crate) fn grow(&self, n: usize) -> Result<usize, ResizeError> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = ledger
+            .limit
+            .checked_add(n)
+            .filter(|l| *l <= self.max)
+            .ok_or(ResizeError::TooLarge {
+                by: n,
+                limit: ledger.limit,
+                max: self.max,
+            })?;
+        let paid = ledger.debt.min(n);
+        ledger.debt -= paid;
+        ledger.limit = limit;
+        if n > paid {
+            self.permits.add(n - paid);
+        }
+        Ok(limit)
+    }
+
+    /// Lowers the limit by `n`; running jobs are never interrupted.
+    pub(crate) fn shrink(&self, n: usize) -> Result<usize, ResizeError> {
+        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+        if n > ledger.limit {
+            return Err(ResizeError::BelowZero {
+                by: n,
+                limit: ledger.limit,
+            });
+        }
+        let forgotten = self.permits.forget(n);
+        ledger.debt += n - forgotten;
+        ledger.limit -= n;
+        Ok(ledger.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    fn limiter(limit: usize) -> Limiter<Semaphore> {
+        Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS)
+    }
+
+    fn admit(l: &Limiter<Semaphore>) -> bool {
+        match l.permits().try_acquire() {
+            Ok(p) => {
+                l.admit(|| p.forget());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn check(l: &Limiter<Semaphore>, case: &str) {
+        let ledger = l.ledger();
+        assert_eq!(
+            l.permits().available_permits() + ledger.running,
+            ledger.limit + ledger.debt,
+            "{case}: available + running = limit + debt"
+        );
+        assert!(
+            ledger.debt == 0 || l.permits().available_permits() == 0,
+            "{case}: debt only while nothing is available"
+        );
+    }
+
+    /// Every limit × running × shrink combination up to 4, then releases.
+    #[test]
+    fn shrink_every_combination() {
+        for limit in 0..=4 {
+            for running in 0..=limit {
+                for by in 0..=5 {
+                    let case = format!("limit {limit}, running {running}, shrink {by}");
+                    let l = limiter(limit);
+                    for _ in 0..running {
+                        assert!(admit(&l), "{case}: admit");
+                    }
+                    let res = l.shrink(by);
+                    if by > limit {
+                        assert!(res.is_err(), "{case}: must fail");
+                        assert_eq!(l.ledger().limit, limit, "{case}: unchanged");
+                        check(&l, &case);
+                        continue;
+                    }
+                    assert_eq!(res.ok(), Some(limit - by), "{case}");
+                    check(&l, &case);
+                    let new_limit = limit - by;
+                    let expect_free = new_limit as isize - running as isize;
+                    assert_eq!(l.ledger().free(), expect_free, "{case}: free");
+                    // Nothing starts while in debt.
+                    if expect_free <= 0 {
+                        assert!(!admit(&l), "{case}: admitted while full");
+                    }
+                    for _ in 0..running {
+                        l.release();
+                        check(&l, &case);
+                    }
+                    assert_eq!(l.ledger().debt, 0, "{case}: debt paid");
+                    assert_eq!(
+                        l.permits().available_permits(),
+                        new_limit,
+                        "{case}: all slots back"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grow_pays_debt_first() {
+        let l = limiter(2);
+        assert!(admit(&l));
+        assert!(admit(&l));
+        l.shrink(2).unwrap();
+        assert_eq!(l.ledger().debt, 2);
+        assert_eq!(l.grow(1).unwrap(), 1);
+        assert_eq!(l.ledger().debt, 1);
+        assert_eq!(l.permits().available_permits(), 0);
+        assert_eq!(l.grow(2).unwrap(), 3);
+        assert_eq!(l.ledger().debt, 0);
+        assert_eq!(l.permits().available_permits(), 1);
+        check(&l, "grow");
+    }
+
+    #[test]
+    fn grow_past_max_is_an_error() {
+        let l = Limiter::new(Semaphore::new(1), 1, 4);
+        assert!(l.grow(4).is_err());
+        assert_eq!(l.ledger().limit, 1);
+        assert_eq!(l.grow(3).unwrap(), 4);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_limiter {
+    use super::*;
+    use crate::loom::sync::AtomicUsize;
+    use loom::sync::atomic::Ordering::SeqCst;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A semaphore reduced to its counter: enough for the bookkeeping.
+    #[derive(Debug)]
+    struct Counter(AtomicUsize);
+
+    impl Counter {
+        fn try_take(&self) -> bool {
+            let mut cur = self.0.load(SeqCst);
+            loop {
+                if cur == 0 {
+                    return false;
+                }
+                match self.0.compare_exchange(cur, cur - 1, SeqCst, SeqCst) {
+                    Ok(_) => return true,
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        fn get(&self) -> usize {
+            self.0.load(SeqCst)
+        }
+    }
+
+    impl Permits for Counter {
+        fn add(&self, n: usize) {
+            self.0.fetch_add(n, SeqCst);
+        }
+        fn forget(&self, n: usize) -> usize {
+            let mut cur = self.0.load(SeqCst);
+            loop {
+                let take = cur.min(n);
+                match self.0.compare_exchange(cur, cur - take, SeqCst, SeqCst) {
+                    Ok(_) => return take,
+                    Err(now) => cur = now,
+                }
+            }
+        }
+    }
+
+    fn new(limit: usize) -> Arc<Limiter<Counter>> {
+        Arc::new(Limiter::new(
+            Counter(AtomicUsize::new(limit)),
+            limit,
+            usize::MAX,
+        ))
+    }
+
+    fn admit(l: &Limiter<Counter>) -> bool {
+        if l.permits().try_take() {
+            l.admit(|| ());
+            true
+        } else {
+            false
+        }
+    }
+
+    fn settled(l: &Limiter<Counter>) {
+        let ledger = l.ledger();
+        assert_eq!(
+            l.permits().get() + ledger.running,
+            ledger.limit + ledger.debt
+        );
+        assert!(ledger.debt == 0 || l.permits().get() == 0);
+    }
+
+    /// A job finishing while the limit shrinks under it: the shrink holds.
+    #[test]
+    fn loom_release_races_shrink() {
+        loom::model(|| {
+            let l = new(1);
+            assert!(admit(&l));
+            let a = {
+                let l = l.clone();
+                thread::spawn(move || l.release())
+            };
+            let b = {
+                let l = l.clone();
+                thread::spawn(move || l.shrink(1).is_ok())
+            };
+            a.join().unwrap();
+            assert!(b.join().unwrap());
+            settled(&l);
+            let ledger = l.ledger();
+            assert_eq!(ledger.limit, 0);
+            assert_eq!(ledger.running, 0);
+            assert_eq!(
+                l.permits().get(),
+                0,
+                "the freed slot must not be handed out"
+            );
+        });
+    }
+
+    /// A waiter takes a slot while another job ends and the limit shrinks.
+    #[test]
+    fn loom_admit_release_shrink() {
+        loom::model(|| {
+            let l = new(2);
+            assert!(admit(&l));
+            assert!(admit(&l));
+            let releaser = {
+                let l = l.clone();
+                thread::spawn(move || l.release())
+            };
+            let shrinker = {
+                let l = l.clone();
+                thread::spawn(move || l.shrink(1).is_ok())
+            };
+            let got = admit(&l);
+            releaser.join().unwrap();
+            assert!(shrinker.join().unwrap());
+            settled(&l);
+            let ledger = l.ledger();
+            assert_eq!(ledger.limit, 1);
+            assert_eq!(ledger.running, if got { 2 } else { 1 });
+            assert!(ledger.free() >= -1);
+        });
+    }
+
+    /// grow and shrink in parallel with a release end at the same totals.
+    #[test]
+    fn loom_grow_shrink_release() {
+        loom::model(|| {
+            let l = new(1);
+            assert!(admit(&l));
+            let g = {
+                let l = l.clone();
+                thread::spawn(move || l.grow(1).is_ok())
+            };
+            let s = {
+                let l = l.clone();
+                thread::spawn(move || l.shrink(1).is_ok())
+            };
+            l.release();
+            assert!(g.join().unwrap());
+            let shrunk = s.join().unwrap();
+            settled(&l);
+            let ledger = l.ledger();
+            assert_eq!(ledger.running, 0);
+            assert_eq!(ledger.debt, 0);
+            assert_eq!(ledger.limit, if shrunk { 1 } else { 2 });
+            assert_eq!(l.permits().get(), ledger.limit);
+        });
+    }
+}

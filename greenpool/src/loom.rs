@@ -1,0 +1,16 @@
+//! Synchronisation primitives that loom can explore.
+//!
+//! Under `cfg(all(test, loom))` these are loom's instrumented types, so that
+//! `RUSTFLAGS="--cfg loom" cargo test --lib --release loom_` walks every
+//! interleaving of the code that uses them; otherwise they are `std`'s.
+
+pub(crate) mod sync {
+    #[cfg(all(test, loom))]
+    pub(crate) use loom::sync::Mutex;
+
+    #[cfg(not(all(test, loom)))]
+    pub(crate) use std::sync::Mutex;
+
+    #[cfg(all(test, loom))]
+    pub(crate) use loom::sync::atomic::AtomicUsize;
+}

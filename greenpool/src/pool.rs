@@ -1,0 +1,906 @@
+//! [`TaskPool`]: the state machine, applying, killing, resizing, stopping.
+//!
+//! # Invariants
+//!
+//! * A job is in the job map from before its task can run until its guard
+//!   ends it; the guard removes it on every path (completion, panic, kill,
+//!   time limit, runtime shutdown), so the map never leaks.
+//! * Every admitted job gets exactly one outcome: the guard's `finish` runs
+//!   once, either from the job's last poll or from its destructor.
+//! * Once the state leaves `Run`, no job is admitted: the state check, the
+//!   job's map entry and its tracker token are taken under one lock, and
+//!   `close` changes the state under the same lock before it closes the
+//!   semaphore and the tracker.
+//! * `stop` returns only after every admitted job's callback has run: each
+//!   guard holds a tracker token until its last step.
+//! * The limiter's own invariants are in `limiter.rs`; `free = limit -
+//!   running` holds at every lock boundary.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
+
+use crate::error::{ApplyError, ResizeError, RestartError, StartError, StopError};
+use crate::info::PoolInfo;
+use crate::job::{AcceptCallback, Job, JobContext, JobHandle, JobId, ResultCallback, TimeLimits};
+use crate::kill::{KillResult, KillSignal};
+use crate::limiter::Limiter;
+use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
+use crate::signals::{self, ApplyArgs};
+use crate::unwind;
+
+/// The lifecycle states of Celery's `BasePool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PoolState {
+    /// Built, not started.
+    NotStarted,
+    /// Started: accepts jobs.
+    Run,
+    /// Closed: running jobs go on, no new ones are accepted.
+    Close,
+    /// Stopped or terminated.
+    Terminate,
+}
+
+impl PoolState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => PoolState::Run,
+            2 => PoolState::Close,
+            3 => PoolState::Terminate,
+            _ => PoolState::NotStarted,
+        }
+    }
+}
+
+impl fmt::Display for PoolState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolState::NotStarted => "not started",
+            PoolState::Run => "running",
+            PoolState::Close => "closed",
+            PoolState::Terminate => "terminated",
+        })
+    }
+}
+
+/// Names a pool as the sender of [signals](crate::signals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolId(u64);
+
+impl PoolId {
+    /// A sender that is no pool, for sending signals by hand.
+    pub const ANONYMOUS: PoolId = PoolId(0);
+
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pool-{}", self.0)
+    }
+}
+
+static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
+
+/// Checked options, from the builder.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) limit: usize,
+    pub(crate) putlocks: bool,
+    pub(crate) callbacks_propagate: bool,
+    pub(crate) term_grace: Duration,
+    pub(crate) options: std::collections::BTreeMap<String, String>,
+}
+
+/// A job's entry in the job map.
+#[derive(Debug)]
+struct Slot {
+    /// Kills the job's task; `None` for the moment between admission and
+    /// spawn.
+    abort: Option<AbortHandle>,
+    /// The job's token, cancelled by graceful kills and the soft limit.
+    token: CancellationToken,
+    /// Set by whoever kills the job, read by its guard for the outcome.
+    kill: Option<Termination>,
+    /// Killers waiting for the job to end; told whether it ended killed.
+    waiters: Vec<oneshot::Sender<bool>>,
+}
+
+/// What the state lock guards.
+#[derive(Debug)]
+struct Shared {
+    state: PoolState,
+    jobs: HashMap<JobId, Slot>,
+}
+
+/// Event counters, all `Relaxed`: they are statistics, never used to decide.
+#[derive(Debug, Default)]
+struct Counters {
+    waiting: AtomicUsize,
+    applied: AtomicU64,
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    terminated: AtomicU64,
+    callback_panics: AtomicU64,
+}
+
+struct Inner {
+    id: PoolId,
+    config: Config,
+    /// The free slots; closed when the pool closes, so that waiting applies
+    /// give their jobs back at once.
+    limiter: Limiter<Semaphore>,
+    /// State and job map, under one lock.
+    shared: Mutex<Shared>,
+    /// The state, readable without the lock (written only under it).
+    state: AtomicU8,
+    /// Holds a token for each admitted job until its guard is done.
+    tracker: TaskTracker,
+    /// Next job id; ids start at 1 and are never reused.
+    next_job: AtomicU64,
+    /// The runtime jobs are spawned on, set by `start`.
+    runtime: OnceLock<Handle>,
+    counters: Counters,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_state(&self, shared: &mut Shared, state: PoolState) {
+        shared.state = state;
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    fn state(&self) -> PoolState {
+        PoolState::from_u8(self.state.load(Ordering::Acquire))
+    }
+}
+
+/// Celery's eventlet `TaskPool` on tokio: green jobs under a resizable
+/// limit, each killable by its [`JobId`], with exactly-once callbacks.
+///
+/// A cheap handle: clones share one pool. Dropping a clone never kills jobs;
+/// killing is always explicit ([`TaskPool::terminate`],
+/// [`TaskPool::terminate_job`]).
+///
+/// # Examples
+///
+/// ```
+/// use greenpool::{job, TaskPool};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let pool = TaskPool::builder().limit(2).build().unwrap();
+/// pool.start().unwrap();
+/// let a = pool.apply_async(job(async { 1 })).await.unwrap();
+/// let b = pool.apply_async(job(async { 2 })).await.unwrap();
+/// assert_eq!(a.await.completed().unwrap() + b.await.completed().unwrap(), 3);
+/// pool.stop().await.unwrap();
+/// assert!(!pool.active());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TaskPool {
+    inner: Arc<Inner>,
+}
+
+impl TaskPool {
+    /// The pool cannot receive POSIX signals safely (Celery's `signal_safe`).
+    pub const SIGNAL_SAFE: bool = false;
+    /// The pool's jobs are green (Celery's `is_green`).
+    pub const IS_GREEN: bool = true;
+    /// Waiting for a job never blocks the process (Celery's
+    /// `task_join_will_block`).
+    pub const TASK_JOIN_WILL_BLOCK: bool = false;
+
+    /// A builder; see [`PoolBuilder`](crate::PoolBuilder).
+    pub fn builder() -> crate::PoolBuilder {
+        crate::PoolBuilder::new()
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        let limit = config.limit;
+        TaskPool {
+            inner: Arc::new(Inner {
+                id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
+                limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
+                config,
+                shared: Mutex::new(Shared {
+                    state: PoolState::NotStarted,
+                    jobs: HashMap::new(),
+                }),
+                state: AtomicU8::new(PoolState::NotStarted as u8),
+                tracker: TaskTracker::new(),
+                next_job: AtomicU64::new(1),
+                runtime: OnceLock::new(),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// This pool's id, the sender of its signals.
+    pub fn id(&self) -> PoolId {
+        self.inner.id
+    }
+
+    /// True if both handles are the same pool.
+    pub fn ptr_eq(&self, other: &TaskPool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// `signal_safe`: false.
+    pub fn signal_safe(&self) -> bool {
+        Self::SIGNAL_SAFE
+    }
+
+    /// `is_green`: true.
+    pub fn is_green(&self) -> bool {
+        Self::IS_GREEN
+    }
+
+    /// `task_join_will_block`: false.
+    pub fn task_join_will_block(&self) -> bool {
+        Self::TASK_JOIN_WILL_BLOCK
+    }
+
+    /// The free-form options given to the builder.
+    pub fn options(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.inner.config.options
+    }
+
+    // ----- lifecycle -------------------------------------------------------
+
+    /// Starts the pool on the current tokio runtime and sends
+    /// [`POOL_STARTED`](signals::POOL_STARTED).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::NotStartable`] if the pool already started or was
+    /// closed; [`StartError::NoRuntime`] outside a tokio runtime.
+    pub fn start(&self) -> Result<(), StartError> {
+        let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        {
+            let mut shared = self.inner.lock();
+            if shared.state != PoolState::NotStarted {
+                return Err(StartError::NotStartable(shared.state));
+            }
+            let _ = self.inner.runtime.set(handle);
+            self.inner.set_state(&mut shared, PoolState::Run);
+        }
+        signals::POOL_STARTED.send_robust(self.inner.id, &());
+        Ok(())
+    }
+
+    /// The lifecycle state.
+    pub fn state(&self) -> PoolState {
+        self.inner.state()
+    }
+
+    /// True only while the pool runs (state `Run`).
+    pub fn active(&self) -> bool {
+        self.state() == PoolState::Run
+    }
+
+    /// True once the pool has started.
+    pub fn did_start_ok(&self) -> bool {
+        self.inner.runtime.get().is_some()
+    }
+
+    /// Refuses new jobs; running ones go on. Callers of `apply_async` still
+    /// waiting for a slot get their jobs back at once.
+    pub fn close(&self) {
+        {
+            let mut shared = self.inner.lock();
+            if shared.state != PoolState::Terminate {
+                self.inner.set_state(&mut shared, PoolState::Close);
+            }
+        }
+        self.inner.limiter.permits().close();
+        self.inner.tracker.close();
+    }
+
+    /// Sends [`POOL_PRE_SHUTDOWN`](signals::POOL_PRE_SHUTDOWN), closes the
+    /// pool, waits for every admitted job to end and its callback to run,
+    /// then sends [`POOL_POST_SHUTDOWN`](signals::POOL_POST_SHUTDOWN). A
+    /// pool that never started still sends both and returns.
+    ///
+    /// # Errors
+    ///
+    /// [`StopError::FromOwnJob`] when called from one of this pool's jobs.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits leaves the pool closed, its jobs
+    /// running, and the post-shutdown signal unsent.
+    pub async fn stop(&self) -> Result<(), StopError> {
+        self.check_not_own_job()?;
+        signals::POOL_PRE_SHUTDOWN.send_robust(self.inner.id, &());
+        self.close();
+        self.inner.tracker.wait().await;
+        {
+            let mut shared = self.inner.lock();
+            self.inner.set_state(&mut shared, PoolState::Terminate);
+        }
+        signals::POOL_POST_SHUTDOWN.send_robust(self.inner.id, &());
+        Ok(())
+    }
+
+    /// Kills every job, running or not yet started (each gets a terminated
+    /// outcome with the reason "pool terminated"), and returns when all
+    /// have ended.
+    ///
+    /// # Errors
+    ///
+    /// [`StopError::FromOwnJob`] when called from one of this pool's jobs.
+    ///
+    /// # Cancel safety
+    ///
+    /// The kills are requested before the first `.await`; dropping the
+    /// future only stops the wait.
+    pub async fn terminate(&self) -> Result<(), StopError> {
+        self.check_not_own_job()?;
+        {
+            let mut shared = self.inner.lock();
+            self.inner.set_state(&mut shared, PoolState::Terminate);
+            for slot in shared.jobs.values_mut() {
+                slot.kill.get_or_insert(Termination {
+                    signal: None,
+                    reason: TerminateReason::PoolTerminated,
+                });
+                if let Some(abort) = &slot.abort {
+                    abort.abort();
+                }
+            }
+        }
+        self.inner.limiter.permits().close();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        Ok(())
+    }
+
+    /// Not supported by this pool, as in Celery's eventlet pool.
+    ///
+    /// # Errors
+    ///
+    /// Always [`RestartError::NotSupported`].
+    pub fn restart(&self) -> Result<(), RestartError> {
+        Err(RestartError::NotSupported)
+    }
+
+    fn check_not_own_job(&self) -> Result<(), StopError> {
+        let Some(current) = tokio::task::try_id() else {
+            return Ok(());
+        };
+        let shared = self.inner.lock();
+        match shared
+            .jobs
+            .iter()
+            .find(|(_, s)| s.abort.as_ref().is_some_and(|a| a.id() == current))
+        {
+            Some((id, _)) => Err(StopError::FromOwnJob(*id)),
+            None => Ok(()),
+        }
+    }
+
+    // ----- sizes -------------------------------------------------------------
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.inner.limiter.ledger().limit
+    }
+
+    /// The current limit (Celery's `num_processes`).
+    pub fn num_processes(&self) -> usize {
+        self.limit()
+    }
+
+    /// Jobs holding a slot.
+    pub fn running(&self) -> usize {
+        self.inner.limiter.ledger().running
+    }
+
+    /// `limit - running`: negative while a shrink waits for jobs to end.
+    pub fn free(&self) -> isize {
+        self.inner.limiter.ledger().free()
+    }
+
+    /// Jobs in the job map.
+    pub fn job_count(&self) -> usize {
+        self.inner.lock().jobs.len()
+    }
+
+    pub(crate) fn contains_job(&self, id: JobId) -> bool {
+        self.inner.lock().jobs.contains_key(&id)
+    }
+
+    /// Raises the limit by `n`; waiting applies may start at once. Returns
+    /// the new limit.
+    ///
+    /// # Errors
+    ///
+    /// [`ResizeError::TooLarge`] past the largest limit; the limit is
+    /// unchanged.
+    pub fn grow(&self, n: usize) -> Result<usize, ResizeError> {
+        self.inner.limiter.grow(n)
+    }
+
+    /// Lowers the limit by `n`. Running jobs are never interrupted: while
+    /// more run than the new limit, [`free`](TaskPool::free) is negative and
+    /// nothing new starts. Returns the new limit.
+    ///
+    /// # Errors
+    ///
+    /// [`ResizeError::BelowZero`] when `n` exceeds the limit; the limit is
+    /// unchanged.
+    pub fn shrink(&self, n: usize) -> Result<usize, ResizeError> {
+        self.inner.limiter.shrink(n)
+    }
+
+    /// A snapshot in Celery's keys plus counters.
+    pub fn info(&self) -> PoolInfo {
+        let ledger = self.inner.limiter.ledger();
+        let c = &self.inner.counters;
+        PoolInfo {
+            implementation: "greenpool:TaskPool",
+            max_concurrency: ledger.limit,
+            free_threads: ledger.free(),
+            running_threads: ledger.running,
+            state: self.state(),
+            waiting: c.waiting.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            completed: c.completed.load(Ordering::Relaxed),
+            panicked: c.panicked.load(Ordering::Relaxed),
+            terminated: c.terminated.load(Ordering::Relaxed),
+            callback_panics: c.callback_panics.load(Ordering::Relaxed),
+        }
+    }
+
+    // ----- applying ----------------------------------------------------------
+
+    /// Applies a job, waiting for a free slot when all are taken (unless
+    /// the pool was built with `putlocks(false)`).
+    ///
+    /// The job is in the job map before it can run; its accept callback runs
+    /// when it first runs, its result callback exactly once when it ends.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::NotRunning`] when the pool is not running, also when it
+    /// closes while this call waits; [`ApplyError::Full`] without putlocks.
+    /// Either way the job comes back, not run.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits for a slot means the job was
+    /// never applied: nothing runs and no callback fires.
+    pub async fn apply_async<F, Fut, T>(
+        &self,
+        job: Job<F, T>,
+    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = self.inner.state();
+        if state != PoolState::Run {
+            return Err(ApplyError::NotRunning { state, job });
+        }
+        if !self.inner.config.putlocks {
+            return self.try_apply_async(job);
+        }
+        let acquired = {
+            let _waiting = Waiting::enter(&self.inner.counters.waiting);
+            self.inner.limiter.permits().acquire().await
+        };
+        match acquired {
+            Ok(permit) => {
+                self.inner.limiter.admit(|| permit.forget());
+                self.spawn(job)
+            }
+            Err(_) => Err(ApplyError::NotRunning {
+                state: self.inner.state(),
+                job,
+            }),
+        }
+    }
+
+    /// Applies a job if a slot is free, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`ApplyError::Full`] when every slot is taken;
+    /// [`ApplyError::NotRunning`] when the pool is not running. The job
+    /// comes back, not run.
+    // The job comes back by value in the error, as in tokio's `SendError`.
+    #[allow(clippy::result_large_err)]
+    pub fn try_apply_async<F, Fut, T>(
+        &self,
+        job: Job<F, T>,
+    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = self.inner.state();
+        if state != PoolState::Run {
+            return Err(ApplyError::NotRunning { state, job });
+        }
+        match self.inner.limiter.permits().try_acquire() {
+            Ok(permit) => {
+                self.inner.limiter.admit(|| permit.forget());
+                self.spawn(job)
+            }
+            Err(TryAcquireError::NoPermits) => Err(ApplyError::Full(job)),
+            Err(TryAcquireError::Closed) => Err(ApplyError::NotRunning {
+                state: self.inner.state(),
+                job,
+            }),
+        }
+    }
+
+    /// Spawns an admitted job (its slot is taken).
+    #[allow(clippy::result_large_err)]
+    fn spawn<F, Fut, T>(&self, job: Job<F, T>) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = &self.inner;
+        let id = JobId(inner.next_job.fetch_add(1, Ordering::Relaxed));
+        if signals::APPLY.has_receivers() {
+            let args = ApplyArgs {
+                job_id: id,
+                name: job.name.as_deref().map(str::to_owned),
+                args: job.args.clone(),
+            };
+            signals::APPLY.send_robust(inner.id, &args);
+        }
+        let Some(runtime) = inner.runtime.get() else {
+            inner.limiter.release();
+            return Err(ApplyError::NotRunning {
+                state: inner.state(),
+                job,
+            });
+        };
+        let token = CancellationToken::new();
+        let tracked = {
+            let mut shared = inner.lock();
+            if shared.state != PoolState::Run {
+                let state = shared.state;
+                drop(shared);
+                inner.limiter.release();
+                return Err(ApplyError::NotRunning { state, job });
+            }
+            shared.jobs.insert(
+                id,
+                Slot {
+                    abort: None,
+                    token: token.clone(),
+                    kill: None,
+                    waiters: Vec::new(),
+                },
+            );
+            inner.tracker.token()
+        };
+        inner.counters.applied.fetch_add(1, Ordering::Relaxed);
+        let Job {
+            target,
+            callback,
+            accept_callback,
+            limits,
+            ..
+        } = job;
+        let (tx, rx) = oneshot::channel();
+        let guard = JobGuard {
+            inner: Arc::clone(inner),
+            id,
+            callback,
+            tx: Some(tx),
+            done: false,
+            _tracked: tracked,
+        };
+        // Spawned outside the lock: a runtime that is shutting down drops
+        // the future inside `spawn`, and its guard takes the lock.
+        let task = runtime.spawn(run_job(
+            guard,
+            target,
+            JobContext::new(id, token),
+            accept_callback,
+            limits,
+        ));
+        let mut shared = inner.lock();
+        if let Some(slot) = shared.jobs.get_mut(&id) {
+            // A kill that came before the handle existed is carried out now.
+            if slot.kill.is_some() {
+                task.abort();
+            }
+            slot.abort = Some(task.abort_handle());
+        }
+        drop(shared);
+        Ok(JobHandle::new(id, rx, self.clone()))
+    }
+
+    // ----- killing -----------------------------------------------------------
+
+    /// Kills a job by id and returns once it has ended and its callback has
+    /// run.
+    ///
+    /// With no signal or [`KillSignal::Kill`], the job is aborted at its
+    /// current `.await`. With [`KillSignal::Term`] or [`KillSignal::Int`],
+    /// its token is cancelled first and the kill comes after the pool's
+    /// grace period if the job is still there. An abort only schedules the
+    /// kill, which lands at the job's next `.await`; a job that completes
+    /// first keeps its own outcome ([`KillResult::Exited`]).
+    ///
+    /// An unknown or finished id is a no-op, reported as such. A job that
+    /// kills itself gets [`KillResult::Requested`] at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// The kill is requested before the first `.await` and carried out
+    /// whether or not this future is polled again, grace period included.
+    pub async fn terminate_job(&self, id: JobId, signal: Option<KillSignal>) -> KillResult {
+        let graceful = signal.is_some_and(KillSignal::is_graceful);
+        let rx = {
+            let mut shared = self.inner.lock();
+            let Some(slot) = shared.jobs.get_mut(&id) else {
+                return if id.0 != 0 && id.0 < self.inner.next_job.load(Ordering::Relaxed) {
+                    KillResult::AlreadyFinished
+                } else {
+                    KillResult::Unknown
+                };
+            };
+            slot.kill.get_or_insert(Termination {
+                signal,
+                reason: TerminateReason::Killed,
+            });
+            let own = tokio::task::try_id()
+                .is_some_and(|cur| slot.abort.as_ref().is_some_and(|a| a.id() == cur));
+            if own {
+                if let Some(abort) = &slot.abort {
+                    abort.abort();
+                }
+                return KillResult::Requested;
+            }
+            let (tx, rx) = oneshot::channel();
+            slot.waiters.push(tx);
+            if graceful {
+                slot.token.cancel();
+            } else if let Some(abort) = &slot.abort {
+                abort.abort();
+            }
+            rx
+        };
+        if graceful {
+            self.escalate_after_grace(id);
+        }
+        match rx.await {
+            Ok(true) | Err(_) => KillResult::Killed,
+            Ok(false) => KillResult::Exited,
+        }
+    }
+
+    /// Kills `id` after the grace period unless it has ended by then. A task
+    /// of its own, so that the kill happens even if the caller goes away.
+    fn escalate_after_grace(&self, id: JobId) {
+        let Some(runtime) = self.inner.runtime.get() else {
+            return;
+        };
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let grace = self.inner.config.term_grace;
+        runtime.spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(inner) = weak.upgrade() {
+                let shared = inner.lock();
+                if let Some(abort) = shared.jobs.get(&id).and_then(|s| s.abort.as_ref()) {
+                    abort.abort();
+                }
+            }
+        });
+    }
+}
+
+impl fmt::Debug for TaskPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TaskPool");
+        d.field("id", &self.inner.id);
+        match self.inner.shared.try_lock() {
+            Ok(shared) => d
+                .field("state", &shared.state)
+                .field("jobs", &shared.jobs.len()),
+            Err(_) => d.field("state", &"<locked>"),
+        };
+        let ledger = self.inner.limiter.ledger();
+        d.field("limit", &ledger.limit)
+            .field("running", &ledger.running)
+            .finish()
+    }
+}
+
+/// Counts a caller of `apply_async` while it waits, even if it is dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Owns everything a job must give back, and gives it back exactly once:
+/// on its last poll through [`JobGuard::finish`], or from its destructor
+/// when the job's task is dropped (killed, time limit, runtime shutdown).
+struct JobGuard<T> {
+    inner: Arc<Inner>,
+    id: JobId,
+    callback: Option<ResultCallback<T>>,
+    tx: Option<oneshot::Sender<Outcome<T>>>,
+    done: bool,
+    /// Dropped last, after the callback: `stop` waits for it.
+    _tracked: TaskTrackerToken,
+}
+
+impl<T> JobGuard<T> {
+    /// Ends the job: `None` means it was dropped before it finished.
+    fn finish(&mut self, outcome: Option<Outcome<T>>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let inner = &self.inner;
+        let slot = inner.lock().jobs.remove(&self.id);
+        let (kill, waiters) = match slot {
+            Some(slot) => (slot.kill, slot.waiters),
+            None => (None, Vec::new()),
+        };
+        let outcome = outcome.unwrap_or_else(|| {
+            Outcome::Terminated(kill.unwrap_or(Termination {
+                signal: None,
+                reason: TerminateReason::RuntimeShutdown,
+            }))
+        });
+        let counter = match &outcome {
+            Outcome::Completed(_) => &inner.counters.completed,
+            Outcome::Panicked(_) => &inner.counters.panicked,
+            Outcome::Terminated(_) => &inner.counters.terminated,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let terminated = outcome.is_terminated();
+        let mut propagate = None;
+        if let Some(callback) = self.callback.take() {
+            if let Err(payload) = unwind::call_keep(|| callback(&outcome)) {
+                inner
+                    .counters
+                    .callback_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                let info = PanicInfo::from_payload(&*payload);
+                tracing::error!(job = %self.id, panic = %info, "result callback panicked");
+                if inner.config.callbacks_propagate {
+                    propagate = Some(payload);
+                }
+            }
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(outcome);
+        }
+        for waiter in waiters {
+            let _ = waiter.send(terminated);
+        }
+        inner.limiter.release();
+        if let Some(payload) = propagate {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}
+
+impl<T> Drop for JobGuard<T> {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+/// The job's task: accept callback, target under its limits, outcome.
+async fn run_job<F, Fut, T>(
+    mut guard: JobGuard<T>,
+    target: F,
+    ctx: JobContext,
+    accept: Option<AcceptCallback>,
+    limits: TimeLimits,
+) where
+    F: FnOnce(JobContext) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    if let Some(accept) = accept {
+        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+            guard
+                .inner
+                .counters
+                .callback_panics
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+        }
+    }
+    let outcome = if limits.is_set() {
+        run_limited(target, ctx, limits).await
+    } else {
+        into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
+    };
+    guard.finish(Some(outcome));
+}
+
+fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {
+    match r {
+        Ok(v) => Outcome::Completed(v),
+        Err(p) => Outcome::Panicked(p),
+    }
+}
+
+/// Runs the target under its soft and hard time limits.
+async fn run_limited<F, Fut, T>(target: F, ctx: JobContext, limits: TimeLimits) -> Outcome<T>
+where
+    F: FnOnce(JobContext) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let start = Instant::now();
+    let token = ctx.token().clone();
+    let id = ctx.id();
+    let work = unwind::catch_panic(async move { target(ctx).await });
+    let mut work = std::pin::pin!(work);
+    let soft_at = limits.soft.map(|d| start + d);
+    let hard_at = limits.hard.map(|d| start + d);
+    let mut soft_fired = false;
+    let notify = |soft: bool, limit: Duration| {
+        if let Some(cb) = &limits.callback {
+            if let Err(p) = unwind::call(|| cb(soft, limit)) {
+                tracing::error!(job = %id, panic = %p, "timeout callback panicked");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut work => return into_outcome(r),
+            _ = tokio::time::sleep_until(hard_at.unwrap_or(start)), if hard_at.is_some() => {
+                tracing::warn!(job = %id, "hard time limit exceeded; killing the job");
+                notify(false, limits.hard.unwrap_or_default());
+                return Outcome::Terminated(Termination {
+                    signal: None,
+                    reason: TerminateReason::TimeLimit,
+                });
+            }
+            _ = tokio::time::sleep_until(soft_at.unwrap_or(start)), if soft_at.is_some() && !soft_fired => {
+                soft_fired = true;
+                tracing::warn!(job = %id, "soft time limit exceeded; cancelling the job's token");
+                token.cancel();
+                notify(true, limits.soft.unwrap_or_default());
+            }
+        }
+    }
+}
