@@ -114,6 +114,16 @@ impl Workload {
             Workload::Sleepers | Workload::Sleepers1m | Workload::Timer
         )
     }
+
+    /// Runs per side: the short speed workloads run three times each,
+    /// alternating sides, and report the median of each figure.
+    fn rounds(self) -> u32 {
+        if self.isolated() {
+            1
+        } else {
+            3
+        }
+    }
 }
 
 /// Which implementation runs a workload.
@@ -181,7 +191,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|w| !(args.quick && *w == Workload::Sleepers1m && !args.only.contains(w)))
         .collect();
 
-    let steps = chosen.len() as u64 * 2 + u64::from(args.python);
+    let steps = chosen
+        .iter()
+        .map(|w| u64::from(w.rounds()) * 2)
+        .sum::<u64>()
+        + u64::from(args.python);
     let bar = ProgressBar::new(steps).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -189,24 +203,42 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut results: BTreeMap<Workload, Pair> = BTreeMap::new();
     for &workload in &chosen {
-        let mut pair = Pair::default();
-        for side in [Side::Baseline, Side::Greenpool] {
-            bar.set_message(format!("{} on {}", workload.name(), side.name()));
-            let r = if workload.isolated() {
-                run_child(workload, side, args.quick).await
-            } else {
-                run_here(workload, side, sizes).await
-            };
-            let r = r.map_err(|e| format!("{e:#}"));
-            if let Err(e) = &r {
-                bar.suspend(|| eprintln!("{} on {}: {e}", workload.name(), side.name()));
+        let rounds = workload.rounds();
+        let mut runs: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+        let mut failed: [Option<String>; 2] = [None, None];
+        for round in 1..=rounds {
+            for (k, side) in [Side::Baseline, Side::Greenpool].into_iter().enumerate() {
+                if failed[k].is_some() {
+                    bar.inc(1);
+                    continue;
+                }
+                bar.set_message(format!(
+                    "{} on {} (round {round}/{rounds})",
+                    workload.name(),
+                    side.name()
+                ));
+                let r = if workload.isolated() {
+                    run_child(workload, side, args.quick).await
+                } else {
+                    run_here(workload, side, sizes).await
+                };
+                match r {
+                    Ok(f) => runs[k].push(f),
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        bar.suspend(|| eprintln!("{} on {}: {e}", workload.name(), side.name()));
+                        failed[k] = Some(e);
+                    }
+                }
+                bar.inc(1);
             }
-            match side {
-                Side::Greenpool => pair.greenpool = Some(r),
-                Side::Baseline => pair.baseline = Some(r),
-            }
-            bar.inc(1);
         }
+        let [baseline_runs, greenpool_runs] = runs;
+        let [baseline_err, greenpool_err] = failed;
+        let pair = Pair {
+            baseline: Some(baseline_err.map_or_else(|| Ok(median(&baseline_runs)), Err)),
+            greenpool: Some(greenpool_err.map_or_else(|| Ok(median(&greenpool_runs)), Err)),
+        };
         results.insert(workload, pair);
     }
     let python = if args.python {
@@ -230,6 +262,20 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+/// The median of each figure over the runs (the upper one of an even count).
+fn median(runs: &[Figures]) -> Figures {
+    let mut out = Figures::new();
+    for key in runs.iter().flat_map(|f| f.keys()) {
+        if out.contains_key(key) {
+            continue;
+        }
+        let mut values: Vec<f64> = runs.iter().filter_map(|f| f.get(key)).copied().collect();
+        values.sort_by(f64::total_cmp);
+        out.insert(key.clone(), values[values.len() / 2]);
+    }
+    out
 }
 
 /// Runs one side of one workload in this process.
