@@ -848,7 +848,9 @@ async fn run_job<F, Fut, T>(
         }
     }
     let outcome = if limits.is_set() {
-        run_limited(target, ctx, limits).await
+        // Boxed: its two timers would otherwise make every job's task
+        // larger, time limits or not.
+        Box::pin(run_limited(target, ctx, limits)).await
     } else {
         into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
     };
