@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -126,7 +127,28 @@ struct Slot {
 #[derive(Debug)]
 struct Shared {
     state: PoolState,
-    jobs: HashMap<JobId, Slot>,
+    jobs: HashMap<JobId, Slot, BuildHasherDefault<IdHasher>>,
+}
+
+/// Hashes a job id with one multiply (Fibonacci hashing): ids are
+/// sequential, never attacker-chosen, so SipHash buys nothing here.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Event counters, all `Relaxed`: they are statistics, never used to decide.
@@ -225,7 +247,7 @@ impl TaskPool {
                 config,
                 shared: Mutex::new(Shared {
                     state: PoolState::NotStarted,
-                    jobs: HashMap::new(),
+                    jobs: HashMap::default(),
                 }),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
                 tracker: TaskTracker::new(),
