@@ -108,6 +108,15 @@ impl<J> ApplyError<J> {
         }
     }
 
+    /// The same error without its job (dropped here), for error types that
+    /// must be `Sync`, such as `anyhow::Error`.
+    pub fn without_job(self) -> ApplyError<()> {
+        match self {
+            ApplyError::NotRunning { state, .. } => ApplyError::NotRunning { state, job: () },
+            ApplyError::Full(_) => ApplyError::Full(()),
+        }
+    }
+
     /// True if the pool was full.
     pub fn is_full(&self) -> bool {
         matches!(self, ApplyError::Full(_))

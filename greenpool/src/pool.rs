@@ -653,8 +653,13 @@ impl TaskPool {
         ));
         let mut shared = inner.lock();
         if let Some(slot) = shared.jobs.get_mut(&id) {
-            // A kill that came before the handle existed is carried out now.
-            if slot.kill.is_some() {
+            // A hard kill that came before the handle existed is carried out
+            // now; a graceful one has cancelled the token and its grace
+            // timer will find the handle.
+            if slot
+                .kill
+                .is_some_and(|k| !k.signal.is_some_and(KillSignal::is_graceful))
+            {
                 task.abort();
             }
             slot.abort = Some(task.abort_handle());

@@ -162,8 +162,17 @@ impl Pair {
     }
 }
 
-/// Runs `greenpool bench`.
-pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs `greenpool bench` on a multi-threaded runtime with one worker per
+/// core (tokio's default, as a user's `#[tokio::main]` would have).
+pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let sizes = Sizes::get(args.quick);
     if let Some(workload) = args.child {
         let side = args.side.unwrap_or(Side::Greenpool);
