@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
@@ -649,7 +650,7 @@ impl TaskPool {
             target,
             JobContext::new(id, token),
             accept_callback,
-            limits,
+            limits.is_set().then(|| Box::new(limits)),
         ));
         let mut shared = inner.lock();
         if let Some(slot) = shared.jobs.get_mut(&id) {
@@ -853,35 +854,50 @@ impl<T> Drop for JobGuard<T> {
 }
 
 /// The job's task: accept callback, target under its limits, outcome.
-async fn run_job<F, Fut, T>(
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`:
+/// an `async fn` keeps its arguments twice in its state (as captured
+/// arguments and as locals), and this state is every job's task size.
+/// Time limits come boxed (`None` when unset) for the same reason.
+// Written by hand on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn run_job<F, Fut, T>(
     mut guard: JobGuard<T>,
     target: F,
     ctx: JobContext,
     accept: Option<AcceptCallback>,
-    limits: TimeLimits,
-) where
+    limits: Option<Box<TimeLimits>>,
+) -> impl Future<Output = ()> + Send + 'static
+where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    if let Some(accept) = accept {
-        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-            guard
-                .inner
-                .counters
-                .callback_panics
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+    async move {
+        if let Some(accept) = accept {
+            if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+                guard
+                    .inner
+                    .counters
+                    .callback_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+            }
         }
+        let outcome = match limits {
+            // Boxed: its two timers would otherwise make every job's task
+            // larger, time limits or not.
+            Some(limits) => Box::pin(run_limited(target, ctx, *limits)).await,
+            None => match unwind::call_in_job(|| target(ctx)) {
+                Ok(work) => {
+                    let work = pin!(work);
+                    into_outcome(unwind::catch_panic(work).await)
+                }
+                Err(panic) => Outcome::Panicked(panic),
+            },
+        };
+        guard.finish(Some(outcome));
     }
-    let outcome = if limits.is_set() {
-        // Boxed: its two timers would otherwise make every job's task
-        // larger, time limits or not.
-        Box::pin(run_limited(target, ctx, limits)).await
-    } else {
-        into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
-    };
-    guard.finish(Some(outcome));
 }
 
 fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {
@@ -900,8 +916,11 @@ where
     let start = Instant::now();
     let token = ctx.token().clone();
     let id = ctx.id();
-    let work = unwind::catch_panic(async move { target(ctx).await });
-    let mut work = std::pin::pin!(work);
+    let work = async move {
+        let work = pin!(unwind::call_in_job(|| target(ctx))?);
+        unwind::catch_panic(work).await
+    };
+    let mut work = pin!(work);
     let soft_at = limits.soft.map(|d| start + d);
     let hard_at = limits.hard.map(|d| start + d);
     let mut soft_fired = false;
