@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use std::marker::PhantomData;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::job_cell::{JobCell, JobControl};
 use crate::kill::{KillResult, KillSignal};
 use crate::outcome::{Outcome, TerminateReason, Termination};
 use crate::pool::TaskPool;
@@ -34,20 +36,6 @@ impl fmt::Display for JobId {
     }
 }
 
-/// The result callback: called exactly once with the job's outcome.
-///
-/// It runs on the job's task (or on the task that killed the job, when the
-/// job was killed before it first ran) after the job has left the job map
-/// and before its slot is freed. A panic in it is caught and logged; the
-/// pool goes on.
-pub type ResultCallback<T> = Box<dyn FnOnce(&Outcome<T>) + Send + 'static>;
-
-/// The accept callback: called once when the job first runs, with its id
-/// and the time it started (Celery's `accept_callback(pid, time)`). A job
-/// killed before it ran never gets it. A panic in it is caught and logged;
-/// the job still runs.
-pub type AcceptCallback = Box<dyn FnOnce(JobId, Instant) + Send + 'static>;
-
 /// The timeout callback: called with `soft = true` when the soft time limit
 /// passes and `soft = false` when the hard one does, with the limit that
 /// passed. It may run twice for one job (soft, then hard); a panic in it is
@@ -55,15 +43,24 @@ pub type AcceptCallback = Box<dyn FnOnce(JobId, Instant) + Send + 'static>;
 pub type TimeoutCallback = Arc<dyn Fn(bool, Duration) + Send + Sync + 'static>;
 
 /// What a running job can see: its id and its cancellation token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobContext {
     id: JobId,
-    token: CancellationToken,
+    control: Arc<dyn JobControl>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
 }
 
 impl JobContext {
-    pub(crate) fn new(id: JobId, token: CancellationToken) -> Self {
-        JobContext { id, token }
+    pub(crate) fn new(id: JobId, control: Arc<dyn JobControl>) -> Self {
+        JobContext { id, control }
     }
 
     /// The job's id.
@@ -74,23 +71,38 @@ impl JobContext {
     /// The job's cancellation token: cancelled at the soft time limit and
     /// by a graceful `terminate_job` (TERM or INT), before the kill.
     pub fn token(&self) -> &CancellationToken {
-        &self.token
+        self.control.token()
     }
 
     /// True once the job has been asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.token().is_cancelled()
     }
 
     /// Completes when the job is asked to stop.
     pub async fn cancelled(&self) {
-        self.token.cancelled().await
+        self.token().cancelled().await
     }
 }
 
 /// A job to apply: a target that builds the job's future from its
 /// [`JobContext`], plus callbacks, time limits and a name for signals and
 /// logs.
+///
+/// The callbacks are part of the job's type (`C` and `A`), so that they live
+/// inside the job's task with no allocation of their own:
+///
+/// * the **result callback** `C: FnOnce(&Outcome<T>)` is called exactly
+///   once with the outcome, on the job's task (or, for a job killed before
+///   it first ran, wherever its task is dropped), after the job has left the
+///   job map and before its slot is freed;
+/// * the **accept callback** `A: FnOnce(JobId, Instant)` is called once when
+///   the job first runs, with its id and the time (Celery's
+///   `accept_callback(pid, time)`); a job killed before it ran never gets it.
+///
+/// A panic in either is caught, logged and counted in
+/// [`PoolInfo::callback_panics`](crate::PoolInfo::callback_panics); the pool
+/// goes on.
 ///
 /// # Examples
 ///
@@ -111,14 +123,22 @@ impl JobContext {
 /// # }
 /// ```
 #[must_use = "a job does nothing until it is applied"]
-pub struct Job<F, T> {
+pub struct Job<F, T, C = NoResultCallback<T>, A = NoAcceptCallback> {
     pub(crate) target: F,
     pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) args: Option<String>,
-    pub(crate) callback: Option<ResultCallback<T>>,
-    pub(crate) accept_callback: Option<AcceptCallback>,
-    pub(crate) limits: TimeLimits,
+    pub(crate) callback: Option<C>,
+    pub(crate) accept_callback: Option<A>,
+    /// Boxed: most jobs have none, and it would grow every job's task.
+    pub(crate) limits: Option<Box<TimeLimits>>,
+    _outcome: PhantomData<fn() -> T>,
 }
+
+/// The type of an unset result callback.
+pub type NoResultCallback<T> = fn(&Outcome<T>);
+
+/// The type of an unset accept callback.
+pub type NoAcceptCallback = fn(JobId, Instant);
 
 /// A job's time limits.
 #[derive(Clone, Default)]
@@ -126,12 +146,6 @@ pub(crate) struct TimeLimits {
     pub(crate) hard: Option<Duration>,
     pub(crate) soft: Option<Duration>,
     pub(crate) callback: Option<TimeoutCallback>,
-}
-
-impl TimeLimits {
-    pub(crate) fn is_set(&self) -> bool {
-        self.hard.is_some() || self.soft.is_some()
-    }
 }
 
 impl<F, Fut, T> Job<F, T>
@@ -148,7 +162,8 @@ where
             args: None,
             callback: None,
             accept_callback: None,
-            limits: TimeLimits::default(),
+            limits: None,
+            _outcome: PhantomData,
         }
     }
 }
@@ -174,7 +189,7 @@ where
     Job::new(move |_| fut)
 }
 
-impl<F, T> Job<F, T> {
+impl<F, T, C, A> Job<F, T, C, A> {
     /// Names the job, for the apply signal and logs.
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = Some(name.into());
@@ -187,32 +202,53 @@ impl<F, T> Job<F, T> {
         self
     }
 
-    /// Sets the result callback (see [`ResultCallback`]).
-    pub fn callback(mut self, callback: impl FnOnce(&Outcome<T>) + Send + 'static) -> Self {
-        self.callback = Some(Box::new(callback));
-        self
+    /// Sets the result callback (see [`Job`]).
+    pub fn callback<C2>(self, callback: C2) -> Job<F, T, C2, A>
+    where
+        C2: FnOnce(&Outcome<T>) + Send + 'static,
+    {
+        Job {
+            target: self.target,
+            name: self.name,
+            args: self.args,
+            callback: Some(callback),
+            accept_callback: self.accept_callback,
+            limits: self.limits,
+            _outcome: PhantomData,
+        }
     }
 
-    /// Sets the accept callback (see [`AcceptCallback`]).
-    pub fn accept_callback(
-        mut self,
-        callback: impl FnOnce(JobId, Instant) + Send + 'static,
-    ) -> Self {
-        self.accept_callback = Some(Box::new(callback));
-        self
+    /// Sets the accept callback (see [`Job`]).
+    pub fn accept_callback<A2>(self, callback: A2) -> Job<F, T, C, A2>
+    where
+        A2: FnOnce(JobId, Instant) + Send + 'static,
+    {
+        Job {
+            target: self.target,
+            name: self.name,
+            args: self.args,
+            callback: self.callback,
+            accept_callback: Some(callback),
+            limits: self.limits,
+            _outcome: PhantomData,
+        }
+    }
+
+    fn limits_mut(&mut self) -> &mut TimeLimits {
+        self.limits.get_or_insert_with(Box::default)
     }
 
     /// The hard time limit: when it passes, the job is killed and its
     /// outcome is terminated with the reason "time limit".
     pub fn timeout(mut self, limit: Duration) -> Self {
-        self.limits.hard = Some(limit);
+        self.limits_mut().hard = Some(limit);
         self
     }
 
     /// The soft time limit: when it passes, the job's token is cancelled and
     /// the job may wind down by itself.
     pub fn soft_timeout(mut self, limit: Duration) -> Self {
-        self.limits.soft = Some(limit);
+        self.limits_mut().soft = Some(limit);
         self
     }
 
@@ -221,7 +257,7 @@ impl<F, T> Job<F, T> {
         mut self,
         callback: impl Fn(bool, Duration) + Send + Sync + 'static,
     ) -> Self {
-        self.limits.callback = Some(Arc::new(callback));
+        self.limits_mut().callback = Some(Arc::new(callback));
         self
     }
 
@@ -231,15 +267,15 @@ impl<F, T> Job<F, T> {
     }
 }
 
-impl<F, T> fmt::Debug for Job<F, T> {
+impl<F, T, C, A> fmt::Debug for Job<F, T, C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
             .field("name", &self.name)
             .field("args", &self.args)
             .field("callback", &self.callback.is_some())
             .field("accept_callback", &self.accept_callback.is_some())
-            .field("timeout", &self.limits.hard)
-            .field("soft_timeout", &self.limits.soft)
+            .field("timeout", &self.limits.as_ref().and_then(|l| l.hard))
+            .field("soft_timeout", &self.limits.as_ref().and_then(|l| l.soft))
             .finish_non_exhaustive()
     }
 }
@@ -251,13 +287,13 @@ impl<F, T> fmt::Debug for Job<F, T> {
 #[must_use = "dropping the handle detaches the job; keep it to await the outcome"]
 pub struct JobHandle<T> {
     id: JobId,
-    rx: oneshot::Receiver<Outcome<T>>,
+    cell: Arc<JobCell<T>>,
     pool: TaskPool,
 }
 
 impl<T> JobHandle<T> {
-    pub(crate) fn new(id: JobId, rx: oneshot::Receiver<Outcome<T>>, pool: TaskPool) -> Self {
-        JobHandle { id, rx, pool }
+    pub(crate) fn new(id: JobId, cell: Arc<JobCell<T>>, pool: TaskPool) -> Self {
+        JobHandle { id, cell, pool }
     }
 
     /// The job's id.
@@ -265,9 +301,12 @@ impl<T> JobHandle<T> {
         self.id
     }
 
-    /// True once the job has left the pool's job map.
-    pub fn is_finished(&self) -> bool {
-        !self.pool.contains_job(self.id)
+    /// True once the job has ended and its callback has run.
+    pub fn is_finished(&self) -> bool
+    where
+        T: Send,
+    {
+        self.cell.has_ended()
     }
 
     /// Kills the job, as [`TaskPool::terminate_job`].
@@ -295,14 +334,19 @@ impl<T> Future for JobHandle<T> {
     ///
     /// Polling again after a drop of the `.await` is fine: the outcome waits
     /// in the handle until it is taken.
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            // The job's guard always sends before it goes; only a runtime
-            // that drops the task without running its destructor loses it.
-            r.unwrap_or(Outcome::Terminated(Termination {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
+        self.cell.poll_outcome(cx).map(|o| {
+            // Empty only when polled again after the outcome was taken.
+            o.unwrap_or(Outcome::Terminated(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
             }))
         })
+    }
+}
+
+impl<T> Drop for JobHandle<T> {
+    fn drop(&mut self) {
+        self.cell.detach();
     }
 }

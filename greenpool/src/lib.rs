@@ -63,6 +63,8 @@ mod builder;
 mod error;
 mod info;
 mod job;
+mod job_cell;
+mod job_map;
 mod kill;
 mod limiter;
 mod loom;
@@ -75,7 +77,7 @@ pub use builder::PoolBuilder;
 pub use error::{ApplyError, BuildError, ResizeError, RestartError, StartError, StopError};
 pub use info::PoolInfo;
 pub use job::{
-    job, AcceptCallback, Job, JobContext, JobHandle, JobId, ResultCallback, TimeoutCallback,
+    job, Job, JobContext, JobHandle, JobId, NoAcceptCallback, NoResultCallback, TimeoutCallback,
 };
 pub use kill::{KillResult, KillSignal};
 pub use outcome::{Outcome, PanicInfo, TerminateReason, Termination};

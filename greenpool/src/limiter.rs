@@ -22,7 +22,7 @@
 //!   pays the debt before it reaches the semaphore.
 //!
 //! The release decision and the debt update happen in one critical section
-//! (the [`Ledger`] lock). Were they apart, a permit released while `shrink`
+//! (the lock on the limit and the debt). Were they apart, a permit released while `shrink`
 //! raises the debt could go back to a waiter, and the shrink would quietly
 //! fail to hold.
 //!
@@ -30,8 +30,10 @@
 
 use std::sync::PoisonError;
 
+use std::sync::atomic::Ordering;
+
 use crate::error::ResizeError;
-use crate::loom::sync::Mutex;
+use crate::loom::sync::{AtomicUsize, Mutex};
 
 /// Where the free permits live: tokio's semaphore in the pool, a plain
 /// counter in the loom models.
@@ -52,7 +54,7 @@ impl Permits for tokio::sync::Semaphore {
     }
 }
 
-/// The bookkeeping that the semaphore does not hold.
+/// The bookkeeping that the semaphore does not hold, as one snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ledger {
     /// The current limit.
@@ -61,6 +63,13 @@ pub(crate) struct Ledger {
     pub(crate) debt: usize,
     /// Jobs admitted and not yet released.
     pub(crate) running: usize,
+}
+
+/// What the lock guards: the limit and the debt.
+#[derive(Debug)]
+struct Books {
+    limit: usize,
+    debt: usize,
 }
 
 impl Ledger {
@@ -79,8 +88,12 @@ fn to_isize(n: usize) -> isize {
 pub(crate) struct Limiter<P> {
     /// The free permits.
     permits: P,
-    /// limit, debt and running, changed only under this lock.
-    ledger: Mutex<Ledger>,
+    /// limit and debt, changed only under this lock, which also orders
+    /// every release against grow and shrink.
+    books: Mutex<Books>,
+    /// Jobs admitted and not yet released. Counted outside the lock so that
+    /// admitting a job takes no lock; it is only ever read for reports.
+    running: AtomicUsize,
     /// The largest limit `permits` can hold.
     max: usize,
 }
@@ -90,11 +103,8 @@ impl<P: Permits> Limiter<P> {
     pub(crate) fn new(permits: P, limit: usize, max: usize) -> Self {
         Limiter {
             permits,
-            ledger: Mutex::new(Ledger {
-                limit,
-                debt: 0,
-                running: 0,
-            }),
+            books: Mutex::new(Books { limit, debt: 0 }),
+            running: AtomicUsize::new(0),
             max,
         }
     }
@@ -104,30 +114,47 @@ impl<P: Permits> Limiter<P> {
         &self.permits
     }
 
-    /// A copy of the ledger.
-    pub(crate) fn ledger(&self) -> Ledger {
-        *self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a job whose permit was just taken from the semaphore.
+    /// A snapshot of limit, debt and running.
+    pub(crate) fn ledger(&self) -> Ledger {
+        let books = self.lock();
+        Ledger {
+            limit: books.limit,
+            debt: books.debt,
+            running: self.running.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Like [`Limiter::ledger`], but `None` instead of waiting for the lock.
+    pub(crate) fn try_ledger(&self) -> Option<Ledger> {
+        let books = self.books.try_lock().ok()?;
+        Some(Ledger {
+            limit: books.limit,
+            debt: books.debt,
+            running: self.running.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Counts a job whose permit was just taken from the semaphore (and
+    /// forgotten, so that only [`Limiter::release`] gives it back).
     ///
-    /// `forget` drops the permit object without returning it; it runs under
-    /// the ledger lock, so the permit moves from `available` to `running`
-    /// in one step as far as `grow`, `shrink` and `release` can see.
-    pub(crate) fn admit(&self, forget: impl FnOnce()) {
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        forget();
-        ledger.running += 1;
+    /// No lock: between the semaphore handing out the permit and this count
+    /// the permit is simply in flight (`admitting` in the invariant).
+    pub(crate) fn admit(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives back the slot of a job that ended: to the debt if there is one,
     /// else to the semaphore.
     pub(crate) fn release(&self) {
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        debug_assert!(ledger.running > 0, "release without a matching admit");
-        ledger.running = ledger.running.saturating_sub(1);
-        if ledger.debt > 0 {
-            ledger.debt -= 1;
+        let mut books = self.lock();
+        let was = self.running.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(was > 0, "release without a matching admit");
+        if books.debt > 0 {
+            books.debt -= 1;
         } else {
             self.permits.add(1);
         }
@@ -135,19 +162,19 @@ impl<P: Permits> Limiter<P> {
 
     /// Raises the limit by `n`, paying any debt first.
     pub(crate) fn grow(&self, n: usize) -> Result<usize, ResizeError> {
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let limit = ledger
+        let mut books = self.lock();
+        let limit = books
             .limit
             .checked_add(n)
             .filter(|l| *l <= self.max)
             .ok_or(ResizeError::TooLarge {
                 by: n,
-                limit: ledger.limit,
+                limit: books.limit,
                 max: self.max,
             })?;
-        let paid = ledger.debt.min(n);
-        ledger.debt -= paid;
-        ledger.limit = limit;
+        let paid = books.debt.min(n);
+        books.debt -= paid;
+        books.limit = limit;
         if n > paid {
             self.permits.add(n - paid);
         }
@@ -156,17 +183,17 @@ impl<P: Permits> Limiter<P> {
 
     /// Lowers the limit by `n`; running jobs are never interrupted.
     pub(crate) fn shrink(&self, n: usize) -> Result<usize, ResizeError> {
-        let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        if n > ledger.limit {
+        let mut books = self.lock();
+        if n > books.limit {
             return Err(ResizeError::BelowZero {
                 by: n,
-                limit: ledger.limit,
+                limit: books.limit,
             });
         }
         let forgotten = self.permits.forget(n);
-        ledger.debt += n - forgotten;
-        ledger.limit -= n;
-        Ok(ledger.limit)
+        books.debt += n - forgotten;
+        books.limit -= n;
+        Ok(books.limit)
     }
 }
 
@@ -182,7 +209,8 @@ mod tests {
     fn admit(l: &Limiter<Semaphore>) -> bool {
         match l.permits().try_acquire() {
             Ok(p) => {
-                l.admit(|| p.forget());
+                p.forget();
+                l.admit();
                 true
             }
             Err(_) => false,
@@ -325,7 +353,7 @@ mod loom_limiter {
 
     fn admit(l: &Limiter<Counter>) -> bool {
         if l.permits().try_take() {
-            l.admit(|| ());
+            l.admit();
             true
         } else {
             false

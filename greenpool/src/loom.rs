@@ -6,11 +6,14 @@
 
 pub(crate) mod sync {
     #[cfg(all(test, loom))]
-    pub(crate) use loom::sync::Mutex;
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
 
     #[cfg(not(all(test, loom)))]
-    pub(crate) use std::sync::Mutex;
+    pub(crate) use std::sync::{Mutex, MutexGuard};
 
     #[cfg(all(test, loom))]
     pub(crate) use loom::sync::atomic::AtomicUsize;
+
+    #[cfg(not(all(test, loom)))]
+    pub(crate) use std::sync::atomic::AtomicUsize;
 }

@@ -72,6 +72,12 @@ impl<T> Outcome<T> {
 /// and a backtrace when one was captured.
 #[derive(Clone)]
 pub struct PanicInfo {
+    /// Boxed, so that outcomes stay small in the common, completed case.
+    data: Box<PanicData>,
+}
+
+#[derive(Clone)]
+struct PanicData {
     /// The Rust type of the payload.
     type_name: &'static str,
     /// The payload's text, or a placeholder when it was not a string.
@@ -97,10 +103,12 @@ impl PanicInfo {
             )
         };
         PanicInfo {
-            type_name,
-            message,
-            location: None,
-            backtrace: None,
+            data: Box::new(PanicData {
+                type_name,
+                message,
+                location: None,
+                backtrace: None,
+            }),
         }
     }
 
@@ -109,35 +117,36 @@ impl PanicInfo {
         location: Option<String>,
         backtrace: Option<Backtrace>,
     ) -> Self {
-        self.location = location;
-        self.backtrace = backtrace.map(Arc::new);
+        self.data.location = location;
+        self.data.backtrace = backtrace.map(Arc::new);
         self
     }
 
     /// The Rust type of the panic payload: `&str`, `String`, or
     /// `Box<dyn Any + Send>` for anything else.
     pub fn type_name(&self) -> &'static str {
-        self.type_name
+        self.data.type_name
     }
 
     /// The panic message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.data.message
     }
 
     /// Where the panic happened, as `file:line:column`, when known.
     pub fn location(&self) -> Option<&str> {
-        self.location.as_deref()
+        self.data.location.as_deref()
     }
 
     /// The backtrace captured at the panic, when there is one.
     pub fn backtrace(&self) -> Option<&Backtrace> {
-        self.backtrace.as_deref()
+        self.data.backtrace.as_deref()
     }
 
     /// The backtrace as text (empty when none was captured).
     pub fn backtrace_text(&self) -> String {
-        self.backtrace
+        self.data
+            .backtrace
             .as_ref()
             .map(|b| b.to_string())
             .unwrap_or_default()
@@ -147,19 +156,19 @@ impl PanicInfo {
 impl fmt::Debug for PanicInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PanicInfo")
-            .field("type_name", &self.type_name)
-            .field("message", &self.message)
-            .field("location", &self.location)
-            .field("backtrace", &self.backtrace.is_some())
+            .field("type_name", &self.data.type_name)
+            .field("message", &self.data.message)
+            .field("location", &self.data.location)
+            .field("backtrace", &self.data.backtrace.is_some())
             .finish()
     }
 }
 
 impl fmt::Display for PanicInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            Some(at) => write!(f, "panicked at {at}: {}", self.message),
-            None => write!(f, "panicked: {}", self.message),
+        match &self.data.location {
+            Some(at) => write!(f, "panicked at {at}: {}", self.data.message),
+            None => write!(f, "panicked: {}", self.data.message),
         }
     }
 }

@@ -7,35 +7,34 @@
 //!   time limit, runtime shutdown), so the map never leaks.
 //! * Every admitted job gets exactly one outcome: the guard's `finish` runs
 //!   once, either from the job's last poll or from its destructor.
-//! * Once the state leaves `Run`, no job is admitted: the state check, the
-//!   job's map entry and its tracker token are taken under one lock, and
-//!   `close` changes the state under the same lock before it closes the
-//!   semaphore and the tracker.
+//! * Once the state leaves `Run`, no job is admitted. An applying task takes
+//!   the job's tracker token, puts the job in the map, and only then reads
+//!   the state; `close` and `terminate` write the state before they close
+//!   the tracker or walk the map. Both sides use `SeqCst`, so an apply that
+//!   still reads `Run` came first: `stop` waits for it and `terminate` finds
+//!   it in the map. One that reads anything else takes its job back out.
 //! * `stop` returns only after every admitted job's callback has run: each
 //!   guard holds a tracker token until its last step.
 //! * The limiter's own invariants are in `limiter.rs`; `free = limit -
 //!   running` holds at every lock boundary.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::pin::pin;
+use std::future::{poll_fn, Future};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, Semaphore, TryAcquireError};
-use tokio::task::AbortHandle;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use crate::error::{ApplyError, ResizeError, RestartError, StartError, StopError};
 use crate::info::PoolInfo;
-use crate::job::{AcceptCallback, Job, JobContext, JobHandle, JobId, ResultCallback, TimeLimits};
+use crate::job::{Job, JobContext, JobHandle, JobId, TimeLimits};
+use crate::job_cell::JobCell;
+use crate::job_map::{JobMap, Slot};
 use crate::kill::{KillResult, KillSignal};
 use crate::limiter::Limiter;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
@@ -98,6 +97,9 @@ impl fmt::Display for PoolId {
     }
 }
 
+/// What applying a job gives: its handle, or the job back with the reason.
+type Applied<F, T, C, A> = Result<JobHandle<T>, ApplyError<Job<F, T, C, A>>>;
+
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
 /// Checked options, from the builder.
@@ -108,48 +110,6 @@ pub(crate) struct Config {
     pub(crate) callbacks_propagate: bool,
     pub(crate) term_grace: Duration,
     pub(crate) options: std::collections::BTreeMap<String, String>,
-}
-
-/// A job's entry in the job map.
-#[derive(Debug)]
-struct Slot {
-    /// Kills the job's task; `None` for the moment between admission and
-    /// spawn.
-    abort: Option<AbortHandle>,
-    /// The job's token, cancelled by graceful kills and the soft limit.
-    token: CancellationToken,
-    /// Set by whoever kills the job, read by its guard for the outcome.
-    kill: Option<Termination>,
-    /// Killers waiting for the job to end; told whether it ended killed.
-    waiters: Vec<oneshot::Sender<bool>>,
-}
-
-/// What the state lock guards.
-#[derive(Debug)]
-struct Shared {
-    state: PoolState,
-    jobs: HashMap<JobId, Slot, BuildHasherDefault<IdHasher>>,
-}
-
-/// Hashes a job id with one multiply (Fibonacci hashing): ids are
-/// sequential, never attacker-chosen, so SipHash buys nothing here.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// Event counters, all `Relaxed`: they are statistics, never used to decide.
@@ -169,10 +129,12 @@ struct Inner {
     /// The free slots; closed when the pool closes, so that waiting applies
     /// give their jobs back at once.
     limiter: Limiter<Semaphore>,
-    /// State and job map, under one lock.
-    shared: Mutex<Shared>,
-    /// The state, readable without the lock (written only under it).
+    /// JobId -> abort handle and shared cell.
+    jobs: JobMap,
+    /// The lifecycle state; see the invariants for its ordering.
     state: AtomicU8,
+    /// Serialises state changes (start, close, stop, terminate).
+    lifecycle: std::sync::Mutex<()>,
     /// Holds a token for each admitted job until its guard is done.
     tracker: TaskTracker,
     /// Next job id; ids start at 1 and are never reused.
@@ -183,17 +145,22 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_state(&self, shared: &mut Shared, state: PoolState) {
-        shared.state = state;
-        self.state.store(state as u8, Ordering::Release);
+    /// Changes the state unless `keep` says the current one stays; returns
+    /// the state before.
+    fn transition(&self, to: PoolState, keep: impl Fn(PoolState) -> bool) -> PoolState {
+        let _serial = self
+            .lifecycle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from = self.state();
+        if !keep(from) {
+            self.state.store(to as u8, Ordering::SeqCst);
+        }
+        from
     }
 
     fn state(&self) -> PoolState {
-        PoolState::from_u8(self.state.load(Ordering::Acquire))
+        PoolState::from_u8(self.state.load(Ordering::SeqCst))
     }
 }
 
@@ -246,11 +213,9 @@ impl TaskPool {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
                 limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
                 config,
-                shared: Mutex::new(Shared {
-                    state: PoolState::NotStarted,
-                    jobs: HashMap::default(),
-                }),
+                jobs: JobMap::new(),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
+                lifecycle: std::sync::Mutex::new(()),
                 tracker: TaskTracker::new(),
                 next_job: AtomicU64::new(1),
                 runtime: OnceLock::new(),
@@ -300,13 +265,12 @@ impl TaskPool {
     /// closed; [`StartError::NoRuntime`] outside a tokio runtime.
     pub fn start(&self) -> Result<(), StartError> {
         let handle = Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        {
-            let mut shared = self.inner.lock();
-            if shared.state != PoolState::NotStarted {
-                return Err(StartError::NotStartable(shared.state));
-            }
-            let _ = self.inner.runtime.set(handle);
-            self.inner.set_state(&mut shared, PoolState::Run);
+        let _ = self.inner.runtime.set(handle);
+        let from = self
+            .inner
+            .transition(PoolState::Run, |s| s != PoolState::NotStarted);
+        if from != PoolState::NotStarted {
+            return Err(StartError::NotStartable(from));
         }
         signals::POOL_STARTED.send_robust(self.inner.id, &());
         Ok(())
@@ -324,18 +288,14 @@ impl TaskPool {
 
     /// True once the pool has started.
     pub fn did_start_ok(&self) -> bool {
-        self.inner.runtime.get().is_some()
+        self.state() != PoolState::NotStarted && self.inner.runtime.get().is_some()
     }
 
     /// Refuses new jobs; running ones go on. Callers of `apply_async` still
     /// waiting for a slot get their jobs back at once.
     pub fn close(&self) {
-        {
-            let mut shared = self.inner.lock();
-            if shared.state != PoolState::Terminate {
-                self.inner.set_state(&mut shared, PoolState::Close);
-            }
-        }
+        self.inner
+            .transition(PoolState::Close, |s| s == PoolState::Terminate);
         self.inner.limiter.permits().close();
         self.inner.tracker.close();
     }
@@ -358,10 +318,7 @@ impl TaskPool {
         signals::POOL_PRE_SHUTDOWN.send_robust(self.inner.id, &());
         self.close();
         self.inner.tracker.wait().await;
-        {
-            let mut shared = self.inner.lock();
-            self.inner.set_state(&mut shared, PoolState::Terminate);
-        }
+        self.inner.transition(PoolState::Terminate, |_| false);
         signals::POOL_POST_SHUTDOWN.send_robust(self.inner.id, &());
         Ok(())
     }
@@ -380,19 +337,16 @@ impl TaskPool {
     /// future only stops the wait.
     pub async fn terminate(&self) -> Result<(), StopError> {
         self.check_not_own_job()?;
-        {
-            let mut shared = self.inner.lock();
-            self.inner.set_state(&mut shared, PoolState::Terminate);
-            for slot in shared.jobs.values_mut() {
-                slot.kill.get_or_insert(Termination {
-                    signal: None,
-                    reason: TerminateReason::PoolTerminated,
-                });
-                if let Some(abort) = &slot.abort {
-                    abort.abort();
-                }
+        self.inner.transition(PoolState::Terminate, |_| false);
+        self.inner.jobs.for_each(|_, slot| {
+            slot.control.request_kill(Termination {
+                signal: None,
+                reason: TerminateReason::PoolTerminated,
+            });
+            if let Some(abort) = &slot.abort {
+                abort.abort();
             }
-        }
+        });
         self.inner.limiter.permits().close();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
@@ -412,13 +366,14 @@ impl TaskPool {
         let Some(current) = tokio::task::try_id() else {
             return Ok(());
         };
-        let shared = self.inner.lock();
-        match shared
-            .jobs
-            .iter()
-            .find(|(_, s)| s.abort.as_ref().is_some_and(|a| a.id() == current))
-        {
-            Some((id, _)) => Err(StopError::FromOwnJob(*id)),
+        let mut own = None;
+        self.inner.jobs.for_each(|id, slot| {
+            if slot.abort.as_ref().is_some_and(|a| a.id() == current) {
+                own = Some(*id);
+            }
+        });
+        match own {
+            Some(id) => Err(StopError::FromOwnJob(id)),
             None => Ok(()),
         }
     }
@@ -447,11 +402,7 @@ impl TaskPool {
 
     /// Jobs in the job map.
     pub fn job_count(&self) -> usize {
-        self.inner.lock().jobs.len()
-    }
-
-    pub(crate) fn contains_job(&self, id: JobId) -> bool {
-        self.inner.lock().jobs.contains_key(&id)
+        self.inner.jobs.len()
     }
 
     /// Raises the limit by `n`; waiting applies may start at once. Returns
@@ -514,14 +465,13 @@ impl TaskPool {
     ///
     /// Dropping the future while it waits for a slot means the job was
     /// never applied: nothing runs and no callback fires.
-    pub async fn apply_async<F, Fut, T>(
-        &self,
-        job: Job<F, T>,
-    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    pub async fn apply_async<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let state = self.inner.state();
         if state != PoolState::Run {
@@ -536,7 +486,8 @@ impl TaskPool {
         };
         match acquired {
             Ok(permit) => {
-                self.inner.limiter.admit(|| permit.forget());
+                permit.forget();
+                self.inner.limiter.admit();
                 self.spawn(job)
             }
             Err(_) => Err(ApplyError::NotRunning {
@@ -555,14 +506,13 @@ impl TaskPool {
     /// comes back, not run.
     // The job comes back by value in the error, as in tokio's `SendError`.
     #[allow(clippy::result_large_err)]
-    pub fn try_apply_async<F, Fut, T>(
-        &self,
-        job: Job<F, T>,
-    ) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    pub fn try_apply_async<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let state = self.inner.state();
         if state != PoolState::Run {
@@ -570,7 +520,8 @@ impl TaskPool {
         }
         match self.inner.limiter.permits().try_acquire() {
             Ok(permit) => {
-                self.inner.limiter.admit(|| permit.forget());
+                permit.forget();
+                self.inner.limiter.admit();
                 self.spawn(job)
             }
             Err(TryAcquireError::NoPermits) => Err(ApplyError::Full(job)),
@@ -583,11 +534,13 @@ impl TaskPool {
 
     /// Spawns an admitted job (its slot is taken).
     #[allow(clippy::result_large_err)]
-    fn spawn<F, Fut, T>(&self, job: Job<F, T>) -> Result<JobHandle<T>, ApplyError<Job<F, T>>>
+    fn spawn<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let inner = &self.inner;
         let id = JobId(inner.next_job.fetch_add(1, Ordering::Relaxed));
@@ -606,26 +559,22 @@ impl TaskPool {
                 job,
             });
         };
-        let token = CancellationToken::new();
-        let tracked = {
-            let mut shared = inner.lock();
-            if shared.state != PoolState::Run {
-                let state = shared.state;
-                drop(shared);
-                inner.limiter.release();
-                return Err(ApplyError::NotRunning { state, job });
-            }
-            shared.jobs.insert(
-                id,
-                Slot {
-                    abort: None,
-                    token: token.clone(),
-                    kill: None,
-                    waiters: Vec::new(),
-                },
-            );
-            inner.tracker.token()
-        };
+        // Token, then map entry, then the state check: see the invariants.
+        let tracked = inner.tracker.token();
+        let cell = Arc::new(JobCell::<T>::new());
+        inner.jobs.shard(id).insert(
+            id,
+            Slot {
+                abort: None,
+                control: cell.clone(),
+            },
+        );
+        let state = inner.state();
+        if state != PoolState::Run {
+            inner.jobs.shard(id).remove(&id);
+            inner.limiter.release();
+            return Err(ApplyError::NotRunning { state, job });
+        }
         inner.counters.applied.fetch_add(1, Ordering::Relaxed);
         let Job {
             target,
@@ -634,39 +583,31 @@ impl TaskPool {
             limits,
             ..
         } = job;
-        let (tx, rx) = oneshot::channel();
         let guard = JobGuard {
             inner: Arc::clone(inner),
             id,
             callback,
-            tx: Some(tx),
+            cell: cell.clone(),
             done: false,
             _tracked: tracked,
         };
-        // Spawned outside the lock: a runtime that is shutting down drops
-        // the future inside `spawn`, and its guard takes the lock.
-        let task = runtime.spawn(run_job(
-            guard,
-            target,
-            JobContext::new(id, token),
-            accept_callback,
-            limits.is_set().then(|| Box::new(limits)),
-        ));
-        let mut shared = inner.lock();
-        if let Some(slot) = shared.jobs.get_mut(&id) {
+        let ctx = JobContext::new(id, cell.clone());
+        // Spawned outside the shard lock: a runtime that is shutting down
+        // drops the future inside `spawn`, and its guard takes that lock.
+        let task = runtime.spawn(run_job(guard, target, ctx, accept_callback, limits));
+        if let Some(slot) = inner.jobs.shard(id).get_mut(&id) {
             // A hard kill that came before the handle existed is carried out
             // now; a graceful one has cancelled the token and its grace
             // timer will find the handle.
-            if slot
-                .kill
+            if cell
+                .kill()
                 .is_some_and(|k| !k.signal.is_some_and(KillSignal::is_graceful))
             {
                 task.abort();
             }
             slot.abort = Some(task.abort_handle());
         }
-        drop(shared);
-        Ok(JobHandle::new(id, rx, self.clone()))
+        Ok(JobHandle::new(id, cell, self.clone()))
     }
 
     // ----- killing -----------------------------------------------------------
@@ -690,16 +631,16 @@ impl TaskPool {
     /// whether or not this future is polled again, grace period included.
     pub async fn terminate_job(&self, id: JobId, signal: Option<KillSignal>) -> KillResult {
         let graceful = signal.is_some_and(KillSignal::is_graceful);
-        let rx = {
-            let mut shared = self.inner.lock();
-            let Some(slot) = shared.jobs.get_mut(&id) else {
+        let control = {
+            let shard = self.inner.jobs.shard(id);
+            let Some(slot) = shard.get(&id) else {
                 return if id.0 != 0 && id.0 < self.inner.next_job.load(Ordering::Relaxed) {
                     KillResult::AlreadyFinished
                 } else {
                     KillResult::Unknown
                 };
             };
-            slot.kill.get_or_insert(Termination {
+            slot.control.request_kill(Termination {
                 signal,
                 reason: TerminateReason::Killed,
             });
@@ -711,21 +652,20 @@ impl TaskPool {
                 }
                 return KillResult::Requested;
             }
-            let (tx, rx) = oneshot::channel();
-            slot.waiters.push(tx);
             if graceful {
-                slot.token.cancel();
+                slot.control.token().cancel();
             } else if let Some(abort) = &slot.abort {
                 abort.abort();
             }
-            rx
+            Arc::clone(&slot.control)
         };
         if graceful {
             self.escalate_after_grace(id);
         }
-        match rx.await {
-            Ok(true) | Err(_) => KillResult::Killed,
-            Ok(false) => KillResult::Exited,
+        if poll_fn(|cx| control.poll_ended(cx)).await {
+            KillResult::Killed
+        } else {
+            KillResult::Exited
         }
     }
 
@@ -740,8 +680,7 @@ impl TaskPool {
         runtime.spawn(async move {
             tokio::time::sleep(grace).await;
             if let Some(inner) = weak.upgrade() {
-                let shared = inner.lock();
-                if let Some(abort) = shared.jobs.get(&id).and_then(|s| s.abort.as_ref()) {
+                if let Some(abort) = inner.jobs.shard(id).get(&id).and_then(|s| s.abort.as_ref()) {
                     abort.abort();
                 }
             }
@@ -752,17 +691,15 @@ impl TaskPool {
 impl fmt::Debug for TaskPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("TaskPool");
-        d.field("id", &self.inner.id);
-        match self.inner.shared.try_lock() {
-            Ok(shared) => d
-                .field("state", &shared.state)
-                .field("jobs", &shared.jobs.len()),
-            Err(_) => d.field("state", &"<locked>"),
+        d.field("id", &self.inner.id)
+            .field("state", &self.inner.state());
+        match self.inner.limiter.try_ledger() {
+            Some(ledger) => d
+                .field("limit", &ledger.limit)
+                .field("running", &ledger.running),
+            None => d.field("limit", &"<locked>"),
         };
-        let ledger = self.inner.limiter.ledger();
-        d.field("limit", &ledger.limit)
-            .field("running", &ledger.running)
-            .finish()
+        d.finish()
     }
 }
 
@@ -785,30 +722,26 @@ impl Drop for Waiting<'_> {
 /// Owns everything a job must give back, and gives it back exactly once:
 /// on its last poll through [`JobGuard::finish`], or from its destructor
 /// when the job's task is dropped (killed, time limit, runtime shutdown).
-struct JobGuard<T> {
+struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     inner: Arc<Inner>,
     id: JobId,
-    callback: Option<ResultCallback<T>>,
-    tx: Option<oneshot::Sender<Outcome<T>>>,
+    callback: Option<C>,
+    cell: Arc<JobCell<T>>,
     done: bool,
     /// Dropped last, after the callback: `stop` waits for it.
     _tracked: TaskTrackerToken,
 }
 
-impl<T> JobGuard<T> {
+impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
     /// Ends the job: `None` means it was dropped before it finished.
     fn finish(&mut self, outcome: Option<Outcome<T>>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
         let inner = &self.inner;
-        let slot = inner.lock().jobs.remove(&self.id);
-        let (kill, waiters) = match slot {
-            Some(slot) => (slot.kill, slot.waiters),
-            None => (None, Vec::new()),
-        };
+        inner.jobs.shard(self.id).remove(&self.id);
         let outcome = outcome.unwrap_or_else(|| {
-            Outcome::Terminated(kill.unwrap_or(Termination {
+            Outcome::Terminated(self.cell.kill().unwrap_or(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
             }))
@@ -819,7 +752,6 @@ impl<T> JobGuard<T> {
             Outcome::Terminated(_) => &inner.counters.terminated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        let terminated = outcome.is_terminated();
         let mut propagate = None;
         if let Some(callback) = self.callback.take() {
             if let Err(payload) = unwind::call_keep(|| callback(&outcome)) {
@@ -834,12 +766,7 @@ impl<T> JobGuard<T> {
                 }
             }
         }
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(outcome);
-        }
-        for waiter in waiters {
-            let _ = waiter.send(terminated);
-        }
+        self.cell.complete(outcome);
         inner.limiter.release();
         if let Some(payload) = propagate {
             std::panic::resume_unwind(payload);
@@ -847,57 +774,43 @@ impl<T> JobGuard<T> {
     }
 }
 
-impl<T> Drop for JobGuard<T> {
+impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
     fn drop(&mut self) {
         self.finish(None);
     }
 }
 
 /// The job's task: accept callback, target under its limits, outcome.
-///
-/// A plain `fn` returning an `async move` block rather than an `async fn`:
-/// an `async fn` keeps its arguments twice in its state (as captured
-/// arguments and as locals), and this state is every job's task size.
-/// Time limits come boxed (`None` when unset) for the same reason.
-// Written by hand on purpose: see above.
-#[allow(clippy::manual_async_fn)]
-fn run_job<F, Fut, T>(
-    mut guard: JobGuard<T>,
+async fn run_job<F, Fut, T, C, A>(
+    mut guard: JobGuard<T, C>,
     target: F,
     ctx: JobContext,
-    accept: Option<AcceptCallback>,
+    accept: Option<A>,
     limits: Option<Box<TimeLimits>>,
-) -> impl Future<Output = ()> + Send + 'static
-where
+) where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
+    C: FnOnce(&Outcome<T>) + Send + 'static,
+    A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    async move {
-        if let Some(accept) = accept {
-            if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-                guard
-                    .inner
-                    .counters
-                    .callback_panics
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
-            }
+    if let Some(accept) = accept {
+        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+            guard
+                .inner
+                .counters
+                .callback_panics
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
         }
-        let outcome = match limits {
-            // Boxed: its two timers would otherwise make every job's task
-            // larger, time limits or not.
-            Some(limits) => Box::pin(run_limited(target, ctx, *limits)).await,
-            None => match unwind::call_in_job(|| target(ctx)) {
-                Ok(work) => {
-                    let work = pin!(work);
-                    into_outcome(unwind::catch_panic(work).await)
-                }
-                Err(panic) => Outcome::Panicked(panic),
-            },
-        };
-        guard.finish(Some(outcome));
     }
+    let outcome = if let Some(limits) = limits {
+        // Boxed: its timers would otherwise grow every job's task.
+        Box::pin(run_limited(target, ctx, *limits)).await
+    } else {
+        into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
+    };
+    guard.finish(Some(outcome));
 }
 
 fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {
@@ -916,11 +829,8 @@ where
     let start = Instant::now();
     let token = ctx.token().clone();
     let id = ctx.id();
-    let work = async move {
-        let work = pin!(unwind::call_in_job(|| target(ctx))?);
-        unwind::catch_panic(work).await
-    };
-    let mut work = pin!(work);
+    let work = unwind::catch_panic(async move { target(ctx).await });
+    let mut work = std::pin::pin!(work);
     let soft_at = limits.soft.map(|d| start + d);
     let hard_at = limits.hard.map(|d| start + d);
     let mut soft_fired = false;
