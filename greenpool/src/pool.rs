@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -781,36 +782,48 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
 }
 
 /// The job's task: accept callback, target under its limits, outcome.
-async fn run_job<F, Fut, T, C, A>(
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`:
+/// an `async fn` keeps its arguments twice in its state (as captured
+/// arguments and as locals), and this state is every job's task size.
+// Written by hand on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn run_job<F, Fut, T, C, A>(
     mut guard: JobGuard<T, C>,
     target: F,
     ctx: JobContext,
     accept: Option<A>,
     limits: Option<Box<TimeLimits>>,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
     C: FnOnce(&Outcome<T>) + Send + 'static,
     A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    if let Some(accept) = accept {
-        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-            guard
-                .inner
-                .counters
-                .callback_panics
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+    async move {
+        if let Some(accept) = accept {
+            if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+                guard
+                    .inner
+                    .counters
+                    .callback_panics
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+            }
         }
+        let outcome = if let Some(limits) = limits {
+            // Boxed: its timers would otherwise grow every job's task.
+            Box::pin(run_limited(target, ctx, *limits)).await
+        } else {
+            match unwind::call_in_job(|| target(ctx)) {
+                Ok(work) => into_outcome(unwind::catch_panic(pin!(work)).await),
+                Err(panic) => Outcome::Panicked(panic),
+            }
+        };
+        guard.finish(Some(outcome));
     }
-    let outcome = if let Some(limits) = limits {
-        // Boxed: its timers would otherwise grow every job's task.
-        Box::pin(run_limited(target, ctx, *limits)).await
-    } else {
-        into_outcome(unwind::catch_panic(async move { target(ctx).await }).await)
-    };
-    guard.finish(Some(outcome));
 }
 
 fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {
@@ -829,8 +842,11 @@ where
     let start = Instant::now();
     let token = ctx.token().clone();
     let id = ctx.id();
-    let work = unwind::catch_panic(async move { target(ctx).await });
-    let mut work = std::pin::pin!(work);
+    let work = async move {
+        let work = pin!(unwind::call_in_job(|| target(ctx))?);
+        unwind::catch_panic(work).await
+    };
+    let mut work = pin!(work);
     let soft_at = limits.soft.map(|d| start + d);
     let hard_at = limits.hard.map(|d| start + d);
     let mut soft_fired = false;

@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Once;
 use std::task::Poll;
 
@@ -55,9 +55,10 @@ pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
 }
 
 /// Runs a job's future to its end, catching its panics with location and
-/// backtrace. The future is pinned in place: no allocation of its own.
-pub(crate) async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, PanicInfo> {
-    let mut fut = pin!(fut);
+/// backtrace. The caller pins the future in its own state, so the future is
+/// stored once (an `async fn` taking it by value would hold it twice: as
+/// argument and as pinned local).
+pub(crate) async fn catch_panic<F: Future>(mut fut: Pin<&mut F>) -> Result<F::Output, PanicInfo> {
     poll_fn(|cx| {
         let polled = {
             let _flag = InJob::enter();
@@ -70,6 +71,13 @@ pub(crate) async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, PanicInf
         }
     })
     .await
+}
+
+/// Runs a job's own code outside a poll (its target building the future),
+/// with the same capture as [`catch_panic`].
+pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
+    let _flag = InJob::enter();
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| captured_info(&*p))
 }
 
 /// The [`PanicInfo`] of a payload, with what the hook captured for it.
