@@ -20,9 +20,10 @@
 
 use std::fmt;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -781,20 +782,77 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
     }
 }
 
-/// The job's task: accept callback, target under its limits, outcome.
-///
-/// A plain `fn` returning an `async move` block rather than an `async fn`:
-/// an `async fn` keeps its arguments twice in its state (as captured
-/// arguments and as locals), and this state is every job's task size.
-// Written by hand on purpose: see above.
-#[allow(clippy::manual_async_fn)]
+/// A time-limited job's future, boxed so that its timers do not grow every
+/// job's task.
+type LimitedJob<T> = Pin<Box<dyn Future<Output = Outcome<T>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The job's task: accept callback, target under its limits, outcome.
+    ///
+    /// A hand-written future rather than an `async fn`, so that the task
+    /// holds the guard plus whichever stage is current, and no moved-from
+    /// copies of the target or of the job's future.
+    #[must_use = "futures do nothing unless polled"]
+    struct RunJob<F, Fut, T, C, A>
+    where
+        T: Send,
+        T: 'static,
+        C: FnOnce(&Outcome<T>),
+    {
+        guard: JobGuard<T, C>,
+        #[pin]
+        stage: Stage<F, Fut, T, A>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<F, Fut, T, A> {
+        /// Not polled yet.
+        Start {
+            target: Option<F>,
+            ctx: Option<JobContext>,
+            accept: Option<A>,
+            limits: Option<Box<TimeLimits>>,
+        },
+        /// Running, no time limits.
+        Running {
+            #[pin]
+            fut: unwind::CatchPanic<Fut>,
+        },
+        /// Running under time limits.
+        Limited {
+            fut: LimitedJob<T>,
+        },
+        /// Ended.
+        Done,
+    }
+}
+
 fn run_job<F, Fut, T, C, A>(
-    mut guard: JobGuard<T, C>,
+    guard: JobGuard<T, C>,
     target: F,
     ctx: JobContext,
     accept: Option<A>,
     limits: Option<Box<TimeLimits>>,
-) -> impl Future<Output = ()> + Send + 'static
+) -> RunJob<F, Fut, T, C, A>
+where
+    F: FnOnce(JobContext) -> Fut,
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>),
+{
+    RunJob {
+        guard,
+        stage: Stage::Start {
+            target: Some(target),
+            ctx: Some(ctx),
+            accept,
+            limits,
+        },
+    }
+}
+
+impl<F, Fut, T, C, A> Future for RunJob<F, Fut, T, C, A>
 where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
@@ -802,27 +860,66 @@ where
     C: FnOnce(&Outcome<T>) + Send + 'static,
     A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    async move {
-        if let Some(accept) = accept {
-            if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-                guard
-                    .inner
-                    .counters
-                    .callback_panics
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
-            }
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let outcome = match this.stage.as_mut().project() {
+                StageProj::Start {
+                    target,
+                    ctx,
+                    accept,
+                    limits,
+                } => {
+                    let guard = &*this.guard;
+                    if let Some(accept) = accept.take() {
+                        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+                            guard
+                                .inner
+                                .counters
+                                .callback_panics
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
+                        }
+                    }
+                    let (Some(target), Some(ctx)) = (target.take(), ctx.take()) else {
+                        debug_assert!(false, "a job starts once");
+                        return Poll::Ready(());
+                    };
+                    match limits.take() {
+                        Some(limits) => {
+                            let fut: LimitedJob<T> = Box::pin(run_limited(target, ctx, *limits));
+                            this.stage.set(Stage::Limited { fut });
+                            continue;
+                        }
+                        None => match unwind::call_in_job(move || target(ctx)) {
+                            Ok(fut) => {
+                                this.stage.set(Stage::Running {
+                                    fut: unwind::CatchPanic::new(fut),
+                                });
+                                continue;
+                            }
+                            // Building the job's future panicked.
+                            Err(p) => Outcome::Panicked(p),
+                        },
+                    }
+                }
+                StageProj::Running { fut } => match fut.poll(cx) {
+                    Poll::Ready(r) => into_outcome(r),
+                    Poll::Pending => return Poll::Pending,
+                },
+                StageProj::Limited { fut } => match fut.as_mut().poll(cx) {
+                    Poll::Ready(o) => o,
+                    Poll::Pending => return Poll::Pending,
+                },
+                StageProj::Done => return Poll::Ready(()),
+            };
+            // The job's future is dropped before the guard reports.
+            this.stage.set(Stage::Done);
+            this.guard.finish(Some(outcome));
+            return Poll::Ready(());
         }
-        let outcome = if let Some(limits) = limits {
-            // Boxed: its timers would otherwise grow every job's task.
-            Box::pin(run_limited(target, ctx, *limits)).await
-        } else {
-            match unwind::call_in_job(|| target(ctx)) {
-                Ok(work) => into_outcome(unwind::catch_panic(pin!(work)).await),
-                Err(panic) => Outcome::Panicked(panic),
-            }
-        };
-        guard.finish(Some(outcome));
     }
 }
 
@@ -842,11 +939,8 @@ where
     let start = Instant::now();
     let token = ctx.token().clone();
     let id = ctx.id();
-    let work = async move {
-        let work = pin!(unwind::call_in_job(|| target(ctx))?);
-        unwind::catch_panic(work).await
-    };
-    let mut work = pin!(work);
+    let work = unwind::catch_panic(async move { target(ctx).await });
+    let mut work = std::pin::pin!(work);
     let soft_at = limits.soft.map(|d| start + d);
     let hard_at = limits.hard.map(|d| start + d);
     let mut soft_fired = false;

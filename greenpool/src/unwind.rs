@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Once;
 use std::task::Poll;
 
@@ -49,16 +49,59 @@ pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
     panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| PanicInfo::from_payload(&*p))
 }
 
+/// Like [`call`], for a job's own code: the hook captures location and
+/// backtrace as it does while a job is polled.
+pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
+    let caught = {
+        let _flag = InJob::enter();
+        panic::catch_unwind(AssertUnwindSafe(f))
+    };
+    caught.map_err(|p| captured_info(&*p))
+}
+
 /// Like [`call`], but keeps the payload so that it can be raised again.
 pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
     panic::catch_unwind(AssertUnwindSafe(f))
 }
 
+pin_project_lite::pin_project! {
+    /// Polls a job's future, catching its panics with location and
+    /// backtrace; the job's future is stored in place, with no overhead.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct CatchPanic<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> CatchPanic<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        CatchPanic { inner }
+    }
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, PanicInfo>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        let polled = {
+            let _flag = InJob::enter();
+            panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(captured_info(&*payload))),
+        }
+    }
+}
+
 /// Runs a job's future to its end, catching its panics with location and
-/// backtrace. The caller pins the future in its own state, so the future is
-/// stored once (an `async fn` taking it by value would hold it twice: as
-/// argument and as pinned local).
-pub(crate) async fn catch_panic<F: Future>(mut fut: Pin<&mut F>) -> Result<F::Output, PanicInfo> {
+/// backtrace. The future is pinned in place: no allocation of its own.
+pub(crate) async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, PanicInfo> {
+    let mut fut = pin!(fut);
     poll_fn(|cx| {
         let polled = {
             let _flag = InJob::enter();
@@ -71,13 +114,6 @@ pub(crate) async fn catch_panic<F: Future>(mut fut: Pin<&mut F>) -> Result<F::Ou
         }
     })
     .await
-}
-
-/// Runs a job's own code outside a poll (its target building the future),
-/// with the same capture as [`catch_panic`].
-pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
-    let _flag = InJob::enter();
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| captured_info(&*p))
 }
 
 /// The [`PanicInfo`] of a payload, with what the hook captured for it.
