@@ -340,3 +340,20 @@ async fn run_child(workload: Workload, side: Side, quick: bool) -> anyhow::Resul
         .context("the bench child printed no figures")?;
     Ok(serde_json::from_str(line)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_is_per_figure() {
+        let runs = [
+            figures(&[("a", 3.0), ("b", 10.0)]),
+            figures(&[("a", 1.0), ("b", 30.0)]),
+            figures(&[("a", 2.0), ("b", 20.0)]),
+        ];
+        let m = median(&runs);
+        assert_eq!(m["a"], 2.0);
+        assert_eq!(m["b"], 20.0);
+    }
+}

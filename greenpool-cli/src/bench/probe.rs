@@ -129,3 +129,41 @@ pub(crate) fn delays(n: u64, lo: f64, hi: f64) -> Vec<f64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 1.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn delays_are_in_range_and_repeatable() {
+        let a = delays(10_000, 1.0, 1000.0);
+        assert!(a.iter().all(|d| (1.0..1000.0).contains(d)));
+        assert_eq!(a, delays(10_000, 1.0, 1000.0));
+        let mean = a.iter().sum::<f64>() / a.len() as f64;
+        assert!(
+            (400.0..600.0).contains(&mean),
+            "spread over the range: {mean}"
+        );
+    }
+
+    #[test]
+    fn countdown_stamps_only_the_last_hit() {
+        let (c, mut rx) = Countdown::new(3);
+        c.hit();
+        c.hit();
+        assert!(rx.try_recv().is_err());
+        c.hit();
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(c.left(), 0);
+    }
+}

@@ -503,3 +503,41 @@ pub(crate) fn machine() -> Value {
         "greenpool": env!("CARGO_PKG_VERSION"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_compare_the_right_way() {
+        assert_eq!(Target::AtLeast(0.85).met(1.0, Some(0.9)), Some(true));
+        assert_eq!(Target::AtLeast(0.85).met(1.0, Some(0.8)), Some(false));
+        assert_eq!(Target::AtMost(1.3).met(1.0, Some(1.2)), Some(true));
+        assert_eq!(Target::AtMost(1.3).met(1.0, Some(1.4)), Some(false));
+        assert_eq!(Target::ValueAtMost(128.0).met(100.0, None), Some(true));
+        assert_eq!(Target::ValueAtMost(128.0).met(129.0, None), Some(false));
+        assert_eq!(
+            Target::AtLeast(0.5).met(1.0, None),
+            None,
+            "no baseline, no verdict"
+        );
+    }
+
+    #[test]
+    fn numbers_keep_about_four_digits() {
+        assert_eq!(num(1_234_567.8), "1,234,568");
+        assert_eq!(num(-12_345.0), "-12,345");
+        assert_eq!(num(1234.6), "1235");
+        assert_eq!(num(12.345), "12.3");
+        assert_eq!(num(1.2345), "1.23");
+        assert_eq!(num(0.12345), "0.123");
+        assert_eq!(num(100.0), "100");
+    }
+
+    #[test]
+    fn ratio_needs_a_nonzero_divisor() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), Some(1.5));
+        assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(2.0)), None);
+    }
+}
