@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub type TimeoutCallback = Arc<dyn Fn(bool, Duration) + Send + Sync + 'static>;
 pub struct JobContext {
     id: JobId,
     control: Arc<dyn JobControl>,
+    /// The token, fetched from the job's cell on first use.
+    token: OnceLock<CancellationToken>,
 }
 
 impl fmt::Debug for JobContext {
@@ -60,7 +62,11 @@ impl fmt::Debug for JobContext {
 
 impl JobContext {
     pub(crate) fn new(id: JobId, control: Arc<dyn JobControl>) -> Self {
-        JobContext { id, control }
+        JobContext {
+            id,
+            control,
+            token: OnceLock::new(),
+        }
     }
 
     /// The job's id.
@@ -71,7 +77,7 @@ impl JobContext {
     /// The job's cancellation token: cancelled at the soft time limit and
     /// by a graceful `terminate_job` (TERM or INT), before the kill.
     pub fn token(&self) -> &CancellationToken {
-        self.control.token()
+        self.token.get_or_init(|| self.control.token())
     }
 
     /// True once the job has been asked to stop.
@@ -306,7 +312,7 @@ impl<T> JobHandle<T> {
     where
         T: Send,
     {
-        self.cell.has_ended()
+        self.cell.ended().is_some()
     }
 
     /// Kills the job, as [`TaskPool::terminate_job`].

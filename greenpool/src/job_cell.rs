@@ -3,10 +3,11 @@
 //!
 //! It holds the job's cancellation token (made on first use: most jobs never
 //! need one), the kill request that the guard turns into the terminated
-//! outcome, the outcome waiting for the handle, and the wakers of the handle
-//! and of killers waiting for the job to end.
+//! outcome, and the outcome waiting for the handle with the handle's waker.
+//! Killers waiting for a job to end wait on the pool's `job_ended` notifier
+//! instead, so that the cell stays within one small allocation.
 
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use tokio_util::sync::CancellationToken;
@@ -17,47 +18,42 @@ use crate::outcome::{Outcome, Termination};
 /// outcome type.
 pub(crate) trait JobControl: Send + Sync {
     /// The job's token, made on first use.
-    fn token(&self) -> &CancellationToken;
+    fn token(&self) -> CancellationToken;
     /// Records a kill request; the first one wins.
     fn request_kill(&self, termination: Termination);
-    /// Ready with "was it killed" once the job has ended.
-    fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<bool>;
-    /// True once the job has ended.
-    fn has_ended(&self) -> bool;
+    /// `Some(killed)` once the job has ended.
+    fn ended(&self) -> Option<bool>;
 }
 
 struct CellState<T> {
-    /// The first kill request, read by the guard.
-    kill: Option<Termination>,
+    /// The job's token, once somebody asked for it.
+    token: Option<CancellationToken>,
     /// `Some(killed)` once the job has ended.
     ended: Option<bool>,
-    /// The outcome, until the handle takes it.
+    /// Before the end: the first kill request, as the terminated outcome
+    /// the guard reports if the job is dropped. After: the outcome, until
+    /// the handle takes it.
     outcome: Option<Outcome<T>>,
     /// True once the handle is dropped or has taken the outcome.
     detached: bool,
     /// The handle's waker.
     handle: Option<Waker>,
-    /// Wakers of `terminate_job` calls waiting for the end.
-    killers: Vec<Waker>,
 }
 
 /// The job's shared state.
 pub(crate) struct JobCell<T> {
-    token: OnceLock<CancellationToken>,
     state: Mutex<CellState<T>>,
 }
 
 impl<T> JobCell<T> {
     pub(crate) fn new() -> Self {
         JobCell {
-            token: OnceLock::new(),
             state: Mutex::new(CellState {
-                kill: None,
+                token: None,
                 ended: None,
                 outcome: None,
                 detached: false,
                 handle: None,
-                killers: Vec::new(),
             }),
         }
     }
@@ -66,26 +62,24 @@ impl<T> JobCell<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The kill request, if any.
+    /// The kill request, if any (before the end).
     pub(crate) fn kill(&self) -> Option<Termination> {
-        self.lock().kill
+        match &self.lock().outcome {
+            Some(Outcome::Terminated(t)) => Some(*t),
+            _ => None,
+        }
     }
 
-    /// Stores the outcome for the handle and wakes everyone waiting.
+    /// Stores the outcome for the handle and wakes it.
     pub(crate) fn complete(&self, outcome: Outcome<T>) {
         let killed = outcome.is_terminated();
-        let (handle, killers) = {
+        let handle = {
             let mut st = self.lock();
             st.ended = Some(killed);
-            if !st.detached {
-                st.outcome = Some(outcome);
-            }
-            (st.handle.take(), std::mem::take(&mut st.killers))
+            st.outcome = if st.detached { None } else { Some(outcome) };
+            st.handle.take()
         };
         if let Some(w) = handle {
-            w.wake();
-        }
-        for w in killers {
             w.wake();
         }
     }
@@ -108,34 +102,29 @@ impl<T> JobCell<T> {
     pub(crate) fn detach(&self) {
         let mut st = self.lock();
         st.detached = true;
-        st.outcome = None;
         st.handle = None;
+        if st.ended.is_some() {
+            st.outcome = None;
+        }
     }
 }
 
 impl<T: Send> JobControl for JobCell<T> {
-    fn token(&self) -> &CancellationToken {
-        self.token.get_or_init(CancellationToken::new)
+    fn token(&self) -> CancellationToken {
+        self.lock()
+            .token
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
     }
 
     fn request_kill(&self, termination: Termination) {
-        self.lock().kill.get_or_insert(termination);
-    }
-
-    fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut st = self.lock();
-        match st.ended {
-            Some(killed) => Poll::Ready(killed),
-            None => {
-                if !st.killers.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.killers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
+        if st.ended.is_none() && st.outcome.is_none() {
+            st.outcome = Some(Outcome::Terminated(termination));
         }
     }
 
-    fn has_ended(&self) -> bool {
-        self.lock().ended.is_some()
+    fn ended(&self) -> Option<bool> {
+        self.lock().ended
     }
 }

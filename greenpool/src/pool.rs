@@ -19,7 +19,7 @@
 //!   running` holds at every lock boundary.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -35,7 +35,7 @@ use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 use crate::error::{ApplyError, ResizeError, RestartError, StartError, StopError};
 use crate::info::PoolInfo;
 use crate::job::{Job, JobContext, JobHandle, JobId, TimeLimits};
-use crate::job_cell::JobCell;
+use crate::job_cell::{JobCell, JobControl};
 use crate::job_map::{JobMap, Slot};
 use crate::kill::{KillResult, KillSignal};
 use crate::limiter::Limiter;
@@ -141,6 +141,10 @@ struct Inner {
     tracker: TaskTracker,
     /// Next job id; ids start at 1 and are never reused.
     next_job: AtomicU64,
+    /// Woken after a job ends while `killers` > 0.
+    job_ended: tokio::sync::Notify,
+    /// `terminate_job` calls waiting for a job to end.
+    killers: AtomicUsize,
     /// The runtime jobs are spawned on, set by `start`.
     runtime: OnceLock<Handle>,
     counters: Counters,
@@ -220,6 +224,8 @@ impl TaskPool {
                 lifecycle: std::sync::Mutex::new(()),
                 tracker: TaskTracker::new(),
                 next_job: AtomicU64::new(1),
+                job_ended: tokio::sync::Notify::new(),
+                killers: AtomicUsize::new(0),
                 runtime: OnceLock::new(),
                 counters: Counters::default(),
             }),
@@ -589,8 +595,7 @@ impl TaskPool {
             inner: Arc::clone(inner),
             id,
             callback,
-            cell: cell.clone(),
-            done: false,
+            cell: Some(cell.clone()),
             _tracked: tracked,
         };
         let ctx = JobContext::new(id, cell.clone());
@@ -664,10 +669,24 @@ impl TaskPool {
         if graceful {
             self.escalate_after_grace(id);
         }
-        if poll_fn(|cx| control.poll_ended(cx)).await {
-            KillResult::Killed
-        } else {
-            KillResult::Exited
+        match self.wait_ended(&*control).await {
+            true => KillResult::Killed,
+            false => KillResult::Exited,
+        }
+    }
+
+    /// Waits for a job to end; true if it ended killed.
+    async fn wait_ended(&self, control: &dyn JobControl) -> bool {
+        let _waiting = Waiting::enter(&self.inner.killers);
+        loop {
+            let notified = self.inner.job_ended.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so an end in between still wakes.
+            notified.as_mut().enable();
+            if let Some(killed) = control.ended() {
+                return killed;
+            }
+            notified.await;
         }
     }
 
@@ -710,7 +729,7 @@ struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
     fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::SeqCst);
         Waiting(counter)
     }
 }
@@ -728,8 +747,8 @@ struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     inner: Arc<Inner>,
     id: JobId,
     callback: Option<C>,
-    cell: Arc<JobCell<T>>,
-    done: bool,
+    /// The job's cell; taken when the guard has done its work.
+    cell: Option<Arc<JobCell<T>>>,
     /// Dropped last, after the callback: `stop` waits for it.
     _tracked: TaskTrackerToken,
 }
@@ -737,13 +756,13 @@ struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
 impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
     /// Ends the job: `None` means it was dropped before it finished.
     fn finish(&mut self, outcome: Option<Outcome<T>>) {
-        if std::mem::replace(&mut self.done, true) {
+        let Some(cell) = self.cell.take() else {
             return;
-        }
+        };
         let inner = &self.inner;
         inner.jobs.shard(self.id).remove(&self.id);
         let outcome = outcome.unwrap_or_else(|| {
-            Outcome::Terminated(self.cell.kill().unwrap_or(Termination {
+            Outcome::Terminated(cell.kill().unwrap_or(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
             }))
@@ -768,7 +787,13 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
                 }
             }
         }
-        self.cell.complete(outcome);
+        cell.complete(outcome);
+        // SeqCst pairs with the increment in `wait_ended`: a killer that
+        // counted itself before this load is woken; one that counts itself
+        // after sees the cell ended.
+        if inner.killers.load(Ordering::SeqCst) > 0 {
+            inner.job_ended.notify_waiters();
+        }
         inner.limiter.release();
         if let Some(payload) = propagate {
             std::panic::resume_unwind(payload);
