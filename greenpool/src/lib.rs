@@ -26,8 +26,9 @@
 //!    token first) and returns after the callback ran.
 //!
 //! Around it: the lifecycle `start` → `close` → `stop`/`terminate` of
-//! Celery's `BasePool`, four process-wide [`signals`], and [`TaskPool::info`]
-//! with Celery's keys ([`PoolInfo`]).
+//! Celery's `BasePool`, four process-wide [`signals`], [`TaskPool::info`]
+//! with Celery's keys ([`PoolInfo`]), and the green [`Timer`] (kombu's timer
+//! API, one driver task and one sleep per timer, entries fired as tasks).
 //!
 //! # Examples
 //!
@@ -71,6 +72,7 @@ mod loom;
 mod outcome;
 mod pool;
 pub mod signals;
+mod timer;
 mod unwind;
 
 pub use builder::PoolBuilder;
@@ -82,4 +84,7 @@ pub use job::{
 pub use kill::{KillResult, KillSignal};
 pub use outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 pub use pool::{PoolId, PoolState, TaskPool};
+pub use timer::{
+    CancelResult, Entry, EntryPanic, ErrorHandler, Scheduled, Timer, TimerError, TimerRef,
+};
 pub use tokio_util::sync::CancellationToken;
