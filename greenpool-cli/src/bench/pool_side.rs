@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use greenpool::{ApplyError, Job, JobId, KillSignal, Outcome, TaskPool};
 
-use super::baseline::latency_figures;
+use super::baseline::{latency_figures, timer_figures};
 use super::memory;
 use super::params;
-use super::probe::{percentile, Countdown, Stamps};
+use super::probe::{delays, percentile, Countdown, Stamps};
 use super::{figures, Figures};
 
 /// A started pool of `limit` slots.
@@ -237,7 +237,31 @@ pub(crate) async fn resize(p: params::Resize) -> anyhow::Result<Figures> {
     ]))
 }
 
-/// `timer` on greenpool's `Timer`; run it in a fresh process.
-pub(crate) async fn timer(_p: params::Timer) -> anyhow::Result<Figures> {
-    anyhow::bail!("greenpool's Timer is not in this build yet")
+/// `timer` on greenpool's [`Timer`](greenpool::Timer): `call_after` each
+/// entry, then `cancel` each; run it in a fresh process.
+pub(crate) async fn timer(p: params::Timer) -> anyhow::Result<Figures> {
+    let delays = delays(p.entries, p.lo, p.hi);
+    let timer = greenpool::Timer::new();
+    // Touch the reference slots first: the figure is the timer's own memory.
+    let mut refs: Vec<Option<greenpool::TimerRef>> = Vec::new();
+    refs.resize_with(delays.len(), || None);
+    let rss_before = memory::rss();
+    let start = Instant::now();
+    for (slot, secs) in refs.iter_mut().zip(&delays) {
+        *slot = Some(timer.call_after(Duration::from_secs_f64(*secs), || {}, 0)?);
+    }
+    let scheduled = start.elapsed().as_secs_f64();
+    let rss_pending = memory::rss();
+    let start = Instant::now();
+    for tref in refs.iter().flatten() {
+        let _ = timer.cancel(tref);
+    }
+    let cancelled = start.elapsed().as_secs_f64();
+    anyhow::ensure!(timer.is_empty(), "entries left after cancelling all");
+    Ok(timer_figures(
+        p.entries,
+        scheduled,
+        cancelled,
+        memory::per_item(rss_before, rss_pending, p.entries),
+    ))
 }
