@@ -207,6 +207,30 @@ impl TaskPool {
     /// `task_join_will_block`).
     pub const TASK_JOIN_WILL_BLOCK: bool = false;
 
+    /// A new green timer: the seed's `TaskPool.Timer`, the timer class a
+    /// worker uses for ETA tasks, heartbeats and time limits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let timer = greenpool::TaskPool::new_timer();
+    /// let fired = Arc::new(AtomicBool::new(false));
+    /// let f = fired.clone();
+    /// timer.call_after(Duration::from_secs(2), move || f.store(true, Ordering::SeqCst), 0).unwrap();
+    /// tokio::time::sleep(Duration::from_secs(3)).await;
+    /// assert!(fired.load(Ordering::SeqCst));
+    /// # }
+    /// ```
+    pub fn new_timer() -> crate::Timer {
+        crate::Timer::new()
+    }
+
     /// A builder; see [`PoolBuilder`](crate::PoolBuilder).
     pub fn builder() -> crate::PoolBuilder {
         crate::PoolBuilder::new()
