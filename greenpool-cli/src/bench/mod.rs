@@ -115,13 +115,13 @@ impl Workload {
         )
     }
 
-    /// Runs per side: the short speed workloads run three times each,
+    /// Runs per side: the short speed workloads run five times each,
     /// alternating sides, and report the median of each figure.
     fn rounds(self) -> u32 {
         if self.isolated() {
             1
         } else {
-            3
+            5
         }
     }
 }

@@ -241,7 +241,7 @@ pub(crate) async fn resize(p: params::Resize) -> anyhow::Result<Figures> {
 /// entry, then `cancel` each; run it in a fresh process.
 pub(crate) async fn timer(p: params::Timer) -> anyhow::Result<Figures> {
     let delays = delays(p.entries, p.lo, p.hi);
-    let timer = greenpool::Timer::new();
+    let timer = TaskPool::new_timer();
     // Touch the reference slots first: the figure is the timer's own memory.
     let mut refs: Vec<Option<greenpool::TimerRef>> = Vec::new();
     refs.resize_with(delays.len(), || None);
