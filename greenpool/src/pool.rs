@@ -115,14 +115,35 @@ pub(crate) struct Config {
 }
 
 /// Event counters, all `Relaxed`: they are statistics, never used to decide.
+///
+/// The applying side's counters and the ending side's sit on separate cache
+/// lines, so that a task applying jobs and the workers ending them do not
+/// pull one line back and forth.
 #[derive(Debug, Default)]
 struct Counters {
     waiting: AtomicUsize,
     applied: AtomicU64,
+    ended: CachePadded<EndCounters>,
+}
+
+#[derive(Debug, Default)]
+struct EndCounters {
     completed: AtomicU64,
     panicked: AtomicU64,
     terminated: AtomicU64,
     callback_panics: AtomicU64,
+}
+
+/// Keeps its value on a cache line (pair) of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 struct Inner {
@@ -472,10 +493,10 @@ impl TaskPool {
             state: self.state(),
             waiting: c.waiting.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
-            completed: c.completed.load(Ordering::Relaxed),
-            panicked: c.panicked.load(Ordering::Relaxed),
-            terminated: c.terminated.load(Ordering::Relaxed),
-            callback_panics: c.callback_panics.load(Ordering::Relaxed),
+            completed: c.ended.completed.load(Ordering::Relaxed),
+            panicked: c.ended.panicked.load(Ordering::Relaxed),
+            terminated: c.ended.terminated.load(Ordering::Relaxed),
+            callback_panics: c.ended.callback_panics.load(Ordering::Relaxed),
         }
     }
 
@@ -792,9 +813,9 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
             }))
         });
         let counter = match &outcome {
-            Outcome::Completed(_) => &inner.counters.completed,
-            Outcome::Panicked(_) => &inner.counters.panicked,
-            Outcome::Terminated(_) => &inner.counters.terminated,
+            Outcome::Completed(_) => &inner.counters.ended.completed,
+            Outcome::Panicked(_) => &inner.counters.ended.panicked,
+            Outcome::Terminated(_) => &inner.counters.ended.terminated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut propagate = None;
@@ -802,6 +823,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
             if let Err(payload) = unwind::call_keep(|| callback(&outcome)) {
                 inner
                     .counters
+                    .ended
                     .callback_panics
                     .fetch_add(1, Ordering::Relaxed);
                 let info = PanicInfo::from_payload(&*payload);
@@ -927,6 +949,7 @@ where
                             guard
                                 .inner
                                 .counters
+                                .ended
                                 .callback_panics
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
