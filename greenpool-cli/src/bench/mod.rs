@@ -148,8 +148,23 @@ impl Side {
 /// Both sides' figures for one workload (an error text when a side failed).
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct Pair {
+    #[serde(serialize_with = "side_json")]
     greenpool: Option<Result<Figures, String>>,
+    #[serde(serialize_with = "side_json")]
     baseline: Option<Result<Figures, String>>,
+}
+
+/// A side in the JSON report: its figures, `{"error": ...}`, or null.
+fn side_json<S: serde::Serializer>(
+    side: &Option<Result<Figures, String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    match side {
+        None => s.serialize_none(),
+        Some(Ok(figures)) => figures.serialize(s),
+        Some(Err(e)) => BTreeMap::from([("error", e)]).serialize(s),
+    }
 }
 
 impl Pair {
