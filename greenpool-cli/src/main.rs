@@ -1,11 +1,14 @@
 //! `greenpool`: the command-line face of the greenpool crates.
 //!
 //! Subcommands: `tour` walks through the pool's features on 10,000 jobs;
-//! `worker` runs a Celery worker on Redis, `call` sends a task by name,
-//! `bench-worker` times the worker against Python Celery.
+//! `bench` runs the standard workloads on greenpool, on bare tokio and
+//! (with `--python`) on Celery's eventlet pool, and prints the ratios
+//! (`bench worker` times the Celery worker against Python Celery's);
+//! `worker` runs a Celery worker on Redis, `call` sends a task by name.
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod builtin_tasks;
 mod call;
 mod celery_log;
@@ -26,13 +29,13 @@ enum Command {
     /// Apply 10,000 jobs, resize the pool while they run, kill one by id,
     /// and print info() as JSON.
     Tour(tour::TourArgs),
+    /// Run the standard workloads on greenpool and on bare tokio (and with
+    /// --python on Celery's eventlet pool) and print the ratios.
+    Bench(bench::BenchArgs),
     /// Run a Celery worker on Redis serving greenpool.add/echo/sleep/fail.
     Worker(worker::WorkerArgs),
     /// Send a task by name, like `celery call`.
     Call(call::CallArgs),
-    /// Time `greenpool worker` draining 20,000 tasks against Python
-    /// Celery's eventlet worker.
-    BenchWorker(worker_bench::WorkerBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,8 +54,8 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Tour(args) => tour::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Call(args) => call::run(args),
-        Command::BenchWorker(args) => worker_bench::main(args),
     }
 }

@@ -1,4 +1,4 @@
-//! `greenpool bench-worker`: how fast `greenpool worker` drains a queue of
+//! `greenpool bench worker`: how fast `greenpool worker` drains a queue of
 //! `greenpool.add` messages with results stored, against Python Celery's
 //! eventlet worker on the same Redis in the same run.
 
@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map};
 
-/// Arguments of `greenpool bench-worker`.
+/// Arguments of `greenpool bench worker`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerBenchArgs {
     /// Messages to pre-enqueue for each worker.

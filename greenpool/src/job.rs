@@ -350,9 +350,3 @@ impl<T> Future for JobHandle<T> {
         })
     }
 }
-
-impl<T> Drop for JobHandle<T> {
-    fn drop(&mut self) {
-        self.cell.detach();
-    }
-}

@@ -34,8 +34,6 @@ struct CellState<T> {
     /// the guard reports if the job is dropped. After: the outcome, until
     /// the handle takes it.
     outcome: Option<Outcome<T>>,
-    /// True once the handle is dropped or has taken the outcome.
-    detached: bool,
     /// The handle's waker.
     handle: Option<Waker>,
 }
@@ -52,7 +50,6 @@ impl<T> JobCell<T> {
                 token: None,
                 ended: None,
                 outcome: None,
-                detached: false,
                 handle: None,
             }),
         }
@@ -76,7 +73,9 @@ impl<T> JobCell<T> {
         let handle = {
             let mut st = self.lock();
             st.ended = Some(killed);
-            st.outcome = if st.detached { None } else { Some(outcome) };
+            // A dropped handle takes no lock: the outcome then lives until
+            // the guard lets go of the cell, moments from now.
+            st.outcome = Some(outcome);
             st.handle.take()
         };
         if let Some(w) = handle {
@@ -88,7 +87,6 @@ impl<T> JobCell<T> {
     pub(crate) fn poll_outcome(&self, cx: &mut Context<'_>) -> Poll<Option<Outcome<T>>> {
         let mut st = self.lock();
         if st.ended.is_some() {
-            st.detached = true;
             return Poll::Ready(st.outcome.take());
         }
         match &st.handle {
@@ -96,16 +94,6 @@ impl<T> JobCell<T> {
             _ => st.handle = Some(cx.waker().clone()),
         }
         Poll::Pending
-    }
-
-    /// The handle went away: the outcome need not be kept.
-    pub(crate) fn detach(&self) {
-        let mut st = self.lock();
-        st.detached = true;
-        st.handle = None;
-        if st.ended.is_some() {
-            st.outcome = None;
-        }
     }
 }
 

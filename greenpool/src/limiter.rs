@@ -144,14 +144,21 @@ impl<P: Permits> Limiter<P> {
     /// No lock: between the semaphore handing out the permit and this count
     /// the permit is simply in flight (`admitting` in the invariant).
     pub(crate) fn admit(&self) {
-        self.running.fetch_add(1, Ordering::Relaxed);
+        // SeqCst: the pool's state check after admission and `stop`'s check
+        // of this count after closing must not both miss each other.
+        self.running.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Jobs admitted and not yet released.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Gives back the slot of a job that ended: to the debt if there is one,
     /// else to the semaphore.
     pub(crate) fn release(&self) {
         let mut books = self.lock();
-        let was = self.running.fetch_sub(1, Ordering::Relaxed);
+        let was = self.running.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(was > 0, "release without a matching admit");
         if books.debt > 0 {
             books.debt -= 1;

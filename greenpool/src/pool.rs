@@ -8,13 +8,16 @@
 //! * Every admitted job gets exactly one outcome: the guard's `finish` runs
 //!   once, either from the job's last poll or from its destructor.
 //! * Once the state leaves `Run`, no job is admitted. An applying task takes
-//!   the job's tracker token, puts the job in the map, and only then reads
-//!   the state; `close` and `terminate` write the state before they close
-//!   the tracker or walk the map. Both sides use `SeqCst`, so an apply that
-//!   still reads `Run` came first: `stop` waits for it and `terminate` finds
-//!   it in the map. One that reads anything else takes its job back out.
-//! * `stop` returns only after every admitted job's callback has run: each
-//!   guard holds a tracker token until its last step.
+//!   the job's slot (counted in the limiter's `running`), puts the job in
+//!   the map, and only then reads the state; `close` and `terminate` write
+//!   the state before they count `running` or walk the map. Both sides use
+//!   `SeqCst`, so an apply that still reads `Run` came first: `stop` waits
+//!   for it and `terminate` finds it in the map. One that reads anything
+//!   else takes its job back out and gives its slot back.
+//! * `stop` returns only after every admitted job's callback has run: a
+//!   guard gives its slot back as its last step, and the last one to do so
+//!   after the pool has closed wakes `stop`. (The slot count doubles as the
+//!   count of jobs in flight, so no separate tracker is kept per job.)
 //! * The limiter's own invariants are in `limiter.rs`; `free = limit -
 //!   running` holds at every lock boundary.
 
@@ -30,7 +33,6 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, TryAcquireError};
 use tokio::time::Instant;
-use tokio_util::task::{task_tracker::TaskTrackerToken, TaskTracker};
 
 use crate::error::{ApplyError, ResizeError, RestartError, StartError, StopError};
 use crate::info::PoolInfo;
@@ -115,14 +117,35 @@ pub(crate) struct Config {
 }
 
 /// Event counters, all `Relaxed`: they are statistics, never used to decide.
+///
+/// The applying side's counters and the ending side's sit on separate cache
+/// lines, so that a task applying jobs and the workers ending them do not
+/// pull one line back and forth.
 #[derive(Debug, Default)]
 struct Counters {
     waiting: AtomicUsize,
     applied: AtomicU64,
+    ended: CachePadded<EndCounters>,
+}
+
+#[derive(Debug, Default)]
+struct EndCounters {
     completed: AtomicU64,
     panicked: AtomicU64,
     terminated: AtomicU64,
     callback_panics: AtomicU64,
+}
+
+/// Keeps its value on a cache line (pair) of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 struct Inner {
@@ -137,8 +160,8 @@ struct Inner {
     state: AtomicU8,
     /// Serialises state changes (start, close, stop, terminate).
     lifecycle: std::sync::Mutex<()>,
-    /// Holds a token for each admitted job until its guard is done.
-    tracker: TaskTracker,
+    /// Woken when the last job ends after the pool left `Run`.
+    drained: tokio::sync::Notify,
     /// Next job id; ids start at 1 and are never reused.
     next_job: AtomicU64,
     /// Woken after a job ends while `killers` > 0.
@@ -167,6 +190,18 @@ impl Inner {
 
     fn state(&self) -> PoolState {
         PoolState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Gives an admitted job's slot back, and wakes `stop` if it was the
+    /// last one out of a closed pool.
+    fn release_slot(&self) {
+        self.limiter.release();
+        // SeqCst pairs with the state store in `close`/`terminate` and the
+        // count in `drained`: either this side sees the pool closed and
+        // wakes the waiter, or the waiter sees the count it left.
+        if self.state() != PoolState::Run && self.limiter.running() == 0 {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -246,7 +281,7 @@ impl TaskPool {
                 jobs: JobMap::new(),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
                 lifecycle: std::sync::Mutex::new(()),
-                tracker: TaskTracker::new(),
+                drained: tokio::sync::Notify::new(),
                 next_job: AtomicU64::new(1),
                 job_ended: tokio::sync::Notify::new(),
                 killers: AtomicUsize::new(0),
@@ -329,7 +364,21 @@ impl TaskPool {
         self.inner
             .transition(PoolState::Close, |s| s == PoolState::Terminate);
         self.inner.limiter.permits().close();
-        self.inner.tracker.close();
+    }
+
+    /// Waits until no admitted job is left (the pool must have left `Run`).
+    async fn drained(&self) {
+        loop {
+            let notified = self.inner.drained.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a last job ending in between
+            // still wakes this wait.
+            notified.as_mut().enable();
+            if self.inner.limiter.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Sends [`POOL_PRE_SHUTDOWN`](signals::POOL_PRE_SHUTDOWN), closes the
@@ -349,7 +398,7 @@ impl TaskPool {
         self.check_not_own_job()?;
         signals::POOL_PRE_SHUTDOWN.send_robust(self.inner.id, &());
         self.close();
-        self.inner.tracker.wait().await;
+        self.drained().await;
         self.inner.transition(PoolState::Terminate, |_| false);
         signals::POOL_POST_SHUTDOWN.send_robust(self.inner.id, &());
         Ok(())
@@ -380,8 +429,7 @@ impl TaskPool {
             }
         });
         self.inner.limiter.permits().close();
-        self.inner.tracker.close();
-        self.inner.tracker.wait().await;
+        self.drained().await;
         Ok(())
     }
 
@@ -472,10 +520,10 @@ impl TaskPool {
             state: self.state(),
             waiting: c.waiting.load(Ordering::Relaxed),
             applied: c.applied.load(Ordering::Relaxed),
-            completed: c.completed.load(Ordering::Relaxed),
-            panicked: c.panicked.load(Ordering::Relaxed),
-            terminated: c.terminated.load(Ordering::Relaxed),
-            callback_panics: c.callback_panics.load(Ordering::Relaxed),
+            completed: c.ended.completed.load(Ordering::Relaxed),
+            panicked: c.ended.panicked.load(Ordering::Relaxed),
+            terminated: c.ended.terminated.load(Ordering::Relaxed),
+            callback_panics: c.ended.callback_panics.load(Ordering::Relaxed),
         }
     }
 
@@ -585,14 +633,14 @@ impl TaskPool {
             signals::APPLY.send_robust(inner.id, &args);
         }
         let Some(runtime) = inner.runtime.get() else {
-            inner.limiter.release();
+            inner.release_slot();
             return Err(ApplyError::NotRunning {
                 state: inner.state(),
                 job,
             });
         };
-        // Token, then map entry, then the state check: see the invariants.
-        let tracked = inner.tracker.token();
+        // Slot (taken), then map entry, then the state check: see the
+        // invariants.
         let cell = Arc::new(JobCell::<T>::new());
         inner.jobs.shard(id).insert(
             id,
@@ -604,7 +652,7 @@ impl TaskPool {
         let state = inner.state();
         if state != PoolState::Run {
             inner.jobs.shard(id).remove(&id);
-            inner.limiter.release();
+            inner.release_slot();
             return Err(ApplyError::NotRunning { state, job });
         }
         inner.counters.applied.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +668,6 @@ impl TaskPool {
             id,
             callback,
             cell: Some(cell.clone()),
-            _tracked: tracked,
         };
         let ctx = JobContext::new(id, cell.clone());
         // Spawned outside the shard lock: a runtime that is shutting down
@@ -773,8 +820,6 @@ struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     callback: Option<C>,
     /// The job's cell; taken when the guard has done its work.
     cell: Option<Arc<JobCell<T>>>,
-    /// Dropped last, after the callback: `stop` waits for it.
-    _tracked: TaskTrackerToken,
 }
 
 impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
@@ -792,9 +837,9 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
             }))
         });
         let counter = match &outcome {
-            Outcome::Completed(_) => &inner.counters.completed,
-            Outcome::Panicked(_) => &inner.counters.panicked,
-            Outcome::Terminated(_) => &inner.counters.terminated,
+            Outcome::Completed(_) => &inner.counters.ended.completed,
+            Outcome::Panicked(_) => &inner.counters.ended.panicked,
+            Outcome::Terminated(_) => &inner.counters.ended.terminated,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let mut propagate = None;
@@ -802,6 +847,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
             if let Err(payload) = unwind::call_keep(|| callback(&outcome)) {
                 inner
                     .counters
+                    .ended
                     .callback_panics
                     .fetch_add(1, Ordering::Relaxed);
                 let info = PanicInfo::from_payload(&*payload);
@@ -818,7 +864,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
         if inner.killers.load(Ordering::SeqCst) > 0 {
             inner.job_ended.notify_waiters();
         }
-        inner.limiter.release();
+        inner.release_slot();
         if let Some(payload) = propagate {
             std::panic::resume_unwind(payload);
         }
@@ -927,6 +973,7 @@ where
                             guard
                                 .inner
                                 .counters
+                                .ended
                                 .callback_panics
                                 .fetch_add(1, Ordering::Relaxed);
                             tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
