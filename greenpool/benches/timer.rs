@@ -27,6 +27,19 @@ use tokio_util::time::DelayQueue;
 /// Entries per round.
 const N: usize = 1_000_000;
 
+/// Entries per round when `cargo test` runs the bench once as a smoke test
+/// (no `--bench` flag): a million would take minutes in a debug build.
+const N_SMOKE: usize = 10_000;
+
+/// How many entries a timed round uses.
+fn round_size() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        N
+    } else {
+        N_SMOKE
+    }
+}
+
 /// Set in the child processes that measure memory; names the contender.
 const MEM_ENV: &str = "GREENPOOL_TIMER_BENCH_MEM";
 
@@ -75,9 +88,10 @@ fn delay_queue_round(delays: &[Duration]) {
 
 fn schedule_then_cancel(c: &mut Criterion) {
     let rt = runtime();
-    let delays = delays(N);
+    let n = round_size();
+    let delays = delays(n);
     let mut group = c.benchmark_group("timer_schedule_then_cancel_1M");
-    group.throughput(Throughput::Elements(N as u64));
+    group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
     group.bench_function("greenpool_timer", |b| {
         b.iter_custom(|iters| {

@@ -28,6 +28,13 @@ impl JobId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// An id from its number, as a remote caller gives it (Celery's
+    /// `terminate_job(pid)`). Ids are per pool: a number this pool never
+    /// handed out is [`KillResult::Unknown`] to it.
+    pub fn from_u64(n: u64) -> Self {
+        JobId(n)
+    }
 }
 
 impl fmt::Display for JobId {

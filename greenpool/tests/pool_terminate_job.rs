@@ -94,6 +94,21 @@ async fn unknown_and_finished_ids_are_reported_as_such() {
     // An id this pool never handed out.
     let unknown = other.apply_async(job(async {})).await.unwrap().id();
     assert_eq!(p.terminate_job(unknown, None).await, KillResult::Unknown);
+    // Ids that arrive as numbers, as from a remote control message.
+    assert_eq!(
+        p.terminate_job(greenpool::JobId::from_u64(id.as_u64()), None)
+            .await,
+        KillResult::AlreadyFinished
+    );
+    assert_eq!(
+        p.terminate_job(greenpool::JobId::from_u64(10_000), None)
+            .await,
+        KillResult::Unknown
+    );
+    assert_eq!(
+        p.terminate_job(greenpool::JobId::from_u64(0), None).await,
+        KillResult::Unknown
+    );
     far.await;
 }
 
