@@ -179,7 +179,7 @@ fn expired_tasks_are_revoked_not_run() {
 }
 
 #[test]
-fn chains_links_and_link_errors_are_followed() {
+fn chains_links_link_errors_and_groups_work() {
     let Some((server, python)) = setup() else {
         return;
     };

@@ -126,6 +126,11 @@ def canvas():
     except ValueError:
         pass
     assert app.AsyncResult(eb.id).get(timeout=T) == {"args": [r3.id], "kwargs": {}}
+    # a group: results gathered by the client, group id stored with each
+    from celery import group
+    g = group(add.clone((i, i)) for i in range(10)).apply_async()
+    assert g.get(timeout=T) == [2 * i for i in range(10)]
+    assert all(r._get_task_meta().get("group_id") == g.id for r in g.results)
 
 
 def extended():
