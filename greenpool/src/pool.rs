@@ -565,11 +565,7 @@ impl TaskPool {
             self.inner.limiter.permits().acquire().await
         };
         match acquired {
-            Ok(permit) => {
-                permit.forget();
-                self.inner.limiter.admit();
-                self.spawn(job)
-            }
+            Ok(permit) => self.spawn(permit, job),
             Err(_) => Err(ApplyError::NotRunning {
                 state: self.inner.state(),
                 job,
@@ -599,11 +595,7 @@ impl TaskPool {
             return Err(ApplyError::NotRunning { state, job });
         }
         match self.inner.limiter.permits().try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                self.inner.limiter.admit();
-                self.spawn(job)
-            }
+            Ok(permit) => self.spawn(permit, job),
             Err(TryAcquireError::NoPermits) => Err(ApplyError::Full(job)),
             Err(TryAcquireError::Closed) => Err(ApplyError::NotRunning {
                 state: self.inner.state(),
@@ -612,9 +604,13 @@ impl TaskPool {
         }
     }
 
-    /// Spawns an admitted job (its slot is taken).
+    /// Admits a job on the permit it was given and spawns it.
     #[allow(clippy::result_large_err)]
-    fn spawn<F, Fut, T, C, A>(&self, job: Job<F, T, C, A>) -> Applied<F, T, C, A>
+    fn spawn<F, Fut, T, C, A>(
+        &self,
+        permit: tokio::sync::SemaphorePermit<'_>,
+        job: Job<F, T, C, A>,
+    ) -> Applied<F, T, C, A>
     where
         F: FnOnce(JobContext) -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
@@ -623,6 +619,9 @@ impl TaskPool {
         A: FnOnce(JobId, Instant) + Send + 'static,
     {
         let inner = &self.inner;
+        // The slot now belongs to the job until `release_slot`.
+        permit.forget();
+        inner.limiter.admit();
         let id = JobId(inner.next_job.fetch_add(1, Ordering::Relaxed));
         if signals::APPLY.has_receivers() {
             let args = ApplyArgs {
