@@ -560,6 +560,10 @@ impl TaskPool {
         if !self.inner.config.putlocks {
             return self.try_apply_async(job);
         }
+        // A free slot needs no waiting, and no waiting count.
+        if let Ok(permit) = self.inner.limiter.permits().try_acquire() {
+            return self.spawn(permit, job);
+        }
         let acquired = {
             let _waiting = Waiting::enter(&self.inner.counters.waiting);
             self.inner.limiter.permits().acquire().await
