@@ -34,6 +34,41 @@ pub(crate) struct Delivery {
     pub(crate) parsed: Result<WireEnvelope, ProtocolError>,
 }
 
+impl Delivery {
+    /// Parses a popped envelope and takes its delivery tag.
+    fn read(queue: String, raw: String) -> Self {
+        let parsed: Result<WireEnvelope, ProtocolError> =
+            serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+        let tag = parsed
+            .as_ref()
+            .ok()
+            .and_then(|e| e.properties.delivery_tag.clone())
+            .filter(|t| !t.is_empty());
+        Delivery {
+            queue,
+            raw,
+            tag,
+            parsed,
+        }
+    }
+
+    /// The tag and the `unacked` hash value (`[envelope, exchange,
+    /// routing_key]`, as kombu writes it), when the envelope is readable.
+    fn unacked_entry(&self) -> Option<(&str, String)> {
+        let (Some(tag), Ok(env)) = (&self.tag, &self.parsed) else {
+            return None;
+        };
+        let info = &env.properties.delivery_info;
+        let entry = format!(
+            "[{}, {}, {}]",
+            self.raw,
+            Value::String(info.exchange.clone()),
+            Value::String(info.routing_key.clone())
+        );
+        Some((tag, entry))
+    }
+}
+
 /// A connection to the broker for one worker.
 #[derive(Debug)]
 pub(crate) struct RedisBroker {
@@ -197,29 +232,13 @@ impl RedisBroker {
         let mut recorded = 0;
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let parsed: Result<WireEnvelope, ProtocolError> =
-                serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
-            let tag = parsed
-                .as_ref()
-                .ok()
-                .and_then(|e| e.properties.delivery_tag.clone())
-                .filter(|t| !t.is_empty());
-            if let (Some(tag), Ok(env)) = (&tag, &parsed) {
-                let info = &env.properties.delivery_info;
+            let delivery = Delivery::read(queue.clone(), raw);
+            if let Some((tag, entry)) = delivery.unacked_entry() {
                 zadd.arg(when).arg(tag);
-                hset.arg(tag).arg(format!(
-                    "[{raw}, {}, {}]",
-                    Value::String(info.exchange.clone()),
-                    Value::String(info.routing_key.clone())
-                ));
+                hset.arg(tag).arg(entry);
                 recorded += 1;
             }
-            out.push(Delivery {
-                queue: queue.clone(),
-                raw,
-                tag,
-                parsed,
-            });
+            out.push(delivery);
         }
         if recorded > 0 {
             pipe.add_command(zadd).ignore().add_command(hset).ignore();
@@ -284,20 +303,8 @@ impl RedisBroker {
             return Ok(None);
         };
         self.stats.add_fetched(1);
-        let parsed: Result<WireEnvelope, ProtocolError> =
-            serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
-        let tag = parsed
-            .as_ref()
-            .ok()
-            .and_then(|e| e.properties.delivery_tag.clone())
-            .filter(|t| !t.is_empty());
-        if let (Some(tag), Ok(env)) = (&tag, &parsed) {
-            let info = &env.properties.delivery_info;
-            let entry = format!(
-                "[{raw}, {}, {}]",
-                Value::String(info.exchange.clone()),
-                Value::String(info.routing_key.clone())
-            );
+        let delivery = Delivery::read(keys::queue_of_key(&key).to_owned(), raw);
+        if let Some((tag, entry)) = delivery.unacked_entry() {
             let mut pipe = redis::pipe();
             pipe.atomic()
                 .cmd("ZADD")
@@ -315,12 +322,7 @@ impl RedisBroker {
                 .await
                 .map_err(BrokerError::Redis)?;
         }
-        Ok(Some(Delivery {
-            queue: keys::queue_of_key(&key).to_owned(),
-            raw,
-            tag,
-            parsed,
-        }))
+        Ok(Some(delivery))
     }
 
     /// Puts a delivered message back: RPUSH to the front of its queue
