@@ -365,9 +365,20 @@ impl Worker {
         handlers.wait().await;
         shared.timer.stop();
         let _ = sweeper.await;
+        // A cold shutdown still writes what it holds, but gives Redis at most
+        // the command timeout from then on.
+        let grace = config.command_timeout;
+        let cold = self.shutdown.cold.clone();
+        let cold_deadline = || {
+            let cold = cold.clone();
+            async move {
+                cold.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
         tokio::select! {
             _ = acks.flush() => {}
-            _ = self.shutdown.cold.cancelled() => {
+            _ = cold_deadline() => {
                 tracing::warn!("worker: cold shutdown; results and acks still held are not written");
             }
         }
@@ -384,7 +395,7 @@ impl Worker {
         for tag in left.iter().filter(|_| !gone) {
             let r = tokio::select! {
                 r = broker.restore(tag, false) => r,
-                _ = self.shutdown.cold.cancelled() => break,
+                _ = cold_deadline() => break,
             };
             match r {
                 Ok(true) => restored += 1,
@@ -400,7 +411,7 @@ impl Worker {
         }
         tokio::select! {
             _ = acks.close() => {}
-            _ = self.shutdown.cold.cancelled() => {}
+            _ = cold_deadline() => {}
         }
         consumed?;
         if let Some(e) = acks.failure() {
