@@ -486,7 +486,8 @@ async fn consume(
         let budget = 1 + prefetch
             .available_permits()
             .min(shared.config.fetch_batch.saturating_sub(1));
-        let fetched = match broker.fetch(budget).await {
+        let stamp = RedisBroker::stamp();
+        let fetched = match broker.fetch(budget, stamp).await {
             Ok(f) => f,
             Err(e) => {
                 drop(first);
@@ -497,6 +498,12 @@ async fn consume(
                 tokio::select! {
                     r = broker.link().recover() => r?,
                     _ = shutdown.warm.cancelled() => return Ok(()),
+                }
+                // The script may have run and its reply been lost: take
+                // what it recorded.
+                let lost = broker.reclaim(stamp).await?;
+                if !lost.deliveries.is_empty() {
+                    dispatch(shared, handlers, &prefetch, None, lost.deliveries);
                 }
                 // A busy server (loading after a restart, say) answers at
                 // once: do not spin on it.
@@ -528,14 +535,26 @@ async fn consume(
         for big in fetched.oversized {
             refuse_oversized(shared, big);
         }
-        let mut first = Some(first);
-        for d in fetched.deliveries {
-            let permit = first
-                .take()
-                .or_else(|| Arc::clone(&prefetch).try_acquire_owned().ok());
-            let shared = Arc::clone(shared);
-            handlers.spawn(crate::request::handle(shared, d, permit));
-        }
+        dispatch(shared, handlers, &prefetch, Some(first), fetched.deliveries);
+    }
+}
+
+/// Hands each delivery to a handler with a prefetch permit when one is
+/// free.
+fn dispatch(
+    shared: &Arc<Shared>,
+    handlers: &TaskTracker,
+    prefetch: &Arc<Semaphore>,
+    first: Option<tokio::sync::OwnedSemaphorePermit>,
+    deliveries: Vec<crate::broker::Delivery>,
+) {
+    let mut first = first;
+    for d in deliveries {
+        let permit = first
+            .take()
+            .or_else(|| Arc::clone(prefetch).try_acquire_owned().ok());
+        let shared = Arc::clone(shared);
+        handlers.spawn(crate::request::handle(shared, d, permit));
     }
 }
 

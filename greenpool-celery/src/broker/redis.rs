@@ -171,7 +171,7 @@ impl RedisBroker {
     ///
     /// [`BrokerError::Redis`] when the call fails; the caller recovers the
     /// link before it tries again.
-    pub(crate) async fn fetch(&self, max: usize) -> Result<Fetched, BrokerError> {
+    pub(crate) async fn fetch(&self, max: usize, stamp: f64) -> Result<Fetched, BrokerError> {
         let n = self.queues.len().max(1);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let mut order = self.queues.clone();
@@ -186,7 +186,7 @@ impl RedisBroker {
             cmd.arg(key);
         }
         cmd.arg(max.max(1))
-            .arg(format!("{:.6}", now_secs()))
+            .arg(format!("{stamp:.6}"))
             .arg(self.max_message_size)
             .arg(if self.counted_pop { "1" } else { "0" });
         for &(_, q) in &keys {
@@ -206,6 +206,77 @@ impl RedisBroker {
         self.stats
             .add_fetched((fetched.deliveries.len() + fetched.oversized.len()) as u64);
         Ok(fetched)
+    }
+
+    /// A fresh delivery time for [`RedisBroker::fetch`]: the fetch
+    /// records its messages under it in `unacked_index`, which is how
+    /// [`RedisBroker::reclaim`] finds them when the reply is lost.
+    pub(crate) fn stamp() -> f64 {
+        now_secs()
+    }
+
+    /// The messages a fetch stamped `stamp` recorded, when its reply was
+    /// lost: read back from `unacked` (the script may also not have run;
+    /// then there are none).
+    pub(crate) async fn reclaim(&self, stamp: f64) -> Result<Fetched, BrokerError> {
+        let at = format!("{stamp:.6}");
+        self.stats.round_trip();
+        let tags: Vec<String> = self
+            .link
+            .call_until_done("reading back a fetch", |mut conn| {
+                let at = &at;
+                async move {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(UNACKED_INDEX)
+                        .arg(at)
+                        .arg(at)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        let mut out = Fetched::default();
+        if tags.is_empty() {
+            return Ok(out);
+        }
+        self.stats.round_trip();
+        let entries: Vec<Option<Vec<u8>>> = self
+            .link
+            .call_until_done("reading back a fetch", |mut conn| {
+                let tags = &tags;
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(UNACKED)
+                        .arg(tags)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        for (tag, entry) in tags.into_iter().zip(entries) {
+            let Some(mut entry) = entry else { continue };
+            // Our own entries: `[` raw `, "", ` queue-as-JSON `]`.
+            let found = self.queues.iter().zip(&self.queue_json).find(|(_, j)| {
+                let suffix = format!(", \"\", {j}]");
+                entry.first() == Some(&b'[') && entry.ends_with(suffix.as_bytes())
+            });
+            let Some((queue, json)) = found else {
+                tracing::warn!("message {tag} is not one this worker fetched; the visibility timeout will restore it");
+                continue;
+            };
+            let cut = entry.len() - json.len() - 7;
+            entry.truncate(cut);
+            entry.remove(0);
+            out.deliveries
+                .push(super::Delivery::read(queue.clone(), entry, tag));
+        }
+        tracing::warn!(
+            "consumer: read back {} message(s) of a fetch whose reply was lost",
+            out.deliveries.len()
+        );
+        Ok(out)
     }
 
     /// Puts a delivered message back: RPUSH to the front of the queue it
