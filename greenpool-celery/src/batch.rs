@@ -14,9 +14,12 @@
 //! ahead of it, and a batch the server refuses (at `maxmemory` with
 //! `noeviction`, say) writes nothing, acks included.
 //!
-//! With the result backend on another server the results of a batch go
-//! to it first; the broker part (follow-ups and acks) goes only once they
-//! are stored, so the order holds across the two connections.
+//! With the result backend on another server (or database) the results of
+//! a batch go to it first; the broker part of that batch (follow-ups and
+//! acks) goes only once they are stored, so the order holds across the two
+//! connections. The two stages overlap across batches (the results of
+//! batch N+1 travel while the acks of batch N do), which keeps two round
+//! trips in flight as two independent writers would.
 //!
 //! A batch whose reply was lost is sent again; its once-key (set by the
 //! script's first write, kept a day) makes the second run a no-op, so
@@ -208,6 +211,17 @@ async fn run(
     failed: Arc<Mutex<Option<String>>>,
     gave_up: Arc<tokio::sync::Notify>,
 ) {
+    // Two stages: results to a separate backend, then the broker part of
+    // the same batch. The stages overlap across batches (batch N+1's
+    // results go out while batch N's acks do), never within one.
+    let (to_broker, from_backend) = mpsc::unbounded_channel::<Batch>();
+    let broker_stage = tokio::spawn(broker_stage(
+        from_backend,
+        targets.clone(),
+        Arc::clone(&stats),
+        Arc::clone(&failed),
+        Arc::clone(&gave_up),
+    ));
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
         let mut b = Batch::default();
@@ -222,23 +236,80 @@ async fn run(
                 Op::Flush(w) => b.waiters.push(w),
             }
         }
-        let dead = failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
-        if !b.is_empty() && !dead {
-            if let Err(e) = write(&b, &targets, &stats).await {
-                tracing::error!(
-                    "dropping {} result(s), {} follow-up message(s) and {} ack(s): {e}; \
-                     their messages stay unacked and come back after the visibility timeout",
-                    b.store_keys.len(),
-                    b.pushes.len(),
-                    b.acks.len()
-                );
-                if let BrokerError::GaveUp(why) = e {
-                    *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-                    gave_up.notify_waiters();
+        if let Some(backend) = targets
+            .backend
+            .as_ref()
+            .filter(|_| !b.store_keys.is_empty())
+        {
+            if !is_dead(&failed) {
+                if let Err(e) = store_results(&b, backend, &targets, &stats).await {
+                    give_up(&b, e, &failed, &gave_up);
+                    // Nothing of this batch may be acked now.
+                    b.acks.clear();
+                    b.pushes.clear();
                 }
+            }
+            b.store_keys.clear();
+            b.store_payloads.clear();
+        }
+        if to_broker.send(b).is_err() {
+            break;
+        }
+    }
+    drop(to_broker);
+    let _ = broker_stage.await;
+}
+
+fn is_dead(failed: &Mutex<Option<String>>) -> bool {
+    failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
+/// Logs a batch that cannot be written and, when a link gave up, records
+/// why.
+fn give_up(
+    b: &Batch,
+    e: BrokerError,
+    failed: &Mutex<Option<String>>,
+    gave_up: &tokio::sync::Notify,
+) {
+    tracing::error!(
+        "dropping {} result(s), {} follow-up message(s) and {} ack(s): {e}; \
+         their messages stay unacked and come back after the visibility timeout",
+        b.store_keys.len(),
+        b.pushes.len(),
+        b.acks.len()
+    );
+    if let BrokerError::GaveUp(why) = e {
+        *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        gave_up.notify_waiters();
+    }
+}
+
+/// The broker stage: follow-ups and acks (and results when they share
+/// the broker's server), batches that queued up merged into one COMMIT.
+async fn broker_stage(
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    targets: Targets,
+    stats: Arc<RedisStats>,
+    failed: Arc<Mutex<Option<String>>>,
+    gave_up: Arc<tokio::sync::Notify>,
+) {
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, 64).await > 0 {
+        let mut b = Batch::default();
+        for mut next in batches.drain(..) {
+            b.acks.append(&mut next.acks);
+            b.store_keys.append(&mut next.store_keys);
+            b.store_payloads.append(&mut next.store_payloads);
+            b.pushes.append(&mut next.pushes);
+            b.waiters.append(&mut next.waiters);
+        }
+        if !b.is_empty() && !is_dead(&failed) {
+            if let Err(e) = commit_broker(&b, &targets, &stats).await {
+                give_up(&b, e, &failed, &gave_up);
             }
         }
         for w in b.waiters {
@@ -247,40 +318,40 @@ async fn run(
     }
 }
 
-/// Writes one batch: results on the backend first when it is separate,
-/// then the rest in one COMMIT. Retries through outages; returns an error
-/// only when a link gives up or the server rejects the batch for good.
-async fn write(b: &Batch, t: &Targets, stats: &RedisStats) -> Result<(), BrokerError> {
-    let expires = t.result_expires;
-    let separate = t.backend.as_ref().filter(|_| !b.store_keys.is_empty());
-    if let Some(backend) = separate {
-        let cmd = commit(
-            &t.scripts.commit,
-            "",
-            expires,
-            (&b.store_keys, &b.store_payloads),
-            &[],
-            &[],
-        );
-        let what = format!("storing {} result(s)", b.store_keys.len());
-        stats.round_trip();
-        backend
-            .call_until_done(&what, |mut conn| {
-                let cmd = &cmd;
-                async move { cmd.query_async::<i64>(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)?;
-        stats.add_stored(b.store_keys.len() as u64);
-    }
-    let stores: (&[String], &[String]) = if t.backend.is_some() {
-        (&[], &[])
-    } else {
-        (&b.store_keys, &b.store_payloads)
-    };
-    if stores.0.is_empty() && b.pushes.is_empty() && b.acks.is_empty() {
-        return Ok(());
-    }
+/// Stores a batch's results on the separate backend, retrying through
+/// outages.
+async fn store_results(
+    b: &Batch,
+    backend: &Link,
+    t: &Targets,
+    stats: &RedisStats,
+) -> Result<(), BrokerError> {
+    let cmd = commit(
+        &t.scripts.commit,
+        "",
+        t.result_expires,
+        (&b.store_keys, &b.store_payloads),
+        &[],
+        &[],
+    );
+    let what = format!("storing {} result(s)", b.store_keys.len());
+    stats.round_trip();
+    backend
+        .call_until_done(&what, |mut conn| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<i64>(&mut conn).await }
+        })
+        .await?
+        .map_err(BrokerError::Redis)?;
+    stats.add_stored(b.store_keys.len() as u64);
+    Ok(())
+}
+
+/// Writes the broker part of a batch in one COMMIT, retrying through
+/// outages; an error only when the link gives up or the server rejects
+/// the batch for good.
+async fn commit_broker(b: &Batch, t: &Targets, stats: &RedisStats) -> Result<(), BrokerError> {
+    let stores = (b.store_keys.as_slice(), b.store_payloads.as_slice());
     let once = if b.pushes.is_empty() {
         String::new()
     } else {
@@ -289,7 +360,7 @@ async fn write(b: &Batch, t: &Targets, stats: &RedisStats) -> Result<(), BrokerE
     let cmd = commit(
         &t.scripts.commit,
         &once,
-        expires,
+        t.result_expires,
         stores,
         &b.pushes,
         &b.acks,
