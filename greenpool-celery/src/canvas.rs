@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::broker::keys;
+use crate::outbox::FollowUp;
 use crate::protocol::{Signature, TaskHeaders, TaskMessage, Timestamp};
 
 fn signatures(v: Option<&Value>) -> Option<Vec<Signature>> {
@@ -36,7 +36,7 @@ fn when(v: Option<&Value>) -> Option<Timestamp> {
     }
 }
 
-/// The queue key and envelope that apply `sig` (as `sig.apply_async`
+/// The queue, priority and envelope that apply `sig` (as `sig.apply_async`
 /// would), with `first` prepended to its args unless it is immutable,
 /// `chain` as the rest of the chain, and `parent` as the calling task.
 /// `None` for signatures this worker cannot send.
@@ -46,7 +46,7 @@ pub(crate) fn message_for(
     chain: Option<Vec<Signature>>,
     parent: &TaskHeaders,
     parent_priority: Option<u8>,
-) -> Option<(String, String)> {
+) -> Option<FollowUp> {
     let Some(task) = sig.task() else {
         tracing::warn!("skipping a follow-up signature without a task name");
         return None;
@@ -95,7 +95,11 @@ pub(crate) fn message_for(
     msg.properties.priority = Some(priority);
     msg.properties.delivery_info.routing_key = queue.clone();
     match msg.encode() {
-        Ok(payload) => Some((keys::queue_key(&queue, priority), payload)),
+        Ok(payload) => Some(FollowUp {
+            queue,
+            priority,
+            payload,
+        }),
         Err(e) => {
             tracing::error!("cannot encode follow-up {task}: {e}");
             None
@@ -123,9 +127,9 @@ mod tests {
         let next = sig(json!({"task": "t.add", "args": [3], "kwargs": {},
             "options": {"task_id": "c2", "queue": "q", "priority": 6}, "subtask_type": null, "immutable": false}));
         let rest = vec![sig(json!({"task": "t.add", "args": [4]}))];
-        let (key, payload) =
-            message_for(&next, Some(&json!(3)), Some(rest), &parent, None).unwrap();
-        assert_eq!(key, "q\x06\x166");
+        let f = message_for(&next, Some(&json!(3)), Some(rest), &parent, None).unwrap();
+        let payload = f.payload;
+        assert_eq!((f.queue.as_str(), f.priority), ("q", 6));
         let m = TaskMessage::decode(&payload).unwrap();
         assert_eq!(m.headers.id, "c2");
         assert_eq!(m.args, vec![json!(3), json!(3)]);
@@ -142,8 +146,9 @@ mod tests {
             ..TaskHeaders::default()
         };
         let im = sig(json!({"task": "t.x", "args": [1], "immutable": true}));
-        let (key, payload) = message_for(&im, Some(&json!(9)), None, &parent, Some(2)).unwrap();
-        assert_eq!(key, "celery");
+        let f = message_for(&im, Some(&json!(9)), None, &parent, Some(2)).unwrap();
+        let payload = f.payload;
+        assert_eq!((f.queue.as_str(), f.priority), ("celery", 2));
         assert_eq!(TaskMessage::decode(&payload).unwrap().args, vec![json!(1)]);
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
         assert!(message_for(&group, None, None, &parent, None).is_none());

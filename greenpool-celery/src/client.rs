@@ -98,7 +98,11 @@ impl SendOptions {
     }
 }
 
-/// A Celery client on Redis.
+/// A Celery client on Redis or AMQP (chosen by the broker URL's scheme).
+///
+/// With an `amqp://` broker, results come from a Redis backend or, with
+/// `rpc://` (or the broker's own URL) as result backend, from the
+/// client's own reply queue as Celery's rpc backend sends them.
 ///
 /// Its connections reconnect by themselves (Celery's publish retry
 /// policy: 3 retries, 0.2 s apart), and result waits subscribe again after
@@ -107,8 +111,15 @@ impl SendOptions {
 /// as with kombu).
 #[derive(Debug, Clone)]
 pub struct Client {
-    broker: Arc<Link>,
+    broker: ClientBroker,
     backend: Option<Arc<Link>>,
+}
+
+#[derive(Debug, Clone)]
+enum ClientBroker {
+    Redis(Arc<Link>),
+    #[cfg(feature = "amqp")]
+    Amqp(Arc<crate::broker::amqp::client::AmqpClient>),
 }
 
 fn client_settings() -> LinkSettings {
@@ -132,6 +143,30 @@ impl Client {
         broker_url: &str,
         result_backend: Option<&str>,
     ) -> Result<Self, BrokerError> {
+        #[cfg(feature = "amqp")]
+        if crate::broker::Transport::of(broker_url)? == crate::broker::Transport::Amqp {
+            let rpc = result_backend.is_some_and(|u| {
+                u.starts_with("rpc://")
+                    || crate::broker::Transport::of(u)
+                        .is_ok_and(|t| t == crate::broker::Transport::Amqp)
+            });
+            let amqp = crate::broker::amqp::client::AmqpClient::connect(
+                broker_url,
+                client_settings(),
+                rpc,
+            )
+            .await?;
+            let backend = match result_backend {
+                Some(url) if !rpc => Some(Arc::new(
+                    Link::open("result backend", url, client_settings(), None).await?,
+                )),
+                _ => None,
+            };
+            return Ok(Client {
+                broker: ClientBroker::Amqp(Arc::new(amqp)),
+                backend,
+            });
+        }
         let broker = Arc::new(Link::open("broker", broker_url, client_settings(), None).await?);
         let backend = match result_backend {
             Some(url) if url == broker_url => Some(Arc::clone(&broker)),
@@ -140,7 +175,10 @@ impl Client {
             )),
             None => None,
         };
-        Ok(Client { broker, backend })
+        Ok(Client {
+            broker: ClientBroker::Redis(broker),
+            backend,
+        })
     }
 
     /// Sends a task, as `app.send_task(name, args, kwargs, **options)`
@@ -171,6 +209,21 @@ impl Client {
         let priority = options.priority.unwrap_or(0);
         msg.properties.priority = Some(priority);
         msg.properties.delivery_info.routing_key = options.queue.clone();
+        let broker = match &self.broker {
+            ClientBroker::Redis(link) => link,
+            #[cfg(feature = "amqp")]
+            ClientBroker::Amqp(amqp) => {
+                msg.properties.reply_to = amqp.reply_to().map(str::to_owned);
+                let payload = msg.encode().map_err(|e| {
+                    BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
+                })?;
+                let out = crate::broker::amqp::amqp_from_envelope(&payload).map_err(|e| {
+                    BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
+                })?;
+                amqp.publish(&options.queue, out).await?;
+                return Ok(self.result(&msg.headers.id));
+            }
+        };
         let payload = msg.encode().map_err(|e| {
             BrokerError::Redis(redis::RedisError::from((
                 redis::ErrorKind::Client,
@@ -181,8 +234,7 @@ impl Client {
         let key = keys::queue_key(&options.queue, priority);
         let mut push = redis::cmd("LPUSH");
         push.arg(key).arg(payload);
-        let _: i64 = self
-            .broker
+        let _: i64 = broker
             .call_until_done("sending a task", |mut conn| {
                 let push = &push;
                 async move { push.query_async(&mut conn).await }
@@ -197,6 +249,11 @@ impl Client {
         AsyncResult {
             id: id.to_owned(),
             backend: self.backend.clone(),
+            #[cfg(feature = "amqp")]
+            rpc: match &self.broker {
+                ClientBroker::Amqp(a) if a.reply_to().is_some() => Some(a.watch(id)),
+                _ => None,
+            },
         }
     }
 }
@@ -206,6 +263,9 @@ impl Client {
 pub struct AsyncResult {
     id: String,
     backend: Option<Arc<Link>>,
+    /// The rpc:// replies for this task.
+    #[cfg(feature = "amqp")]
+    rpc: Option<tokio::sync::watch::Receiver<Option<ResultMeta>>>,
 }
 
 fn no_backend() -> ResultError {
@@ -228,6 +288,10 @@ impl AsyncResult {
     /// [`ResultError::Broker`] if Redis fails or no backend is configured,
     /// [`ResultError::Malformed`] for a meta that is not Celery's JSON.
     pub async fn meta(&self) -> Result<Option<ResultMeta>, ResultError> {
+        #[cfg(feature = "amqp")]
+        if let Some(rx) = &self.rpc {
+            return Ok(rx.borrow().clone());
+        }
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
         let raw: Option<String> = link
@@ -264,6 +328,22 @@ impl AsyncResult {
     ///
     /// Cancel safe: it only reads.
     pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
+        #[cfg(feature = "amqp")]
+        if let Some(rx) = &self.rpc {
+            let mut rx = rx.clone();
+            let waited = tokio::time::timeout(
+                timeout,
+                rx.wait_for(|m| m.as_ref().is_some_and(|m| m.status.is_ready())),
+            )
+            .await
+            .map_err(|_| ResultError::Timeout(timeout))?;
+            let meta = waited.ok().and_then(|m| m.clone()).ok_or_else(|| {
+                ResultError::Broker(BrokerError::GaveUp(
+                    "the rpc reply consumer stopped".to_owned(),
+                ))
+            })?;
+            return into_value(meta);
+        }
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
         let deadline = tokio::time::Instant::now() + timeout;

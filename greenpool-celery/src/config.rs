@@ -19,7 +19,8 @@ use crate::error::ConfigError;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Broker URL, `redis://host:port/db`.
+    /// Broker URL: `redis://host:port/db`, or `amqp://user:pass@host:port/vhost`
+    /// (also `amqps://`, `pyamqp://`) for RabbitMQ.
     pub broker_url: String,
     /// Result backend URL; `None` stores no results.
     pub result_backend: Option<String>,
@@ -81,6 +82,12 @@ pub struct WorkerConfig {
     /// taken off its queue inside Redis without being read, logged with its
     /// size, and failed.
     pub max_message_size: usize,
+    /// AMQP: declare the queues with `x-max-priority` set to this
+    /// (Celery's `task_queue_max_priority`); `None` declares none.
+    pub queue_max_priority: Option<u8>,
+    /// AMQP: declare the queues as quorum queues (`x-queue-type: quorum`),
+    /// which rules out a global QoS (Celery 5.5+ does the same).
+    pub quorum_queues: bool,
 }
 
 /// The default message-size limit: 64 MiB. Celery and kombu set none, and
@@ -130,6 +137,8 @@ impl WorkerConfig {
             reconnect_delay: Duration::from_secs(1),
             reconnect_delay_max: Duration::from_secs(30),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            queue_max_priority: None,
+            quorum_queues: false,
         }
     }
 
@@ -247,6 +256,18 @@ impl WorkerConfig {
     /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
+        self
+    }
+
+    /// AMQP: `x-max-priority` for the declared queues.
+    pub fn queue_max_priority(mut self, max: Option<u8>) -> Self {
+        self.queue_max_priority = max;
+        self
+    }
+
+    /// AMQP: declare quorum queues.
+    pub fn quorum_queues(mut self, quorum: bool) -> Self {
+        self.quorum_queues = quorum;
         self
     }
 

@@ -40,7 +40,7 @@ pub enum ProtocolError {
     Encode(#[source] serde_json::Error),
 }
 
-/// A failure to reach or use Redis.
+/// A failure to reach or use the broker (Redis or AMQP) or the result backend.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
@@ -57,6 +57,28 @@ pub enum BrokerError {
     /// `broker_connection_max_retries` allows (or retrying is off).
     #[error("{0}; check the server, or raise broker_connection_max_retries (0: retry forever)")]
     GaveUp(String),
+    /// An AMQP operation failed.
+    #[cfg(feature = "amqp")]
+    #[error("AMQP broker: {0}")]
+    Amqp(#[source] lapin::Error),
+    /// A queue or exchange exists with other settings than the ones the
+    /// worker declares (AMQP 406 PRECONDITION_FAILED).
+    #[error(
+        "the broker refused to declare {what}: {reason}; it exists with other arguments \
+         (x-max-priority, x-queue-type, durability): delete it or make the worker's settings \
+         match it"
+    )]
+    Precondition {
+        /// The queue or exchange.
+        what: String,
+        /// The server's text.
+        reason: String,
+    },
+    /// The URL's scheme names no broker this build supports.
+    #[error(
+        "unsupported broker URL {0:?}: use redis://, rediss://, amqp://, amqps:// or pyamqp://"
+    )]
+    Scheme(String),
     /// The server is older than this worker needs.
     #[error("Redis {found} is too old: greenpool needs Redis {needed} or newer")]
     Version {

@@ -30,6 +30,7 @@ mod config;
 mod conn;
 mod context;
 mod error;
+mod outbox;
 pub mod protocol;
 mod registry;
 mod repr;

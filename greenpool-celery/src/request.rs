@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::TaskState;
 use crate::broker::Delivery;
 use crate::context::TaskContext;
+use crate::outbox::FollowUp;
 use crate::protocol::{TaskMessage, Timestamp};
 use crate::task_error::TaskError;
 use crate::worker::{bump, Shared};
@@ -114,6 +115,7 @@ pub(crate) async fn handle(
     let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
     let done = Arc::clone(&shared);
     let late_tag = tag.clone();
+    let reply_to = msg.properties.reply_to.clone();
     let started_meta = (shared.config.track_started && !ignore_result).then(|| {
         let meta = shared.meta(
             &msg,
@@ -146,7 +148,7 @@ pub(crate) async fn handle(
         }
         if let Some((shared, meta)) = started_meta {
             if let Some(backend) = &shared.backend {
-                backend.store(&meta);
+                backend.store(&meta, reply_to.as_deref());
             }
         }
         if let Some((shared, tag, permit)) = early_ack {
@@ -350,8 +352,8 @@ fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Valu
         }
         _ => {}
     }
-    for (key, payload) in out {
-        shared.acks.push(key, payload);
+    for f in out {
+        shared.acks.push(f);
     }
 }
 
@@ -378,10 +380,10 @@ fn retry_or_fail(
     let again = allowed
         .then(|| retry_message(&retry.raw, countdown))
         .flatten();
-    if let Some((key, payload)) = again {
+    if let Some(f) = again {
         tracing::info!("Task {name}[{id}] retry: {e}");
         bump(&shared.counters.retried);
-        shared.acks.push(key, payload);
+        shared.acks.push(f);
         return (TaskState::Retry, e.to_json(), Some(traceback_text(name, e)));
     }
     bump(&shared.counters.failed);
@@ -402,10 +404,10 @@ fn retry_or_fail(
     (TaskState::Failure, failure.to_json(), Some(tb))
 }
 
-/// The queue key and envelope of the retry of `raw`: `retries + 1`, an
+/// The queue, priority and envelope of the retry of `raw`: `retries + 1`, an
 /// ETA `countdown` from now, a fresh delivery tag. `None` for v1 messages
 /// or unreadable ones.
-fn retry_message(raw: &str, countdown: Duration) -> Option<(String, String)> {
+fn retry_message(raw: &str, countdown: Duration) -> Option<FollowUp> {
     let mut v: Value = serde_json::from_str(raw).ok()?;
     let headers = v.get_mut("headers")?.as_object_mut()?;
     headers.get("task")?;
@@ -425,10 +427,11 @@ fn retry_message(raw: &str, countdown: Duration) -> Option<(String, String)> {
     let info = props.get_mut("delivery_info")?.as_object_mut()?;
     info.remove("redelivered");
     let queue = info.get("routing_key")?.as_str()?.to_owned();
-    Some((
-        crate::broker::keys::queue_key(&queue, priority),
-        v.to_string(),
-    ))
+    Some(FollowUp {
+        queue,
+        priority,
+        payload: v.to_string(),
+    })
 }
 
 /// A traceback text in Python's shape, so clients that print

@@ -1,8 +1,10 @@
-//! Counters of what the worker asked of Redis, for logs and the bench.
+//! Counters of what the worker asked of its broker and backend, for logs
+//! and the bench.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Round trips and operations, counted by the worker's Redis clients.
+/// Round trips and operations, counted by the worker's Redis and AMQP
+/// clients.
 ///
 /// Relaxed atomics: each counter is read on its own, for reporting only.
 #[derive(Debug, Default)]
@@ -11,6 +13,8 @@ pub struct RedisStats {
     fetched: AtomicU64,
     acked: AtomicU64,
     stored: AtomicU64,
+    published: AtomicU64,
+    confirm_waits: AtomicU64,
 }
 
 impl RedisStats {
@@ -25,6 +29,21 @@ impl RedisStats {
     }
     pub(crate) fn add_stored(&self, n: u64) {
         self.stored.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_confirmed(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+        self.confirm_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// AMQP: messages published and confirmed by the broker (follow-ups
+    /// and rpc:// results).
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+    /// AMQP: publisher-confirm round trips (one per round of publishes).
+    pub fn confirm_round_trips(&self) -> u64 {
+        self.confirm_waits.load(Ordering::Relaxed)
     }
 
     /// Requests sent and answered (a pipeline or script call counts once).

@@ -42,6 +42,7 @@ use crate::broker::{Oversized, RedisBroker};
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
 use crate::error::{BrokerError, WorkerError};
+use crate::outbox::{Outbox, ResultStore};
 use crate::protocol::TaskMessage;
 use crate::registry::TaskRegistry;
 use crate::scripts::Scripts;
@@ -51,8 +52,8 @@ use crate::task_error::TaskError;
 /// Stops a running worker: warm first, cold if asked again.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
-    warm: CancellationToken,
-    cold: CancellationToken,
+    pub(crate) warm: CancellationToken,
+    pub(crate) cold: CancellationToken,
 }
 
 impl ShutdownHandle {
@@ -141,8 +142,8 @@ pub(crate) struct Shared {
     pub(crate) config: WorkerConfig,
     pub(crate) registry: Arc<TaskRegistry>,
     pub(crate) pool: TaskPool,
-    pub(crate) acks: Arc<Batcher>,
-    pub(crate) backend: Option<RedisBackend>,
+    pub(crate) acks: Outbox,
+    pub(crate) backend: Option<ResultStore>,
     /// Delivery tags taken but not yet acked, restored at shutdown.
     pub(crate) outstanding: Mutex<HashSet<String>>,
     pub(crate) warm: CancellationToken,
@@ -175,7 +176,10 @@ impl Shared {
         traceback: Option<String>,
     ) {
         let Some(backend) = &self.backend else { return };
-        backend.store(&self.meta(msg, state, result, traceback));
+        backend.store(
+            &self.meta(msg, state, result, traceback),
+            msg.properties.reply_to.as_deref(),
+        );
     }
 
     /// The meta of `msg` in `state`; with `result_extended`, the request
@@ -257,6 +261,23 @@ impl Worker {
     /// `unacked` hash until a visibility-timeout sweep returns them. Stop it
     /// with its [`ShutdownHandle`] instead.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
+        match crate::broker::Transport::of(&self.config.broker_url)? {
+            crate::broker::Transport::Redis => self.run_redis().await,
+            #[cfg(feature = "amqp")]
+            crate::broker::Transport::Amqp => {
+                crate::broker::amqp::consumer::run(
+                    self.config,
+                    self.registry,
+                    self.shutdown,
+                    self.ready,
+                    self.stats,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn run_redis(self) -> Result<WorkerReport, WorkerError> {
         let config = self.config.clone();
         let settings = LinkSettings::from_config(&config);
         let broker_link = Arc::new(
@@ -297,7 +318,7 @@ impl Worker {
         let backend = config
             .result_backend
             .as_ref()
-            .map(|_| RedisBackend::with_batcher(Arc::clone(&acks)));
+            .map(|_| ResultStore::Redis(RedisBackend::with_batcher(Arc::clone(&acks))));
         let pool = TaskPool::builder()
             .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
             .build()
@@ -307,7 +328,7 @@ impl Worker {
             config: config.clone(),
             registry: Arc::clone(&self.registry),
             pool: pool.clone(),
-            acks: Arc::clone(&acks),
+            acks: Outbox::Redis(Arc::clone(&acks)),
             backend: backend.clone(),
             outstanding: Mutex::new(HashSet::new()),
             warm: self.shutdown.warm.clone(),
@@ -580,6 +601,9 @@ fn refuse_oversized(shared: &Shared, big: Oversized) {
             ),
         )
         .with_module("greenpool");
-        backend.store(&ResultMeta::new(id, TaskState::Failure, err.to_json()));
+        backend.store(
+            &ResultMeta::new(id, TaskState::Failure, err.to_json()),
+            None,
+        );
     }
 }

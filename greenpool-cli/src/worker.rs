@@ -8,7 +8,8 @@ use greenpool_celery::{Worker, WorkerConfig};
 /// Arguments of `greenpool worker`, named as `celery worker`'s.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerArgs {
-    /// Broker URL.
+    /// Broker URL: redis://host:port/db, or amqp://user:pass@host:port/vhost
+    /// (amqps://, pyamqp://) for RabbitMQ.
     #[arg(
         short = 'b',
         long,
@@ -80,6 +81,13 @@ pub(crate) struct WorkerArgs {
     /// and failed.
     #[arg(long, env = "GREENPOOL_MAX_MESSAGE_SIZE", default_value_t = greenpool_celery::DEFAULT_MAX_MESSAGE_SIZE)]
     max_message_size: usize,
+    /// AMQP: declare queues with this `x-max-priority`
+    /// (`task_queue_max_priority`).
+    #[arg(long, env = "GREENPOOL_QUEUE_MAX_PRIORITY")]
+    queue_max_priority: Option<u8>,
+    /// AMQP: declare quorum queues (`x-queue-type: quorum`).
+    #[arg(long, env = "GREENPOOL_QUORUM_QUEUES")]
+    quorum_queues: bool,
 }
 
 fn host_name() -> String {
@@ -120,7 +128,9 @@ impl WorkerArgs {
             .broker_connection_retry(self.broker_connection_retry)
             .broker_connection_max_retries(Some(self.broker_connection_max_retries))
             .broker_connection_retry_on_startup(self.broker_connection_retry_on_startup)
-            .max_message_size(self.max_message_size);
+            .max_message_size(self.max_message_size)
+            .queue_max_priority(self.queue_max_priority)
+            .quorum_queues(self.quorum_queues);
         if let Some(url) = &self.result_backend {
             config =
                 config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));

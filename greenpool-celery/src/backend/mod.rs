@@ -1,7 +1,10 @@
-//! The Redis result backend: states, result metas and their storage.
+//! Result backends: states, result metas, and their storage in Redis or
+//! (rpc://) as replies over AMQP.
 
 mod meta;
 mod redis;
+#[cfg(feature = "amqp")]
+pub(crate) mod rpc;
 mod state;
 
 pub(crate) use self::redis::RedisBackend;

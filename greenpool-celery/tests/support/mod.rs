@@ -18,6 +18,7 @@ fn skip(what: &str) {
 }
 
 pub mod proxy;
+pub mod rabbit;
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
@@ -131,7 +132,7 @@ pub fn python() -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join(".venv/bin/python"));
     let ok = Command::new(&candidate)
-        .args(["-c", "import celery, redis"])
+        .args(["-c", "import celery, redis, amqp"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

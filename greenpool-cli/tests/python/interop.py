@@ -1,18 +1,27 @@
 """Python side of the interop tests: a Celery user's script, unchanged.
 
 Usage: python interop.py BROKER_URL SCENARIO [ARGS...]
+The result backend is the broker unless INTEROP_BACKEND names another
+(e.g. rpc://); INTEROP_MAX_PRIORITY sets task_queue_max_priority and
+INTEROP_QUORUM=1 declares the celery queue as a quorum queue (AMQP).
 Each scenario asserts what a Celery user expects and prints OK; a failed
 assertion exits non-zero with the traceback.
 """
 import datetime
 import json
+import os
 import sys
 
 from celery import Celery
 from celery.exceptions import NotRegistered, TaskRevokedError
 
 url, scenario, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
-app = Celery("interop", broker=url, backend=url)
+app = Celery("interop", broker=url, backend=os.environ.get("INTEROP_BACKEND", url))
+if os.environ.get("INTEROP_MAX_PRIORITY"):
+    app.conf.task_queue_max_priority = int(os.environ["INTEROP_MAX_PRIORITY"])
+if os.environ.get("INTEROP_QUORUM") == "1":
+    from kombu import Queue
+    app.conf.task_queues = [Queue("celery", queue_arguments={"x-queue-type": "quorum"})]
 T = 20  # seconds any single result may take
 
 
@@ -160,6 +169,13 @@ def send_priorities():
     print(json.dumps({"low": low, "high": high}))
 
 
+def send_priorities_amqp():
+    """As send_priorities, for AMQP, where a higher number runs first."""
+    low = [app.send_task("greenpool.echo", ("low", i), priority=0).id for i in range(8)]
+    high = [app.send_task("greenpool.echo", ("high", i), priority=9).id for i in range(8)]
+    print(json.dumps({"low": low, "high": high}))
+
+
 def check_priorities(ids):
     ids = json.loads(ids)
     done = {}
@@ -220,11 +236,12 @@ def collect(ids, expect):
     "canvas": canvas,
     "extended": extended,
     "send_priorities": send_priorities,
+    "send_priorities_amqp": send_priorities_amqp,
     "check_priorities": check_priorities,
     "concurrency": concurrency,
     "send_many": send_many,
     "send_sleep_and_adds": send_sleep_and_adds,
     "collect": collect,
 }[scenario](*rest)
-if scenario not in ("send_priorities", "send_many", "send_sleep_and_adds"):
+if scenario not in ("send_priorities", "send_priorities_amqp", "send_many", "send_sleep_and_adds"):
     print("OK")

@@ -1,0 +1,203 @@
+//! A Celery message on AMQP and the same message in kombu's Redis envelope.
+//!
+//! On AMQP the task headers travel as application headers (a field table),
+//! `correlation_id`, `reply_to`, `priority`, `content_type` and
+//! `content_encoding` as basic properties, and the body as raw bytes. The
+//! worker reads every message through one envelope type, so a delivery is
+//! turned into the JSON envelope the Redis transport carries (body in
+//! base64) and a message the worker sends on (a retry, a chain step) is
+//! turned back into AMQP fields.
+
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use serde_json::{json, Map, Number, Value};
+
+use crate::error::ProtocolError;
+use crate::protocol::base64;
+
+/// A field-table value as JSON (Python's view of what py-amqp decodes).
+pub(crate) fn amqp_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(i) => json!(i),
+        AMQPValue::ShortShortUInt(i) => json!(i),
+        AMQPValue::ShortInt(i) => json!(i),
+        AMQPValue::ShortUInt(i) => json!(i),
+        AMQPValue::LongInt(i) => json!(i),
+        AMQPValue::LongUInt(i) => json!(i),
+        AMQPValue::LongLongInt(i) => json!(i),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number),
+        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => {
+            let scale = 10f64.powi(i32::from(d.scale));
+            Number::from_f64(f64::from(d.value) / scale).map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::ShortString(s) => Value::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => {
+            Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
+        }
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
+        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// A field table as a JSON object.
+pub(crate) fn table_to_json(t: &FieldTable) -> Map<String, Value> {
+    t.inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), amqp_to_json(v)))
+        .collect()
+}
+
+/// A JSON value as a field-table value, typed as py-amqp types Python's.
+pub(crate) fn json_to_amqp(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::LongString(LongString::from(n.to_string())),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(json_to_amqp).collect::<Vec<_>>(),
+        )),
+        Value::Object(m) => AMQPValue::FieldTable(json_to_table(m)),
+    }
+}
+
+/// A JSON object as a field table.
+pub(crate) fn json_to_table(m: &Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in m {
+        t.insert(ShortString::from(k.as_str()), json_to_amqp(v));
+    }
+    t
+}
+
+/// What a delivery carries, as [`envelope_from_amqp`] needs it.
+#[derive(Debug)]
+pub(crate) struct Incoming<'a> {
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: &'a BasicProperties,
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) redelivered: bool,
+    /// The worker's name for this delivery (channel generation and tag).
+    pub(crate) tag: &'a str,
+}
+
+/// The delivery as kombu's JSON envelope text.
+pub(crate) fn envelope_from_amqp(m: &Incoming<'_>) -> String {
+    let p = m.properties;
+    let s = |o: &Option<ShortString>| o.as_ref().map(|s| s.as_str().to_owned());
+    let headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
+    let mut info = json!({"exchange": m.exchange, "routing_key": m.routing_key});
+    if m.redelivered {
+        info["redelivered"] = Value::Bool(true);
+    }
+    json!({
+        "body": base64::encode(m.body),
+        "content-encoding": s(p.content_encoding()).unwrap_or_else(|| "utf-8".to_owned()),
+        "content-type": s(p.content_type()).unwrap_or_else(|| "application/json".to_owned()),
+        "headers": headers,
+        "properties": {
+            "correlation_id": s(p.correlation_id()),
+            "reply_to": s(p.reply_to()),
+            "delivery_mode": p.delivery_mode(),
+            "priority": p.priority(),
+            "body_encoding": "base64",
+            "delivery_tag": m.tag,
+            "delivery_info": info,
+        },
+    })
+    .to_string()
+}
+
+/// A message ready for `basic.publish`.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
+}
+
+/// kombu's JSON envelope as an AMQP message to the default exchange, routed
+/// by the queue name in `delivery_info.routing_key`.
+pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolError> {
+    let v: crate::protocol::Envelope =
+        serde_json::from_str(envelope).map_err(ProtocolError::Envelope)?;
+    let body = match v.properties.body_encoding.as_deref() {
+        Some("base64") => base64::decode(&v.body)?,
+        _ => v.body.into_bytes(),
+    };
+    let mut props = BasicProperties::default()
+        .with_content_type(ShortString::from(v.content_type))
+        .with_content_encoding(ShortString::from(v.content_encoding))
+        .with_headers(json_to_table(&v.headers))
+        .with_delivery_mode(v.properties.delivery_mode.unwrap_or(2));
+    if let Some(id) = v.properties.correlation_id {
+        props = props.with_correlation_id(ShortString::from(id));
+    }
+    if let Some(r) = v.properties.reply_to {
+        props = props.with_reply_to(ShortString::from(r));
+    }
+    if let Some(p) = v.properties.priority {
+        props = props.with_priority(p);
+    }
+    Ok(Outgoing {
+        exchange: String::new(),
+        routing_key: v.properties.delivery_info.routing_key,
+        body,
+        properties: props,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TaskMessage;
+
+    #[test]
+    fn a_message_survives_the_trip_through_amqp_fields() {
+        let mut msg = TaskMessage::new("t.add", vec![json!(1), json!("ü")], Map::new());
+        msg.properties.priority = Some(7);
+        msg.properties.reply_to = Some("r-1".into());
+        msg.properties.delivery_info.routing_key = "q".into();
+        msg.headers.timelimit.hard = Some(2.5);
+        let out = amqp_from_envelope(&msg.encode().unwrap()).unwrap();
+        assert_eq!(out.routing_key, "q");
+        assert_eq!(out.properties.priority(), &Some(7));
+        let env = envelope_from_amqp(&Incoming {
+            body: &out.body,
+            properties: &out.properties,
+            exchange: "",
+            routing_key: "q",
+            redelivered: true,
+            tag: "1:5",
+        });
+        let back = TaskMessage::decode(&env).unwrap();
+        assert_eq!(back.headers.id, msg.headers.id);
+        assert_eq!(back.headers.task, "t.add");
+        assert_eq!(back.args, msg.args);
+        assert_eq!(back.headers.timelimit.hard, Some(2.5));
+        assert_eq!(back.properties.reply_to.as_deref(), Some("r-1"));
+        assert_eq!(back.properties.delivery_tag.as_deref(), Some("1:5"));
+        assert_eq!(back.properties.delivery_info.redelivered, Some(true));
+    }
+
+    #[test]
+    fn field_values_map_to_python_types() {
+        let v = json!({"a": [1, 2.5, null, true, "x"], "b": {"c": -3}});
+        let back = amqp_to_json(&json_to_amqp(&v));
+        assert_eq!(back, v);
+        assert_eq!(amqp_to_json(&AMQPValue::Double(f64::NAN)), Value::Null);
+    }
+}

@@ -1,0 +1,104 @@
+//! Where a worker's writes go, whatever the broker: acks, follow-up
+//! messages and (through [`ResultStore`]) results. On Redis they go through
+//! the [`Batcher`]'s atomic batches; on AMQP through the AMQP outbox's
+//! confirmed rounds. Both keep the order "store, then ack".
+
+use std::sync::Arc;
+
+use crate::backend::{RedisBackend, ResultMeta};
+use crate::batch::Batcher;
+#[cfg(feature = "amqp")]
+use crate::broker::amqp::AmqpOutbox;
+use crate::error::BrokerError;
+
+/// A message a finished task sends on (a retry, a chain step, a link):
+/// its queue, priority and kombu envelope text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FollowUp {
+    pub(crate) queue: String,
+    pub(crate) priority: u8,
+    pub(crate) payload: String,
+}
+
+/// The worker's writer on its broker.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbox {
+    /// kombu's Redis transport.
+    Redis(Arc<Batcher>),
+    /// AMQP.
+    #[cfg(feature = "amqp")]
+    Amqp(Arc<AmqpOutbox>),
+}
+
+impl Outbox {
+    /// Queues the ack of a delivery.
+    pub(crate) fn ack(&self, tag: String) {
+        match self {
+            Outbox::Redis(b) => b.ack(tag),
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => o.ack(tag),
+        }
+    }
+
+    /// Queues a follow-up message.
+    pub(crate) fn push(&self, f: FollowUp) {
+        match self {
+            Outbox::Redis(b) => b.push(
+                crate::broker::keys::queue_key(&f.queue, f.priority),
+                f.payload,
+            ),
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&f.payload) {
+                Ok(m) => o.publish(m),
+                Err(e) => tracing::error!("cannot send a follow-up to {:?}: {e}", f.queue),
+            },
+        }
+    }
+
+    /// Set once the writer gave up for good.
+    pub(crate) fn failure(&self) -> Option<BrokerError> {
+        match self {
+            Outbox::Redis(b) => b.failure(),
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => o.failure(),
+        }
+    }
+
+    /// Resolves when the writer gives up (never on AMQP, where the
+    /// consumer sees the loss first).
+    pub(crate) async fn gave_up(&self) {
+        match self {
+            Outbox::Redis(b) => b.gave_up().await,
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Where results are stored.
+#[derive(Debug, Clone)]
+pub(crate) enum ResultStore {
+    /// Celery's Redis backend.
+    Redis(RedisBackend),
+    /// Celery's rpc:// backend: a message to the client's `reply_to`.
+    #[cfg(feature = "amqp")]
+    Rpc(Arc<AmqpOutbox>),
+}
+
+impl ResultStore {
+    /// Queues `meta` for storing; `reply_to` is the request's reply queue
+    /// (the rpc backend sends nothing without one, as Celery's does).
+    pub(crate) fn store(&self, meta: &ResultMeta, reply_to: Option<&str>) {
+        match self {
+            ResultStore::Redis(b) => b.store(meta),
+            #[cfg(feature = "amqp")]
+            ResultStore::Rpc(o) => match reply_to {
+                Some(r) if !r.is_empty() => match crate::backend::rpc::reply(meta, r) {
+                    Ok(m) => o.publish(m),
+                    Err(e) => tracing::error!("cannot encode the result of {}: {e}", meta.task_id),
+                },
+                _ => tracing::debug!("task {} has no reply_to: no rpc result sent", meta.task_id),
+            },
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `greenpool worker --broker amqp://` driven by the stock Python Celery
+//! client, each test on its own RabbitMQ node (and redis-server where the
+//! results go to Redis).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
+#[path = "../../greenpool-celery/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::rabbit::RabbitNode;
+use support::RedisServer;
+
+/// A child process whose stderr lines are echoed and can be waited for.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    name: &'static str,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            name,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` (a handshake on the
+    /// process's own log); returns the lines seen before it.
+    fn wait_for(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return seen,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("{}: no line with {needle:?} ({e})", self.name),
+            }
+        }
+    }
+
+    /// Every line logged so far that was not consumed yet.
+    fn drain(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_worker(node: &RabbitNode, backend: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.arg("worker")
+        .arg("--broker")
+        .arg(node.url())
+        .arg("--result-backend")
+        .arg(backend)
+        .args(["-n", "amqp@%h", "--loglevel", "info"])
+        .args(args)
+        .env_remove("RUST_LOG");
+    Proc::spawn("worker", cmd)
+}
+
+fn worker(node: &RabbitNode, backend: &str, args: &[&str]) -> Proc {
+    let p = spawn_worker(node, backend, args);
+    p.wait_for(" ready");
+    p
+}
+
+/// Runs a scenario of tests/python/interop.py with `env`; returns stdout.
+fn py(python: &Path, node: &RabbitNode, env: &[(&str, &str)], args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(node.url())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn setup() -> Option<(RabbitNode, PathBuf)> {
+    let node = RabbitNode::start()?;
+    let python = support::python()?;
+    Some((node, python))
+}
+
+#[test]
+fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let w = worker(&node, &backend, &["-c", "10"]);
+    for scenario in [
+        "roundtrip",
+        "failure",
+        "unknown",
+        "countdown",
+        "expires",
+        "canvas",
+    ] {
+        assert!(
+            py(&python, &node, &env, &[scenario]).contains("OK"),
+            "{scenario}"
+        );
+    }
+    w.stop();
+}
+
+#[test]
+fn rpc_backend_replies_reach_the_python_client() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let env = [("INTEROP_BACKEND", "rpc://")];
+    let w = worker(&node, "rpc://", &["-c", "10"]);
+    for scenario in ["roundtrip", "failure", "unknown"] {
+        assert!(
+            py(&python, &node, &env, &[scenario]).contains("OK"),
+            "{scenario}"
+        );
+    }
+    w.stop();
+}
+
+#[test]
+fn higher_priority_runs_first_with_x_max_priority() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [
+        ("INTEROP_BACKEND", backend.as_str()),
+        ("INTEROP_MAX_PRIORITY", "10"),
+    ];
+    // Queue everything before any worker runs, then drain one at a time.
+    let ids = py(&python, &node, &env, &["send_priorities_amqp"]);
+    let w = worker(
+        &node,
+        &backend,
+        &[
+            "-c",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "--queue-max-priority",
+            "10",
+        ],
+    );
+    assert!(py(&python, &node, &env, &["check_priorities", ids.trim()]).contains("OK"));
+    w.stop();
+}
+
+#[test]
+fn a_queue_declared_with_other_arguments_is_a_clear_error() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let _ = python;
+    let w = worker(&node, "none", &["-c", "2"]);
+    w.stop();
+    // The durable `celery` queue now exists without x-max-priority.
+    let mut other = spawn_worker(&node, "none", &["-c", "2", "--queue-max-priority", "5"]);
+    let status = other.child.wait().unwrap();
+    assert!(!status.success(), "the worker must stop, not serve");
+    let log = other.drain().join("\n");
+    assert!(
+        log.contains("PRECONDITION_FAILED") && log.contains("other arguments"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("cannot connect").count(),
+        0,
+        "a 406 is not retried: {log}"
+    );
+}
+
+#[test]
+fn quorum_queues_serve_python_clients() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [
+        ("INTEROP_BACKEND", backend.as_str()),
+        ("INTEROP_QUORUM", "1"),
+    ];
+    let w = worker(&node, &backend, &["-c", "10", "--quorum-queues"]);
+    assert!(py(&python, &node, &env, &["roundtrip"]).contains("OK"));
+    let types = node
+        .ctl(&["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .unwrap();
+    assert!(
+        types
+            .lines()
+            .any(|l| l.starts_with("celery") && l.contains("quorum")),
+        "{types}"
+    );
+    w.stop();
+}
+
+#[test]
+fn warm_shutdown_finishes_running_and_returns_prefetched() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let w = worker(&node, &backend, &["-c", "1", "--prefetch-multiplier", "4"]);
+    let sent: serde_json::Value = serde_json::from_str(&py(
+        &python,
+        &node,
+        &env,
+        &["send_sleep_and_adds", "3", "3"],
+    ))
+    .unwrap();
+    // Handshake on the broker: the sleep is acked (early ack), the three
+    // adds are delivered and unacked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if node.queue_counts("celery") == Some((0, 3)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            node.queue_counts("celery")
+        );
+        std::thread::yield_now();
+    }
+    w.stop();
+    assert_eq!(
+        node.queue_counts("celery"),
+        Some((3, 0)),
+        "prefetched given back"
+    );
+    let sleeps = sent["sleep"].to_string();
+    let adds = sent["adds"].to_string();
+    assert!(py(&python, &node, &env, &["collect", &sleeps, "3.0"]).contains("OK"));
+    let w2 = worker(&node, &backend, &["-c", "4"]);
+    assert!(py(&python, &node, &env, &["collect", &adds, "2"]).contains("OK"));
+    w2.stop();
+}
+
+#[test]
+fn broker_restart_mid_load_loses_nothing_with_acks_late() {
+    let Some((mut node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let ids = py(
+        &python,
+        &node,
+        &env,
+        &["send_many", "greenpool.sleep", "60", "[0.05]"],
+    );
+    let w = worker(
+        &node,
+        &backend,
+        &[
+            "-c",
+            "4",
+            "--acks-late",
+            "--broker-connection-max-retries",
+            "0",
+        ],
+    );
+    w.wait_for("succeeded");
+    node.restart(Duration::from_millis(500));
+    w.wait_for("connected again");
+    assert!(py(&python, &node, &env, &["collect", ids.trim(), "0.05"]).contains("OK"));
+    w.stop();
+}
