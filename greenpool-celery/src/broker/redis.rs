@@ -37,8 +37,7 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// Parses a popped envelope and takes its delivery tag.
     fn read(queue: String, raw: String) -> Self {
-        let parsed: Result<WireEnvelope, ProtocolError> =
-            serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+        let parsed = WireEnvelope::parse(raw.as_bytes());
         let tag = parsed
             .as_ref()
             .ok()
@@ -276,7 +275,7 @@ impl RedisBroker {
         let mut out = Vec::with_capacity(flat.len() / 3);
         let mut it = flat.into_iter();
         while let (Some(key), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
-            let parsed = serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+            let parsed = WireEnvelope::parse(raw.as_bytes());
             out.push(Delivery {
                 queue: keys::queue_of_key(&key).to_owned(),
                 raw,
