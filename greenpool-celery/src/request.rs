@@ -225,7 +225,6 @@ fn reject(
     rejected: Rejected,
     why: TaskError,
 ) {
-    bump(&shared.counters.failed);
     let Rejected { error, partial } = rejected;
     match &partial {
         Some(m) => tracing::error!(

@@ -98,10 +98,9 @@ mod tests {
         assert_eq!(py_add(&json!(2), &json!(0.5)).unwrap(), json!(2.5));
         assert_eq!(py_add(&json!("a"), &json!("b")).unwrap(), json!("ab"));
         assert_eq!(py_add(&json!([1]), &json!([2])).unwrap(), json!([1, 2]));
-        let big: Value = serde_json::from_str(
-            "1606938044258990275541962092341162602522202993782792835301376",
-        )
-        .unwrap();
+        let big: Value =
+            serde_json::from_str("1606938044258990275541962092341162602522202993782792835301376")
+                .unwrap();
         assert_eq!(
             py_add(&big, &json!(1)).unwrap().to_string(),
             "1606938044258990275541962092341162602522202993782792835301377"
