@@ -366,16 +366,7 @@ fn finish(
         Outcome::Completed(TaskOutput::Ran(Err(e), _)) if e.retry_countdown().is_some() => {
             retry_or_fail(shared, msg, e, retry)
         }
-        Outcome::Completed(TaskOutput::Ran(Ok(v), runtime)) => {
-            if tracing::enabled!(tracing::Level::INFO) {
-                tracing::info!(
-                    "Task {name}[{id}] succeeded in {:.6}s: {}",
-                    runtime.as_secs_f64(),
-                    cut(&crate::repr::repr(v), LOG_REPR_MAX)
-                );
-            }
-            (TaskState::Success, v.clone(), None)
-        }
+        Outcome::Completed(TaskOutput::Ran(Ok(v), _)) => (TaskState::Success, v.clone(), None),
         Outcome::Completed(TaskOutput::Ran(Err(e), _)) => {
             bump(&shared.counters.failed);
             tracing::error!(
@@ -430,6 +421,15 @@ fn finish(
         Ok(()) => {
             if state == TaskState::Success {
                 bump(&shared.counters.succeeded);
+                if let Outcome::Completed(TaskOutput::Ran(_, runtime)) = outcome {
+                    if tracing::enabled!(tracing::Level::INFO) {
+                        tracing::info!(
+                            "Task {name}[{id}] succeeded in {:.6}s: {}",
+                            runtime.as_secs_f64(),
+                            cut(&crate::repr::repr(&result), LOG_REPR_MAX)
+                        );
+                    }
+                }
             }
             (state, result, traceback)
         }
