@@ -246,7 +246,7 @@ impl AsyncResult {
             .subscribe(&key)
             .await
             .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(crate::seconds::MAX_DURATION);
         if let Some(meta) = self.meta().await? {
             if meta.status.is_ready() {
                 return into_value(meta);

@@ -15,7 +15,7 @@ use crate::context::TaskContext;
 use crate::error::ProtocolError;
 use crate::protocol::{kombu_priority, Rejected, TaskMessage, Timestamp};
 use crate::repr::{cut, cut_bytes, LOG_NAME_MAX, LOG_REPR_MAX};
-use crate::seconds::{duration_from_secs, MAX_SECONDS};
+use crate::seconds::{duration_from_secs, MAX_DURATION};
 use crate::task_error::TaskError;
 use crate::worker::{bump, Shared};
 
@@ -275,10 +275,10 @@ const LOG_RAW_MAX: usize = 200;
 /// enters ETA requests). Returns false when warm shutdown came first.
 ///
 /// An ETA may lie centuries ahead; each timer entry is at most
-/// [`MAX_SECONDS`] away, so that no clock sum can overflow, and the wait
+/// [`MAX_DURATION`] away, so that no clock sum can overflow, and the wait
 /// goes on until the ETA has passed.
 async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
-    let longest = Duration::from_secs_f64(MAX_SECONDS);
+    let longest = MAX_DURATION;
     while !eta.is_past() {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let tx = Mutex::new(Some(tx));

@@ -14,7 +14,11 @@ use std::time::Duration;
 /// The longest duration accepted: 100 years. Longer waits and limits are
 /// refused with [`SecondsError::TooLarge`] rather than overflowing a
 /// clock sum somewhere downstream.
-pub const MAX_SECONDS: f64 = 100.0 * 365.25 * 86_400.0;
+pub const MAX_SECONDS: f64 = 3_155_760_000.0;
+
+/// [`MAX_SECONDS`] as a duration, for clamping durations that come from
+/// Rust callers (`Duration::MAX` means "forever" to them).
+pub const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
 
 /// A number of seconds that cannot be used as a duration.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
@@ -128,6 +132,8 @@ mod tests {
         assert_eq!(duration_from_secs("x", 0.0), Ok(Duration::ZERO));
         assert_eq!(duration_from_secs("x", -0.0), Ok(Duration::ZERO));
         let max = duration_from_secs("x", MAX_SECONDS).unwrap();
+        assert_eq!(max, MAX_DURATION);
+        assert_eq!(MAX_SECONDS, 100.0 * 365.25 * 86_400.0);
         // The largest accepted duration still adds to the clocks.
         assert!(std::time::Instant::now().checked_add(max).is_some());
         assert!(std::time::SystemTime::now().checked_add(max).is_some());

@@ -231,3 +231,53 @@ fn utf8() -> String {
 fn json_type() -> String {
     "application/json".to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_stays_in_the_raw_entry() {
+        let body = "QUJD".repeat(1 << 18);
+        let raw = format!(
+            r#"{{"body": "{body}", "headers": {{"task": "t", "id": "i"}}, "properties": {{"delivery_tag": "x"}}}}"#
+        );
+        let w = WireEnvelope::parse(raw.as_bytes()).unwrap();
+        let Some(text) = &w.body else {
+            panic!("no body")
+        };
+        assert!(matches!(text, BodyText::Span { len, .. } if *len == body.len()));
+        assert_eq!(text.text(raw.as_bytes()), body.as_bytes());
+        // An escaped body cannot be borrowed; it is unescaped once.
+        let w = WireEnvelope::parse(br#"{"body": "a\/b"}"#).unwrap();
+        assert!(matches!(&w.body, Some(BodyText::Owned(s)) if s == "a/b"));
+    }
+
+    #[test]
+    fn odd_fields_keep_the_tag_and_the_task_id() {
+        let raw = br#"{"body": 7, "content-encoding": ["x"], "headers": {"task": "t", "id": "i1", "retries": "many"},
+            "properties": {"delivery_tag": "tag1", "priority": "high", "delivery_mode": 300,
+            "correlation_id": 5, "delivery_info": "nowhere"}}"#;
+        let w = WireEnvelope::parse(raw).unwrap();
+        assert_eq!(w.properties.delivery_tag.as_deref(), Some("tag1"));
+        assert_eq!(w.properties.priority, None);
+        assert_eq!(w.properties.delivery_mode, None);
+        assert_eq!(w.properties.correlation_id, None);
+        assert_eq!(w.properties.delivery_info, DeliveryInfo::default());
+        assert_eq!(w.headers.id, "i1");
+        assert!(matches!(w.problem, Some(ProtocolError::Headers(_))));
+        assert!(w.body.is_none());
+    }
+
+    #[test]
+    fn python_nan_tokens_are_reported_under_the_task_id() {
+        let raw = br#"{"body": "", "headers": {"task": "t", "id": "i2", "timelimit": [NaN, null]},
+            "properties": {"delivery_tag": "tag2"}}"#;
+        let w = WireEnvelope::parse(raw).unwrap();
+        assert_eq!(w.properties.delivery_tag.as_deref(), Some("tag2"));
+        assert_eq!(w.headers.id, "i2");
+        assert!(matches!(w.problem, Some(ProtocolError::NonFinite)));
+        assert!(WireEnvelope::parse(b"NaN").is_err());
+        assert!(WireEnvelope::parse(b"[1, 2]").is_err());
+    }
+}
