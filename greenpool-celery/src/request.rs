@@ -53,7 +53,7 @@ pub(crate) async fn handle(
                 .with_module("kombu.exceptions");
             let rejected = Rejected {
                 error: ProtocolError::MissingHeader("delivery_tag"),
-                partial: Some(m),
+                partial: Some(Box::new(m)),
             };
             reject(&shared, &queue, raw.as_bytes(), None, rejected, why);
             return;

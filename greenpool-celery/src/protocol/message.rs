@@ -43,7 +43,7 @@ pub struct TaskMessage {
 #[derive(Debug)]
 pub(crate) struct Rejected {
     pub(crate) error: ProtocolError,
-    pub(crate) partial: Option<TaskMessage>,
+    pub(crate) partial: Option<Box<TaskMessage>>,
 }
 
 /// The task id and name of a v1 body that does not decode, read with
@@ -173,12 +173,14 @@ impl TaskMessage {
             problem,
         } = wire;
         let reject = |error: ProtocolError, headers: TaskHeaders, properties: Properties| {
-            let partial = (!headers.id.is_empty()).then(|| TaskMessage {
-                headers,
-                properties,
-                args: Vec::new(),
-                kwargs: Map::new(),
-                embed: Embed::default(),
+            let partial = (!headers.id.is_empty()).then(|| {
+                Box::new(TaskMessage {
+                    headers,
+                    properties,
+                    args: Vec::new(),
+                    kwargs: Map::new(),
+                    embed: Embed::default(),
+                })
             });
             Rejected { error, partial }
         };
