@@ -171,6 +171,13 @@ impl WireEnvelope {
     /// [`ProtocolError::Envelope`] when the entry is not a JSON object
     /// (even with Python's `NaN`/`Infinity` tokens allowed).
     pub(crate) fn parse(raw: &[u8]) -> Result<Self, ProtocolError> {
+        // serde would also read a struct from a JSON array; kombu's
+        // envelope is an object.
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ProtocolError::Envelope(serde::de::Error::custom(
+                "the entry is not a JSON object",
+            )));
+        }
         match serde_json::from_slice::<EnvelopeRef<'_>>(raw) {
             Ok(r) => Ok(Self::own(r, raw, None)),
             Err(e) => {
