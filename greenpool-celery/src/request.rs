@@ -69,6 +69,7 @@ pub(crate) async fn handle(
     let name = msg.headers.task.clone();
     let id = msg.headers.id.clone();
     let shown = cut(&name, LOG_NAME_MAX).into_owned();
+    let shown_id = cut(&id, LOG_NAME_MAX).into_owned();
     let Some(task) = shared.registry.get(&name).cloned() else {
         tracing::error!(
             "Received unregistered task of type '{shown}'. The message has been ignored and discarded."
@@ -94,7 +95,7 @@ pub(crate) async fn handle(
             return;
         }
     };
-    tracing::info!("Task {shown}[{id}] received");
+    tracing::info!("Task {shown}[{shown_id}] received");
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
@@ -151,7 +152,8 @@ pub(crate) async fn handle(
         raw,
         max_retries: task.options.max_retries,
     };
-    let started_label = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{shown}[{id}]"));
+    let started_label =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{shown}[{shown_id}]"));
     let args_repr = cut(
         msg.headers.argsrepr.as_deref().unwrap_or_default(),
         LOG_REPR_MAX,
@@ -210,7 +212,7 @@ pub(crate) async fn handle(
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
-        tracing::debug!("Task {shown}[{id}] not started: {e}");
+        tracing::debug!("Task {shown}[{shown_id}] not started: {e}");
     }
 }
 
@@ -258,7 +260,7 @@ fn fail_before_run(shared: &Shared, msg: &TaskMessage, tag: &str, err: TaskError
     let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
     tracing::error!(
         "Task {name}[{}] cannot run: {}",
-        msg.headers.id,
+        cut(&msg.headers.id, LOG_NAME_MAX),
         cut(&err.to_string(), LOG_REPR_MAX)
     );
     if !msg.headers.ignore_result {
@@ -336,7 +338,7 @@ fn store_expired(shared: &Shared, msg: &TaskMessage, expires: Timestamp) {
     tracing::info!(
         "Discarding revoked task: {}[{}] (expired at {expires})",
         cut(&msg.headers.task, LOG_NAME_MAX),
-        msg.headers.id
+        cut(&msg.headers.id, LOG_NAME_MAX)
     );
     bump(&shared.counters.revoked);
     if !msg.headers.ignore_result {
@@ -357,7 +359,7 @@ fn finish(
 ) -> bool {
     let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
     let name = name.as_ref();
-    let id = &msg.headers.id;
+    let id = cut(&msg.headers.id, LOG_NAME_MAX);
     let (state, result, traceback) = match outcome {
         Outcome::Completed(TaskOutput::Expired(at)) => {
             store_expired(shared, msg, at.unwrap_or_else(Timestamp::now));
@@ -382,7 +384,10 @@ fn finish(
         Outcome::Panicked(p) => {
             bump(&shared.counters.failed);
             let e = TaskError::runtime_error(format!("task panicked: {}", p.message()));
-            tracing::error!("Task {name}[{id}] raised unexpected: {e} ({p})");
+            tracing::error!(
+                "Task {name}[{id}] raised unexpected: {}",
+                cut(&format!("{e} ({p})"), LOG_REPR_MAX)
+            );
             let mut tb = traceback_text(name, &e);
             let bt = p.backtrace_text();
             if !bt.is_empty() {
@@ -500,7 +505,7 @@ fn follow_up(
                     Err(e) => tracing::error!(
                         "cannot send a link error of {}[{}]: {}",
                         cut(msg.headers.display_name(), LOG_NAME_MAX),
-                        msg.headers.id,
+                        cut(&msg.headers.id, LOG_NAME_MAX),
                         cut(&e.to_string(), LOG_REPR_MAX)
                     ),
                 }
@@ -531,7 +536,7 @@ fn retry_or_fail(
     retry: &RetryInfo,
 ) -> (TaskState, Value, Option<String>) {
     let name = msg.headers.display_name();
-    let id = &msg.headers.id;
+    let id = cut(&msg.headers.id, LOG_NAME_MAX);
     let countdown = e.retry_countdown().unwrap_or_default();
     let allowed = retry.max_retries.is_none_or(|m| msg.headers.retries < m);
     let again = if allowed {
