@@ -23,13 +23,17 @@ where
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryInfo {
     /// Exchange name; `""` is the default exchange (route by queue name).
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient::string_or_empty")]
     pub exchange: String,
     /// Routing key; with the default exchange, the queue name.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient::string_or_empty")]
     pub routing_key: String,
     /// Set by kombu when it puts a message back on its queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::flag"
+    )]
     pub redelivered: Option<bool>,
 }
 
@@ -51,7 +55,7 @@ pub struct Properties {
     #[serde(default, deserialize_with = "lenient::delivery_mode")]
     pub delivery_mode: Option<u8>,
     /// Exchange and routing key the message was published with.
-    #[serde(default, deserialize_with = "lenient_info")]
+    #[serde(default, deserialize_with = "lenient::object")]
     pub delivery_info: DeliveryInfo,
     /// 0–9; on Redis a lower number is served first. Read as kombu does:
     /// `int()` of the value clamped to 0–9, absent when `int()` fails.
@@ -64,13 +68,6 @@ pub struct Properties {
     /// `unacked` hash.
     #[serde(default, deserialize_with = "lenient::string")]
     pub delivery_tag: Option<String>,
-}
-
-/// Reads `delivery_info`; a value that is not the expected object reads
-/// as the default (the default exchange, routing key `""`).
-fn lenient_info<'de, D: Deserializer<'de>>(d: D) -> Result<DeliveryInfo, D::Error> {
-    let v = Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 /// The JSON object kombu's Redis transport stores in a queue list.
@@ -154,13 +151,8 @@ struct EnvelopeRef<'a> {
     content_encoding: Option<String>,
     #[serde(borrow, default)]
     headers: Option<&'a RawValue>,
-    #[serde(default, deserialize_with = "lenient_properties")]
+    #[serde(default, deserialize_with = "lenient::object")]
     properties: Properties,
-}
-
-fn lenient_properties<'de, D: Deserializer<'de>>(d: D) -> Result<Properties, D::Error> {
-    let v = Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 impl WireEnvelope {

@@ -195,6 +195,76 @@ pub(crate) fn cow_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de,
     d.deserialize_any(V)
 }
 
+/// Reads a JSON object into `T` (whose fields are lenient themselves), and
+/// any other JSON value as `T::default()`, in one pass.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + Default> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<T, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(T::default())
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// Reads a string field that must not fail: anything but a string reads
+/// as empty.
+pub(crate) fn string_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(string(d)?.unwrap_or_default())
+}
+
+/// Reads an optional flag: anything but a boolean reads as absent.
+pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(IgnoredOr::<bool>::deserialize(d)?.0)
+}
+
+/// A value of type `T`, or `None` for any other JSON value (buffered
+/// through [`Value`]; used only for small scalars).
+struct IgnoredOr<T>(Option<T>);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for IgnoredOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(IgnoredOr(serde_json::from_value(v).ok()))
+    }
+}
+
 /// Reads the priority property as kombu does (see [`kombu_priority`]).
 pub(crate) fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     let v = Value::deserialize(d)?;
