@@ -586,3 +586,42 @@ async fn restore_returns_to_the_queue_it_came_from() {
     assert!(back.iter().any(|m| m.contains(&waiting_id)), "{back:?}");
     assert_eq!(to_empty, 0);
 }
+
+/// A result wait whose pub/sub connection is cut subscribes again, reads
+/// the key once more, and still gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_wait_survives_a_cut_subscription() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(server.port);
+    let client = greenpool_celery::Client::connect(&proxy.url(0), Some(&proxy.url(1)))
+        .await
+        .unwrap();
+    let sent = client
+        .send_task(
+            "t.work",
+            vec![json!(0.0)],
+            Map::new(),
+            greenpool_celery::SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { sent.get(DEADLINE).await });
+    // Two connections for the client, one for the subscription.
+    until("the subscription", || proxy.accepted() >= 3).await;
+    let cut = proxy.cut();
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(2)
+        .hostname("celery@faults");
+    let w = start(config, &runs).await;
+    let got = waiting.await.unwrap();
+    w.stop().await;
+    println!(
+        "result wait: {cut} connections cut while waiting, {} made in all, got {got:?}",
+        proxy.accepted()
+    );
+    assert_eq!(got.unwrap(), json!(0.0));
+}
