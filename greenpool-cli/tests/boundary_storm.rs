@@ -43,7 +43,7 @@ fn stock(name: &str, args: Vec<Value>, marker: &str) -> (String, Value) {
     (id, v)
 }
 
-/// One malformed message of kind `k`: its text, and whether a FAILURE is
+/// One malformed message of kind `k` (20 kinds): its text, and whether a FAILURE is
 /// stored under its marker (used as the task id where it has one).
 fn bad(k: usize, marker: &str) -> (&'static str, Vec<u8>, bool) {
     let with_id = |name: &str, args: Vec<Value>| {
@@ -52,7 +52,7 @@ fn bad(k: usize, marker: &str) -> (&'static str, Vec<u8>, bool) {
         v
     };
     let body = |v: &mut Value, text: &[u8]| v["body"] = json!(b64(text));
-    match k % 19 {
+    match k % 20 {
         0 => (
             "not JSON",
             format!("{marker} {{{{ not json").into_bytes(),
@@ -132,7 +132,7 @@ fn bad(k: usize, marker: &str) -> (&'static str, Vec<u8>, bool) {
         }
         13 => {
             // Oversize names: 64 KiB, and 1 MiB for a few.
-            let size = if k < 19 * 5 { 1 << 20 } else { 64 << 10 };
+            let size = if k < 20 * 5 { 1 << 20 } else { 64 << 10 };
             let name = format!("{marker}{}", "n".repeat(size));
             let mut v = with_id(&name, vec![]);
             v["headers"]["id"] = json!(marker);
@@ -168,10 +168,22 @@ fn bad(k: usize, marker: &str) -> (&'static str, Vec<u8>, bool) {
             );
             ("link countdown 1e19", v.to_string().into_bytes(), true)
         }
-        _ => {
+        18 => {
             let mut v = with_id("greenpool.add", vec![json!(1), json!(2)]);
             v["properties"]["body_encoding"] = json!("gzip");
             ("unknown body_encoding", v.to_string().into_bytes(), true)
+        }
+        _ => {
+            // Bytes that are not UTF-8 inside the envelope (read as bytes
+            // by the fetch, refused as one bad message).
+            let (_, v) = stock("greenpool.add", vec![json!(1), json!(2)], marker);
+            let text = v.to_string().replacen("\"body\":\"", "\"body\":\"\u{1}", 1);
+            let bytes: Vec<u8> = text
+                .into_bytes()
+                .into_iter()
+                .map(|b| if b == 1 { 0xff } else { b })
+                .collect();
+            ("not UTF-8", bytes, false)
         }
     }
 }
