@@ -46,8 +46,8 @@ pub struct WorkerConfig {
     pub restore_interval: Duration,
     /// Most messages taken in one fetch.
     pub fetch_batch: usize,
-    /// Fetch with the Lua script and BRPOP even where the server has
-    /// LMPOP; that is the path taken on Redis before 7.0.
+    /// Pop one message at a time inside the fetch script, as on servers
+    /// before Redis 6.2 (no `RPOP key count`), even where the server has it.
     pub legacy_fetch: bool,
     /// Store STARTED (`{"pid", "hostname"}`) when a task starts
     /// (`task_track_started`, default off).
@@ -253,7 +253,7 @@ impl WorkerConfig {
         self
     }
 
-    /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
+    /// Chooses the one-at-a-time pop of servers before Redis 6.2.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
         self
@@ -302,7 +302,13 @@ impl WorkerConfig {
         }
         fn secs(name: &'static str, v: String) -> Result<Duration, ConfigError> {
             match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+                Ok(s) => {
+                    crate::seconds::duration_from_secs(name, s).map_err(|_| ConfigError::Env {
+                        name,
+                        value: v,
+                        reason: "expected zero or more seconds, at most 100 years",
+                    })
+                }
                 _ => Err(ConfigError::Env {
                     name,
                     value: v,
@@ -451,6 +457,15 @@ mod tests {
             .with_vars(|k| (k == "GREENPOOL_CONCURRENCY").then(|| "many".to_owned()))
             .unwrap_err();
         assert!(e.to_string().contains("GREENPOOL_CONCURRENCY"), "{e}");
+        for huge in ["1e20", "NaN", "-1", "inf"] {
+            let e = WorkerConfig::new("redis://x")
+                .with_vars(|k| (k == "GREENPOOL_VISIBILITY_TIMEOUT").then(|| huge.to_owned()))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("GREENPOOL_VISIBILITY_TIMEOUT"),
+                "{e}"
+            );
+        }
         assert!(WorkerConfig::new("x").concurrency(0).validate().is_err());
         assert!(WorkerConfig::new("x")
             .queues(Vec::<String>::new())

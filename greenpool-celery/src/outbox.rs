@@ -11,15 +11,6 @@ use crate::batch::Batcher;
 use crate::broker::amqp::AmqpOutbox;
 use crate::error::BrokerError;
 
-/// A message a finished task sends on (a retry, a chain step, a link):
-/// its queue, priority and kombu envelope text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FollowUp {
-    pub(crate) queue: String,
-    pub(crate) priority: u8,
-    pub(crate) payload: String,
-}
-
 /// The worker's writer on its broker.
 #[derive(Debug, Clone)]
 pub(crate) enum Outbox {
@@ -40,17 +31,16 @@ impl Outbox {
         }
     }
 
-    /// Queues a follow-up message.
-    pub(crate) fn push(&self, f: FollowUp) {
+    /// Queues a follow-up message (a retry, a chain step, a link): its
+    /// Redis queue key and kombu envelope. On AMQP the envelope's own
+    /// routing key and priority route it.
+    pub(crate) fn push(&self, key: String, payload: String) {
         match self {
-            Outbox::Redis(b) => b.push(
-                crate::broker::keys::queue_key(&f.queue, f.priority),
-                f.payload,
-            ),
+            Outbox::Redis(b) => b.push(key, payload),
             #[cfg(feature = "amqp")]
-            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&f.payload) {
+            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&payload) {
                 Ok(m) => o.publish(m),
-                Err(e) => tracing::error!("cannot send a follow-up to {:?}: {e}", f.queue),
+                Err(e) => tracing::error!("cannot send a follow-up to {key:?}: {e}"),
             },
         }
     }

@@ -135,7 +135,7 @@ pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolErr
     let v: crate::protocol::Envelope =
         serde_json::from_str(envelope).map_err(ProtocolError::Envelope)?;
     let body = match v.properties.body_encoding.as_deref() {
-        Some("base64") => base64::decode(&v.body)?,
+        Some("base64") => base64::decode(v.body.as_bytes())?,
         _ => v.body.into_bytes(),
     };
     let mut props = BasicProperties::default()
