@@ -16,6 +16,7 @@ mod py_int;
 mod tour;
 mod worker;
 mod worker_bench;
+mod worker_bench_amqp;
 
 /// greenpool: Celery's eventlet TaskPool on tokio.
 #[derive(Debug, Parser)]

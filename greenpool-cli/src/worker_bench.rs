@@ -1,6 +1,7 @@
 //! `greenpool bench worker`: how fast `greenpool worker` drains a queue of
 //! `greenpool.add` messages with results stored, against Python Celery's
-//! eventlet worker on the same Redis in the same run.
+//! eventlet worker on the same Redis in the same run (or, with
+//! `--broker amqp://...`, on the same RabbitMQ: see `worker_bench_amqp`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -26,6 +27,10 @@ pub(crate) struct WorkerBenchArgs {
     /// private redis-server is started on a free port.
     #[arg(long)]
     redis: Option<String>,
+    /// An AMQP broker (amqp://user:pass@host:port/vhost) to bench on
+    /// instead of Redis; results then travel through rpc://.
+    #[arg(long)]
+    broker: Option<String>,
     /// Python with celery and eventlet for the baseline (default:
     /// $GREENPOOL_PYTHON, else .venv/bin/python); `none` skips it.
     #[arg(long)]
@@ -34,18 +39,18 @@ pub(crate) struct WorkerBenchArgs {
 
 /// One worker's figures.
 #[derive(Debug)]
-struct Run {
-    name: &'static str,
-    tasks: usize,
+pub(crate) struct Run {
+    pub(crate) name: &'static str,
+    pub(crate) tasks: usize,
     /// First to last `date_done`.
-    elapsed: Duration,
-    commands: u64,
-    round_trips: Option<u64>,
-    top: Vec<(String, u64)>,
+    pub(crate) elapsed: Duration,
+    pub(crate) commands: u64,
+    pub(crate) round_trips: Option<u64>,
+    pub(crate) top: Vec<(String, u64)>,
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.tasks as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -245,7 +250,7 @@ async fn bench_greenpool(
     })
 }
 
-fn find_python(arg: &Option<String>) -> Option<PathBuf> {
+pub(crate) fn find_python(arg: &Option<String>) -> Option<PathBuf> {
     let candidate = match arg.as_deref() {
         Some("none") => return None,
         Some(p) => PathBuf::from(p),
@@ -262,7 +267,7 @@ fn find_python(arg: &Option<String>) -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
-fn twin_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn twin_dir() -> anyhow::Result<PathBuf> {
     for base in [
         PathBuf::from("."),
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."),
@@ -325,6 +330,10 @@ async fn bench_python(
 
 /// Runs the bench and prints the table.
 pub(crate) async fn run(args: WorkerBenchArgs) -> anyhow::Result<()> {
+    if let Some(broker) = args.broker.as_deref().filter(|b| !b.starts_with("redis")) {
+        return crate::worker_bench_amqp::run(broker, args.tasks, args.concurrency, &args.python)
+            .await;
+    }
     let (_server, url) = match &args.redis {
         Some(u) => (
             None,

@@ -75,6 +75,17 @@ impl Proc {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// SIGTERM, wait for a clean exit, and return the lines not read yet
+    /// (the reader thread ends at the pipe's end, so nothing is missed).
+    fn stop_and_log(mut self) -> Vec<String> {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{} exited with {status}", self.name);
+        let (_, rx) = mpsc::channel();
+        let lines = std::mem::replace(&mut self.lines, rx);
+        lines.iter().collect()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) {
         self.signal("-TERM");
@@ -337,4 +348,74 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
     w.wait_for("connected again");
     assert!(py(&python, &node, &env, &["collect", ids.trim(), "0.05"]).contains("OK"));
     w.stop();
+}
+
+#[test]
+fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let small = ["-c", "2", "--prefetch-multiplier", "1"];
+    let a = worker(&node, &backend, &small);
+    let b = worker(&node, &backend, &small);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(python.with_file_name("celery"));
+    cmd.current_dir(repo.join("bench/python"))
+        .args([
+            "-A",
+            "tasks",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "2",
+            "--prefetch-multiplier",
+            "1",
+            "-l",
+            "info",
+            "-n",
+            "py@%h",
+        ])
+        .env("GREENPOOL_BROKER_URL", node.url())
+        .env("GREENPOOL_RESULT_BACKEND", &backend);
+    let pyw = Proc::spawn("celery", cmd);
+    pyw.wait_for("ready.");
+    let ids = py(
+        &python,
+        &node,
+        &env,
+        &["send_many", "greenpool.sleep", "90", "[0.02]"],
+    );
+    assert!(py(&python, &node, &env, &["collect", ids.trim(), "0.02"]).contains("OK"));
+    let ids: Vec<String> = serde_json::from_str(ids.trim()).unwrap();
+    let mut runs: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut per_worker = Vec::new();
+    for (name, log) in [
+        ("a", a.stop_and_log()),
+        ("b", b.stop_and_log()),
+        ("python", pyw.stop_and_log()),
+    ] {
+        let mut n = 0;
+        for line in log.iter().filter(|l| l.contains("succeeded in")) {
+            if let Some(id) = ids.iter().find(|id| line.contains(id.as_str())) {
+                *runs.entry(id.clone()).or_default() += 1;
+                n += 1;
+            }
+        }
+        per_worker.push((name, n));
+    }
+    assert_eq!(runs.len(), ids.len(), "every task ran: {per_worker:?}");
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "each task ran once: {per_worker:?}"
+    );
+    assert!(
+        per_worker.iter().all(|(_, n)| *n > 0),
+        "all three workers took part: {per_worker:?}"
+    );
 }

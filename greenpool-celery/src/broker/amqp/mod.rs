@@ -19,6 +19,30 @@
 //! * The connection asks for heartbeats and reconnects with the same
 //!   backoff and retry settings as the Redis connection layer,
 //!   re-declaring the topology and consumers ([`session`]).
+//!
+//! # Left out, compared with Celery on AMQP
+//!
+//! * The prefetch count is set once from concurrency × multiplier; it does
+//!   not follow `pool_grow`/`pool_shrink`/autoscale (the worker exposes
+//!   none of them yet), and it is not raised while an ETA request waits
+//!   (Celery's `QoS.increment_eventually`): many waiting ETA requests can
+//!   fill the window.
+//! * ETA on quorum queues is held unacked (as on classic queues); Celery
+//!   5.5's native delayed delivery (its `celery_delayed_*` exchanges) is not
+//!   declared or used.
+//! * A task cannot ask for `basic.reject` with requeue (Celery's `Reject`
+//!   exception); only warm shutdown rejects (what was not started).
+//! * Remote control (`celery.pidbox`) and events (`celeryev`) run on Redis
+//!   only so far.
+//! * `max_message_size` is not checked on AMQP (the broker's own
+//!   `max_message_size`, 128 MiB by default, applies).
+//! * The Rust client declares the queues it sends to without arguments, so
+//!   it cannot send to a queue declared with `x-max-priority` or as a quorum
+//!   queue; its rpc:// reply queue is not declared again after a
+//!   reconnection.
+//! * TLS takes the system's root certificates; client certificates
+//!   (`broker_use_ssl` with `certfile`/`keyfile`) are not supported.
+//! * The heartbeat is 60 s unless the URL names one (`?heartbeat=N`).
 
 pub(crate) mod client;
 pub(crate) mod consumer;
