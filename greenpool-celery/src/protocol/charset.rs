@@ -54,7 +54,7 @@ pub(crate) fn decode<'a>(
 }
 
 fn utf16(bytes: &[u8], big_endian: bool) -> Result<String, String> {
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return Err(format!("odd length {} for UTF-16", bytes.len()));
     }
     let units = bytes.chunks_exact(2).map(|p| {

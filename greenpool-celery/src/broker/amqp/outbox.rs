@@ -36,7 +36,7 @@ const MAX_ROUND: usize = 1024;
 enum Op {
     Ack(String),
     Reject(String),
-    Publish(Outgoing),
+    Publish(Box<Outgoing>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -88,7 +88,7 @@ impl AmqpOutbox {
 
     /// Queues a publish (confirmed before later acks go out).
     pub(crate) fn publish(&self, m: Outgoing) {
-        let _ = self.tx.send(Op::Publish(m));
+        let _ = self.tx.send(Op::Publish(Box::new(m)));
     }
 
     /// Waits until everything queued before this call was sent (or
@@ -138,7 +138,7 @@ async fn send_round(
     let mut flushes = Vec::new();
     for op in round.drain(..) {
         match op {
-            Op::Publish(m) => publishes.push(m),
+            Op::Publish(m) => publishes.push(*m),
             Op::Ack(t) => settles.push((t, true)),
             Op::Reject(t) => settles.push((t, false)),
             Op::Flush(tx) => flushes.push(tx),
