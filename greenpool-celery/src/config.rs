@@ -54,6 +54,17 @@ pub struct WorkerConfig {
     /// Also store name, args, kwargs, worker, retries and queue with each
     /// result (`result_extended`, default off).
     pub result_extended: bool,
+    /// Send task events (`-E`, `worker_send_task_events`); worker events
+    /// (online, heartbeat, offline) are sent either way.
+    pub send_task_events: bool,
+    /// `(max, min)` slots for the autoscaler (`--autoscale`); the pool
+    /// starts at `min` and the prefetch window is sized for `max`.
+    pub autoscale: Option<(usize, usize)>,
+    /// Hard time limit in seconds for tasks whose message sets none
+    /// (`task_time_limit`).
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds (`task_soft_time_limit`).
+    pub soft_time_limit: Option<f64>,
 }
 
 fn default_hostname() -> String {
@@ -90,6 +101,10 @@ impl WorkerConfig {
             legacy_fetch: false,
             track_started: false,
             result_extended: false,
+            send_task_events: false,
+            autoscale: None,
+            time_limit: None,
+            soft_time_limit: None,
         }
     }
 
@@ -158,6 +173,33 @@ impl WorkerConfig {
     pub fn result_extended(mut self, extended: bool) -> Self {
         self.result_extended = extended;
         self
+    }
+
+    /// Sends task events (`-E`).
+    pub fn send_task_events(mut self, on: bool) -> Self {
+        self.send_task_events = on;
+        self
+    }
+
+    /// Turns the autoscaler on between `min` and `max` slots; concurrency
+    /// becomes `max`.
+    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
+        self.autoscale = Some((max, min.min(max)));
+        self.concurrency = max;
+        self
+    }
+
+    /// Sets the default hard and soft time limits, in seconds.
+    pub fn time_limits(mut self, hard: Option<f64>, soft: Option<f64>) -> Self {
+        self.time_limit = hard;
+        self.soft_time_limit = soft;
+        self
+    }
+
+    /// The pool's limit at start: the autoscaler's minimum, else the
+    /// concurrency.
+    pub fn initial_pool_limit(&self) -> usize {
+        self.autoscale.map_or(self.concurrency, |(_, min)| min)
     }
 
     /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
@@ -278,6 +320,9 @@ impl WorkerConfig {
         }
         if self.queues.is_empty() {
             return Err(ConfigError::Invalid("name at least one queue to consume"));
+        }
+        if self.autoscale.is_some_and(|(max, _)| max == 0) {
+            return Err(ConfigError::Invalid("autoscale maximum must be at least 1"));
         }
         Ok(())
     }

@@ -19,6 +19,9 @@
 //! * the worker: runs each request as a job in the pool, acks it, and stores
 //!   the outcome in the result backend (`celery-task-meta-<id>`, SETEX +
 //!   PUBLISH) in the shape Python's `AsyncResult` reads.
+//! * remote control: the worker answers Celery's pidbox commands
+//!   (`celery inspect`, `celery control`, Flower) and sends events;
+//!   [`Control`] is the client side.
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backend;
@@ -29,7 +32,9 @@ mod client;
 mod config;
 mod connect;
 mod context;
+mod control;
 mod error;
+mod events;
 pub mod protocol;
 mod registry;
 mod repr;
@@ -44,6 +49,7 @@ pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
 pub use config::WorkerConfig;
 pub use context::TaskContext;
+pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use protocol::{
     DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,

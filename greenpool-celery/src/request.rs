@@ -74,15 +74,22 @@ pub(crate) async fn handle(
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
+    let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag) else {
+        return;
+    };
     let mut permit = permit;
     if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
         // Celery raises the prefetch budget while an ETA request waits.
         drop(permit.take());
+        crate::control::hooks::scheduled(&listed, true);
         if !wait_for_eta(&shared, eta).await {
             // Warm shutdown: left unacked, given back at the end.
             return;
         }
-        if revoke_if_expired(&shared, &msg, &tag) {
+        crate::control::hooks::scheduled(&listed, false);
+        if revoke_if_expired(&shared, &msg, &tag)
+            || !crate::control::hooks::still_wanted(&shared, &msg, &tag)
+        {
             return;
         }
     }
@@ -100,7 +107,7 @@ pub(crate) async fn handle(
         hostname: shared.config.hostname.clone(),
         token: CancellationToken::new(),
     };
-    let limits = msg.headers.timelimit;
+    let limits = crate::control::hooks::time_limits(&shared, &name, msg.headers.timelimit);
     let mut msg = msg;
     // The job owns the arguments; a copy stays only for result_extended.
     let (args, kwargs) = if shared.config.result_extended {
@@ -128,11 +135,23 @@ pub(crate) async fn handle(
         max_retries: task.options.max_retries,
     };
     let started_label = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{name}[{id}]"));
+    let gate = Arc::clone(&shared);
+    let listed = Arc::new(listed);
+    let on_start = (
+        Arc::clone(&shared),
+        Arc::clone(&listed),
+        name.clone(),
+        id.clone(),
+    );
     let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
         ctx.token = jctx.token().clone();
-        let fut = task.call(ctx, args, kwargs);
+        let revoked = crate::control::hooks::revoked_at_start(&gate.control, &ctx.id);
+        let fut = (!revoked).then(|| task.call(ctx, args, kwargs));
         async move {
+            let Some(fut) = fut else {
+                return crate::control::hooks::revoked_output();
+            };
             let t0 = Instant::now();
             let r = fut.await;
             (r, t0.elapsed())
@@ -140,7 +159,9 @@ pub(crate) async fn handle(
     })
     .name(name.clone())
     .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
-    .accept_callback(move |_, _| {
+    .accept_callback(move |job_id, _| {
+        let (s, l, n, i) = on_start;
+        crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
         if let Some(label) = started_label {
             tracing::debug!("Task {label} started");
         }
@@ -160,6 +181,7 @@ pub(crate) async fn handle(
             done.ack(&late_tag);
         }
         drop(permit);
+        drop(listed);
     });
     let job = match limits.hard_duration() {
         Some(hard) => job.timeout(hard),
@@ -169,6 +191,7 @@ pub(crate) async fn handle(
         Some(soft) => job.soft_timeout(soft),
         None => job,
     };
+    crate::control::hooks::before_apply(&shared, &name).await;
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
@@ -216,6 +239,7 @@ fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
         msg.headers.task,
         msg.headers.id
     );
+    crate::control::hooks::expired(shared, msg);
     bump(&shared.counters.revoked);
     if !msg.headers.ignore_result {
         let err = TaskError::new("TaskRevokedError", "expired").with_module("celery.exceptions");
@@ -237,6 +261,9 @@ fn finish(
 ) -> bool {
     let name = msg.headers.display_name();
     let id = &msg.headers.id;
+    if crate::control::hooks::finish_revoked(shared, msg, outcome, ignore_result) {
+        return false;
+    }
     let (state, result, traceback) = match outcome {
         Outcome::Completed((Err(e), _)) if e.retry_countdown().is_some() => {
             retry_or_fail(shared, msg, e, retry)
@@ -299,6 +326,7 @@ fn finish(
             }
         },
     };
+    crate::control::hooks::finished(shared, msg, outcome, state, &result, traceback.as_deref());
     follow_up(shared, msg, state, &result);
     if !ignore_result {
         shared.store(msg, state, result, traceback);

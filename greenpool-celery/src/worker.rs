@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use greenpool::{TaskPool, Timer};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -146,6 +145,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
     pub(crate) timer: Timer,
+    /// The node remote control and events see.
+    pub(crate) control: Arc<crate::control::Node>,
 }
 
 pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -277,10 +278,18 @@ impl Worker {
             ),
         };
         let pool = TaskPool::builder()
-            .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
+            .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
             .build()
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
         pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let control = crate::control::Node::connect(
+            &config,
+            Arc::clone(&self.registry),
+            pool.clone(),
+            backend.clone(),
+            self.shutdown.warm.clone(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             registry: Arc::clone(&self.registry),
@@ -291,6 +300,7 @@ impl Worker {
             warm: self.shutdown.warm.clone(),
             counters: Counters::default(),
             timer: TaskPool::new_timer(),
+            control: Arc::clone(&control),
         });
         tracing::info!(
             "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
@@ -317,6 +327,7 @@ impl Worker {
                 pool.close();
             })
         };
+        let service = crate::control::Service::start(&control).await;
         self.ready.notify_waiters();
         let handlers = TaskTracker::new();
         consume(&broker, &shared, &handlers, &self.shutdown).await;
@@ -337,6 +348,7 @@ impl Worker {
         }
         handlers.wait().await;
         shared.timer.stop();
+        service.stop().await;
         let _ = sweeper.await;
         acks.flush().await;
         // Give back whatever is still unacked: prefetched, ETA, or killed
@@ -408,7 +420,7 @@ async fn consume(
     handlers: &TaskTracker,
     shutdown: &ShutdownHandle,
 ) {
-    let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_count()));
+    let prefetch = shared.control.prefetch.semaphore();
     loop {
         let first = tokio::select! {
             p = Arc::clone(&prefetch).acquire_owned() => match p {
