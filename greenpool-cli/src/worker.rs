@@ -63,6 +63,9 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps.
     #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
     restore_interval: f64,
+    /// Operating the worker: -E, --autoscale, time limits.
+    #[command(flatten)]
+    control: crate::control::WorkerControlArgs,
 }
 
 fn host_name() -> String {
@@ -104,6 +107,7 @@ impl WorkerArgs {
             config =
                 config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));
         }
+        config = self.control.apply(config)?;
         if let Some(name) = &self.hostname {
             let name = name.replace("%h", &host_name());
             config = config.hostname(if name.contains('@') {

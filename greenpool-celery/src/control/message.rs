@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(req.method, "ping");
         assert!(req.is_for("w1@host"));
         assert!(!req.is_for("w2@host"));
-        assert_eq!(req.reply_to.unwrap().routing_key, "oid");
+        assert_eq!(req.reply_to.as_ref().unwrap().routing_key, "oid");
         let all = ControlRequest {
             destination: None,
             ..req.clone()

@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(a[0]["worker_pid"], json!(7));
         assert_eq!(a[0]["acknowledged"], json!(true));
         assert_eq!(r.jobs_of(&msg.headers.id), vec![JobId::from_u64(7)]);
-        let q = r.query("n", &[msg.headers.id.clone()]);
+        let q = r.query("n", std::slice::from_ref(&msg.headers.id));
         assert_eq!(q[&msg.headers.id][0], json!("active"));
         drop(g);
         assert_eq!(r.len(), 0);
