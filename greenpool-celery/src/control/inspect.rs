@@ -36,7 +36,10 @@ pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
         "uptime": node.started.elapsed().as_secs(),
         "pool": pool,
         "broker": broker_info(node),
-        "prefetch_count": node.prefetch.size(),
+        // Celery raises the window by one for each request waiting for
+        // its ETA; so does the consumer here (such a request gives its
+        // permit back), and stats say so.
+        "prefetch_count": node.prefetch.size() + node.requests.scheduled_count(),
         "rusage": super::rusage::rusage(),
     }))
 }

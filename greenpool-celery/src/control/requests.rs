@@ -203,6 +203,14 @@ impl Requests {
             .count()
     }
 
+    /// Requests waiting for their ETA.
+    pub(crate) fn scheduled_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|h| h.phase == Phase::Scheduled)
+            .count()
+    }
+
     /// Requests held in any phase (the autoscaler's backlog).
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

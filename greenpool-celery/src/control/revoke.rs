@@ -77,32 +77,25 @@ pub(crate) fn revoke_ids(
     terminate: bool,
     sig: i32,
 ) -> Vec<String> {
-    for id in ids {
-        node.revoked.add(id);
-        if let Some(backend) = &node.backend {
-            let meta = crate::backend::ResultMeta::new(
-                id,
-                TaskState::Revoked,
-                revoked_error("revoked").to_json(),
-            );
-            backend.store(&meta);
-        }
-    }
-    if !terminate {
-        tracing::info!("Tasks flagged as revoked: {}", ids.join(", "));
-        return Vec::new();
-    }
     let mut terminated = Vec::new();
     for id in ids {
-        if !node.requests.holds(id) || terminated.contains(id) {
-            continue;
+        node.revoked.add(id);
+        let jobs = if terminate {
+            node.requests.jobs_of(id)
+        } else {
+            Vec::new()
+        };
+        if terminate && node.requests.holds(id) && !terminated.contains(id) {
+            terminated.push(id.clone());
         }
-        terminated.push(id.clone());
-        let jobs = node.requests.jobs_of(id);
         if jobs.is_empty() {
-            // Not started: the revoked flag keeps it from starting.
+            // Not running: the revoked flag keeps it from starting; REVOKED
+            // is stored now, as Celery's `mark_as_revoked` does.
+            store_revoked(node, id);
             continue;
         }
+        // Running: its one outcome, REVOKED "terminated", is stored when
+        // the job ends.
         tracing::info!("Terminating {id} ({sig})");
         node.terminating
             .lock()
@@ -117,7 +110,21 @@ pub(crate) fn revoke_ids(
             });
         }
     }
+    if !terminate {
+        tracing::info!("Tasks flagged as revoked: {}", ids.join(", "));
+    }
     terminated
+}
+
+fn store_revoked(node: &Node, id: &str) {
+    if let Some(backend) = &node.backend {
+        let meta = crate::backend::ResultMeta::new(
+            id,
+            TaskState::Revoked,
+            revoked_error("revoked").to_json(),
+        );
+        backend.store(&meta);
+    }
 }
 
 /// `revoke`: `task_id` (one or a list), `terminate`, `signal`.
