@@ -30,7 +30,7 @@ mod broker;
 mod canvas;
 mod client;
 mod config;
-mod connect;
+mod conn;
 mod context;
 mod control;
 mod error;
@@ -47,7 +47,7 @@ mod worker;
 
 pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
-pub use config::WorkerConfig;
+pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
 pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};

@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
+
 use serde_json::{json, Map, Value};
 
 use super::envelope;
 use super::mailbox::EXCHANGE;
 use super::reply::binding_key;
 use crate::broker::keys::SEP;
+use crate::conn::{Link, LinkSettings};
 use crate::error::BrokerError;
 use crate::protocol::{Envelope, Timestamp};
 
@@ -92,7 +94,7 @@ pub type Replies = Vec<(String, Value)>;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Control {
-    conn: MultiplexedConnection,
+    link: Arc<Link>,
     db: i64,
     oid: String,
 }
@@ -104,10 +106,10 @@ impl Control {
     ///
     /// [`BrokerError`] when the URL is invalid or Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let (client, conn) = crate::connect::connect(url).await?;
-        let db = client.get_connection_info().redis_settings().db();
+        let link = Link::open("remote control", url, LinkSettings::client(), None).await?;
+        let db = link.client().get_connection_info().redis_settings().db();
         Ok(Control {
-            conn,
+            link: Arc::new(link),
             db,
             oid: crate::uuid::uuid4(),
         })
@@ -131,27 +133,56 @@ impl Control {
         arguments: Map<String, Value>,
         options: ControlOptions,
     ) -> Result<Replies, BrokerError> {
-        let mut conn = self.conn.clone();
         let queue = format!("{}.{REPLY_EXCHANGE}", self.oid);
         let member = format!("{}{SEP}{SEP}{queue}", self.oid);
         let binding = binding_key(REPLY_EXCHANGE);
-        let _: i64 = redis::cmd("SADD")
-            .arg(&binding)
-            .arg(&member)
-            .query_async(&mut conn)
-            .await
-            .map_err(BrokerError::Redis)?;
+        let _: i64 = self
+            .run(|| {
+                let mut c = redis::cmd("SADD");
+                c.arg(&binding).arg(&member);
+                c
+            })
+            .await?;
         let ticket = crate::uuid::uuid4();
         let result = self
-            .publish_and_collect(&mut conn, method, arguments, &options, &ticket, &queue)
+            .publish_and_collect(method, arguments, &options, &ticket, &queue)
             .await;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SREM").arg(&binding).arg(&member).ignore();
-        pipe.cmd("DEL").arg(&queue).ignore();
-        let cleanup = pipe.query_async::<()>(&mut conn).await;
+        let cleanup = self
+            .run_pipe(|| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("SREM").arg(&binding).arg(&member).ignore();
+                pipe.cmd("DEL").arg(&queue).ignore();
+                pipe
+            })
+            .await;
         let replies = result?;
-        cleanup.map_err(BrokerError::Redis)?;
+        cleanup?;
         Ok(replies)
+    }
+
+    /// Runs the command `make` builds, through the reconnecting link.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        make: impl Fn() -> redis::Cmd,
+    ) -> Result<T, BrokerError> {
+        self.link
+            .call_until_done("remote control", |mut conn| {
+                let cmd = make();
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?
+            .map_err(BrokerError::Redis)
+    }
+
+    /// Runs the pipeline `make` builds, through the reconnecting link.
+    async fn run_pipe(&self, make: impl Fn() -> redis::Pipeline) -> Result<(), BrokerError> {
+        self.link
+            .call_until_done("remote control", |mut conn| {
+                let pipe = make();
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await?
+            .map_err(BrokerError::Redis)
     }
 
     /// Sends `method` without waiting for answers (`reply=False`).
@@ -169,16 +200,10 @@ impl Control {
             "method": method, "arguments": arguments, "destination": destination,
             "pattern": null, "matcher": null,
         });
-        self.publish(&mut self.conn.clone(), &body, Duration::from_secs(1))
-            .await
+        self.publish(&body, Duration::from_secs(1)).await
     }
 
-    async fn publish(
-        &self,
-        conn: &mut MultiplexedConnection,
-        body: &Value,
-        timeout: Duration,
-    ) -> Result<(), BrokerError> {
+    async fn publish(&self, body: &Value, timeout: Duration) -> Result<(), BrokerError> {
         let mut headers = Map::new();
         headers.insert("clock".into(), json!(0));
         headers.insert(
@@ -186,18 +211,19 @@ impl Control {
             json!((Timestamp::now() + timeout).unix_seconds()),
         );
         let payload = envelope::encode(body, headers, EXCHANGE, "", 2);
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(envelope::fanout_topic(self.db, EXCHANGE, ""))
-            .arg(payload)
-            .query_async(conn)
-            .await
-            .map_err(BrokerError::Redis)?;
+        let topic = envelope::fanout_topic(self.db, EXCHANGE, "");
+        let _: i64 = self
+            .run(|| {
+                let mut c = redis::cmd("PUBLISH");
+                c.arg(&topic).arg(&payload);
+                c
+            })
+            .await?;
         Ok(())
     }
 
     async fn publish_and_collect(
         &self,
-        conn: &mut MultiplexedConnection,
         method: &str,
         arguments: Map<String, Value>,
         options: &ControlOptions,
@@ -209,7 +235,7 @@ impl Control {
             "pattern": null, "matcher": null, "ticket": ticket,
             "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": self.oid},
         });
-        self.publish(conn, &body, options.timeout).await?;
+        self.publish(&body, options.timeout).await?;
         let deadline = tokio::time::Instant::now() + options.timeout;
         let mut replies = Replies::new();
         while options.limit.is_none_or(|l| replies.len() < l) {
@@ -217,15 +243,17 @@ impl Control {
             if left.is_zero() {
                 break;
             }
-            // BRPOP 0 would block for ever; wait at least a millisecond.
-            let secs = left.as_secs_f64().max(0.001);
-            let popped: Option<(String, String)> = redis::cmd("BRPOP")
-                .arg(queue)
-                .arg(secs)
-                .query_async(conn)
-                .await
-                .map_err(BrokerError::Redis)?;
-            let Some((_, raw)) = popped else { break };
+            // At most a second per BRPOP (as kombu polls), well inside the
+            // link's command timeout; never 0, which would block for ever.
+            let secs = left.as_secs_f64().clamp(0.001, 1.0);
+            let popped: Option<(String, String)> = self
+                .run(|| {
+                    let mut c = redis::cmd("BRPOP");
+                    c.arg(queue).arg(secs);
+                    c
+                })
+                .await?;
+            let Some((_, raw)) = popped else { continue };
             match decode_reply(&raw, ticket) {
                 Some(answers) => replies.extend(answers),
                 None => tracing::debug!("control: dropped a reply of another request"),

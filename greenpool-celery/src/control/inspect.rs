@@ -46,7 +46,7 @@ pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 
 /// kombu's `Connection.info()` for the broker URL (password left out).
 fn broker_info(node: &Node) -> Value {
-    let info = node.broker.get_connection_info();
+    let info = node.link.client().get_connection_info();
     let (host, port, ssl) = match info.addr() {
         redis::ConnectionAddr::Tcp(h, p) => (json!(h), json!(p), false),
         redis::ConnectionAddr::TcpTls { host, port, .. } => (json!(host), json!(port), true),

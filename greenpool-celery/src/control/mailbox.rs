@@ -4,64 +4,72 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::message::ControlRequest;
 use super::node::Node;
-use super::{envelope, reply, subscribe, table};
+use super::{envelope, reply, table};
+use crate::conn::{Subscriber, SubscriberEvent};
 
 /// kombu's broadcast exchange of Celery's mailbox.
 pub(crate) const EXCHANGE: &str = "celery.pidbox";
 
-/// Pause before subscribing again after the connection dropped.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// Pause before trying again when the first subscription failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// Listens until `stop`. `subscribed` fires once the first subscription
-/// is in place (or is dropped when it could not be made).
+/// Listens until `stop`, through the connection layer's reconnecting
+/// [`Subscriber`] (commands published while the connection is down are
+/// lost, as with kombu). `subscribed` fires once the subscription is in
+/// place (or is dropped when the first attempt failed).
 pub(crate) async fn run(node: Arc<Node>, subscribed: oneshot::Sender<()>, stop: CancellationToken) {
     let topic = envelope::fanout_topic(node.db, EXCHANGE, "");
     let mut subscribed = Some(subscribed);
-    let mut conn = node.conn.clone();
-    loop {
+    let mut sub = loop {
         let opened = tokio::select! {
-            r = subscribe::psubscribe(&node.broker, &topic) => r,
+            r = Subscriber::subscribe(&node.link, Vec::new(), vec![topic.clone()]) => r,
             _ = stop.cancelled() => return,
         };
         match opened {
-            Ok(mut messages) => {
-                tracing::debug!("control: listening on {topic}");
-                if let Some(tx) = subscribed.take() {
-                    let _ = tx.send(());
-                }
-                loop {
-                    let next = tokio::select! {
-                        m = messages.next() => m,
-                        _ = stop.cancelled() => return,
-                    };
-                    let Some(raw) = next else {
-                        tracing::warn!("control: lost the pub/sub connection; subscribing again");
-                        break;
-                    };
-                    handle(&node, &mut conn, &raw).await;
-                }
-            }
+            Ok(s) => break s,
             Err(e) => {
                 subscribed = None;
                 tracing::error!("control: cannot subscribe to {topic}: {e}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    _ = stop.cancelled() => return,
+                }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+    };
+    tracing::debug!("control: listening on {topic}");
+    if let Some(tx) = subscribed.take() {
+        let _ = tx.send(());
+    }
+    loop {
+        let next = tokio::select! {
+            m = sub.next() => m,
             _ = stop.cancelled() => return,
+        };
+        match next {
+            Ok(SubscriberEvent::Message(msg)) => match msg.get_payload::<Vec<u8>>() {
+                Ok(raw) => handle(&node, &raw).await,
+                Err(e) => tracing::warn!("control: unreadable pub/sub payload: {e}"),
+            },
+            Ok(SubscriberEvent::Resubscribed) => {
+                tracing::info!("control: listening on {topic} again");
+            }
+            Err(e) => {
+                tracing::error!("control: remote control stopped: {e}");
+                return;
+            }
         }
     }
 }
 
 /// Handles one published message.
-async fn handle(node: &Arc<Node>, conn: &mut redis::aio::MultiplexedConnection, raw: &[u8]) {
+async fn handle(node: &Arc<Node>, raw: &[u8]) {
     let (req, clock) = match ControlRequest::decode(raw) {
         Ok(r) => r,
         Err(e) => {
@@ -86,7 +94,7 @@ async fn handle(node: &Arc<Node>, conn: &mut redis::aio::MultiplexedConnection, 
     let Some(to) = &req.reply_to else { return };
     let clock = node.clock.forward();
     if let Err(e) = reply::send(
-        conn,
+        &node.link,
         to,
         req.ticket.as_deref(),
         clock,

@@ -4,8 +4,9 @@
 //! # Path of a command
 //!
 //! 1. The caller PUBLISHes a kombu envelope on `/{db}.celery.pidbox`; the
-//!    mailbox ([`mailbox`]) is PSUBSCRIBEd there through the one
-//!    subscription function in [`subscribe`].
+//!    mailbox ([`mailbox`]) is PSUBSCRIBEd there through the connection
+//!    layer's reconnecting subscriber, and replies and events go through
+//!    its reconnecting link.
 //! 2. The body ([`message`]) names the `method`, its `arguments`, and
 //!    who it is for (`destination`, or `pattern` + `matcher`); requests
 //!    for other nodes are ignored.
@@ -46,7 +47,6 @@ mod revoked;
 mod rusage;
 mod service;
 mod shutdown;
-mod subscribe;
 mod table;
 
 pub use client::{Control, ControlOptions, Replies};

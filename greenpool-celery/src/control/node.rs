@@ -15,6 +15,7 @@ use super::requests::Requests;
 use super::revoked::RevokedSet;
 use crate::backend::RedisBackend;
 use crate::config::WorkerConfig;
+use crate::conn::{Link, LinkSettings};
 use crate::error::BrokerError;
 use crate::events::{EventDispatcher, LamportClock};
 use crate::protocol::TimeLimit;
@@ -46,11 +47,10 @@ pub(crate) struct Node {
     pub(crate) autoscaler: Option<Autoscaler>,
     /// Warm shutdown of the worker.
     pub(crate) shutdown: CancellationToken,
-    /// The broker's Redis client (pub/sub) and database number.
-    pub(crate) broker: redis::Client,
+    /// The node's reconnecting link to the broker (replies, events, and
+    /// the mailbox's subscriber), and the broker's database number.
+    pub(crate) link: Arc<Link>,
     pub(crate) db: i64,
-    /// A connection for replies.
-    pub(crate) conn: redis::aio::MultiplexedConnection,
     pub(crate) started: Instant,
     /// Tasks that ended, and tasks accepted by name (`stats.total`).
     pub(crate) processed: AtomicU64,
@@ -66,11 +66,19 @@ impl Node {
         backend: Option<RedisBackend>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Node>, BrokerError> {
-        let (broker, conn) = crate::connect::connect(&config.broker_url).await?;
-        let db = broker.get_connection_info().redis_settings().db();
+        let link = Arc::new(
+            Link::open(
+                "remote control",
+                &config.broker_url,
+                LinkSettings::from_config(config),
+                None,
+            )
+            .await?,
+        );
+        let db = link.client().get_connection_info().redis_settings().db();
         let clock = Arc::new(LamportClock::default());
         let events = EventDispatcher::spawn(
-            conn.clone(),
+            Arc::clone(&link),
             db,
             config.hostname.clone(),
             Arc::clone(&clock),
@@ -107,9 +115,8 @@ impl Node {
             terminating: Mutex::new(HashMap::new()),
             autoscaler,
             shutdown,
-            broker,
+            link,
             db,
-            conn,
             started: Instant::now(),
             processed: AtomicU64::new(0),
             totals: Mutex::new(BTreeMap::new()),

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::envelope;
 use super::message::ReplyTo;
+use crate::conn::Link;
 use crate::error::BrokerError;
 
 /// The binding table of reply exchange `exchange` (kombu's key).
@@ -30,17 +31,20 @@ pub(crate) fn bound_queues(members: &[String], routing_key: &str) -> Vec<String>
 /// Sends `answer` from `hostname` to the caller at `to`. A caller that
 /// has gone (no binding left) gets nothing, as with kombu.
 pub(crate) async fn send(
-    conn: &mut redis::aio::MultiplexedConnection,
+    link: &Link,
     to: &ReplyTo,
     ticket: Option<&str>,
     clock: u64,
     hostname: &str,
     answer: Value,
 ) -> Result<usize, BrokerError> {
-    let members: Vec<String> = redis::cmd("SMEMBERS")
-        .arg(binding_key(&to.exchange))
-        .query_async(conn)
-        .await
+    let key = binding_key(&to.exchange);
+    let members: Vec<String> = link
+        .call_until_done("read reply bindings", |mut conn| {
+            let key = key.clone();
+            async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut conn).await }
+        })
+        .await?
         .map_err(BrokerError::Redis)?;
     let queues = bound_queues(&members, &to.routing_key);
     if queues.is_empty() {
@@ -62,9 +66,12 @@ pub(crate) async fn send(
     for q in &queues {
         pipe.cmd("LPUSH").arg(q).arg(&payload).ignore();
     }
-    pipe.query_async::<()>(conn)
-        .await
-        .map_err(BrokerError::Redis)?;
+    link.call_until_done("send a control reply", |mut conn| {
+        let pipe = pipe.clone();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    })
+    .await?
+    .map_err(BrokerError::Redis)?;
     Ok(queues.len())
 }
 

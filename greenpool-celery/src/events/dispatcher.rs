@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::LamportClock;
+use crate::conn::Link;
 use crate::control::envelope;
 use crate::protocol::Timestamp;
 
@@ -40,17 +40,17 @@ pub(crate) struct EventDispatcher {
 }
 
 impl EventDispatcher {
-    /// A dispatcher publishing on `conn` (database `db`); the sender task
-    /// runs until the dispatcher is dropped.
+    /// A dispatcher publishing through `link` (database `db`); the sender
+    /// task runs until the dispatcher is dropped.
     pub(crate) fn spawn(
-        conn: MultiplexedConnection,
+        link: Arc<Link>,
         db: i64,
         hostname: String,
         clock: Arc<LamportClock>,
         task_events: bool,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, conn));
+        tokio::spawn(run(rx, link));
         EventDispatcher {
             hostname,
             pid: std::process::id(),
@@ -110,7 +110,7 @@ impl EventDispatcher {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Op>, mut conn: MultiplexedConnection) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Op>, link: Arc<Link>) {
     let mut ops = Vec::with_capacity(64);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -124,10 +124,19 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Op>, mut conn: MultiplexedConnectio
             }
         }
         if !pipe.is_empty() {
-            if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-                // Events are best effort, as in Celery: a monitor that
-                // misses one catches up with the next heartbeat.
-                tracing::warn!("cannot publish events: {e}");
+            // Held through a reconnection (the link's policy); events are
+            // otherwise best effort, as in Celery: a monitor that misses
+            // one catches up with the next heartbeat.
+            let sent = link
+                .call_until_done("publish events", |mut conn| {
+                    let pipe = pipe.clone();
+                    async move { pipe.query_async::<()>(&mut conn).await }
+                })
+                .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot publish events: {e}"),
+                Err(e) => tracing::warn!("events dropped: {e}"),
             }
         }
         for done in flushes {
