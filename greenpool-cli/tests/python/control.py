@@ -339,8 +339,9 @@ def scenario_cli(celery, gp, py, gp_queue, py_queue):
     # active: one sleeping task on each worker
     sa = app.send_task("greenpool.sleep", (600,), queue=gp_queue)
     sb = app.send_task("greenpool.sleep", (600,), queue=py_queue)
-    a = until("gp active", lambda: j(gp, "inspect", "active"))
-    b = until("py active", lambda: j(py, "inspect", "active"))
+    ins = {n: app.control.inspect(destination=[n], timeout=2) for n in (gp, py)}
+    until("both active", lambda: all((ins[n].active() or {}).get(n) for n in (gp, py)))
+    a, b = both("inspect", "active")
     assert set(a[0]) == set(b[0]), (a, b)
     assert (a[0]["id"], b[0]["id"]) == (sa.id, sb.id)
     assert a[0]["args"] == b[0]["args"] == [600] and a[0]["acknowledged"] is b[0]["acknowledged"] is True
@@ -348,8 +349,8 @@ def scenario_cli(celery, gp, py, gp_queue, py_queue):
     # scheduled: one countdown task on each
     ca = app.send_task("greenpool.add", (1, 2), countdown=60, queue=gp_queue)
     cb = app.send_task("greenpool.add", (1, 2), countdown=60, queue=py_queue)
-    a = until("gp scheduled", lambda: j(gp, "inspect", "scheduled"))
-    b = until("py scheduled", lambda: j(py, "inspect", "scheduled"))
+    until("both scheduled", lambda: all((ins[n].scheduled() or {}).get(n) for n in (gp, py)))
+    a, b = both("inspect", "scheduled")
     assert set(a[0]) == set(b[0]) and set(a[0]["request"]) == set(b[0]["request"]), (a, b)
     assert a[0]["priority"] == b[0]["priority"] == 6 and a[0]["request"]["id"] == ca.id
     assert b[0]["request"]["id"] == cb.id
@@ -357,10 +358,11 @@ def scenario_cli(celery, gp, py, gp_queue, py_queue):
     # pool_grow 5 / pool_shrink 5, and stats follow: 4 x 10 slots, plus
     # one for the request waiting for its ETA, plus or minus 4 x 5
     assert both("control", "pool_grow", "5") == ({"ok": "pool will grow"},) * 2
-    a, b = both("inspect", "stats")
+    stats = lambda: (ins[gp].stats()[gp], ins[py].stats()[py])
+    a, b = stats()
     assert (a["pool"]["max-concurrency"], a["prefetch_count"]) == (b["pool"]["max-concurrency"], b["prefetch_count"]) == (15, 61), (a, b)
     assert both("control", "pool_shrink", "5") == ({"ok": "pool will shrink"},) * 2
-    a, b = both("inspect", "stats")
+    a, b = stats()
     assert (a["pool"]["max-concurrency"], a["prefetch_count"]) == (b["pool"]["max-concurrency"], b["prefetch_count"]) == (10, 41), (a, b)
 
     # `control revoke <id> --terminate --signal SIGKILL` as the issue writes
@@ -373,8 +375,7 @@ def scenario_cli(celery, gp, py, gp_queue, py_queue):
     b = j(py, "control", "terminate", "SIGKILL", sb.id)
     assert a == {"ok": f"terminate: {sa.id}"} and b == {"ok": f"terminate: {sb.id}"}, (a, b)
     assert terminated(sa) == terminated(sb) == "terminated"
-    a, b = both("inspect", "revoked")
-    assert sa.id in a and sb.id in b, (a, b)
+    assert sa.id in ins[gp].revoked()[gp] and sb.id in ins[py].revoked()[py]
 
     assert both("control", "rate_limit", "greenpool.add", "10/s") == ({"ok": "new rate limit set successfully"},) * 2
 
