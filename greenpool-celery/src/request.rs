@@ -8,6 +8,7 @@ use greenpool::{Job, JobContext, Outcome, TerminateReason};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::TaskState;
 use crate::broker::Delivery;
@@ -95,6 +96,8 @@ pub(crate) async fn handle(
     }
     let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
     let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
+    let span = crate::control::hooks::task_span(&msg, &queue);
+    let (job_span, done_span) = (span.clone(), span);
     let ctx = TaskContext {
         id: id.clone(),
         name: name.clone(),
@@ -156,6 +159,7 @@ pub(crate) async fn handle(
             let r = fut.await;
             (r, t0.elapsed())
         }
+        .instrument(job_span)
     })
     .name(name.clone())
     .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
@@ -176,6 +180,7 @@ pub(crate) async fn handle(
         }
     })
     .callback(move |outcome: &Outcome<TaskOutput>| {
+        let _in_task = done_span.enter();
         let requeue = finish(&done, &msg, outcome, ignore_result, &retry);
         if acks_late && !requeue {
             done.ack(&late_tag);

@@ -20,6 +20,18 @@ use crate::worker::{bump, Shared};
 /// A job's output: the task's result and its run time.
 type Output = (Result<Value, TaskError>, Duration);
 
+/// The span a task runs in (its job and its outcome callback), so every
+/// log line of the task carries its id, name, retries and queue.
+pub(crate) fn task_span(msg: &TaskMessage, queue: &str) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        id = %msg.headers.id,
+        name = %msg.headers.task,
+        retries = msg.headers.retries,
+        queue = %queue,
+    )
+}
+
 /// A request was decoded and its task is known. Discards it when its id
 /// is revoked (REVOKED stored, `task-revoked` sent, acked) and returns
 /// `None`; otherwise sends `task-received` and lists it as reserved.
