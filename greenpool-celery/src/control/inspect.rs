@@ -64,7 +64,7 @@ fn broker_info(node: &Node) -> Value {
         "insist": false,
         "ssl": ssl,
         "transport": "redis",
-        "connect_timeout": 10,
+        "connect_timeout": node.config.broker_connection_timeout.as_secs_f64(),
         "transport_options": {},
         "login_method": null,
         "uri_prefix": null,
