@@ -76,6 +76,39 @@ fn stock_cli_commands_answer_as_a_python_worker_does() {
     );
     assert!(!ok, "no node should have replied");
 
+    // greenpool control revoke <id> --terminate --signal SIGKILL (the form
+    // the stock CLI refuses) ends a running task as REVOKED.
+    let (ok, out) = greenpool(&server, &["call", "greenpool.sleep", "[600]"]);
+    assert!(ok, "{out}");
+    let id = out.lines().next().unwrap().trim().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, out) = greenpool(&server, &["inspect", "active", "-d", gp, "-j"]);
+        if ok && out.contains(&id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never became active: {out}"
+        );
+    }
+    let (ok, out) = greenpool(
+        &server,
+        &[
+            "control",
+            "revoke",
+            &id,
+            "--terminate",
+            "--signal",
+            "SIGKILL",
+            "-d",
+            gp,
+        ],
+    );
+    assert!(ok && out.contains(&format!("terminate: {id}")), "{out}");
+    let (ok, out) = greenpool(&server, &["inspect", "revoked", "-d", gp]);
+    assert!(ok && out.contains(&format!("* {id}")), "{out}");
+
     let celery = python.with_file_name("celery");
     let out = scenario(
         &python,
