@@ -14,6 +14,7 @@ mod call;
 mod celery_log;
 mod control;
 mod inspect;
+mod py_int;
 mod tour;
 mod worker;
 mod worker_bench;
@@ -56,6 +57,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(celery_log::stderr_is_terminal())
             .init();
     }
     match cli.command {

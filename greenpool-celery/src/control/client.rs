@@ -271,7 +271,7 @@ fn decode_reply(raw: &str, ticket: &str) -> Option<Replies> {
         return None;
     }
     let body = match env.properties.body_encoding.as_deref() {
-        Some("base64") => crate::protocol::base64::decode(&env.body).ok()?,
+        Some("base64") => crate::protocol::base64::decode(env.body.as_bytes()).ok()?,
         _ => env.body.into_bytes(),
     };
     match serde_json::from_slice::<Value>(&body).ok()? {

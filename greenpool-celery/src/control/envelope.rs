@@ -55,7 +55,7 @@ mod tests {
             1,
         );
         let env: crate::Envelope = serde_json::from_str(&raw).unwrap();
-        let body = crate::protocol::base64::decode(&env.body).unwrap();
+        let body = crate::protocol::base64::decode(env.body.as_bytes()).unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v, json!({"w1@h": {"ok": "pong"}}));
         assert_eq!(env.properties.delivery_info.routing_key, "abc");

@@ -14,11 +14,9 @@ use super::revoke::revoked_error;
 use crate::backend::TaskState;
 use crate::events::task as ev;
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
-use crate::task_error::TaskError;
 use crate::worker::{bump, Shared};
 
-/// A job's output: the task's result and its run time.
-type Output = (Result<Value, TaskError>, Duration);
+use crate::request::TaskOutput as Output;
 
 /// The span a task runs in (its job and its outcome callback), so every
 /// log line of the task carries its id, name, retries and queue.
@@ -106,7 +104,7 @@ pub(crate) fn revoked_at_start(node: &Node, id: &str) -> bool {
 
 /// The output of a job whose task was revoked before it started.
 pub(crate) fn revoked_output() -> Output {
-    (Err(revoked_error("revoked")), Duration::ZERO)
+    Output::Ran(Err(revoked_error("revoked")), Duration::ZERO)
 }
 
 /// The job started: list it as active with its job id, count it, send
@@ -144,7 +142,7 @@ pub(crate) fn finish_revoked(
                 .task("task-revoked", || ev::revoked(id, true, Some(sig), false));
             "terminated"
         }
-        (None, Outcome::Completed((Err(e), _)))
+        (None, Outcome::Completed(Output::Ran(Err(e), _)))
             if e.exc_type() == "TaskRevokedError" && node.revoked.contains(id) =>
         {
             tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
@@ -184,7 +182,7 @@ pub(crate) fn finished(
     match state {
         TaskState::Success => {
             let runtime = match outcome {
-                Outcome::Completed((_, rt)) => *rt,
+                Outcome::Completed(Output::Ran(_, rt)) => *rt,
                 _ => Duration::ZERO,
             };
             node.events

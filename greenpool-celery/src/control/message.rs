@@ -56,7 +56,7 @@ impl ControlRequest {
     pub(crate) fn decode(raw: &[u8]) -> Result<(ControlRequest, u64), DecodeError> {
         let env: Envelope = serde_json::from_slice(raw).map_err(DecodeError::Envelope)?;
         let body = match env.properties.body_encoding.as_deref() {
-            Some("base64") => crate::protocol::base64::decode(&env.body)?,
+            Some("base64") => crate::protocol::base64::decode(env.body.as_bytes())?,
             _ => env.body.into_bytes(),
         };
         let req = serde_json::from_slice(&body).map_err(DecodeError::Request)?;
