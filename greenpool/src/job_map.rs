@@ -2,9 +2,10 @@
 //!
 //! Ids are handed out in order, so neighbouring jobs land in different
 //! shards: the task applying job *n* and the task ending job *n - k* rarely
-//! want the same lock. Each entry holds the job's abort handle (once its
-//! task exists) and its shared [`JobCell`](crate::job_cell::JobCell), type
-//! erased behind [`JobControl`].
+//! want the same lock. Each entry holds the job's [`KillSwitch`] (its abort
+//! handle once its task exists, and any hard kill that came first) and its
+//! shared [`JobCell`](crate::job_cell::JobCell), type erased behind
+//! [`JobControl`].
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -12,16 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::AbortHandle;
 
-use crate::job::JobId;
 use crate::job_cell::JobControl;
+use crate::job_id::JobId;
+use crate::kill_switch::KillSwitch;
 
 /// Number of shards; a power of two.
 const SHARDS: usize = 16;
 
 /// A job's entry.
 pub(crate) struct Slot {
-    /// Kills the job's task; `None` between admission and spawn.
-    pub(crate) abort: Option<AbortHandle>,
+    /// Kills the job's task, now or once it exists.
+    pub(crate) kill: KillSwitch<AbortHandle>,
     /// The job's shared state: token, kill request, killers waiting.
     pub(crate) control: Arc<dyn JobControl>,
 }
@@ -29,7 +31,7 @@ pub(crate) struct Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("spawned", &self.abort.is_some())
+            .field("spawned", &self.kill.handle().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -78,10 +80,10 @@ impl JobMap {
     }
 
     /// Every shard in turn, locked one at a time.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&JobId, &Slot)) {
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&JobId, &mut Slot)) {
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for (id, slot) in shard.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, slot) in shard.iter_mut() {
                 f(id, slot);
             }
         }

@@ -61,26 +61,33 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod builder;
+mod context;
 mod error;
+mod guard;
+mod handle;
 mod info;
 mod job;
 mod job_cell;
+mod job_id;
 mod job_map;
 mod kill;
+mod kill_switch;
 mod limiter;
 mod loom;
 mod outcome;
 mod pool;
+mod run_job;
 pub mod signals;
 mod timer;
 mod unwind;
 
 pub use builder::PoolBuilder;
+pub use context::JobContext;
 pub use error::{ApplyError, BuildError, ResizeError, RestartError, StartError, StopError};
+pub use handle::JobHandle;
 pub use info::PoolInfo;
-pub use job::{
-    job, Job, JobContext, JobHandle, JobId, NoAcceptCallback, NoResultCallback, TimeoutCallback,
-};
+pub use job::{job, IntoJob, Job, JobBuilder, NoAcceptCallback, NoResultCallback, TimeoutCallback};
+pub use job_id::JobId;
 pub use kill::{KillResult, KillSignal};
 pub use outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 pub use pool::{PoolId, PoolState, TaskPool};

@@ -1,0 +1,58 @@
+//! [`JobContext`]: what a running job can see of itself.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::job_cell::JobControl;
+use crate::job_id::JobId;
+
+/// What a running job can see: its id and its cancellation token.
+#[derive(Clone)]
+pub struct JobContext {
+    id: JobId,
+    control: Arc<dyn JobControl>,
+    /// The token, fetched from the job's cell on first use.
+    token: OnceLock<CancellationToken>,
+}
+
+impl fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl JobContext {
+    pub(crate) fn new(id: JobId, control: Arc<dyn JobControl>) -> Self {
+        JobContext {
+            id,
+            control,
+            token: OnceLock::new(),
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The job's cancellation token: cancelled at the soft time limit and
+    /// by a graceful `terminate_job` (TERM or INT), before the kill.
+    pub fn token(&self) -> &CancellationToken {
+        self.token.get_or_init(|| self.control.token())
+    }
+
+    /// True once the job has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.token().is_cancelled()
+    }
+
+    /// Completes when the job is asked to stop.
+    pub async fn cancelled(&self) {
+        self.token().cancelled().await
+    }
+}
