@@ -30,6 +30,8 @@
 
 mod apply;
 mod killing;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod state;
 
 pub use self::state::PoolState;
