@@ -2,33 +2,42 @@
 //!
 //! A [`TaskPool`] runs *green jobs* — tokio tasks that switch only at
 //! `.await` — under a concurrency limit that can grow and shrink while they
-//! run. Follow one job through it:
+//! run. Follow one job through it (file names in brackets):
 //!
-//! 1. [`TaskPool::apply_async`] takes a [`Job`]: a target that builds the
-//!    job's future from its [`JobContext`] (id and cancellation token),
-//!    plus an optional result callback, accept callback and time limits.
-//! 2. The **limiter** (a tokio semaphore plus a debt, see `limiter.rs`)
-//!    admits it, or the caller waits for a slot: that wait is the
-//!    backpressure a broker consumer relies on. [`TaskPool::try_apply_async`]
-//!    fails at once with [`ApplyError::Full`] instead. A rejected job always
-//!    comes back untouched.
-//! 3. The job gets a [`JobId`] (never reused) and an entry in the **job
-//!    map** (abort handle and token) before its task is spawned, and the
-//!    [`signals::APPLY`] signal is sent.
-//! 4. The **job wrapper** calls the accept callback on first poll, runs the
-//!    target under `catch_unwind` and its soft/hard time limits, and hands
-//!    the [`Outcome`] — completed, panicked or terminated — to a guard that
-//!    removes the map entry, calls the result callback exactly once, wakes
-//!    the [`JobHandle`] and frees the slot. The guard also runs when the
-//!    task is dropped, so jobs killed before they started still get their
-//!    one callback.
-//! 5. [`TaskPool::terminate_job`] kills by id (KILL at once; TERM/INT via the
-//!    token first) and returns after the callback ran.
+//! 1. [`TaskPool::spawn`] takes a future; [`TaskPool::apply_async`] takes a
+//!    [`JobBuilder`] from [`Job::new`] (target, callbacks, time limits, all
+//!    typed, no allocation of their own) or a type-erased [`Job<T>`]
+//!    (`job.rs`). The target builds the job's future from its
+//!    [`JobContext`] (id and cancellation token, `context.rs`).
+//! 2. The **limiter** (a tokio semaphore plus a debt, `limiter.rs`) admits
+//!    it, or the caller waits for a slot: the backpressure a broker consumer
+//!    relies on. [`TaskPool::try_apply_async`] fails at once with
+//!    [`ApplyError::Full`] instead. A refused job comes back as a `Job<T>`.
+//! 3. Admission (`pool/apply.rs`): the job gets a [`JobId`] (never reused),
+//!    a shared cell (`job_cell.rs`: token, kill request, outcome) and an
+//!    entry in the sharded **job map** (`job_map.rs`) before its task
+//!    exists; the pool's state is checked after that, so `close` and
+//!    `terminate` never miss it (`pool/mod.rs` has the invariants). Then the
+//!    [`signals::APPLY`] signal, the spawn, and the task's abort handle goes
+//!    into the entry's **kill switch** (`kill_switch.rs`).
+//! 4. The **job's task** (`run_job.rs`) does not start if a kill came
+//!    first; else it calls the accept callback, runs the target under
+//!    `catch_unwind` (`unwind.rs`, the one place panics are caught) and its
+//!    soft/hard time limits. Its **guard** (`guard.rs`) ends the job exactly
+//!    once, on completion or when the task is dropped, always after the
+//!    job's future and its captured state are gone: callback, outcome to
+//!    the [`JobHandle`] (`handle.rs`) and to the job's own killers, map
+//!    entry out, slot freed.
+//! 5. [`TaskPool::terminate_job`] (`pool/killing.rs`) kills by id — KILL at
+//!    once, TERM/INT through the token and then after a grace — and returns
+//!    once the job is gone and its callback ran; [`JobHandle::abort`] asks
+//!    for the same kill without waiting.
 //!
 //! Around it: the lifecycle `start` → `close` → `stop`/`terminate` of
-//! Celery's `BasePool`, four process-wide [`signals`], [`TaskPool::info`]
-//! with Celery's keys ([`PoolInfo`]), and the green [`Timer`] (kombu's timer
-//! API, one driver task and one sleep per timer, entries fired as tasks).
+//! Celery's `BasePool` (`pool/state.rs`), four process-wide [`signals`],
+//! [`TaskPool::info`] with Celery's keys ([`PoolInfo`]), and the green
+//! [`Timer`] (`timer/`: kombu's timer API, one driver task and one sleep per
+//! timer, entries fired as tasks).
 //!
 //! # Examples
 //!

@@ -7,8 +7,14 @@
 //! deadlock otherwise: before the refusal told waiting killers, this one
 //! waited forever), `stop` returns only after an admitted job ended, and
 //! the slot count comes back to zero.
+//!
+//! The pool orders "count, then read the state" (apply) against "write the
+//! state, then read the count" (close/stop) with `SeqCst` on both sides,
+//! which the memory model makes a single total order. Loom treats `SeqCst`
+//! accesses as acquire/release but models `SeqCst` fences, so the model
+//! states that order with a fence on each side.
 
-use loom::sync::atomic::AtomicU8;
+use loom::sync::atomic::{fence, AtomicU8};
 use loom::sync::atomic::Ordering::SeqCst;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
@@ -91,6 +97,7 @@ impl Pool {
         self.limiter.admit();
         let cell = Arc::new(Cell::default());
         *self.map.lock().unwrap() = Some(cell.clone());
+        fence(SeqCst);
         if self.state.load(SeqCst) != RUN {
             self.map.lock().unwrap().take();
             cell.finish(true);
@@ -108,6 +115,7 @@ impl Pool {
     /// `close` then `stop`'s wait for the count.
     fn stop(&self) {
         self.state.store(CLOSE, SeqCst);
+        fence(SeqCst);
         while self.limiter.running() != 0 {
             thread::yield_now();
         }
