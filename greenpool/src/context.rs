@@ -5,15 +5,15 @@ use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::job_cell::JobControl;
 use crate::job_id::JobId;
+use crate::pool::Inner;
 
 /// What a running job can see: its id and its cancellation token.
 #[derive(Clone)]
 pub struct JobContext {
     id: JobId,
-    control: Arc<dyn JobControl>,
-    /// The token, fetched from the job's cell on first use.
+    inner: Arc<Inner>,
+    /// The token, fetched from the job's map entry on first use.
     token: OnceLock<CancellationToken>,
 }
 
@@ -27,10 +27,10 @@ impl fmt::Debug for JobContext {
 }
 
 impl JobContext {
-    pub(crate) fn new(id: JobId, control: Arc<dyn JobControl>) -> Self {
+    pub(crate) fn new(id: JobId, inner: Arc<Inner>) -> Self {
         JobContext {
             id,
-            control,
+            inner,
             token: OnceLock::new(),
         }
     }
@@ -41,9 +41,18 @@ impl JobContext {
     }
 
     /// The job's cancellation token: cancelled at the soft time limit and
-    /// by a graceful `terminate_job` (TERM or INT), before the kill.
+    /// by a graceful `terminate_job` (TERM or INT), before the kill. A
+    /// context kept past its job's end gives a cancelled token.
     pub fn token(&self) -> &CancellationToken {
-        self.token.get_or_init(|| self.control.token())
+        self.token
+            .get_or_init(|| match self.inner.jobs.shard(self.id).get_mut(&self.id) {
+                Some(slot) => slot.token(),
+                None => {
+                    let gone = CancellationToken::new();
+                    gone.cancel();
+                    gone
+                }
+            })
     }
 
     /// True once the job has been asked to stop.

@@ -1,45 +1,58 @@
 //! [`JobGuard`]: ends a job exactly once, whichever way it ends.
 
+use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::job_cell::JobCell;
 use crate::job_id::JobId;
+use crate::job_map::End;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 use crate::pool::Inner;
 use crate::unwind;
 
 /// Owns everything a job must give back, and gives it back exactly once:
 /// on its last poll through [`JobGuard::finish`], or from its destructor
-/// when the job's task is dropped (killed, runtime shutdown).
+/// when the job's task is dropped unfinished (the runtime shutting down).
 ///
 /// The guard never holds the job's future: whoever drops it (the job's
 /// task, see `run_job.rs`) has dropped the job's future first, so that a
 /// job is gone when anyone is told it ended.
 ///
 /// The end, in this order: the outcome is counted; the result callback
-/// runs; the outcome goes to the handle and the job's killers are woken;
-/// the map entry goes (so a killer that comes later hears "already
-/// finished", never before the callback ran); the slot is freed, which may
-/// wake `stop`.
+/// runs; the map entry goes and the job's killers are woken (so a killer
+/// that comes later hears "already finished", never before the callback
+/// ran); the slot is freed, which may wake `stop`; the outcome becomes the
+/// task's output, for the handle.
 pub(crate) struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     pub(crate) inner: Arc<Inner>,
     pub(crate) id: JobId,
     pub(crate) callback: Option<C>,
-    /// The job's cell; taken when the guard has done its work.
-    pub(crate) cell: Option<Arc<JobCell<T>>>,
+    /// Set once the guard has done its work.
+    pub(crate) done: bool,
+    pub(crate) _outcome: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
-    /// Ends the job: `None` means it was dropped before it finished (or
-    /// stopped at its start by a kill).
-    pub(crate) fn finish(&mut self, outcome: Option<Outcome<T>>) {
-        let Some(cell) = self.cell.take() else {
-            return;
-        };
+    /// Ends the job and returns its outcome: `None` means it was killed or
+    /// dropped before it finished, and the map entry says why.
+    ///
+    /// # Panics
+    ///
+    /// Raises the result callback's panic again, after all the bookkeeping,
+    /// when the pool propagates callback panics: the job's handle sees it.
+    pub(crate) fn finish(&mut self, outcome: Option<Outcome<T>>) -> Outcome<T> {
+        match self.end(outcome) {
+            (outcome, None) => outcome,
+            (_, Some(payload)) => std::panic::resume_unwind(payload),
+        }
+    }
+
+    fn end(&mut self, outcome: Option<Outcome<T>>) -> (Outcome<T>, Option<Box<dyn Any + Send>>) {
+        self.done = true;
         let inner = &self.inner;
         let outcome = outcome.unwrap_or_else(|| {
-            Outcome::Terminated(cell.kill().unwrap_or(Termination {
+            let kill = inner.jobs.shard(self.id).get(&self.id).and_then(|s| s.kill);
+            Outcome::Terminated(kill.unwrap_or(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
             }))
@@ -61,14 +74,29 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
                 }
             }
         }
-        cell.complete(outcome, propagate);
-        inner.jobs.shard(self.id).remove(&self.id);
+        let killers = inner
+            .jobs
+            .shard(self.id)
+            .remove(&self.id)
+            .and_then(|slot| slot.killers);
+        if let Some(killers) = killers {
+            killers.finish(if outcome.is_terminated() {
+                End::Killed
+            } else {
+                End::Exited
+            });
+        }
         inner.release_slot();
+        (outcome, propagate)
     }
 }
 
 impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
     fn drop(&mut self) {
-        self.finish(None);
+        if !self.done {
+            // Dropped unfinished: no handle will see the outcome, and a
+            // destructor does not raise the callback's panic again.
+            let _ = self.end(None);
+        }
     }
 }

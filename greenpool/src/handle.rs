@@ -3,10 +3,10 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use crate::job_cell::JobCell;
+use tokio::task::JoinHandle;
+
 use crate::job_id::JobId;
 use crate::kill::{KillResult, KillSignal};
 use crate::outcome::{Outcome, TerminateReason, Termination};
@@ -33,13 +33,21 @@ use crate::pool::TaskPool;
 #[must_use = "dropping the handle detaches the job; keep it to await the outcome"]
 pub struct JobHandle<T> {
     id: JobId,
-    cell: Arc<JobCell<T>>,
+    /// The job's task, whose output is the outcome.
+    task: JoinHandle<Outcome<T>>,
+    /// Set once the outcome was taken.
+    taken: bool,
     pool: TaskPool,
 }
 
 impl<T> JobHandle<T> {
-    pub(crate) fn new(id: JobId, cell: Arc<JobCell<T>>, pool: TaskPool) -> Self {
-        JobHandle { id, cell, pool }
+    pub(crate) fn new(id: JobId, task: JoinHandle<Outcome<T>>, pool: TaskPool) -> Self {
+        JobHandle {
+            id,
+            task,
+            taken: false,
+            pool,
+        }
     }
 
     /// The job's id.
@@ -49,7 +57,7 @@ impl<T> JobHandle<T> {
 
     /// True once the job has ended and its callback has run.
     pub fn is_finished(&self) -> bool {
-        self.cell.is_ended()
+        self.taken || self.task.is_finished()
     }
 
     /// Kills the job, as [`TaskPool::terminate_job`], and waits for it.
@@ -95,15 +103,23 @@ impl<T> Future for JobHandle<T> {
     /// Polling again after a drop of the `.await` is fine: the outcome waits
     /// in the handle until it is taken.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
-        self.cell.poll_outcome(cx).map(|(outcome, propagate)| {
-            if let Some(payload) = propagate {
-                std::panic::resume_unwind(payload);
-            }
-            // Empty only when polled again after the outcome was taken.
-            outcome.unwrap_or(Outcome::Terminated(Termination {
-                signal: None,
-                reason: TerminateReason::RuntimeShutdown,
-            }))
+        let this = self.get_mut();
+        let gone = Outcome::Terminated(Termination {
+            signal: None,
+            reason: TerminateReason::RuntimeShutdown,
+        });
+        if this.taken {
+            // Polled again after the outcome was taken.
+            return Poll::Ready(gone);
+        }
+        let joined = ready!(Pin::new(&mut this.task).poll(cx));
+        this.taken = true;
+        Poll::Ready(match joined {
+            Ok(outcome) => outcome,
+            // Only the result callback's panic, when the pool propagates it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime shut down under the job.
+            Err(_) => gone,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::context::JobContext;
@@ -155,7 +155,7 @@ pub struct Job<T: 'static> {
 
 /// A job's code and callbacks, behind one box.
 trait ErasedParts<T>: Send {
-    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> AbortHandle;
+    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>>;
 }
 
 /// The typed parts that [`Job`] boxes.
@@ -173,7 +173,7 @@ where
     C: FnOnce(&Outcome<T>) + Send + 'static,
     A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> AbortHandle {
+    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
         let Parts {
             target,
             callback,
@@ -372,9 +372,9 @@ pub(crate) mod sealed {
         /// Name, arguments and limits.
         #[doc(hidden)]
         fn meta(&self) -> &JobMeta;
-        /// Spawns the admitted job; returns its task's abort handle.
+        /// Spawns the admitted job; its task's output is the outcome.
         #[doc(hidden)]
-        fn launch(self, admitted: Admitted<'_, T>) -> AbortHandle;
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>>;
         /// The job, type-erased, to give back in an error.
         #[doc(hidden)]
         fn into_job(self) -> Job<T>;
@@ -384,7 +384,7 @@ pub(crate) mod sealed {
         fn meta(&self) -> &JobMeta {
             &self.meta
         }
-        fn launch(self, admitted: Admitted<'_, T>) -> AbortHandle {
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
             self.parts.launch(self.meta, admitted)
         }
         fn into_job(self) -> Job<T> {
@@ -403,7 +403,7 @@ pub(crate) mod sealed {
         fn meta(&self) -> &JobMeta {
             &self.meta
         }
-        fn launch(self, admitted: Admitted<'_, T>) -> AbortHandle {
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
             run_job::spawn(
                 admitted,
                 self.target,

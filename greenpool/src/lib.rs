@@ -76,7 +76,6 @@ mod guard;
 mod handle;
 mod info;
 mod job;
-mod job_cell;
 mod job_id;
 mod job_map;
 mod kill;

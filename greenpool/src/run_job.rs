@@ -1,32 +1,72 @@
 //! The job's task: [`RunJob`], the future each admitted job runs as.
 //!
 //! It holds the job's current stage (not started, running, running under
-//! time limits, done) and its [`JobGuard`]. The stage is declared first, so
-//! that when the task is dropped — a kill, `terminate`, a runtime shutting
-//! down — the job's future and everything it captured are dropped *before*
-//! the guard ends the job; on completion the stage is set to `Done` before
-//! the guard runs, which gives the same order.
+//! time limits, done) and its [`JobGuard`], and its output is the job's
+//! [`Outcome`], which the [`JobHandle`](crate::JobHandle) reads through
+//! tokio's `JoinHandle`: no per-job cell.
+//!
+//! Kills are carried out by the task itself, never by aborting it: a hard
+//! kill marks the job's map entry and wakes the task (see
+//! `kill_switch.rs`); the task, at its next poll, sees that the pool's kill
+//! epoch moved, finds the mark, sets its stage to `Done` — dropping the
+//! job's future and everything it captured — and only then lets the guard
+//! end the job, exactly as on completion. A job whose kill came before its
+//! first poll never starts. The stage is also declared before the guard, so
+//! that a task dropped unfinished (its runtime shutting down) drops the job
+//! first too.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::context::JobContext;
 use crate::guard::JobGuard;
 use crate::job::TimeLimits;
-use crate::job_cell::JobCell;
 use crate::job_id::JobId;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 use crate::pool::Inner;
 use crate::unwind::{self, CatchPanic};
 
-/// An admitted job, ready to be spawned: its pool, id, cell and runtime.
+thread_local! {
+    /// The pool and job whose task is being polled on this thread.
+    static CURRENT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+/// The job of `pool` being polled on this thread, if any: how a job that
+/// kills itself or stops its own pool is recognised.
+pub(crate) fn current_job(pool: crate::PoolId) -> Option<JobId> {
+    CURRENT
+        .with(Cell::get)
+        .and_then(|(p, j)| (p == pool.as_u64()).then_some(JobId(j)))
+}
+
+/// Marks this thread as polling a job, until dropped (also on unwind).
+struct Current(Option<(u64, u64)>);
+
+impl Current {
+    fn enter(pool: crate::PoolId, job: JobId) -> Self {
+        Current(CURRENT.with(|c| c.replace(Some((pool.as_u64(), job.0)))))
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let was = self.0;
+        CURRENT.with(|c| c.set(was));
+    }
+}
+
+/// An admitted job, ready to be spawned: its pool, id, the pool's kill
+/// epoch when it was admitted, and the runtime.
 ///
 /// `pub` only to appear in the sealed trait behind
 /// [`IntoJob`](crate::IntoJob); it cannot be named from outside the crate.
@@ -34,8 +74,9 @@ use crate::unwind::{self, CatchPanic};
 pub struct Admitted<'a, T> {
     pub(crate) inner: &'a Arc<Inner>,
     pub(crate) id: JobId,
-    pub(crate) cell: &'a Arc<JobCell<T>>,
+    pub(crate) epoch: u64,
     pub(crate) runtime: &'a Handle,
+    pub(crate) _outcome: PhantomData<fn() -> T>,
 }
 
 impl<T> std::fmt::Debug for Admitted<'_, T> {
@@ -44,14 +85,14 @@ impl<T> std::fmt::Debug for Admitted<'_, T> {
     }
 }
 
-/// Spawns an admitted job's task; returns its abort handle.
+/// Spawns an admitted job's task; its output is the job's outcome.
 pub(crate) fn spawn<F, Fut, T, C, A>(
     admitted: Admitted<'_, T>,
     target: F,
     callback: Option<C>,
     accept: Option<A>,
     limits: Option<Box<TimeLimits>>,
-) -> AbortHandle
+) -> JoinHandle<Outcome<T>>
 where
     F: FnOnce(JobContext) -> Fut + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
@@ -62,16 +103,18 @@ where
     let Admitted {
         inner,
         id,
-        cell,
+        epoch,
         runtime,
+        ..
     } = admitted;
     let guard = JobGuard {
         inner: Arc::clone(inner),
         id,
         callback,
-        cell: Some(Arc::clone(cell)),
+        done: false,
+        _outcome: PhantomData,
     };
-    let ctx = JobContext::new(id, Arc::clone(cell) as _);
+    let ctx = JobContext::new(id, Arc::clone(inner));
     let task = RunJob {
         stage: Stage::Start {
             target: Some(target),
@@ -80,8 +123,10 @@ where
             limits,
         },
         guard,
+        epoch,
+        registered: false,
     };
-    runtime.spawn(task).abort_handle()
+    runtime.spawn(task)
 }
 
 /// A time-limited job's future, boxed so that its timers do not grow every
@@ -106,6 +151,10 @@ pin_project_lite::pin_project! {
         #[pin]
         stage: Stage<F, Fut, T, A>,
         guard: JobGuard<T, C>,
+        // The pool's kill epoch when this task last looked at its entry.
+        epoch: u64,
+        // Whether the task's waker is in its map entry.
+        registered: bool,
     }
 }
 
@@ -141,10 +190,28 @@ where
     C: FnOnce(&Outcome<T>) + Send + 'static,
     A: FnOnce(JobId, Instant) + Send + 'static,
 {
-    type Output = ();
+    type Output = Outcome<T>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
         let mut this = self.project();
+        let inner = Arc::clone(&this.guard.inner);
+        let id = this.guard.id;
+        let _current = Current::enter(inner.id, id);
+        // A kill anywhere in the pool since this task last looked: is it
+        // this job's? Before the start any kill request counts, after it
+        // only a hard one.
+        let epoch = inner.kill_epoch.load(Ordering::SeqCst);
+        if epoch != *this.epoch {
+            *this.epoch = epoch;
+            let started = !matches!(*this.stage, Stage::Start { .. });
+            let killed =
+                inner.jobs.shard(id).get(&id).is_some_and(|slot| {
+                    slot.switch.is_killed() || (!started && slot.kill.is_some())
+                });
+            if killed {
+                return Poll::Ready(end(this.stage, this.guard, None));
+            }
+        }
         loop {
             let outcome = match this.stage.as_mut().project() {
                 StageProj::Start {
@@ -154,58 +221,79 @@ where
                     limits,
                 } => {
                     let guard = &*this.guard;
-                    // A job killed before it started never starts, on any
-                    // runtime: the kill may come between its spawn and the
-                    // storing of its abort handle.
-                    if guard.cell.as_ref().is_some_and(|c| c.kill_requested()) {
-                        None
-                    } else {
-                        if let Some(accept) = accept.take() {
-                            if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
-                                guard.inner.counters.callback_panicked();
-                                tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
-                            }
+                    if let Some(accept) = accept.take() {
+                        if let Err(p) = unwind::call(|| accept(guard.id, Instant::now())) {
+                            guard.inner.counters.callback_panicked();
+                            tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
                         }
-                        let (Some(target), Some(ctx)) = (target.take(), ctx.take()) else {
-                            debug_assert!(false, "a job starts once");
-                            return Poll::Ready(());
-                        };
-                        match limits.take() {
-                            Some(limits) => {
-                                let fut: LimitedJob<T> =
-                                    Box::pin(run_limited(target, ctx, *limits));
-                                this.stage.set(Stage::Limited { fut });
+                    }
+                    let (Some(target), Some(ctx)) = (target.take(), ctx.take()) else {
+                        debug_assert!(false, "a job starts once");
+                        return Poll::Ready(end(this.stage, this.guard, None));
+                    };
+                    match limits.take() {
+                        Some(limits) => {
+                            let fut: LimitedJob<T> = Box::pin(run_limited(target, ctx, *limits));
+                            this.stage.set(Stage::Limited { fut });
+                            continue;
+                        }
+                        None => match unwind::call_in_job(move || target(ctx)) {
+                            Ok(fut) => {
+                                this.stage.set(Stage::Running {
+                                    fut: CatchPanic::new(fut),
+                                });
                                 continue;
                             }
-                            None => match unwind::call_in_job(move || target(ctx)) {
-                                Ok(fut) => {
-                                    this.stage.set(Stage::Running {
-                                        fut: CatchPanic::new(fut),
-                                    });
-                                    continue;
-                                }
-                                // Building the job's future panicked.
-                                Err(p) => Some(Outcome::Panicked(p)),
-                            },
-                        }
+                            // Building the job's future panicked.
+                            Err(p) => Outcome::Panicked(p),
+                        },
                     }
                 }
                 StageProj::Running { fut } => match fut.poll(cx) {
-                    Poll::Ready(r) => Some(into_outcome(r)),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => into_outcome(r),
+                    Poll::Pending => break,
                 },
                 StageProj::Limited { fut } => match fut.as_mut().poll(cx) {
-                    Poll::Ready(o) => Some(o),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(o) => o,
+                    Poll::Pending => break,
                 },
-                StageProj::Done => return Poll::Ready(()),
+                StageProj::Done => {
+                    debug_assert!(false, "a finished job is not polled again");
+                    return Poll::Pending;
+                }
             };
-            // The job's future is dropped before the guard reports.
-            this.stage.set(Stage::Done);
-            this.guard.finish(outcome);
-            return Poll::Ready(());
+            return Poll::Ready(end(this.stage, this.guard, Some(outcome)));
         }
+        // The job waits. The first time, its waker goes into its entry, so
+        // that a hard kill can wake it; a hard kill that came before is
+        // carried out now.
+        if !*this.registered {
+            *this.registered = true;
+            let killed = inner
+                .jobs
+                .shard(id)
+                .get_mut(&id)
+                .is_some_and(|slot| slot.switch.register(|| cx.waker().clone()));
+            if killed {
+                return Poll::Ready(end(this.stage, this.guard, None));
+            }
+        }
+        Poll::Pending
     }
+}
+
+/// Drops the job's future, then lets the guard end the job.
+fn end<F, Fut, T, C, A>(
+    mut stage: Pin<&mut Stage<F, Fut, T, A>>,
+    guard: &mut JobGuard<T, C>,
+    outcome: Option<Outcome<T>>,
+) -> Outcome<T>
+where
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>),
+{
+    stage.set(Stage::Done);
+    guard.finish(outcome)
 }
 
 fn into_outcome<T>(r: Result<T, PanicInfo>) -> Outcome<T> {

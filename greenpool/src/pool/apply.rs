@@ -2,8 +2,8 @@
 //! place where a job is admitted.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use tokio::sync::{SemaphorePermit, TryAcquireError};
 
@@ -11,10 +11,8 @@ use super::{PoolState, TaskPool};
 use crate::error::ApplyError;
 use crate::handle::JobHandle;
 use crate::job::{job, IntoJob, Job};
-use crate::job_cell::{JobCell, JobControl as _};
 use crate::job_id::JobId;
-use crate::job_map::Slot;
-use crate::kill_switch::KillSwitch;
+use crate::job_map::{End, Slot};
 use crate::run_job::Admitted;
 use crate::signals::{self, ApplyArgs};
 
@@ -152,21 +150,19 @@ impl TaskPool {
             });
         };
         let id = JobId(inner.next_job.fetch_add(1, Ordering::Relaxed));
+        // Before the entry exists: a kill that finds the entry moves the
+        // epoch past this, and the job's first poll looks.
+        let epoch = inner.kill_epoch.load(Ordering::SeqCst);
         // Slot (taken), then map entry, then the state check: see the
         // invariants.
-        let cell = Arc::new(JobCell::<T>::new());
-        inner.jobs.shard(id).insert(
-            id,
-            Slot {
-                kill: KillSwitch::new(),
-                control: cell.clone(),
-            },
-        );
+        inner.jobs.shard(id).insert(id, Slot::new());
         let state = inner.state();
         if state != PoolState::Run {
-            inner.jobs.shard(id).remove(&id);
+            let slot = inner.jobs.shard(id).remove(&id);
             // A killer may have found the job in the map meanwhile.
-            cell.refuse();
+            if let Some(killers) = slot.and_then(|s| s.killers) {
+                killers.finish(End::Refused);
+            }
             inner.release_slot();
             return Err(ApplyError::NotRunning {
                 state,
@@ -187,18 +183,14 @@ impl TaskPool {
         }
         // Spawned outside the shard lock: a runtime that is shutting down
         // drops the future inside `spawn`, and its guard takes that lock.
-        let abort = job.launch(Admitted {
+        let task = job.launch(Admitted {
             inner,
             id,
-            cell: &cell,
+            epoch,
             runtime,
+            _outcome: PhantomData,
         });
-        if let Some(slot) = inner.jobs.shard(id).get_mut(&id) {
-            // A hard kill that came before the handle existed is carried
-            // out now (see `kill_switch.rs`).
-            slot.kill.arm(abort);
-        }
-        Ok(JobHandle::new(id, cell, self.clone()))
+        Ok(JobHandle::new(id, task, self.clone()))
     }
 }
 

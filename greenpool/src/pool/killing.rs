@@ -2,12 +2,14 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Waker;
 
 use super::{Inner, TaskPool};
-use crate::job_cell::{End, JobControl};
 use crate::job_id::JobId;
+use crate::job_map::{End, Killers};
 use crate::kill::{KillResult, KillSignal};
 use crate::outcome::{TerminateReason, Termination};
+use crate::run_job::current_job;
 
 /// What a kill request found.
 pub(crate) enum Request {
@@ -15,8 +17,8 @@ pub(crate) enum Request {
     Gone(KillResult),
     /// The job kills itself; it ends at its next `.await`.
     Own,
-    /// The kill is under way; wait on the job's control.
-    Waiting(Arc<dyn JobControl>),
+    /// The kill is under way; wait on the job's killers.
+    Waiting(Arc<Killers>),
 }
 
 impl TaskPool {
@@ -44,7 +46,7 @@ impl TaskPool {
         match self.request_kill(id, signal) {
             Request::Gone(r) => r,
             Request::Own => KillResult::Requested,
-            Request::Waiting(control) => match wait_ended(&*control).await {
+            Request::Waiting(killers) => match wait_ended(&killers).await {
                 End::Killed => KillResult::Killed,
                 End::Exited => KillResult::Exited,
                 End::Refused => KillResult::AlreadyFinished,
@@ -56,7 +58,8 @@ impl TaskPool {
     /// of [`terminate_job`](TaskPool::terminate_job)).
     pub(crate) fn request_kill(&self, id: JobId, signal: Option<KillSignal>) -> Request {
         let graceful = signal.is_some_and(KillSignal::is_graceful);
-        let control = {
+        let own = current_job(self.inner.id) == Some(id);
+        let (killers, waker) = {
             let mut shard = self.inner.jobs.shard(id);
             let Some(slot) = shard.get_mut(&id) else {
                 return Request::Gone(
@@ -67,27 +70,32 @@ impl TaskPool {
                     },
                 );
             };
-            slot.control.request_kill(Termination {
+            slot.request_kill(Termination {
                 signal,
                 reason: TerminateReason::Killed,
             });
-            let own = tokio::task::try_id()
-                .is_some_and(|cur| slot.kill.handle().is_some_and(|a| a.id() == cur));
-            if own {
-                slot.kill.kill();
-                return Request::Own;
-            }
-            if graceful {
-                slot.control.token().cancel();
+            let waker = if graceful && !own {
+                slot.token().cancel();
+                None
             } else {
-                slot.kill.kill();
-            }
-            Arc::clone(&slot.control)
+                slot.switch.kill()
+            };
+            // Under the lock, after the mark: a task that sees the new
+            // epoch finds the mark.
+            self.inner.bump_kill_epoch();
+            (slot.killers(), waker)
         };
+        // Woken after the epoch moved, so that the task looks.
+        if let Some(w) = waker {
+            w.wake();
+        }
+        if own {
+            return Request::Own;
+        }
         if graceful {
             self.escalate_after_grace(id);
         }
-        Request::Waiting(control)
+        Request::Waiting(killers)
     }
 
     /// Kills `id` after the grace period unless it has ended by then. A task
@@ -103,8 +111,14 @@ impl TaskPool {
         runtime.spawn(async move {
             tokio::time::sleep(grace).await;
             if let Some(inner) = weak.upgrade() {
-                if let Some(slot) = inner.jobs.shard(id).get_mut(&id) {
-                    slot.kill.kill();
+                let waker: Option<Waker> = {
+                    let mut shard = inner.jobs.shard(id);
+                    let waker = shard.get_mut(&id).and_then(|slot| slot.switch.kill());
+                    inner.bump_kill_epoch();
+                    waker
+                };
+                if let Some(w) = waker {
+                    w.wake();
                 }
             }
         });
@@ -112,14 +126,13 @@ impl TaskPool {
 }
 
 /// Waits for one job to end. Only that job's end wakes this wait.
-async fn wait_ended(control: &dyn JobControl) -> End {
-    let notify = control.end_notify();
+async fn wait_ended(killers: &Killers) -> End {
     loop {
-        let notified = notify.notified();
+        let notified = killers.ended.notified();
         let mut notified = std::pin::pin!(notified);
         // Registered before the check, so an end in between still wakes.
         notified.as_mut().enable();
-        if let Some(end) = control.ended() {
+        if let Some(end) = killers.end() {
             return end;
         }
         notified.await;

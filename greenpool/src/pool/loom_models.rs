@@ -14,8 +14,8 @@
 //! accesses as acquire/release but models `SeqCst` fences, so the model
 //! states that order with a fence on each side.
 
-use loom::sync::atomic::{fence, AtomicU8};
 use loom::sync::atomic::Ordering::SeqCst;
+use loom::sync::atomic::{fence, AtomicU8};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 

@@ -122,7 +122,7 @@ impl<T> std::ops::Deref for CachePadded<T> {
 
 /// What every handle of one pool shares.
 pub(crate) struct Inner {
-    id: PoolId,
+    pub(crate) id: PoolId,
     pub(crate) config: Config,
     /// The free slots; closed when the pool closes, so that waiting applies
     /// give their jobs back at once.
@@ -140,6 +140,10 @@ pub(crate) struct Inner {
     /// The runtime jobs are spawned on, set by `start`.
     runtime: OnceLock<Handle>,
     pub(crate) counters: Counters,
+    /// Moves on every kill request: a job's task that sees it move looks
+    /// at its map entry (see `run_job.rs`). Read on every poll, written
+    /// rarely: a cache line of its own.
+    pub(crate) kill_epoch: CachePadded<AtomicU64>,
 }
 
 impl Inner {
@@ -159,6 +163,12 @@ impl Inner {
 
     fn state(&self) -> PoolState {
         PoolState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    /// Moves the kill epoch; called after a kill is marked and before the
+    /// job's task is woken.
+    pub(crate) fn bump_kill_epoch(&self) {
+        self.kill_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Gives an admitted job's slot back, and wakes `stop` if it was the
@@ -247,13 +257,14 @@ impl TaskPool {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
                 limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
                 config,
-                jobs: JobMap::new(),
+                jobs: JobMap::new(limit),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
                 lifecycle: std::sync::Mutex::new(()),
                 drained: tokio::sync::Notify::new(),
                 next_job: AtomicU64::new(1),
                 runtime: OnceLock::new(),
                 counters: Counters::default(),
+                kill_epoch: CachePadded(AtomicU64::new(0)),
             }),
         }
     }

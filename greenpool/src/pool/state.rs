@@ -144,13 +144,18 @@ impl TaskPool {
     pub async fn terminate(&self) -> Result<(), StopError> {
         self.check_not_own_job()?;
         self.inner.transition(PoolState::Terminate, |_| false);
-        self.inner.jobs.for_each(|_, slot| {
-            slot.control.request_kill(Termination {
+        let wakers = self.inner.jobs.kill_all(|slot| {
+            slot.request_kill(Termination {
                 signal: None,
                 reason: TerminateReason::PoolTerminated,
             });
-            slot.kill.kill();
+            slot.switch.kill()
         });
+        // After the marks and before the wake-ups: see `request_kill`.
+        self.inner.bump_kill_epoch();
+        for w in wakers {
+            w.wake();
+        }
         self.inner.limiter.permits().close();
         self.drained().await;
         Ok(())
@@ -166,16 +171,7 @@ impl TaskPool {
     }
 
     fn check_not_own_job(&self) -> Result<(), StopError> {
-        let Some(current) = tokio::task::try_id() else {
-            return Ok(());
-        };
-        let mut own = None;
-        self.inner.jobs.for_each(|id, slot| {
-            if slot.kill.handle().is_some_and(|a| a.id() == current) {
-                own = Some(*id);
-            }
-        });
-        match own {
+        match crate::run_job::current_job(self.inner.id) {
             Some(id) => Err(StopError::FromOwnJob(id)),
             None => Ok(()),
         }
