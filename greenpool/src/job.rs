@@ -403,6 +403,7 @@ pub(crate) mod sealed {
         fn meta(&self) -> &JobMeta {
             &self.meta
         }
+        #[inline]
         fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
             run_job::spawn(
                 admitted,

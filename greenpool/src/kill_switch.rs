@@ -112,7 +112,7 @@ mod loom_kill {
     fn loom_kill_races_spawn() {
         loom::model(|| {
             let wakes = Arc::new(AtomicUsize::new(0));
-            let slot = Arc::new(Mutex::new(KillSwitch::new()));
+            let slot = Arc::new(Mutex::new(KillSwitch::<Counted>::new()));
             let killer = {
                 let slot = slot.clone();
                 thread::spawn(move || {
@@ -148,7 +148,7 @@ mod loom_kill {
         loom::model(|| {
             let wakes = Arc::new(AtomicUsize::new(0));
             let epoch = Arc::new(AtomicU64::new(0));
-            let slot = Arc::new(Mutex::new(KillSwitch::new()));
+            let slot = Arc::new(Mutex::new(KillSwitch::<Counted>::new()));
             assert!(!slot.lock().unwrap().register(|| Counted(wakes.clone())));
             let killer = {
                 let (slot, epoch) = (slot.clone(), epoch.clone());

@@ -13,21 +13,22 @@
 //!    it, or the caller waits for a slot: the backpressure a broker consumer
 //!    relies on. [`TaskPool::try_apply_async`] fails at once with
 //!    [`ApplyError::Full`] instead. A refused job comes back as a `Job<T>`.
-//! 3. Admission (`pool/apply.rs`): the job gets a [`JobId`] (never reused),
-//!    a shared cell (`job_cell.rs`: token, kill request, outcome) and an
-//!    entry in the sharded **job map** (`job_map.rs`) before its task
-//!    exists; the pool's state is checked after that, so `close` and
-//!    `terminate` never miss it (`pool/mod.rs` has the invariants). Then the
-//!    [`signals::APPLY`] signal, the spawn, and the task's abort handle goes
-//!    into the entry's **kill switch** (`kill_switch.rs`).
+//! 3. Admission (`pool/apply.rs`): the job gets a [`JobId`] (never reused)
+//!    and an entry in the sharded **job map** (`job_map.rs`: kill request,
+//!    token, killers) before its task exists; the pool's state is checked
+//!    after that, so `close` and `terminate` never miss it (`pool/mod.rs`
+//!    has the invariants). Then the [`signals::APPLY`] signal and the spawn.
 //! 4. The **job's task** (`run_job.rs`) does not start if a kill came
 //!    first; else it calls the accept callback, runs the target under
 //!    `catch_unwind` (`unwind.rs`, the one place panics are caught) and its
-//!    soft/hard time limits. Its **guard** (`guard.rs`) ends the job exactly
-//!    once, on completion or when the task is dropped, always after the
-//!    job's future and its captured state are gone: callback, outcome to
-//!    the [`JobHandle`] (`handle.rs`) and to the job's own killers, map
-//!    entry out, slot freed.
+//!    soft/hard time limits. Kills are carried out by the task itself: a
+//!    hard kill marks the entry's **kill switch** (`kill_switch.rs`) and
+//!    wakes the task, which drops the job's future. Its **guard**
+//!    (`guard.rs`) ends the job exactly once, always after the job's future
+//!    and its captured state are gone: callback, map entry out and the
+//!    job's own killers woken, slot freed; the outcome is the task's output,
+//!    which the [`JobHandle`] (`handle.rs`) reads through tokio's
+//!    `JoinHandle` — no other per-job allocation.
 //! 5. [`TaskPool::terminate_job`] (`pool/killing.rs`) kills by id — KILL at
 //!    once, TERM/INT through the token and then after a grace — and returns
 //!    once the job is gone and its callback ran; [`JobHandle::abort`] asks

@@ -86,6 +86,7 @@ impl<T> std::fmt::Debug for Admitted<'_, T> {
 }
 
 /// Spawns an admitted job's task; its output is the job's outcome.
+#[inline]
 pub(crate) fn spawn<F, Fut, T, C, A>(
     admitted: Admitted<'_, T>,
     target: F,
@@ -114,11 +115,9 @@ where
         done: false,
         _outcome: PhantomData,
     };
-    let ctx = JobContext::new(id, Arc::clone(inner));
     let task = RunJob {
         stage: Stage::Start {
             target: Some(target),
-            ctx: Some(ctx),
             accept,
             limits,
         },
@@ -161,10 +160,10 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = StageProj]
     enum Stage<F, Fut, T, A> {
-        /// Not polled yet.
+        /// Not polled yet. (The context is made at the start, not kept
+        /// here: a smaller task is moved faster.)
         Start {
             target: Option<F>,
-            ctx: Option<JobContext>,
             accept: Option<A>,
             limits: Option<Box<TimeLimits>>,
         },
@@ -216,7 +215,6 @@ where
             let outcome = match this.stage.as_mut().project() {
                 StageProj::Start {
                     target,
-                    ctx,
                     accept,
                     limits,
                 } => {
@@ -227,10 +225,11 @@ where
                             tracing::error!(job = %guard.id, panic = %p, "accept callback panicked");
                         }
                     }
-                    let (Some(target), Some(ctx)) = (target.take(), ctx.take()) else {
+                    let Some(target) = target.take() else {
                         debug_assert!(false, "a job starts once");
                         return Poll::Ready(end(this.stage, this.guard, None));
                     };
+                    let ctx = JobContext::new(guard.id, Arc::clone(&guard.inner));
                     match limits.take() {
                         Some(limits) => {
                             let fut: LimitedJob<T> = Box::pin(run_limited(target, ctx, *limits));

@@ -133,6 +133,7 @@ impl TaskPool {
 
     /// Admits a job on the permit it was given and spawns it.
     #[allow(clippy::result_large_err)]
+    #[inline]
     fn admit<T, J>(&self, permit: SemaphorePermit<'_>, job: J) -> Applied<T>
     where
         T: Send + 'static,

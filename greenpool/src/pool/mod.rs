@@ -13,6 +13,10 @@
 //! * Every admitted job gets exactly one outcome: the guard's `finish` runs
 //!   once, either from the job's last poll or from its destructor, and in
 //!   both cases after the job's future was dropped.
+//! * No kill is lost: a kill marks the job's entry under its shard lock,
+//!   then moves `kill_epoch`, then wakes the task if its waker is in the
+//!   entry. The task looks at its entry when it sees the epoch moved and,
+//!   under that lock, when it first waits (see `kill_switch.rs`).
 //! * Once the state leaves `Run`, no job is admitted. An applying task takes
 //!   the job's slot (counted in the limiter's `running`), puts the job in
 //!   the map, and only then reads the state; `close` and `terminate` write
