@@ -29,6 +29,11 @@ pub(crate) struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     pub(crate) callback: Option<C>,
     /// Set once the guard has done its work.
     pub(crate) done: bool,
+    /// The pool's kill epoch when the job's task last looked at its entry
+    /// (kept here, beside `done`, for the task: see `run_job.rs`).
+    pub(crate) epoch: u64,
+    /// Whether the task's waker is in its map entry.
+    pub(crate) registered: bool,
     pub(crate) _outcome: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -51,7 +56,11 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
         self.done = true;
         let inner = &self.inner;
         let outcome = outcome.unwrap_or_else(|| {
-            let kill = inner.jobs.shard(self.id).get(&self.id).and_then(|s| s.kill);
+            let kill = inner
+                .jobs
+                .shard(self.id)
+                .get(&self.id)
+                .and_then(|s| s.termination());
             Outcome::Terminated(kill.unwrap_or(Termination {
                 signal: None,
                 reason: TerminateReason::RuntimeShutdown,
@@ -78,7 +87,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
             .jobs
             .shard(self.id)
             .remove(&self.id)
-            .and_then(|slot| slot.killers);
+            .and_then(|slot| slot.into_killers());
         if let Some(killers) = killers {
             killers.finish(if outcome.is_terminated() {
                 End::Killed

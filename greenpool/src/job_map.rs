@@ -65,33 +65,53 @@ impl Killers {
     }
 }
 
+/// A kill request, with the killers waiting for it: boxed in the entry,
+/// since most jobs never get one.
+#[derive(Debug)]
+pub(crate) struct Kill {
+    /// The first request: what the terminated outcome says.
+    pub(crate) termination: Termination,
+    /// The job's killers, once one waits.
+    pub(crate) killers: Option<Arc<Killers>>,
+}
+
 /// A job's entry.
 pub(crate) struct Slot {
     /// Hard kills, and the task's waker once it waited.
     pub(crate) switch: KillSwitch<Waker>,
-    /// The first kill request: what the terminated outcome says.
-    pub(crate) kill: Option<Termination>,
     /// The job's token, once somebody asked for it.
     pub(crate) token: Option<CancellationToken>,
-    /// The job's killers, once there is one.
-    pub(crate) killers: Option<Arc<Killers>>,
+    /// The first kill request and the killers, once there is one.
+    pub(crate) kill: Option<Box<Kill>>,
 }
 
 impl Slot {
     pub(crate) fn new() -> Self {
         Slot {
             switch: KillSwitch::new(),
-            kill: None,
             token: None,
-            killers: None,
+            kill: None,
         }
     }
 
-    /// Records a kill request; the first one wins.
-    pub(crate) fn request_kill(&mut self, termination: Termination) {
-        if self.kill.is_none() {
-            self.kill = Some(termination);
-        }
+    /// Records a kill request (the first one wins) and returns it.
+    pub(crate) fn request_kill(&mut self, termination: Termination) -> &mut Kill {
+        self.kill.get_or_insert_with(|| {
+            Box::new(Kill {
+                termination,
+                killers: None,
+            })
+        })
+    }
+
+    /// The kill request, if any.
+    pub(crate) fn termination(&self) -> Option<Termination> {
+        self.kill.as_ref().map(|k| k.termination)
+    }
+
+    /// The killers of a job that is leaving the map.
+    pub(crate) fn into_killers(self) -> Option<Arc<Killers>> {
+        self.kill.and_then(|k| k.killers)
     }
 
     /// The job's token, made on first use.
@@ -100,7 +120,9 @@ impl Slot {
             .get_or_insert_with(CancellationToken::new)
             .clone()
     }
+}
 
+impl Kill {
     /// The job's killers, made on first use.
     pub(crate) fn killers(&mut self) -> Arc<Killers> {
         Arc::clone(self.killers.get_or_insert_with(Default::default))
@@ -110,7 +132,7 @@ impl Slot {
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("kill", &self.kill)
+            .field("kill", &self.termination())
             .field("hard", &self.switch.is_killed())
             .finish_non_exhaustive()
     }

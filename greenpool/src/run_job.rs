@@ -113,6 +113,8 @@ where
         id,
         callback,
         done: false,
+        epoch,
+        registered: false,
         _outcome: PhantomData,
     };
     let task = RunJob {
@@ -122,8 +124,6 @@ where
             limits,
         },
         guard,
-        epoch,
-        registered: false,
     };
     runtime.spawn(task)
 }
@@ -149,11 +149,10 @@ pin_project_lite::pin_project! {
         // gone before its guard ends it.
         #[pin]
         stage: Stage<F, Fut, T, A>,
+        // Also holds the task's kill epoch and whether its waker is in its
+        // entry, packed beside the guard's own flag: a smaller task is
+        // moved and stored for less.
         guard: JobGuard<T, C>,
-        // The pool's kill epoch when this task last looked at its entry.
-        epoch: u64,
-        // Whether the task's waker is in its map entry.
-        registered: bool,
     }
 }
 
@@ -200,8 +199,8 @@ where
         // this job's? Before the start any kill request counts, after it
         // only a hard one.
         let epoch = inner.kill_epoch.load(Ordering::SeqCst);
-        if epoch != *this.epoch {
-            *this.epoch = epoch;
+        if epoch != this.guard.epoch {
+            this.guard.epoch = epoch;
             let started = !matches!(*this.stage, Stage::Start { .. });
             let killed =
                 inner.jobs.shard(id).get(&id).is_some_and(|slot| {
@@ -266,8 +265,8 @@ where
         // The job waits. The first time, its waker goes into its entry, so
         // that a hard kill can wake it; a hard kill that came before is
         // carried out now.
-        if !*this.registered {
-            *this.registered = true;
+        if !this.guard.registered {
+            this.guard.registered = true;
             let killed = inner
                 .jobs
                 .shard(id)

@@ -161,7 +161,7 @@ impl TaskPool {
         if state != PoolState::Run {
             let slot = inner.jobs.shard(id).remove(&id);
             // A killer may have found the job in the map meanwhile.
-            if let Some(killers) = slot.and_then(|s| s.killers) {
+            if let Some(killers) = slot.and_then(|s| s.into_killers()) {
                 killers.finish(End::Refused);
             }
             inner.release_slot();

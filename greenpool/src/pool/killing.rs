@@ -70,10 +70,12 @@ impl TaskPool {
                     },
                 );
             };
-            slot.request_kill(Termination {
-                signal,
-                reason: TerminateReason::Killed,
-            });
+            let killers = slot
+                .request_kill(Termination {
+                    signal,
+                    reason: TerminateReason::Killed,
+                })
+                .killers();
             let waker = if graceful && !own {
                 slot.token().cancel();
                 None
@@ -83,7 +85,7 @@ impl TaskPool {
             // Under the lock, after the mark: a task that sees the new
             // epoch finds the mark.
             self.inner.bump_kill_epoch();
-            (slot.killers(), waker)
+            (killers, waker)
         };
         // Woken after the epoch moved, so that the task looks.
         if let Some(w) = waker {
