@@ -10,6 +10,14 @@ use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 use crate::pool::Inner;
 use crate::unwind;
 
+/// Set once the guard has done its work.
+pub(crate) const DONE: u64 = 1 << 63;
+/// Set once the task's waker is in its map entry.
+pub(crate) const REGISTERED: u64 = 1 << 62;
+/// The bits of the kill epoch (62 bits: it does not wrap in practice, and
+/// tasks compare it for equality only).
+pub(crate) const EPOCH: u64 = REGISTERED - 1;
+
 /// Owns everything a job must give back, and gives it back exactly once:
 /// on its last poll through [`JobGuard::finish`], or from its destructor
 /// when the job's task is dropped unfinished (the runtime shutting down).
@@ -27,13 +35,11 @@ pub(crate) struct JobGuard<T: Send + 'static, C: FnOnce(&Outcome<T>)> {
     pub(crate) inner: Arc<Inner>,
     pub(crate) id: JobId,
     pub(crate) callback: Option<C>,
-    /// Set once the guard has done its work.
-    pub(crate) done: bool,
-    /// The pool's kill epoch when the job's task last looked at its entry
-    /// (kept here, beside `done`, for the task: see `run_job.rs`).
-    pub(crate) epoch: u64,
-    /// Whether the task's waker is in its map entry.
-    pub(crate) registered: bool,
+    /// Flags and the task's kill epoch in one word (a smaller task is moved
+    /// and stored for less): [`DONE`], [`REGISTERED`], and below them the
+    /// pool's kill epoch when the task last looked at its entry (see
+    /// `run_job.rs`).
+    pub(crate) state: u64,
     pub(crate) _outcome: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -53,7 +59,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
     }
 
     fn end(&mut self, outcome: Option<Outcome<T>>) -> (Outcome<T>, Option<Box<dyn Any + Send>>) {
-        self.done = true;
+        self.state |= DONE;
         let inner = &self.inner;
         let outcome = outcome.unwrap_or_else(|| {
             let kill = inner
@@ -102,7 +108,7 @@ impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> JobGuard<T, C> {
 
 impl<T: Send + 'static, C: FnOnce(&Outcome<T>)> Drop for JobGuard<T, C> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.state & DONE == 0 {
             // Dropped unfinished: no handle will see the outcome, and a
             // destructor does not raise the callback's panic again.
             let _ = self.end(None);

@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::context::JobContext;
-use crate::guard::JobGuard;
+use crate::guard::{JobGuard, EPOCH, REGISTERED};
 use crate::job::TimeLimits;
 use crate::job_id::JobId;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
@@ -112,9 +112,7 @@ where
         inner: Arc::clone(inner),
         id,
         callback,
-        done: false,
-        epoch,
-        registered: false,
+        state: epoch & EPOCH,
         _outcome: PhantomData,
     };
     let task = RunJob {
@@ -150,8 +148,7 @@ pin_project_lite::pin_project! {
         #[pin]
         stage: Stage<F, Fut, T, A>,
         // Also holds the task's kill epoch and whether its waker is in its
-        // entry, packed beside the guard's own flag: a smaller task is
-        // moved and stored for less.
+        // entry (`JobGuard::state`).
         guard: JobGuard<T, C>,
     }
 }
@@ -198,9 +195,9 @@ where
         // A kill anywhere in the pool since this task last looked: is it
         // this job's? Before the start any kill request counts, after it
         // only a hard one.
-        let epoch = inner.kill_epoch.load(Ordering::SeqCst);
-        if epoch != this.guard.epoch {
-            this.guard.epoch = epoch;
+        let epoch = inner.kill_epoch.load(Ordering::SeqCst) & EPOCH;
+        if epoch != this.guard.state & EPOCH {
+            this.guard.state = (this.guard.state & !EPOCH) | epoch;
             let started = !matches!(*this.stage, Stage::Start { .. });
             let killed =
                 inner.jobs.shard(id).get(&id).is_some_and(|slot| {
@@ -265,8 +262,8 @@ where
         // The job waits. The first time, its waker goes into its entry, so
         // that a hard kill can wake it; a hard kill that came before is
         // carried out now.
-        if !this.guard.registered {
-            this.guard.registered = true;
+        if this.guard.state & REGISTERED == 0 {
+            this.guard.state |= REGISTERED;
             let killed = inner
                 .jobs
                 .shard(id)
