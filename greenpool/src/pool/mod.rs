@@ -189,7 +189,7 @@ impl Inner {
 }
 
 /// Celery's eventlet `TaskPool` on tokio: green jobs under a resizable
-/// limit, each killable by its [`JobId`], with exactly-once callbacks.
+/// limit, each killable by its [`JobId`](crate::JobId), with exactly-once callbacks.
 ///
 /// A cheap handle: clones share one pool. Dropping a clone never kills jobs;
 /// killing is always explicit ([`TaskPool::terminate`],
