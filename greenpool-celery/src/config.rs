@@ -281,7 +281,13 @@ impl WorkerConfig {
         }
         fn secs(name: &'static str, v: String) -> Result<Duration, ConfigError> {
             match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+                Ok(s) => {
+                    crate::seconds::duration_from_secs(name, s).map_err(|_| ConfigError::Env {
+                        name,
+                        value: v,
+                        reason: "expected zero or more seconds, at most 100 years",
+                    })
+                }
                 _ => Err(ConfigError::Env {
                     name,
                     value: v,
@@ -430,6 +436,15 @@ mod tests {
             .with_vars(|k| (k == "GREENPOOL_CONCURRENCY").then(|| "many".to_owned()))
             .unwrap_err();
         assert!(e.to_string().contains("GREENPOOL_CONCURRENCY"), "{e}");
+        for huge in ["1e20", "NaN", "-1", "inf"] {
+            let e = WorkerConfig::new("redis://x")
+                .with_vars(|k| (k == "GREENPOOL_VISIBILITY_TIMEOUT").then(|| huge.to_owned()))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("GREENPOOL_VISIBILITY_TIMEOUT"),
+                "{e}"
+            );
+        }
         assert!(WorkerConfig::new("x").concurrency(0).validate().is_err());
         assert!(WorkerConfig::new("x")
             .queues(Vec::<String>::new())

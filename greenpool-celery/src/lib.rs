@@ -39,11 +39,13 @@ mod registry;
 mod repr;
 mod request;
 mod scripts;
+pub mod seconds;
 mod stats;
 mod task_error;
 mod uuid;
 mod worker;
 
+pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
 pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
@@ -56,5 +58,4 @@ pub use protocol::{
 pub use registry::{RegisteredTask, TaskFn, TaskFuture, TaskOptions, TaskRegistry};
 pub use stats::RedisStats;
 pub use task_error::TaskError;
-pub use uuid::uuid4;
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

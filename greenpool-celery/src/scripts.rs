@@ -45,6 +45,15 @@ end
 local function property(raw, name, decode)
   local p = string.find(raw, '"properties"', 1, true)
   if p then
+    -- kombu's own spacing first: one plain search.
+    local _, e = string.find(raw, '"' .. name .. '": "', p, true)
+    if e then
+      local q = string.find(raw, '"', e + 1, true)
+      if q and q > e + 1 then
+        local v = string.sub(raw, e + 1, q - 1)
+        if not string.find(v, '\\', 1, true) then return v end
+      end
+    end
     local v = string_after(raw, '"' .. name .. '"', p)
     if v and v ~= '' then return v end
   end

@@ -12,6 +12,7 @@ mod bench;
 mod builtin_tasks;
 mod call;
 mod celery_log;
+mod py_int;
 mod tour;
 mod worker;
 mod worker_bench;
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(celery_log::stderr_is_terminal())
             .init();
     }
     match cli.command {
