@@ -62,7 +62,7 @@ pub(crate) struct CoreInfo {
 
 /// What `kill` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Killed {
+pub(crate) enum KillEnd {
     /// The job was killed and reported.
     Killed,
     /// The job ended by itself first.
@@ -116,17 +116,17 @@ impl Core {
 
     /// Kills the admitted job `pid` at once and waits until it ended.
     /// Call without the GIL.
-    pub(crate) fn kill(&self, pid: u64) -> Killed {
+    pub(crate) fn kill(&self, pid: u64) -> KillEnd {
         let id = greenpool::JobId::from_u64(pid);
         match self
             .runtime
             .block_on(self.pool.terminate_job(id, Some(KillSignal::Kill)))
         {
-            KillResult::Killed => Killed::Killed,
+            KillResult::Killed => KillEnd::Killed,
             KillResult::Exited | KillResult::AlreadyFinished | KillResult::Requested => {
-                Killed::Exited
+                KillEnd::Exited
             }
-            _ => Killed::Unknown,
+            _ => KillEnd::Unknown,
         }
     }
 

@@ -7,12 +7,12 @@
 //! handle `on_apply` returns). Follow one task through it:
 //!
 //! 1. `Pool.apply` wraps the Python target and its callbacks in a
-//!    [`JobShared`](job::JobShared) and hands it to the **dispatcher**, a
+//!    `JobShared` (`job.rs`) and hands it to the **dispatcher**, a
 //!    tokio task that applies jobs to the core pool in order, waiting for a
-//!    slot when all are taken ([`core`], the only file that uses the core's
+//!    slot when all are taken (`core.rs`, the only file that uses the core's
 //!    API). The Python caller never waits.
 //! 2. Once admitted, the job gets its pid (the core's `JobId`: unique,
-//!    never reused) and is queued for a **thread** ([`threads`]): a pool of
+//!    never reused) and is queued for a **thread** (`threads.rs`): a pool of
 //!    OS threads with small stacks that grows to the limit and lets idle
 //!    threads go; each waits with the GIL released.
 //! 3. The thread calls the accept callback, then the target, then the result
@@ -21,13 +21,13 @@
 //! 4. A kill (`terminate_job`, a hard time limit, `terminate`) ends the job
 //!    in the core at once: its one outcome is reported, its slot freed, and
 //!    an exception is raised into the thread at its next Python bytecode
-//!    ([`hooks`]: `PyThreadState_SetAsyncExc`, called from Python through
+//!    (`hooks.rs`: `PyThreadState_SetAsyncExc`, called from Python through
 //!    `ctypes`, so this crate needs no `unsafe`). A thread blocked in a C
 //!    call takes it when the call returns; until then it is *abandoned*,
 //!    counted, and its late result dropped.
 //!
 //! Who reports a job's outcome is settled by one small state machine per
-//! job ([`job::Phase`]), under the job's lock: the thread that finished the
+//! job (`job::Phase`), under the job's lock: the thread that finished the
 //! target, or the kill that came first. So every job gets exactly one
 //! report.
 //!

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::core::{Core, Killed, Shared};
+use crate::core::{Core, KillEnd, Shared};
 use crate::hooks::Hooks;
 use crate::job::{Calls, JobShared, KillHow, PyJob, Stats};
 use crate::threads::Threads;
@@ -48,9 +48,9 @@ impl PoolInner {
             job.set_kill(signum, defer);
             match job.pid() {
                 Some(pid) => match self.core.kill(pid) {
-                    Killed::Killed => "killed",
-                    Killed::Exited => "exited",
-                    Killed::Unknown => "unknown",
+                    KillEnd::Killed => "killed",
+                    KillEnd::Exited => "exited",
+                    KillEnd::Unknown => "unknown",
                 },
                 // Not admitted yet: it never starts, and reports now.
                 None => {
