@@ -16,7 +16,7 @@
 //! lock with `lock_py_attached`, which lets the GIL go while it waits.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -53,6 +53,8 @@ pub(crate) struct JobState {
     pub(crate) defer_kill_report: bool,
     /// The one report has been made (or the job was dropped unrun).
     pub(crate) reported: bool,
+    /// An exception was raised into the job's thread.
+    pub(crate) raised: bool,
 }
 
 /// The Python calls of one job.
@@ -109,6 +111,7 @@ impl JobShared {
                 kill_signal: None,
                 defer_kill_report: false,
                 reported: false,
+                raised: false,
             }),
             reported: Condvar::new(),
             calls,
@@ -123,11 +126,18 @@ impl JobShared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Locks the state from a thread that holds the GIL.
+    /// Locks the state from a thread that holds the GIL: at once, keeping
+    /// the GIL, when the lock is free; otherwise with the GIL let go while
+    /// waiting (the holder may be waiting for the GIL: lock, then GIL).
     pub(crate) fn lock_py(&self, py: Python<'_>) -> MutexGuard<'_, JobState> {
-        self.state
-            .lock_py_attached(py)
-            .unwrap_or_else(PoisonError::into_inner)
+        match self.state.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => self
+                .state
+                .lock_py_attached(py)
+                .unwrap_or_else(PoisonError::into_inner),
+        }
     }
 
     pub(crate) fn pid(&self) -> Option<u64> {
@@ -216,7 +226,9 @@ impl JobShared {
             let mut st = self.lock_py(py);
             // Nothing is raised into this thread once it left `Running`, and
             // nothing raised before may land in a callback.
-            hooks.clear(py, ident);
+            if st.raised {
+                hooks.clear(py, ident);
+            }
             if st.phase == Phase::Killed {
                 drop(st);
                 stats.abandoned.fetch_sub(1, Ordering::Relaxed);
@@ -261,6 +273,7 @@ impl JobShared {
             }
             Phase::Running(ident) => {
                 st.phase = Phase::Killed;
+                st.raised = true;
                 stats.abandoned.fetch_add(1, Ordering::Relaxed);
                 stats.abandoned_total.fetch_add(1, Ordering::Relaxed);
                 stats.kills_raised.fetch_add(1, Ordering::Relaxed);
@@ -339,8 +352,9 @@ impl JobShared {
     /// Soft time limit or SIGUSR1: raises `SoftTimeLimitExceeded` into the
     /// task if its target is running. Call without the GIL held.
     pub(crate) fn raise_soft(&self, hooks: &Hooks, stats: &Stats) -> bool {
-        let st = self.lock();
+        let mut st = self.lock();
         if let Phase::Running(ident) = st.phase {
+            st.raised = true;
             stats.soft_raised.fetch_add(1, Ordering::Relaxed);
             Python::attach(|py| hooks.raise_in(py, ident, Raise::Soft));
             true
