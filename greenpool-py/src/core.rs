@@ -3,6 +3,7 @@
 //! the core job that hands a Python task to a thread.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use greenpool::{
@@ -38,8 +39,11 @@ impl Shared {
 /// The core pool and the runtime it runs on.
 #[derive(Debug)]
 pub(crate) struct Core {
-    runtime: Runtime,
+    /// Always `Some` until dropped.
+    runtime: Option<Runtime>,
     pool: TaskPool,
+    /// Set by `terminate`: jobs not yet admitted are reported killed.
+    terminating: Arc<AtomicBool>,
     shared: Arc<Shared>,
     sender: Mutex<Option<mpsc::UnboundedSender<Arc<JobShared>>>>,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -85,22 +89,31 @@ impl Core {
             .build()
             .map_err(|e| Error::Limit(e.to_string()))?;
         Ok(Core {
-            runtime,
+            runtime: Some(runtime),
             pool,
+            terminating: Arc::new(AtomicBool::new(false)),
             shared,
             sender: Mutex::new(None),
             dispatcher: Mutex::new(None),
         })
     }
 
+    fn runtime(&self) -> Result<&Runtime, Error> {
+        self.runtime.as_ref().ok_or(Error::NotRunning)
+    }
+
     /// Starts the pool and its dispatcher.
     pub(crate) fn start(&self) -> Result<(), Error> {
-        let _enter = self.runtime.enter();
+        let runtime = self.runtime()?;
+        let _enter = runtime.enter();
         self.pool.start().map_err(|_| Error::AlreadyStarted)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = self
-            .runtime
-            .spawn(dispatch(self.pool.clone(), Arc::clone(&self.shared), rx));
+        let task = runtime.spawn(dispatch(
+            self.pool.clone(),
+            Arc::clone(&self.shared),
+            rx,
+            Arc::clone(&self.terminating),
+        ));
         *lock(&self.sender) = Some(tx);
         *lock(&self.dispatcher) = Some(task);
         Ok(())
@@ -118,10 +131,10 @@ impl Core {
     /// Call without the GIL.
     pub(crate) fn kill(&self, pid: u64) -> KillEnd {
         let id = greenpool::JobId::from_u64(pid);
-        match self
-            .runtime
-            .block_on(self.pool.terminate_job(id, Some(KillSignal::Kill)))
-        {
+        let Ok(runtime) = self.runtime() else {
+            return KillEnd::Unknown;
+        };
+        match runtime.block_on(self.pool.terminate_job(id, Some(KillSignal::Kill))) {
             KillResult::Killed => KillEnd::Killed,
             KillResult::Exited | KillResult::AlreadyFinished | KillResult::Requested => {
                 KillEnd::Exited
@@ -135,7 +148,10 @@ impl Core {
     pub(crate) fn stop(&self) {
         lock(&self.sender).take();
         let dispatcher = lock(&self.dispatcher).take();
-        self.runtime.block_on(async {
+        let Ok(runtime) = self.runtime() else {
+            return;
+        };
+        runtime.block_on(async {
             if let Some(d) = dispatcher {
                 let _ = d.await;
             }
@@ -146,14 +162,19 @@ impl Core {
     /// Kills every job, queued or running, and stops the pool. Call without
     /// the GIL.
     pub(crate) fn terminate(&self) {
+        self.terminating.store(true, Ordering::Relaxed);
         lock(&self.sender).take();
         let dispatcher = lock(&self.dispatcher).take();
-        self.runtime.block_on(async {
+        let Ok(runtime) = self.runtime() else {
+            return;
+        };
+        runtime.block_on(async {
+            // Kills the running jobs and refuses the dispatcher's next
+            // apply; the dispatcher then reports what is left as killed.
+            let _ = self.pool.terminate().await;
             if let Some(d) = dispatcher {
-                d.abort();
                 let _ = d.await;
             }
-            let _ = self.pool.terminate().await;
         });
     }
 
@@ -196,6 +217,16 @@ impl Core {
     }
 }
 
+impl Drop for Core {
+    fn drop(&mut self) {
+        // Never wait here: the dropping thread may hold the GIL that a
+        // job's callback on a runtime thread is waiting for.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -205,12 +236,17 @@ async fn dispatch(
     pool: TaskPool,
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Arc<JobShared>>,
+    terminating: Arc<AtomicBool>,
 ) {
     while let Some(job) = rx.recv().await {
         if job.is_killed() {
             continue;
         }
-        if !apply_one(&pool, &shared, job).await {
+        if terminating.load(Ordering::Relaxed) {
+            kill_unadmitted(&shared, job);
+            continue;
+        }
+        if !apply_one(&pool, &shared, job, &terminating).await {
             // The pool closed under the apply: nothing left will run.
             break;
         }
@@ -218,17 +254,34 @@ async fn dispatch(
     // Jobs still queued (the pool closed) never run: each reports lost.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        let hooks = Arc::clone(&shared.hooks);
-        tokio::task::spawn_blocking(move || {
-            job.report_lost_if_unreported(&hooks, "the pool closed before the task started")
-        });
+        if terminating.load(Ordering::Relaxed) {
+            kill_unadmitted(&shared, job);
+        } else {
+            let hooks = Arc::clone(&shared.hooks);
+            tokio::task::spawn_blocking(move || {
+                job.report_lost_if_unreported(&hooks, "the pool closed before the task started")
+            });
+        }
+    }
+}
+
+/// Reports a job the pool's `terminate` caught before it was admitted,
+/// before `terminate` returns (its caller has let the GIL go).
+fn kill_unadmitted(shared: &Arc<Shared>, job: Arc<JobShared>) {
+    if job.claim_kill(&shared.hooks, &shared.stats) {
+        job.report_kill(&shared.hooks, KillHow::Signal(SIGKILL));
     }
 }
 
 /// Applies one Python task to the core pool, waiting for its slot.
 /// Returns false when the pool refused it (closed); the task then reports
 /// lost.
-async fn apply_one(pool: &TaskPool, shared: &Arc<Shared>, job: Arc<JobShared>) -> bool {
+async fn apply_one(
+    pool: &TaskPool,
+    shared: &Arc<Shared>,
+    job: Arc<JobShared>,
+    terminating: &AtomicBool,
+) -> bool {
     let on_end = {
         let shared = Arc::clone(shared);
         let job = Arc::clone(&job);
@@ -265,6 +318,10 @@ async fn apply_one(pool: &TaskPool, shared: &Arc<Shared>, job: Arc<JobShared>) -
         }
         Err(refused) => {
             drop(refused);
+            if terminating.load(Ordering::Relaxed) {
+                kill_unadmitted(shared, job);
+                return false;
+            }
             let hooks = Arc::clone(&shared.hooks);
             tokio::task::spawn_blocking(move || {
                 job.report_lost_if_unreported(&hooks, "the pool closed before the task started")

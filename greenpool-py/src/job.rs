@@ -55,6 +55,9 @@ pub(crate) struct JobState {
     pub(crate) reported: bool,
     /// An exception was raised into the job's thread.
     pub(crate) raised: bool,
+    /// SIGUSR1 was delivered (Celery sends it twice: `terminate_job`, then
+    /// the handle's `terminate`; the task gets one).
+    pub(crate) usr1: bool,
 }
 
 /// The Python calls of one job.
@@ -112,6 +115,7 @@ impl JobShared {
                 defer_kill_report: false,
                 reported: false,
                 raised: false,
+                usr1: false,
             }),
             reported: Condvar::new(),
             calls,
@@ -361,6 +365,21 @@ impl JobShared {
         } else {
             false
         }
+    }
+
+    /// SIGUSR1: raises `SoftTimeLimitExceeded` into the running task, once
+    /// per job. Call without the GIL held.
+    pub(crate) fn raise_usr1(&self, hooks: &Hooks, stats: &Stats) -> bool {
+        {
+            let mut st = self.lock();
+            if st.usr1 {
+                return true;
+            }
+            if matches!(st.phase, Phase::Running(_)) {
+                st.usr1 = true;
+            }
+        }
+        self.raise_soft(hooks, stats)
     }
 
     /// Calls the timeout callback with `soft = true`.

@@ -39,7 +39,7 @@ impl PoolInner {
         let shared = &self.shared;
         py.detach(|| {
             if signum == SIGUSR1 {
-                return if job.raise_soft(&shared.hooks, &shared.stats) {
+                return if job.raise_usr1(&shared.hooks, &shared.stats) {
                     "signalled"
                 } else {
                     "not-running"

@@ -229,3 +229,28 @@ def test_idle_threads_leave():
     wait_for(lambda: p._get_info()["threads"] == 0, "idle threads to leave")
     assert p.apply_async(lambda: 1).wait(WAIT)
     p.stop()
+
+
+def test_sigusr1_twice_reaches_the_task_once(pool):
+    """Celery's Request.terminate calls terminate_job(pid, sig) and then the
+    apply handle's terminate(sig): the task must get one exception, not a
+    second one in the middle of its cleanup."""
+    target, started, _ = blocker()
+    cleaning = threading.Event()
+
+    def soft_aware():
+        try:
+            target()
+        except SoftTimeLimitExceeded:
+            cleaning.set()
+            for _ in range(50):
+                time.sleep(0.002)
+            return "cleaned up"
+
+    out = Recorder()
+    h = pool.apply_async(soft_aware, callback=out, error_callback=out)
+    assert started.wait(WAIT)
+    assert pool.terminate_job(h.pid, 10) == "signalled"
+    assert cleaning.wait(WAIT)
+    h.terminate(10)
+    assert out.wait() == [("cleaned up",)]

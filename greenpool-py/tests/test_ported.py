@@ -272,16 +272,21 @@ def test_restart():
         TaskPool(10).restart()
 
 
-def test_on_terminate_kills_running_jobs():
-    p = TaskPool(2)
+def test_on_terminate_kills_running_and_queued_jobs():
+    """Eventlet's on_terminate does nothing; here every job, running or
+    still waiting for a slot, ends with one Terminated report."""
+    p = TaskPool(1)
     p.start()
     target, started, _ = blocker()
-    out = Recorder()
+    out, ran = Recorder(), Recorder()
     p.apply_async(target, callback=out)
     assert started.wait(WAIT)
+    for _ in range(3):
+        p.apply_async(ran, callback=out)
     p.terminate()
-    assert len(out.calls) == 1
-    assert isinstance(out.calls[0][0].exception.exc, Terminated)
+    assert len(out.calls) == 4
+    assert all(isinstance(c[0].exception.exc, Terminated) for c in out.calls)
+    assert ran.calls == []
 
 
 def test_interface_terminate_job_unknown_pid(pool):
