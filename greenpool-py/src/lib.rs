@@ -2,9 +2,10 @@
 //! Python tasks run on OS threads owned by Rust, admitted, timed and killed
 //! by the greenpool core.
 //!
-//! Python sees one module, `greenpool._greenpool`, with two classes:
-//! `Pool` (the engine behind `greenpool.celery.TaskPool`) and `Job` (the
-//! handle `on_apply` returns). Follow one task through it:
+//! Python sees one module, `greenpool._greenpool`, with `Pool` (the engine
+//! behind `greenpool.celery.TaskPool`), `Job` (the handle `on_apply`
+//! returns) and `Timer` (the pool's `Timer`, kombu's API over the core's
+//! timer, `timer.rs`). Follow one task through it:
 //!
 //! 1. `Pool.apply` wraps the Python target and its callbacks in a
 //!    `JobShared` (`job.rs`) and hands it to the **dispatcher**, a
@@ -40,6 +41,7 @@ mod hooks;
 mod job;
 mod pool;
 mod threads;
+mod timer;
 
 use pyo3::prelude::*;
 
@@ -48,6 +50,8 @@ use pyo3::prelude::*;
 fn _greenpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::Pool>()?;
     m.add_class::<job::PyJob>()?;
+    m.add_class::<timer::Timer>()?;
+    m.add_class::<timer::PyTimerRef>()?;
     m.add("PoolError", m.py().get_type::<error::PoolError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -191,9 +191,35 @@ def test_timer_cancel():
     x = TaskPool.Timer()
     ran = Recorder()
     tref = x.call_after(3600, ran)
+    assert len(x) == 1
     x.cancel(tref)
-    assert tref.canceled
+    assert tref.canceled and len(x) == 0
     x.cancel(tref)  # twice is harmless
+    x.stop()
+
+
+def test_timer_call_at_args_repeat_and_errors():
+    """kombu's API as Celery's worker uses it: call_at with a datetime and
+    args, call_repeatedly until cancelled, on_error for an entry that raises."""
+    from datetime import datetime, timedelta, timezone
+
+    errors = Recorder()
+    x = TaskPool.Timer(on_error=errors)
+    got = Recorder()
+    x.call_at(datetime.now(timezone.utc) + timedelta(milliseconds=10),
+              lambda *a, **kw: got(a, kw), ("a",), {"k": 1})
+    assert got.wait() == [(("a",), {"k": 1})]
+    ticks = Recorder()
+    tref = x.call_repeatedly(0.01, ticks)
+    ticks.wait(3)
+    tref.cancel()
+
+    def boom():
+        raise KeyError("entry")
+
+    x.call_after(0, boom)
+    (exc,), = errors.wait()
+    assert isinstance(exc, KeyError)
     x.stop()
 
 

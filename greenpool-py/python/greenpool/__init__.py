@@ -7,6 +7,6 @@ Select it with stock Celery::
 or ``worker_pool = "greenpool.celery:TaskPool"`` in the app's configuration.
 See :mod:`greenpool.celery`.
 """
-from ._greenpool import Job, Pool, PoolError, __version__
+from ._greenpool import Job, Pool, PoolError, Timer, __version__
 
-__all__ = ("Job", "Pool", "PoolError", "__version__")
+__all__ = ("Job", "Pool", "PoolError", "Timer", "__version__")

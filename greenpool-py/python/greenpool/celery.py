@@ -43,10 +43,11 @@ from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.dispatch import Signal
 
-from ._greenpool import Pool
+from ._greenpool import Pool, Timer
 
 __all__ = (
     "TaskPool",
+    "Timer",
     "Hooks",
     "JobKilled",
     "pool_started",
@@ -161,8 +162,9 @@ class TaskPool(BasePool):
     """Celery's eventlet ``TaskPool`` API on OS threads run by the greenpool
     core. See the module's documentation."""
 
-    #: Timers run on a thread of their own (the pool is not green).
-    Timer = BasePool.Timer
+    #: kombu's timer API over the greenpool core's timer (used by Celery when
+    #: the broker has no event loop); entries run on the timer's thread.
+    Timer = Timer
 
     #: Shutdown is not done from a signal handler (as eventlet and threads).
     signal_safe = False
