@@ -3,7 +3,7 @@
 //! the core job that hands a Python task to a thread.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use greenpool::{
@@ -42,8 +42,9 @@ pub(crate) struct Core {
     /// Always `Some` until dropped.
     runtime: Option<Runtime>,
     pool: TaskPool,
-    /// Set by `terminate`: jobs not yet admitted are reported killed.
-    terminating: Arc<AtomicBool>,
+    /// What happens to jobs not yet admitted when the pool ends: see
+    /// [`RUNNING`], [`DROP_QUEUED`], [`KILL_QUEUED`].
+    ending: Arc<AtomicU8>,
     shared: Arc<Shared>,
     sender: Mutex<Option<mpsc::UnboundedSender<Arc<JobShared>>>>,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -91,7 +92,7 @@ impl Core {
         Ok(Core {
             runtime: Some(runtime),
             pool,
-            terminating: Arc::new(AtomicBool::new(false)),
+            ending: Arc::new(AtomicU8::new(RUNNING)),
             shared,
             sender: Mutex::new(None),
             dispatcher: Mutex::new(None),
@@ -112,7 +113,7 @@ impl Core {
             self.pool.clone(),
             Arc::clone(&self.shared),
             rx,
-            Arc::clone(&self.terminating),
+            Arc::clone(&self.ending),
         ));
         *lock(&self.sender) = Some(tx);
         *lock(&self.dispatcher) = Some(task);
@@ -143,26 +144,39 @@ impl Core {
         }
     }
 
-    /// Stops taking jobs, lets the queued and running ones finish, and
-    /// stops the pool. Call without the GIL.
-    pub(crate) fn stop(&self) {
+    /// Stops taking jobs, lets the running ones finish, and stops the pool.
+    /// Jobs not admitted yet run first, or with `drop_queued` never run
+    /// and get no report (a Celery worker's unacknowledged messages go
+    /// back to the broker). Call without the GIL.
+    pub(crate) fn stop(&self, drop_queued: bool) {
+        if drop_queued {
+            self.ending.store(DROP_QUEUED, Ordering::Relaxed);
+        }
         lock(&self.sender).take();
         let dispatcher = lock(&self.dispatcher).take();
         let Ok(runtime) = self.runtime() else {
             return;
         };
         runtime.block_on(async {
-            if let Some(d) = dispatcher {
-                let _ = d.await;
+            if drop_queued {
+                // Refuses the dispatcher's waiting apply at once.
+                let _ = self.pool.stop().await;
+                if let Some(d) = dispatcher {
+                    let _ = d.await;
+                }
+            } else {
+                if let Some(d) = dispatcher {
+                    let _ = d.await;
+                }
+                let _ = self.pool.stop().await;
             }
-            let _ = self.pool.stop().await;
         });
     }
 
     /// Kills every job, queued or running, and stops the pool. Call without
     /// the GIL.
     pub(crate) fn terminate(&self) {
-        self.terminating.store(true, Ordering::Relaxed);
+        self.ending.store(KILL_QUEUED, Ordering::Relaxed);
         lock(&self.sender).take();
         let dispatcher = lock(&self.dispatcher).take();
         let Ok(runtime) = self.runtime() else {
@@ -236,17 +250,17 @@ async fn dispatch(
     pool: TaskPool,
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Arc<JobShared>>,
-    terminating: Arc<AtomicBool>,
+    ending: Arc<AtomicU8>,
 ) {
     while let Some(job) = rx.recv().await {
         if job.is_killed() {
             continue;
         }
-        if terminating.load(Ordering::Relaxed) {
-            kill_unadmitted(&shared, job);
+        if ending.load(Ordering::Relaxed) != RUNNING {
+            unadmitted(&shared, job, &ending);
             continue;
         }
-        if !apply_one(&pool, &shared, job, &terminating).await {
+        if !apply_one(&pool, &shared, job, &ending).await {
             // The pool closed under the apply: nothing left will run.
             break;
         }
@@ -254,22 +268,30 @@ async fn dispatch(
     // Jobs still queued (the pool closed) never run: each reports lost.
     rx.close();
     while let Ok(job) = rx.try_recv() {
-        if terminating.load(Ordering::Relaxed) {
-            kill_unadmitted(&shared, job);
-        } else {
-            let hooks = Arc::clone(&shared.hooks);
-            tokio::task::spawn_blocking(move || {
-                job.report_lost_if_unreported(&hooks, "the pool closed before the task started")
-            });
-        }
+        unadmitted(&shared, job, &ending);
     }
 }
 
-/// Reports a job the pool's `terminate` caught before it was admitted,
-/// before `terminate` returns (its caller has let the GIL go).
-fn kill_unadmitted(shared: &Arc<Shared>, job: Arc<JobShared>) {
-    if job.claim_kill(&shared.hooks, &shared.stats) {
-        job.report_kill(&shared.hooks, KillHow::Signal(SIGKILL));
+/// While the pool runs: jobs go to the core pool.
+const RUNNING: u8 = 0;
+/// `stop(drop_queued)`: jobs not admitted are dropped, unreported.
+const DROP_QUEUED: u8 = 1;
+/// `terminate`: jobs not admitted are reported killed.
+const KILL_QUEUED: u8 = 2;
+
+/// Settles a job that will not be admitted, before `stop`/`terminate`
+/// returns (their caller has let the GIL go).
+fn unadmitted(shared: &Arc<Shared>, job: Arc<JobShared>, ending: &AtomicU8) {
+    match ending.load(Ordering::Relaxed) {
+        DROP_QUEUED => job.mark_dropped(),
+        KILL_QUEUED => {
+            if job.claim_kill(&shared.hooks, &shared.stats) {
+                job.report_kill(&shared.hooks, KillHow::Signal(SIGKILL));
+            }
+        }
+        _ => {
+            job.report_lost_if_unreported(&shared.hooks, "the pool closed before the task started")
+        }
     }
 }
 
@@ -280,7 +302,7 @@ async fn apply_one(
     pool: &TaskPool,
     shared: &Arc<Shared>,
     job: Arc<JobShared>,
-    terminating: &AtomicBool,
+    ending: &AtomicU8,
 ) -> bool {
     let on_end = {
         let shared = Arc::clone(shared);
@@ -318,14 +340,7 @@ async fn apply_one(
         }
         Err(refused) => {
             drop(refused);
-            if terminating.load(Ordering::Relaxed) {
-                kill_unadmitted(shared, job);
-                return false;
-            }
-            let hooks = Arc::clone(&shared.hooks);
-            tokio::task::spawn_blocking(move || {
-                job.report_lost_if_unreported(&hooks, "the pool closed before the task started")
-            });
+            unadmitted(shared, job, ending);
             false
         }
     }

@@ -162,7 +162,10 @@ impl JobShared {
 
     /// Marks a job that will never run nor report (refused at apply).
     pub(crate) fn mark_dropped(&self) {
-        self.lock().reported = true;
+        let mut st = self.lock();
+        st.phase = Phase::Killed;
+        st.reported = true;
+        drop(st);
         self.reported.notify_all();
     }
 

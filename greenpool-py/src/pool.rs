@@ -196,12 +196,14 @@ impl Pool {
         self.inner.core.limit()
     }
 
-    /// Waits for queued and running jobs to finish, then stops; idle
-    /// threads leave.
-    fn stop(&self, py: Python<'_>) {
+    /// Waits for running jobs to finish, then stops; idle threads leave.
+    /// Jobs still waiting for a slot run first, or with `drop_queued`
+    /// never run and get no report.
+    #[pyo3(signature = (drop_queued=false))]
+    fn stop(&self, py: Python<'_>, drop_queued: bool) {
         let inner = &self.inner;
         py.detach(|| {
-            inner.core.stop();
+            inner.core.stop(drop_queued);
             inner.shared.threads.close(Duration::from_secs(5));
         });
     }

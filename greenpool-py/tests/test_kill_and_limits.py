@@ -254,3 +254,47 @@ def test_sigusr1_twice_reaches_the_task_once(pool):
     assert cleaning.wait(WAIT)
     h.terminate(10)
     assert out.wait() == [("cleaned up",)]
+
+
+def test_pool_level_time_limits_apply_to_tasks_without_their_own():
+    """Celery passes task_soft_time_limit / task_time_limit to the pool as
+    soft_timeout / timeout options."""
+    p = TaskPool(2, soft_timeout=0.05)
+    p.start()
+
+    def target():
+        try:
+            while True:
+                time.sleep(0.001)
+        except SoftTimeLimitExceeded:
+            return "soft"
+
+    out = Recorder()
+    p.apply_async(target, callback=out)
+    assert out.wait() == [("soft",)]
+    p.stop()
+
+
+def test_stop_in_a_worker_leaves_queued_jobs_unstarted():
+    """With an app (inside a worker), warm shutdown waits for the running job
+    only: the queued ones never start and get no report."""
+    from celery import Celery
+
+    p = TaskPool(1, app=Celery(set_as_current=False))
+    p.start()
+    target, started, release = blocker()
+    first = Recorder()
+    p.apply_async(target, callback=first)
+    assert started.wait(WAIT)
+    ran, out = Recorder(), Recorder()
+    queued = [p.apply_async(ran, callback=out, accept_callback=out) for _ in range(3)]
+
+    def release_once_closed():
+        wait_for(lambda: p._get_info()["state"] != "run", "stop to close the pool")
+        release.set()
+
+    threading.Thread(target=release_once_closed).start()
+    p.stop()
+    assert first.calls == [("released",)]
+    assert ran.calls == [] and out.calls == []
+    assert all(q.ready() for q in queued)

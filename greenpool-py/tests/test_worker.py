@@ -17,7 +17,7 @@ CONCURRENCY = 4
 
 
 class Worker:
-    def __init__(self, app, url, concurrency, name):
+    def __init__(self, app, url, concurrency, name, extra=(), queue="celery"):
         env = dict(os.environ)
         env.update(
             CELERY_CUSTOM_WORKER_POOL="greenpool.celery:TaskPool",
@@ -30,7 +30,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "e2e_app", "worker",
              "-P", "custom", "-c", str(concurrency), "-n", self.name,
-             "--loglevel=INFO", "--without-gossip", "--without-mingle"],
+             "-Q", queue, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             *extra],
             env=env, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.app = app
@@ -102,9 +103,11 @@ def test_concurrency_bound(app, worker):
     k = key()
     rs = [app.hold.delay(k) for _ in range(3 * CONCURRENCY)]
     c = app.r()
-    wait_for(lambda: int(c.get(k + ":running") or 0) == CONCURRENCY, "all slots busy")
-    assert worker.stats()["running-threads"] == CONCURRENCY
-    c.set(k + ":go", 1)
+    try:
+        wait_for(lambda: int(c.get(k + ":running") or 0) == CONCURRENCY, "all slots busy")
+        assert worker.stats()["running-threads"] == CONCURRENCY
+    finally:
+        c.set(k + ":go", 1)
     assert [r.get(timeout=WAIT) for r in rs] == [k] * len(rs)
     assert int(c.get(k + ":peak")) == CONCURRENCY
 
@@ -134,6 +137,36 @@ def test_pool_grow_and_shrink_seen_in_inspect_stats(app, worker):
     assert stats["max-concurrency"] == CONCURRENCY
     assert stats["implementation"] == "greenpool.celery:TaskPool"
     assert {"free-threads", "running-threads", "abandoned-threads"} <= set(stats)
+
+
+def test_control_time_limit(app, worker):
+    """`celery control time_limit` changes the limits of later tasks."""
+    reply = app.app.control.time_limit("e2e_app.nap", soft=None, hard=0.5,
+                                       destination=[worker.name], reply=True)
+    assert reply and "ok" in reply[0][worker.name]
+    try:
+        with pytest.raises(TimeLimitExceeded):
+            app.nap.delay(30).get(timeout=15)
+    finally:
+        app.app.control.time_limit("e2e_app.nap", soft=None, hard=None,
+                                   destination=[worker.name], reply=True)
+    assert app.nap.delay(0.01).get(timeout=WAIT) == 0.01
+
+
+def test_autoscale_grows_the_pool(app, redis_url):
+    q = key()
+    w = Worker(app.app, redis_url, 1, "auto", extra=["--autoscale=3,1"], queue=q)
+    k = key()
+    c = app.r()
+    try:
+        rs = [app.hold.apply_async((k,), queue=q) for _ in range(3)]
+        wait_for(lambda: int(c.get(k + ":running") or 0) == 3, "the autoscaler to grow to 3")
+        assert w.stats()["max-concurrency"] == 3
+        c.set(k + ":go", 1)
+        assert [r.get(timeout=WAIT) for r in rs] == [k] * 3
+    finally:
+        c.set(k + ":go", 1)
+        assert w.stop() == 0, w.output()
 
 
 def test_soft_time_limit(app, worker):
@@ -177,13 +210,17 @@ def test_load(app, worker):
 
 
 def test_warm_shutdown_loses_nothing(app, redis_url):
-    w = Worker(app.app, redis_url, 2, "warm")
-    rs = [app.nap.delay(0.3) for _ in range(10)]
+    """Running tasks finish; prefetched ones waiting for a slot are not
+    started, and their messages go back to the queue for the next worker."""
+    q = key()
+    w = Worker(app.app, redis_url, 2, "warm", queue=q)
+    rs = [app.nap.apply_async((0.3,), queue=q) for _ in range(20)]
     wait_for(lambda: any(r.state == "STARTED" for r in rs), "a task to start")
     assert w.stop(signal.SIGTERM) == 0, w.output()
+    assert not all(r.ready() for r in rs)  # some were left for the next worker
     # What was running finished; what was not started went back to the queue.
-    w2 = Worker(app.app, redis_url, 2, "warm2")
+    w2 = Worker(app.app, redis_url, 2, "warm2", queue=q)
     try:
-        assert [r.get(timeout=WAIT) for r in rs] == [0.3] * 10
+        assert [r.get(timeout=WAIT) for r in rs] == [0.3] * 20
     finally:
         assert w2.stop() == 0, w2.output()

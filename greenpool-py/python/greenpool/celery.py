@@ -201,7 +201,11 @@ class TaskPool(BasePool):
     def on_stop(self):
         pool_preshutdown.send(sender=self)
         if self._pool is not None:
-            self._pool.stop()
+            # In a worker (app given), tasks still waiting for a slot are not
+            # started at warm shutdown: their messages were not acknowledged
+            # and go back to the broker (eventlet never took them: its
+            # on_apply blocks while the pool is full).
+            self._pool.stop(drop_queued=self.app is not None)
         pool_postshutdown.send(sender=self)
 
     def on_close(self):
@@ -224,6 +228,7 @@ class TaskPool(BasePool):
                  timeout_callback=None, soft_timeout=None, timeout=None, **_):
         if pool_apply.receivers:
             pool_apply.send(sender=self, target=target, args=args, kwargs=kwargs)
+        timeout, soft_timeout = self._time_limits(args, timeout, soft_timeout)
         return self._pool.apply(
             target,
             args,
@@ -232,9 +237,29 @@ class TaskPool(BasePool):
             error_callback=error_callback,
             accept_callback=accept_callback,
             timeout_callback=timeout_callback,
-            soft_timeout=soft_timeout or self._default_soft_timeout,
-            timeout=timeout or self._default_timeout,
+            soft_timeout=soft_timeout,
+            timeout=timeout,
         )
+
+    def _time_limits(self, args, timeout, soft_timeout):
+        """The limits of one task: the message's, else the task's *current*
+        ones, else the worker's (task_time_limit, task_soft_time_limit).
+
+        Celery's worker passes the task's limits as they were when the
+        worker started, so that ``celery control time_limit`` would not
+        reach the pool; for Celery's tracer (args: name, id, request dict,
+        ...) the task's attributes are read here at apply time instead."""
+        app = self.app
+        if (app is not None and args and len(args) >= 3
+                and isinstance(args[0], str) and isinstance(args[2], dict)):
+            task = app.tasks.get(args[0])
+            if task is not None:
+                limits = args[2].get("timelimit") or (None, None)
+                hard, soft = (tuple(limits) + (None, None))[:2]
+                timeout = hard or task.time_limit
+                soft_timeout = soft or task.soft_time_limit
+        return (timeout or self._default_timeout,
+                soft_timeout or self._default_soft_timeout)
 
     # ----- resizing and killing ----------------------------------------------
 
