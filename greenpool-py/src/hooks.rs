@@ -24,11 +24,20 @@ pub(crate) enum Raise {
 #[derive(Debug)]
 pub(crate) struct Hooks {
     obj: Py<PyAny>,
+    /// `ctypes.pythonapi.PyThreadState_SetAsyncExc` and `ctypes.c_ulong`,
+    /// for `clear`, which runs on the task's own thread and so must not run
+    /// Python bytecode (a pending exception would be raised right there).
+    set_async_exc: Py<PyAny>,
+    c_ulong: Py<PyAny>,
 }
 
 impl Hooks {
-    pub(crate) fn new(obj: Py<PyAny>) -> Self {
-        Hooks { obj }
+    pub(crate) fn new(obj: Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Hooks {
+            set_async_exc: obj.getattr("set_async_exc")?.unbind(),
+            c_ulong: obj.getattr("c_ulong")?.unbind(),
+            obj: obj.unbind(),
+        })
     }
 
     fn call<'py>(
@@ -52,8 +61,13 @@ impl Hooks {
     }
 
     /// Clears an exception raised into `ident` that has not been taken yet.
+    /// Calls the ctypes function directly: C calls only, no bytecode.
     pub(crate) fn clear(&self, py: Python<'_>, ident: u64) {
-        if let Err(e) = self.call(py, "clear", (ident,)) {
+        let cleared = self
+            .c_ulong
+            .call1(py, (ident,))
+            .and_then(|id| self.set_async_exc.call1(py, (id, py.None())));
+        if let Err(e) = cleared {
             e.write_unraisable(py, Some(self.obj.bind(py)));
         }
     }

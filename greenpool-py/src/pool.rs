@@ -85,8 +85,13 @@ fn secs(v: Option<f64>) -> Option<Duration> {
 impl Pool {
     #[new]
     #[pyo3(signature = (limit, hooks, stack_size=1 << 20, idle_timeout=30.0))]
-    fn new(limit: i64, hooks: Py<PyAny>, stack_size: usize, idle_timeout: f64) -> PyResult<Self> {
-        let hooks = Arc::new(Hooks::new(hooks));
+    fn new(
+        limit: i64,
+        hooks: Bound<'_, PyAny>,
+        stack_size: usize,
+        idle_timeout: f64,
+    ) -> PyResult<Self> {
+        let hooks = Arc::new(Hooks::new(hooks)?);
         let stats = Arc::new(Stats::default());
         let idle = secs(Some(idle_timeout)).unwrap_or(Duration::from_secs(30));
         let threads = Threads::new(

@@ -99,15 +99,15 @@ class Hooks:
 
     get_ident = staticmethod(threading.get_ident)
     monotonic = staticmethod(time.monotonic)
+    #: Called by the native pool as set_async_exc(c_ulong(ident), None) to
+    #: clear a pending exception from the task's own thread: C calls only.
+    set_async_exc = staticmethod(_set_async_exc)
+    c_ulong = ctypes.c_ulong
 
     @staticmethod
     def raise_in(ident, kind):
         exc = JobKilled if kind == "kill" else SoftTimeLimitExceeded
         _set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc))
-
-    @staticmethod
-    def clear(ident):
-        _set_async_exc(ctypes.c_ulong(ident), None)
 
     @staticmethod
     def failure(exc):
