@@ -1,26 +1,53 @@
-//! Pipelining of acks and result stores: operations queue up while the
-//! previous round trip is in flight and go out together in the next one.
+//! Writes of the worker, in order and in batches: results, follow-up
+//! messages and acks queue up while the previous round trip is in flight
+//! and go out together in the next one.
 //!
-//! Under light load every operation leaves at once (the queue holds only
-//! it); under heavy load a round trip carries hundreds of acks (one ZREM
-//! and one HDEL for all of them) and results (one script call).
+//! # Store, then ack
+//!
+//! Operations are queued in the order the worker makes them (a request
+//! queues its result and follow-ups before its ack) and batches are sent
+//! strictly one after the other, each retried until it is written: a
+//! batch never starts before every earlier one is in Redis. Within a batch
+//! the [`COMMIT`](crate::scripts::COMMIT) script writes the results, then
+//! the follow-up messages (retries, chain steps, links), then the acks, in
+//! one atomic step. So an ack is never written before the writes queued
+//! ahead of it, and a batch the server refuses (at `maxmemory` with
+//! `noeviction`, say) writes nothing, acks included.
+//!
+//! With the result backend on another server (or database) the results of
+//! a batch go to it first; the broker part of that batch (follow-ups and
+//! acks) goes only once they are stored, so the order holds across the two
+//! connections. The two stages overlap across batches (the results of
+//! batch N+1 travel while the acks of batch N do), which keeps two round
+//! trips in flight as two independent writers would.
+//!
+//! A batch whose reply was lost is sent again; its once-key (set by the
+//! script's first write, kept a day) makes the second run a no-op, so
+//! follow-up messages are never pushed twice.
+//!
+//! # Outages
+//!
+//! While a connection is down the batch waits on its link's reconnection
+//! and later operations queue behind it, in memory: nothing is dropped.
+//! When the link gives up, the held operations are logged by count and
+//! dropped (their messages are still in `unacked` and come back after the
+//! visibility timeout), and [`Batcher::failure`] tells the worker to stop.
+//! A batch the server rejects for good (an error retrying cannot fix) is
+//! dropped whole with one log line, for the same reason.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::broker::keys::{UNACKED, UNACKED_INDEX};
+use crate::conn::Link;
+use crate::error::BrokerError;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 
 /// Most operations sent in one round trip.
 const MAX_BATCH: usize = 1024;
-
-/// Attempts per round trip before its operations are given up (logged).
-const ATTEMPTS: u32 = 5;
 
 enum Op {
     Ack(String),
@@ -29,27 +56,45 @@ enum Op {
     Flush(oneshot::Sender<()>),
 }
 
-/// A background task that sends queued operations in pipelines.
+/// Where a batcher writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    /// Follow-ups and acks (and results when `backend` is `None`).
+    pub(crate) broker: Arc<Link>,
+    /// The result backend when it is another server or database.
+    pub(crate) backend: Option<Arc<Link>>,
+    pub(crate) scripts: Scripts,
+    /// Result expiry in seconds (0: never).
+    pub(crate) result_expires: u64,
+}
+
+/// A background task that sends queued operations in batches.
 #[derive(Debug)]
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Op>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    failed: Arc<Mutex<Option<String>>>,
+    gave_up: Arc<tokio::sync::Notify>,
 }
 
 impl Batcher {
-    /// Starts the sender task on `conn`. Stores expire after
-    /// `result_expires` seconds (0: never).
-    pub(crate) fn spawn(
-        conn: MultiplexedConnection,
-        scripts: Scripts,
-        result_expires: u64,
-        stats: Arc<RedisStats>,
-    ) -> Self {
+    /// Starts the sender task.
+    pub(crate) fn spawn(targets: Targets, stats: Arc<RedisStats>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(rx, conn, scripts, result_expires, stats));
+        let failed = Arc::new(Mutex::new(None));
+        let gave_up = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(run(
+            rx,
+            targets,
+            stats,
+            Arc::clone(&failed),
+            Arc::clone(&gave_up),
+        ));
         Batcher {
             tx,
-            task: std::sync::Mutex::new(Some(task)),
+            task: Mutex::new(Some(task)),
+            failed,
+            gave_up,
         }
     }
 
@@ -68,7 +113,8 @@ impl Batcher {
         let _ = self.tx.send(Op::Push { key, payload });
     }
 
-    /// Waits until everything queued before this call has been sent.
+    /// Waits until everything queued before this call has been written
+    /// (or dropped, once a link gave up).
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Op::Flush(tx)).is_ok() {
@@ -76,13 +122,33 @@ impl Batcher {
         }
     }
 
-    /// Sends what is queued, then stops the sender task.
+    /// Why the batcher stopped writing, once a link gave up.
+    pub(crate) fn failure(&self) -> Option<BrokerError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .map(BrokerError::GaveUp)
+    }
+
+    /// Resolves once a link gave up (never otherwise).
+    pub(crate) async fn gave_up(&self) {
+        loop {
+            let notified = self.gave_up.notified();
+            if self.failure().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Writes what is queued, then stops the sender task.
     pub(crate) async fn close(&self) {
         self.flush().await;
         let task = self
             .task
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(task) = task {
             task.abort();
@@ -91,85 +157,229 @@ impl Batcher {
     }
 }
 
+/// One batch, split by kind.
+#[derive(Default)]
+struct Batch {
+    acks: Vec<String>,
+    store_keys: Vec<String>,
+    store_payloads: Vec<String>,
+    pushes: Vec<(String, String)>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.store_keys.is_empty() && self.pushes.is_empty()
+    }
+}
+
+/// The COMMIT call for results `stores` (keys, payloads), `pushes` and
+/// `acks`, under `once` (`""`: no pushes, no once-key needed).
+fn commit(
+    sha: &str,
+    once: &str,
+    expires: u64,
+    stores: (&[String], &[String]),
+    pushes: &[(String, String)],
+    acks: &[String],
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(3 + stores.0.len() + pushes.len())
+        .arg(UNACKED)
+        .arg(UNACKED_INDEX)
+        .arg(once)
+        .arg(stores.0);
+    for (key, _) in pushes {
+        cmd.arg(key);
+    }
+    cmd.arg(expires)
+        .arg(stores.0.len())
+        .arg(pushes.len())
+        .arg(stores.1);
+    for (_, payload) in pushes {
+        cmd.arg(payload);
+    }
+    cmd.arg(acks);
+    cmd
+}
+
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
-    mut conn: MultiplexedConnection,
-    scripts: Scripts,
-    result_expires: u64,
+    targets: Targets,
     stats: Arc<RedisStats>,
+    failed: Arc<Mutex<Option<String>>>,
+    gave_up: Arc<tokio::sync::Notify>,
 ) {
+    // Two stages: results to a separate backend, then the broker part of
+    // the same batch. The stages overlap across batches (batch N+1's
+    // results go out while batch N's acks do), never within one.
+    let (to_broker, from_backend) = mpsc::unbounded_channel::<Batch>();
+    let broker_stage = tokio::spawn(broker_stage(
+        from_backend,
+        targets.clone(),
+        Arc::clone(&stats),
+        Arc::clone(&failed),
+        Arc::clone(&gave_up),
+    ));
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        let mut acks = Vec::new();
-        let mut keys = Vec::new();
-        let mut payloads = Vec::new();
-        let mut waiters = Vec::new();
-        let mut pushes = Vec::new();
+        let mut b = Batch::default();
         for op in ops.drain(..) {
             match op {
-                Op::Ack(tag) => acks.push(tag),
+                Op::Ack(tag) => b.acks.push(tag),
                 Op::Store { key, payload } => {
-                    keys.push(key);
-                    payloads.push(payload);
+                    b.store_keys.push(key);
+                    b.store_payloads.push(payload);
                 }
-                Op::Push { key, payload } => pushes.push((key, payload)),
-                Op::Flush(w) => waiters.push(w),
+                Op::Push { key, payload } => b.pushes.push((key, payload)),
+                Op::Flush(w) => b.waiters.push(w),
             }
         }
-        if !acks.is_empty() || !keys.is_empty() || !pushes.is_empty() {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let mut pipe = redis::pipe();
-                if !acks.is_empty() {
-                    pipe.cmd("ZREM").arg(UNACKED_INDEX).arg(&acks).ignore();
-                    pipe.cmd("HDEL").arg(UNACKED).arg(&acks).ignore();
-                }
-                for (key, payload) in &pushes {
-                    pipe.cmd("LPUSH").arg(key).arg(payload).ignore();
-                }
-                if !keys.is_empty() {
-                    pipe.cmd("EVALSHA")
-                        .arg(&scripts.store)
-                        .arg(keys.len())
-                        .arg(&keys)
-                        .arg(result_expires)
-                        .arg(&payloads)
-                        .ignore();
-                }
-                stats.round_trip();
-                match pipe.query_async::<()>(&mut conn).await {
-                    Ok(()) => {
-                        stats.add_acked(acks.len() as u64);
-                        stats.add_stored(keys.len() as u64);
-                        break;
-                    }
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        // The digests stay the same once the scripts are back.
-                        if let Err(e) = Scripts::load(&mut conn).await {
-                            tracing::error!("cannot load the Redis scripts: {e}");
-                        }
-                    }
-                    Err(e) if attempt < ATTEMPTS => {
-                        tracing::warn!("redis round trip failed ({e}); retrying");
-                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            "giving up {} acks and {} results after {ATTEMPTS} attempts: {e}",
-                            acks.len(),
-                            keys.len()
-                        );
-                        break;
-                    }
+        if let Some(backend) = targets
+            .backend
+            .as_ref()
+            .filter(|_| !b.store_keys.is_empty())
+        {
+            if !is_dead(&failed) {
+                if let Err(e) = store_results(&b, backend, &targets, &stats).await {
+                    give_up(&b, e, &failed, &gave_up);
+                    // Nothing of this batch may be acked now.
+                    b.acks.clear();
+                    b.pushes.clear();
                 }
             }
+            b.store_keys.clear();
+            b.store_payloads.clear();
         }
-        for w in waiters {
+        if to_broker.send(b).is_err() {
+            break;
+        }
+    }
+    drop(to_broker);
+    let _ = broker_stage.await;
+}
+
+fn is_dead(failed: &Mutex<Option<String>>) -> bool {
+    failed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
+/// Logs a batch that cannot be written and, when a link gave up, records
+/// why.
+fn give_up(
+    b: &Batch,
+    e: BrokerError,
+    failed: &Mutex<Option<String>>,
+    gave_up: &tokio::sync::Notify,
+) {
+    tracing::error!(
+        "dropping {} result(s), {} follow-up message(s) and {} ack(s): {e}; \
+         their messages stay unacked and come back after the visibility timeout",
+        b.store_keys.len(),
+        b.pushes.len(),
+        b.acks.len()
+    );
+    if let BrokerError::GaveUp(why) = e {
+        *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        gave_up.notify_waiters();
+    }
+}
+
+/// The broker stage: follow-ups and acks (and results when they share
+/// the broker's server), batches that queued up merged into one COMMIT.
+async fn broker_stage(
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    targets: Targets,
+    stats: Arc<RedisStats>,
+    failed: Arc<Mutex<Option<String>>>,
+    gave_up: Arc<tokio::sync::Notify>,
+) {
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, 64).await > 0 {
+        let mut b = Batch::default();
+        for mut next in batches.drain(..) {
+            b.acks.append(&mut next.acks);
+            b.store_keys.append(&mut next.store_keys);
+            b.store_payloads.append(&mut next.store_payloads);
+            b.pushes.append(&mut next.pushes);
+            b.waiters.append(&mut next.waiters);
+        }
+        if !b.is_empty() && !is_dead(&failed) {
+            if let Err(e) = commit_broker(&b, &targets, &stats).await {
+                give_up(&b, e, &failed, &gave_up);
+            }
+        }
+        for w in b.waiters {
             let _ = w.send(());
         }
     }
+}
+
+/// Stores a batch's results on the separate backend, retrying through
+/// outages.
+async fn store_results(
+    b: &Batch,
+    backend: &Link,
+    t: &Targets,
+    stats: &RedisStats,
+) -> Result<(), BrokerError> {
+    let cmd = commit(
+        &t.scripts.commit,
+        "",
+        t.result_expires,
+        (&b.store_keys, &b.store_payloads),
+        &[],
+        &[],
+    );
+    let what = format!("storing {} result(s)", b.store_keys.len());
+    stats.round_trip();
+    backend
+        .call_until_done(&what, |mut conn| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<i64>(&mut conn).await }
+        })
+        .await?
+        .map_err(BrokerError::Redis)?;
+    stats.add_stored(b.store_keys.len() as u64);
+    Ok(())
+}
+
+/// Writes the broker part of a batch in one COMMIT, retrying through
+/// outages; an error only when the link gives up or the server rejects
+/// the batch for good.
+async fn commit_broker(b: &Batch, t: &Targets, stats: &RedisStats) -> Result<(), BrokerError> {
+    let stores = (b.store_keys.as_slice(), b.store_payloads.as_slice());
+    let once = if b.pushes.is_empty() {
+        String::new()
+    } else {
+        format!("greenpool.commit.{}", crate::uuid::uuid4())
+    };
+    let cmd = commit(
+        &t.scripts.commit,
+        &once,
+        t.result_expires,
+        stores,
+        &b.pushes,
+        &b.acks,
+    );
+    let what = format!(
+        "writing {} result(s), {} follow-up(s) and {} ack(s)",
+        stores.0.len(),
+        b.pushes.len(),
+        b.acks.len()
+    );
+    stats.round_trip();
+    t.broker
+        .call_until_done(&what, |mut conn| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<i64>(&mut conn).await }
+        })
+        .await?
+        .map_err(BrokerError::Redis)?;
+    stats.add_stored(stores.0.len() as u64);
+    stats.add_acked(b.acks.len() as u64);
+    Ok(())
 }

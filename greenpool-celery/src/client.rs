@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::backend::{result_key, ResultMeta, TaskState};
 use crate::broker::keys;
+use crate::conn::{Backoff, Link, LinkSettings, Subscriber, SubscriberEvent};
 use crate::error::{BrokerError, ResultError};
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
 use crate::task_error::TaskError;
@@ -98,10 +99,27 @@ impl SendOptions {
 }
 
 /// A Celery client on Redis.
+///
+/// Its connections reconnect by themselves (Celery's publish retry
+/// policy: 3 retries, 0.2 s apart), and result waits subscribe again after
+/// a loss. A send whose reply is lost is sent again, so a task may be
+/// queued twice when the connection breaks at that moment (at least once,
+/// as with kombu).
 #[derive(Debug, Clone)]
 pub struct Client {
-    broker: MultiplexedConnection,
-    backend: Option<(redis::Client, MultiplexedConnection)>,
+    broker: Arc<Link>,
+    backend: Option<Arc<Link>>,
+}
+
+fn client_settings() -> LinkSettings {
+    let mut s = LinkSettings::client();
+    s.max_retries = Some(3);
+    s.retry_on_startup = false;
+    s.backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_millis(200),
+    };
+    s
 }
 
 impl Client {
@@ -114,9 +132,12 @@ impl Client {
         broker_url: &str,
         result_backend: Option<&str>,
     ) -> Result<Self, BrokerError> {
-        let (_, broker) = crate::connect::connect(broker_url).await?;
+        let broker = Arc::new(Link::open("broker", broker_url, client_settings(), None).await?);
         let backend = match result_backend {
-            Some(url) => Some(crate::connect::connect(url).await?),
+            Some(url) if url == broker_url => Some(Arc::clone(&broker)),
+            Some(url) => Some(Arc::new(
+                Link::open("result backend", url, client_settings(), None).await?,
+            )),
             None => None,
         };
         Ok(Client { broker, backend })
@@ -158,11 +179,15 @@ impl Client {
             )))
         })?;
         let key = keys::queue_key(&options.queue, priority);
-        let _: i64 = redis::cmd("LPUSH")
-            .arg(key)
-            .arg(payload)
-            .query_async(&mut self.broker.clone())
-            .await
+        let mut push = redis::cmd("LPUSH");
+        push.arg(key).arg(payload);
+        let _: i64 = self
+            .broker
+            .call_until_done("sending a task", |mut conn| {
+                let push = &push;
+                async move { push.query_async(&mut conn).await }
+            })
+            .await?
             .map_err(BrokerError::Redis)?;
         Ok(self.result(&msg.headers.id))
     }
@@ -180,7 +205,7 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct AsyncResult {
     id: String,
-    backend: Option<(redis::Client, MultiplexedConnection)>,
+    backend: Option<Arc<Link>>,
 }
 
 fn no_backend() -> ResultError {
@@ -203,11 +228,14 @@ impl AsyncResult {
     /// [`ResultError::Broker`] if Redis fails or no backend is configured,
     /// [`ResultError::Malformed`] for a meta that is not Celery's JSON.
     pub async fn meta(&self) -> Result<Option<ResultMeta>, ResultError> {
-        let (_, conn) = self.backend.as_ref().ok_or_else(no_backend)?;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(result_key(&self.id))
-            .query_async(&mut conn.clone())
-            .await
+        let link = self.backend.as_ref().ok_or_else(no_backend)?;
+        let key = result_key(&self.id);
+        let raw: Option<String> = link
+            .call_until_done("reading a result", |mut conn| {
+                let key = &key;
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+            })
+            .await?
             .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
         raw.map(|r| serde_json::from_str(&r).map_err(ResultError::Malformed))
             .transpose()
@@ -236,36 +264,31 @@ impl AsyncResult {
     ///
     /// Cancel safe: it only reads.
     pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
-        let (client, _) = self.backend.as_ref().ok_or_else(no_backend)?;
+        let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
-        let mut pubsub = client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| ResultError::Broker(BrokerError::Connect(e)))?;
-        pubsub
-            .subscribe(&key)
-            .await
-            .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
         let deadline = tokio::time::Instant::now() + timeout;
-        if let Some(meta) = self.meta().await? {
-            if meta.status.is_ready() {
-                return into_value(meta);
-            }
-        }
-        let mut messages = pubsub.on_message();
+        let subscribing = Subscriber::subscribe(link, vec![key], Vec::new());
+        let mut sub = tokio::time::timeout_at(deadline, subscribing)
+            .await
+            .map_err(|_| ResultError::Timeout(timeout))??;
+        let mut check = true;
         loop {
-            let next = tokio::time::timeout_at(deadline, messages.next()).await;
-            match next {
-                Err(_) => return Err(ResultError::Timeout(timeout)),
-                Ok(None) => {
-                    return Err(ResultError::Broker(BrokerError::Redis(
-                        redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "result subscription closed",
-                        )),
-                    )))
+            if check {
+                check = false;
+                let meta = tokio::time::timeout_at(deadline, self.meta())
+                    .await
+                    .map_err(|_| ResultError::Timeout(timeout))??;
+                if let Some(meta) = meta.filter(|m| m.status.is_ready()) {
+                    return into_value(meta);
                 }
-                Ok(Some(msg)) => {
+            }
+            let next = tokio::time::timeout_at(deadline, sub.next())
+                .await
+                .map_err(|_| ResultError::Timeout(timeout))??;
+            match next {
+                // Published while we were away: read the key again.
+                SubscriberEvent::Resubscribed => check = true,
+                SubscriberEvent::Message(msg) => {
                     let payload: String = msg
                         .get_payload()
                         .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;

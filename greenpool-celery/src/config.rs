@@ -54,7 +54,39 @@ pub struct WorkerConfig {
     /// Also store name, args, kwargs, worker, retries and queue with each
     /// result (`result_extended`, default off).
     pub result_extended: bool,
+    /// Reconnect when a Redis connection is lost while running
+    /// (`broker_connection_retry`, default true). When false, the first
+    /// loss stops the worker with an error.
+    pub broker_connection_retry: bool,
+    /// Reconnection attempts before giving up and stopping the worker with
+    /// an error (`broker_connection_max_retries`, default 100); `None`
+    /// retries forever (Celery also reads 0 that way).
+    pub broker_connection_max_retries: Option<u32>,
+    /// Retry the first connection at start (`broker_connection_retry_on_startup`);
+    /// `None`, Celery's default, follows `broker_connection_retry`.
+    pub broker_connection_retry_on_startup: Option<bool>,
+    /// How long opening one connection may take (`broker_connection_timeout`,
+    /// default 4 s).
+    pub broker_connection_timeout: Duration,
+    /// How long a Redis command may go unanswered before its connection
+    /// counts as lost (default 10 s). Catches stalled peers that TCP
+    /// keepalive cannot see.
+    pub command_timeout: Duration,
+    /// First delay between reconnection attempts; it doubles (with
+    /// jitter) up to `reconnect_delay_max`. Default 1 s.
+    pub reconnect_delay: Duration,
+    /// Longest delay between reconnection attempts (default 30 s).
+    pub reconnect_delay_max: Duration,
+    /// Largest message accepted, in bytes (default 64 MiB). A larger one is
+    /// taken off its queue inside Redis without being read, logged with its
+    /// size, and failed.
+    pub max_message_size: usize,
 }
+
+/// The default message-size limit: 64 MiB. Celery and kombu set none, and
+/// task messages are kilobytes; a message this large is almost surely a
+/// mistake, and once decoded it takes several times its size in memory.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 fn default_hostname() -> String {
     let host = std::env::var("HOSTNAME")
@@ -90,7 +122,59 @@ impl WorkerConfig {
             legacy_fetch: false,
             track_started: false,
             result_extended: false,
+            broker_connection_retry: true,
+            broker_connection_max_retries: Some(100),
+            broker_connection_retry_on_startup: None,
+            broker_connection_timeout: Duration::from_secs(4),
+            command_timeout: Duration::from_secs(10),
+            reconnect_delay: Duration::from_secs(1),
+            reconnect_delay_max: Duration::from_secs(30),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
+    }
+
+    /// Sets `broker_connection_retry`.
+    pub fn broker_connection_retry(mut self, retry: bool) -> Self {
+        self.broker_connection_retry = retry;
+        self
+    }
+    /// Sets `broker_connection_max_retries` (`None` or `Some(0)`: forever).
+    pub fn broker_connection_max_retries(mut self, n: Option<u32>) -> Self {
+        self.broker_connection_max_retries = n.filter(|n| *n > 0);
+        self
+    }
+    /// Sets `broker_connection_retry_on_startup`.
+    pub fn broker_connection_retry_on_startup(mut self, retry: Option<bool>) -> Self {
+        self.broker_connection_retry_on_startup = retry;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn broker_connection_timeout(mut self, d: Duration) -> Self {
+        self.broker_connection_timeout = d;
+        self
+    }
+    /// Sets the command timeout.
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = d;
+        self
+    }
+    /// Sets the first and the longest delay between reconnection attempts.
+    pub fn reconnect_delay(mut self, first: Duration, max: Duration) -> Self {
+        self.reconnect_delay = first;
+        self.reconnect_delay_max = max.max(first);
+        self
+    }
+    /// Sets the message-size limit in bytes.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Whether the first connection is retried: `broker_connection_retry_on_startup`,
+    /// or `broker_connection_retry` when that is unset.
+    pub fn retry_on_startup(&self) -> bool {
+        self.broker_connection_retry_on_startup
+            .unwrap_or(self.broker_connection_retry)
     }
 
     /// Sets the result backend URL (`None`: store no results).
@@ -175,7 +259,10 @@ impl WorkerConfig {
     /// `BROKER_URL`, `RESULT_BACKEND` (empty: none), `CONCURRENCY`,
     /// `QUEUES` (comma-separated), `PREFETCH_MULTIPLIER`, `HOSTNAME`,
     /// `ACKS_LATE`, `TRACK_STARTED` and `RESULT_EXTENDED` (true/false/1/0), `RESULT_EXPIRES` (seconds, 0: never),
-    /// `VISIBILITY_TIMEOUT` and `RESTORE_INTERVAL` (seconds).
+    /// `VISIBILITY_TIMEOUT` and `RESTORE_INTERVAL` (seconds),
+    /// `BROKER_CONNECTION_RETRY` and `BROKER_CONNECTION_RETRY_ON_STARTUP`
+    /// (true/false), `BROKER_CONNECTION_MAX_RETRIES` (0: forever) and
+    /// `MAX_MESSAGE_SIZE` (bytes).
     ///
     /// # Errors
     ///
@@ -255,6 +342,21 @@ impl WorkerConfig {
         if let Some(v) = get("GREENPOOL_RESTORE_INTERVAL") {
             self.restore_interval = secs("GREENPOOL_RESTORE_INTERVAL", v)?;
         }
+        if let Some(v) = get("GREENPOOL_BROKER_CONNECTION_RETRY") {
+            self.broker_connection_retry = flag("GREENPOOL_BROKER_CONNECTION_RETRY", v)?;
+        }
+        if let Some(v) = get("GREENPOOL_BROKER_CONNECTION_MAX_RETRIES") {
+            let n = num("GREENPOOL_BROKER_CONNECTION_MAX_RETRIES", v)?;
+            self.broker_connection_max_retries = u32::try_from(n).ok().filter(|n| *n > 0);
+        }
+        if let Some(v) = get("GREENPOOL_BROKER_CONNECTION_RETRY_ON_STARTUP") {
+            self.broker_connection_retry_on_startup =
+                Some(flag("GREENPOOL_BROKER_CONNECTION_RETRY_ON_STARTUP", v)?);
+        }
+        if let Some(v) = get("GREENPOOL_MAX_MESSAGE_SIZE") {
+            self.max_message_size =
+                usize::try_from(num("GREENPOOL_MAX_MESSAGE_SIZE", v)?).unwrap_or(usize::MAX);
+        }
         Ok(self)
     }
 
@@ -278,6 +380,16 @@ impl WorkerConfig {
         }
         if self.queues.is_empty() {
             return Err(ConfigError::Invalid("name at least one queue to consume"));
+        }
+        if self.command_timeout.is_zero() || self.broker_connection_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "command and connection timeouts must be longer than zero",
+            ));
+        }
+        if self.max_message_size == 0 {
+            return Err(ConfigError::Invalid(
+                "the message-size limit must be at least 1 byte",
+            ));
         }
         Ok(())
     }

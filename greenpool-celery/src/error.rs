@@ -53,6 +53,18 @@ pub enum BrokerError {
     /// A command failed.
     #[error("Redis command failed: {0}")]
     Redis(#[source] redis::RedisError),
+    /// The connection was lost and reconnecting failed as often as
+    /// `broker_connection_max_retries` allows (or retrying is off).
+    #[error("{0}; check the server, or raise broker_connection_max_retries (0: retry forever)")]
+    GaveUp(String),
+    /// The server is older than this worker needs.
+    #[error("Redis {found} is too old: greenpool needs Redis {needed} or newer")]
+    Version {
+        /// The server's version.
+        found: String,
+        /// The oldest version supported.
+        needed: &'static str,
+    },
 }
 
 /// A setting that cannot be used.

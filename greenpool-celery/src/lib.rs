@@ -27,7 +27,7 @@ mod broker;
 mod canvas;
 mod client;
 mod config;
-mod connect;
+mod conn;
 mod context;
 mod error;
 pub mod protocol;
@@ -42,7 +42,7 @@ mod worker;
 
 pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
-pub use config::WorkerConfig;
+pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use protocol::{

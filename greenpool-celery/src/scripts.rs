@@ -1,21 +1,33 @@
 //! The Lua scripts the broker and backend run inside Redis, and their
-//! loading. Each one keeps a multi-step kombu operation atomic and turns
-//! many messages' worth of commands into one round trip.
+//! loading. Each one keeps a multi-step operation atomic (a script runs
+//! whole or, when the server refuses its first write, not at all) and
+//! turns many messages' worth of commands into one round trip.
 
 use redis::aio::MultiplexedConnection;
 
 /// Pops up to `ARGV[1]` messages from the queue keys in the given order
-/// and records each in `unacked` / `unacked_index` before returning it, so
-/// that no message is ever out of both the queue and the unacked hash.
+/// and records each in `unacked` / `unacked_index` in the same step, so
+/// that no message is ever out of both its queue and the unacked hash.
 ///
 /// KEYS: `unacked`, `unacked_index`, then the queue keys (priority-major).
-/// ARGV: max messages, delivery time (unix seconds).
-/// Returns a flat list of `key, raw, tag` triples; `tag` is empty for a
-/// message that is not a readable envelope (it is not recorded).
+/// ARGV: max messages, delivery time (unix seconds), size limit in bytes
+/// (0: none), `"1"` when the server has `RPOP key count` (Redis 6.2+),
+/// then for each queue key its queue name as a JSON string.
+///
+/// Returns a flat list of triples `queue index (1-based), raw, tag`:
+/// * a message is recorded under `tag`; `tag` is empty when no delivery
+///   tag could be found in it (it is not recorded: the caller logs it and
+///   it is gone);
+/// * a message over the size limit is not returned: its triple is
+///   `queue index, size in bytes (an integer), correlation id or ""`,
+///   and it is not recorded either.
+///
+/// The unacked entry is `[raw, "", queue]`: the default exchange and the
+/// queue the message was taken from, so a restore (ours or kombu's) puts
+/// it back where it came from whatever its envelope says.
 pub(crate) const FETCH: &str = r#"
--- The tag, exchange and routing key are found with plain substring
--- searches: decoding every envelope with cjson (or scanning it with Lua
--- patterns) costs more than all the other work together. A quote inside
+-- Fields are found with plain substring searches: decoding every envelope
+-- with cjson costs more than all the other work together. A quote inside
 -- a JSON string is escaped, so `"delivery_tag"` followed by `:` and a
 -- quote only occurs as a key; the search starts at `"properties"`.
 -- Anything unusual falls back to cjson.
@@ -28,85 +40,131 @@ local function string_after(raw, key, from)
   if not q2 then return nil end
   local v = string.sub(raw, q1 + 1, q2 - 1)
   if string.find(v, '\\', 1, true) then return nil end
-  return v, q2
+  return v
 end
-local function fields(raw)
+local function property(raw, name)
   local p = string.find(raw, '"properties"', 1, true)
   if p then
-    local tag = string_after(raw, '"delivery_tag"', p)
-    local d = string.find(raw, '"delivery_info"', p, true)
-    if tag and tag ~= '' and d then
-      local ex = string_after(raw, '"exchange"', d)
-      local rk = string_after(raw, '"routing_key"', d)
-      if ex and rk then return tag, '"' .. ex .. '"', '"' .. rk .. '"' end
-    end
+    local v = string_after(raw, '"' .. name .. '"', p)
+    if v and v ~= '' then return v end
   end
   local ok, m = pcall(cjson.decode, raw)
   if not (ok and type(m) == 'table' and type(m['properties']) == 'table') then return nil end
-  local p = m['properties']
-  if type(p['delivery_tag']) ~= 'string' or p['delivery_tag'] == '' then return nil end
-  local ex, rk = '', ''
-  local di = p['delivery_info']
-  if type(di) == 'table' then
-    if type(di['exchange']) == 'string' then ex = di['exchange'] end
-    if type(di['routing_key']) == 'string' then rk = di['routing_key'] end
+  local v = m['properties'][name]
+  if type(v) ~= 'string' or v == '' then return nil end
+  return v
+end
+local function record(key, args)
+  -- unpack() takes a bounded number of values: send in slices.
+  local n = #args
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 999, n)
+    redis.call(key == 'z' and 'ZADD' or 'HSET', key == 'z' and KEYS[2] or KEYS[1], unpack(args, i, j))
+    i = j + 1
   end
-  return p['delivery_tag'], cjson.encode(ex), cjson.encode(rk)
 end
 local want = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local counted = ARGV[4] == '1'
 local out, zargs, hargs = {}, {}, {}
 for i = 3, #KEYS do
   if want <= 0 then break end
-  local items = redis.call('RPOP', KEYS[i], want)
+  local items
+  if counted then
+    items = redis.call('RPOP', KEYS[i], want)
+  else
+    items = {}
+    while #items < want do
+      local one = redis.call('RPOP', KEYS[i])
+      if not one then break end
+      items[#items + 1] = one
+    end
+  end
   if items then
     for _, raw in ipairs(items) do
       want = want - 1
-      local tag, ex, rk = fields(raw)
-      if tag then
-        zargs[#zargs + 1] = ARGV[2]
-        zargs[#zargs + 1] = tag
-        hargs[#hargs + 1] = tag
-        hargs[#hargs + 1] = '[' .. raw .. ', ' .. ex .. ', ' .. rk .. ']'
+      out[#out + 1] = i - 2
+      if limit > 0 and #raw > limit then
+        out[#out + 1] = #raw
+        out[#out + 1] = property(string.sub(raw, 1, 65536), 'correlation_id') or ''
       else
-        tag = ''
+        local tag = property(raw, 'delivery_tag')
+        if tag then
+          zargs[#zargs + 1] = ARGV[2]
+          zargs[#zargs + 1] = tag
+          hargs[#hargs + 1] = tag
+          hargs[#hargs + 1] = '[' .. raw .. ', "", ' .. ARGV[i + 2] .. ']'
+        else
+          tag = ''
+        end
+        out[#out + 1] = raw
+        out[#out + 1] = tag
       end
-      out[#out + 1] = KEYS[i]
-      out[#out + 1] = raw
-      out[#out + 1] = tag
     end
   end
 end
 if #zargs > 0 then
-  redis.call('ZADD', KEYS[2], unpack(zargs))
-  redis.call('HSET', KEYS[1], unpack(hargs))
+  record('z', zargs)
+  record('h', hargs)
 end
 return out
 "#;
 
-/// Stores results unless the stored state is already SUCCESS, then
-/// publishes each on its own key (what `AsyncResult.get` listens to).
+/// Writes a batch in one atomic step: results first, then follow-up
+/// messages, then the acks; a batch sent twice (its first reply lost)
+/// pushes once.
 ///
-/// KEYS: result keys. ARGV: expiry seconds (0 = no expiry), then one
-/// payload per key. Returns how many were stored.
-pub(crate) const STORE: &str = r#"
+/// KEYS: `unacked`, `unacked_index`, the batch's once-key (`""` when the
+/// batch pushes nothing), then the result keys, then the queue keys of
+/// the pushes.
+/// ARGV: result expiry seconds (0: none), number of results, number of
+/// pushes, then one payload per result, one per push, then the tags to
+/// ack.
+///
+/// A result is stored unless the stored state is already SUCCESS, and
+/// PUBLISHed on its key (what `AsyncResult.get` listens to). Returns how
+/// many results were stored, or -1 when the batch had already been
+/// written.
+pub(crate) const COMMIT: &str = r#"
+local expires = tonumber(ARGV[1])
+local nstore = tonumber(ARGV[2])
+local npush = tonumber(ARGV[3])
+if KEYS[3] ~= '' then
+  -- The first write: if the server refuses it (maxmemory), nothing of
+  -- the batch is written.
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 86400) then return -1 end
+end
 local stored = 0
-for i, key in ipairs(KEYS) do
-  local payload = ARGV[i + 1]
-  local cur = redis.call('GET', key)
+for i = 1, nstore do
+  local key = KEYS[3 + i]
+  local payload = ARGV[3 + i]
+  local cur = redis.pcall('GET', key)
   local keep = false
-  if cur then
+  if type(cur) == 'string' then
     local ok, meta = pcall(cjson.decode, cur)
     keep = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
   end
   if not keep then
-    if tonumber(ARGV[1]) > 0 then
-      redis.call('SETEX', key, ARGV[1], payload)
+    if expires > 0 then
+      redis.call('SET', key, payload, 'EX', expires)
     else
       redis.call('SET', key, payload)
     end
     redis.call('PUBLISH', key, payload)
     stored = stored + 1
   end
+end
+for i = 1, npush do
+  redis.call('LPUSH', KEYS[3 + nstore + i], ARGV[3 + nstore + i])
+end
+local first = 4 + nstore + npush
+local n = #ARGV
+while first <= n do
+  local last = math.min(first + 999, n)
+  redis.call('ZREM', KEYS[2], unpack(ARGV, first, last))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, first, last))
+  first = last + 1
 end
 return stored
 "#;
@@ -138,11 +196,11 @@ end
 return 0
 "#;
 
-/// SHA1 digests of the loaded scripts.
+/// SHA1 digests of the scripts, the same on every server.
 #[derive(Debug, Clone)]
 pub(crate) struct Scripts {
     pub(crate) fetch: String,
-    pub(crate) store: String,
+    pub(crate) commit: String,
     pub(crate) restore: String,
     pub(crate) unlock: String,
 }
@@ -151,16 +209,26 @@ impl Scripts {
     /// Loads every script (`SCRIPT LOAD` is idempotent), in one round trip.
     pub(crate) async fn load(conn: &mut MultiplexedConnection) -> redis::RedisResult<Self> {
         let mut pipe = redis::pipe();
-        for src in [FETCH, STORE, RESTORE, UNLOCK] {
+        for src in [FETCH, COMMIT, RESTORE, UNLOCK] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(src);
         }
-        let (fetch, store, restore, unlock): (String, String, String, String) =
+        let (fetch, commit, restore, unlock): (String, String, String, String) =
             pipe.query_async(conn).await?;
         Ok(Scripts {
             fetch,
-            store,
+            commit,
             restore,
             unlock,
+        })
+    }
+
+    /// A link start hook that loads the scripts on every new connection.
+    pub(crate) fn hook() -> crate::conn::link::StartHook {
+        Box::new(|mut conn| {
+            Box::pin(async move {
+                Scripts::load(&mut conn).await?;
+                Ok(())
+            })
         })
     }
 }

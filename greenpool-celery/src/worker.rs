@@ -37,13 +37,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{RedisBackend, ResultMeta, TaskState};
-use crate::batch::Batcher;
-use crate::broker::RedisBroker;
+use crate::batch::{Batcher, Targets};
+use crate::broker::{Oversized, RedisBroker};
 use crate::config::WorkerConfig;
-use crate::error::WorkerError;
+use crate::conn::{Link, LinkSettings};
+use crate::error::{BrokerError, WorkerError};
 use crate::protocol::TaskMessage;
 use crate::registry::TaskRegistry;
+use crate::scripts::Scripts;
 use crate::stats::RedisStats;
+use crate::task_error::TaskError;
 
 /// Stops a running worker: warm first, cold if asked again.
 #[derive(Debug, Clone)]
@@ -240,9 +243,13 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// [`WorkerError::Broker`] when Redis cannot be reached at start;
-    /// [`WorkerError::Pool`] if the pool does not start. Later Redis
-    /// errors are logged and retried.
+    /// [`WorkerError::Broker`] when Redis cannot be reached at start (after
+    /// the retries `broker_connection_retry_on_startup` allows), or when a
+    /// lost connection could not be restored within
+    /// `broker_connection_max_retries` attempts: the worker then stops as
+    /// in a warm shutdown, without the writes it could not make, and
+    /// returns the error so that its supervisor restarts it.
+    /// [`WorkerError::Pool`] if the pool does not start.
     ///
     /// # Cancel safety
     ///
@@ -251,31 +258,46 @@ impl Worker {
     /// with its [`ShutdownHandle`] instead.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
         let config = self.config.clone();
-        let broker = Arc::new(
-            RedisBroker::connect(
+        let settings = LinkSettings::from_config(&config);
+        let broker_link = Arc::new(
+            Link::open(
+                "broker",
                 &config.broker_url,
+                settings.clone(),
+                Some(Scripts::hook()),
+            )
+            .await?,
+        );
+        let broker = Arc::new(
+            RedisBroker::new(
+                Arc::clone(&broker_link),
                 config.queues.clone(),
                 config.legacy_fetch,
+                config.max_message_size,
                 Arc::clone(&self.stats),
             )
             .await?,
         );
         broker.declare().await?;
+        let backend_link = match &config.result_backend {
+            Some(url) if *url != config.broker_url => Some(Arc::new(
+                Link::open("result backend", url, settings, Some(Scripts::hook())).await?,
+            )),
+            _ => None,
+        };
         let acks = Arc::new(Batcher::spawn(
-            broker.connection(),
-            broker.scripts().clone(),
-            config.result_expires.map_or(0, |d| d.as_secs()),
+            Targets {
+                broker: broker_link,
+                backend: backend_link,
+                scripts: broker.scripts().clone(),
+                result_expires: config.result_expires.map_or(0, |d| d.as_secs()),
+            },
             Arc::clone(&self.stats),
         ));
-        let backend = match &config.result_backend {
-            None => None,
-            Some(url) if *url == config.broker_url => {
-                Some(RedisBackend::with_batcher(Arc::clone(&acks)))
-            }
-            Some(url) => Some(
-                RedisBackend::connect(url, config.result_expires, Arc::clone(&self.stats)).await?,
-            ),
-        };
+        let backend = config
+            .result_backend
+            .as_ref()
+            .map(|_| RedisBackend::with_batcher(Arc::clone(&acks)));
         let pool = TaskPool::builder()
             .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
             .build()
@@ -319,7 +341,12 @@ impl Worker {
         };
         self.ready.notify_waiters();
         let handlers = TaskTracker::new();
-        consume(&broker, &shared, &handlers, &self.shutdown).await;
+        let consumed = consume(&broker, &shared, &handlers, &self.shutdown).await;
+        if consumed.is_err() {
+            // The broker is gone for good: stop as a warm shutdown would,
+            // then report the error so that a supervisor restarts us.
+            self.shutdown.warm.cancel();
+        }
 
         // Warm shutdown: refuse waiting requests, finish running jobs.
         let _ = closer.await;
@@ -338,7 +365,23 @@ impl Worker {
         handlers.wait().await;
         shared.timer.stop();
         let _ = sweeper.await;
-        acks.flush().await;
+        // A cold shutdown still writes what it holds, but gives Redis at most
+        // the command timeout from then on.
+        let grace = config.command_timeout;
+        let cold = self.shutdown.cold.clone();
+        let cold_deadline = || {
+            let cold = cold.clone();
+            async move {
+                cold.cancelled().await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::select! {
+            _ = acks.flush() => {}
+            _ = cold_deadline() => {
+                tracing::warn!("worker: cold shutdown; results and acks still held are not written");
+            }
+        }
         // Give back whatever is still unacked: prefetched, ETA, or killed
         // late-ack requests.
         let left: Vec<String> = shared
@@ -348,19 +391,31 @@ impl Worker {
             .drain()
             .collect();
         let mut restored = 0u64;
-        for tag in &left {
-            match broker.restore(tag, false).await {
+        let gone = consumed.is_err() || acks.failure().is_some();
+        for tag in left.iter().filter(|_| !gone) {
+            let r = tokio::select! {
+                r = broker.restore(tag, false) => r,
+                _ = cold_deadline() => break,
+            };
+            match r {
                 Ok(true) => restored += 1,
                 Ok(false) => {}
-                Err(e) => tracing::error!("cannot restore message {tag}: {e}"),
+                Err(e) => {
+                    tracing::error!("cannot restore message {tag}: {e}");
+                    break;
+                }
             }
         }
         if restored > 0 {
             tracing::warn!("Restoring {restored} unacknowledged message(s)");
         }
-        acks.close().await;
-        if let Some(b) = &backend {
-            b.close().await;
+        tokio::select! {
+            _ = acks.close() => {}
+            _ = cold_deadline() => {}
+        }
+        consumed?;
+        if let Some(e) = acks.failure() {
+            return Err(WorkerError::Broker(e));
         }
         let c = &shared.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
@@ -400,61 +455,131 @@ async fn sweep(
     }
 }
 
+/// Longest sleep between fetches while every queue is empty.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
+
 /// The consumer loop: fetch within the prefetch budget, hand each message
-/// to a handler, until warm shutdown.
+/// to a handler, until warm shutdown. Returns an error when the broker
+/// link (or the batcher's) gave up.
 async fn consume(
     broker: &RedisBroker,
     shared: &Arc<Shared>,
     handlers: &TaskTracker,
     shutdown: &ShutdownHandle,
-) {
+) -> Result<(), BrokerError> {
     let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_count()));
+    let mut idle = Duration::ZERO;
+    let mut failures: u32 = 0;
     loop {
         let first = tokio::select! {
             p = Arc::clone(&prefetch).acquire_owned() => match p {
                 Ok(p) => p,
-                Err(_) => return,
+                Err(_) => return Ok(()),
             },
-            _ = shutdown.warm.cancelled() => return,
+            _ = shutdown.warm.cancelled() => return Ok(()),
+            _ = shared.acks.gave_up() => return Err(shared.acks.failure().unwrap_or_else(
+                || BrokerError::GaveUp("the batcher stopped".to_owned()))),
         };
         if shutdown.warm.is_cancelled() {
-            return;
+            return Ok(());
         }
         let budget = 1 + prefetch
             .available_permits()
             .min(shared.config.fetch_batch.saturating_sub(1));
-        let mut deliveries = match broker.fetch(budget).await {
-            Ok(d) => d,
+        let stamp = RedisBroker::stamp();
+        let fetched = match broker.fetch(budget, stamp).await {
+            Ok(f) => f,
             Err(e) => {
-                tracing::error!("consumer: cannot fetch: {e}; retrying in 1 s");
                 drop(first);
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::error!("consumer: cannot fetch: {e}");
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.warm.cancelled() => return,
+                    r = broker.link().recover() => r?,
+                    _ = shutdown.warm.cancelled() => return Ok(()),
+                }
+                // The script may have run and its reply been lost: take
+                // what it recorded.
+                let lost = broker.reclaim(stamp).await?;
+                if !lost.deliveries.is_empty() {
+                    dispatch(shared, handlers, &prefetch, None, lost.deliveries);
+                }
+                // A busy server (loading after a restart, say) answers at
+                // once: do not spin on it.
+                let pause = broker
+                    .link()
+                    .settings()
+                    .backoff
+                    .delay(failures)
+                    .min(Duration::from_secs(1));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = shutdown.warm.cancelled() => return Ok(()),
                 }
             }
         };
-        if deliveries.is_empty() {
-            // Every queue is empty: sleep in BRPOP, as kombu does. Not
-            // cancelled on shutdown, so a popped message is never dropped.
-            match broker.wait(budget, 1).await {
-                Ok(d) => deliveries = d,
-                Err(e) => {
-                    tracing::error!("consumer: BRPOP failed: {e}; retrying in 1 s");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.warm.cancelled() => {}
-                    }
-                }
+        if failures > 0 {
+            tracing::warn!("consumer: fetching again after {failures} failed attempt(s)");
+            failures = 0;
+        }
+        if fetched.is_empty() {
+            drop(first);
+            idle = (idle * 2).clamp(Duration::from_millis(1), IDLE_POLL_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => continue,
+                _ = shutdown.warm.cancelled() => return Ok(()),
             }
         }
-        let mut first = Some(first);
-        for d in deliveries {
-            let permit = first
-                .take()
-                .or_else(|| Arc::clone(&prefetch).try_acquire_owned().ok());
-            let shared = Arc::clone(shared);
-            handlers.spawn(crate::request::handle(shared, d, permit));
+        idle = Duration::ZERO;
+        for big in fetched.oversized {
+            refuse_oversized(shared, big);
         }
+        dispatch(shared, handlers, &prefetch, Some(first), fetched.deliveries);
+    }
+}
+
+/// Hands each delivery to a handler with a prefetch permit when one is
+/// free.
+fn dispatch(
+    shared: &Arc<Shared>,
+    handlers: &TaskTracker,
+    prefetch: &Arc<Semaphore>,
+    first: Option<tokio::sync::OwnedSemaphorePermit>,
+    deliveries: Vec<crate::broker::Delivery>,
+) {
+    let mut first = first;
+    for d in deliveries {
+        let permit = first
+            .take()
+            .or_else(|| Arc::clone(prefetch).try_acquire_owned().ok());
+        let shared = Arc::clone(shared);
+        handlers.spawn(crate::request::handle(shared, d, permit));
+    }
+}
+
+/// Logs a message over the size limit (already removed inside Redis) and
+/// stores FAILURE for it when its task id was found.
+fn refuse_oversized(shared: &Shared, big: Oversized) {
+    bump(&shared.counters.received);
+    bump(&shared.counters.failed);
+    let limit = shared.config.max_message_size;
+    let id = big.id.as_deref().unwrap_or("unknown id");
+    tracing::error!(
+        "Refused a message of {} bytes from queue {:?} (task {id}): over the limit of {limit} \
+         bytes (max_message_size); it was removed from the queue unread",
+        big.size,
+        big.queue
+    );
+    if let (Some(id), Some(backend)) = (&big.id, &shared.backend) {
+        let err = TaskError::new(
+            "MessageTooLarge",
+            format!(
+                "message of {} bytes is over the worker's limit of {limit} bytes",
+                big.size
+            ),
+        )
+        .with_module("greenpool");
+        backend.store(&ResultMeta::new(id, TaskState::Failure, err.to_json()));
     }
 }

@@ -63,6 +63,23 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps.
     #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
     restore_interval: f64,
+    /// Reconnect when a Redis connection is lost (`broker_connection_retry`).
+    #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY", default_value_t = true, action = clap::ArgAction::Set)]
+    broker_connection_retry: bool,
+    /// Reconnection attempts before exiting non-zero (0: retry forever).
+    #[arg(
+        long,
+        env = "GREENPOOL_BROKER_CONNECTION_MAX_RETRIES",
+        default_value_t = 100
+    )]
+    broker_connection_max_retries: u32,
+    /// Retry the first connection too (default: as --broker-connection-retry).
+    #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY_ON_STARTUP", action = clap::ArgAction::Set)]
+    broker_connection_retry_on_startup: Option<bool>,
+    /// Largest message accepted, in bytes; larger ones are removed unread
+    /// and failed.
+    #[arg(long, env = "GREENPOOL_MAX_MESSAGE_SIZE", default_value_t = greenpool_celery::DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
 }
 
 fn host_name() -> String {
@@ -99,7 +116,11 @@ impl WorkerArgs {
                 (self.result_expires > 0).then(|| Duration::from_secs(self.result_expires)),
             )
             .visibility_timeout(secs("visibility-timeout", self.visibility_timeout)?)
-            .restore_interval(secs("restore-interval", self.restore_interval)?);
+            .restore_interval(secs("restore-interval", self.restore_interval)?)
+            .broker_connection_retry(self.broker_connection_retry)
+            .broker_connection_max_retries(Some(self.broker_connection_max_retries))
+            .broker_connection_retry_on_startup(self.broker_connection_retry_on_startup)
+            .max_message_size(self.max_message_size);
         if let Some(url) = &self.result_backend {
             config =
                 config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));

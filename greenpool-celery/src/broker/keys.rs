@@ -30,21 +30,19 @@ pub(crate) fn queue_key(queue: &str, priority: u8) -> String {
     }
 }
 
-/// The keys BRPOP reads, priority-major: every queue's plain key first,
-/// then every queue's step-3 key, and so on (kombu's order).
-pub(crate) fn brpop_keys(queues: &[String]) -> Vec<String> {
+/// The keys a fetch reads, priority-major: every queue's plain key first,
+/// then every queue's step-3 key, and so on (kombu's order), each with the
+/// index of its queue in `queues`.
+pub(crate) fn fetch_keys(queues: &[String]) -> Vec<(String, usize)> {
     PRIORITY_STEPS
         .iter()
-        .flat_map(|step| queues.iter().map(move |q| queue_key(q, *step)))
+        .flat_map(|step| {
+            queues
+                .iter()
+                .enumerate()
+                .map(move |(i, q)| (queue_key(q, *step), i))
+        })
         .collect()
-}
-
-/// The queue a popped key belongs to.
-pub(crate) fn queue_of_key(key: &str) -> &str {
-    match key.rsplit_once(SEP) {
-        Some((q, _)) => q,
-        None => key,
-    }
 }
 
 /// The binding table of an exchange.
@@ -80,8 +78,11 @@ mod tests {
     }
 
     #[test]
-    fn brpop_order_is_priority_major() {
-        let keys = brpop_keys(&["a".to_owned(), "b".to_owned()]);
+    fn fetch_order_is_priority_major() {
+        let keys: Vec<String> = fetch_keys(&["a".to_owned(), "b".to_owned()])
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         assert_eq!(
             keys,
             [
@@ -95,7 +96,10 @@ mod tests {
                 "b\x06\x169"
             ]
         );
-        assert_eq!(queue_of_key("b\x06\x166"), "b");
-        assert_eq!(queue_of_key("b"), "b");
+        let idx: Vec<usize> = fetch_keys(&["a".to_owned(), "b".to_owned()])
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(idx, [0, 1, 0, 1, 0, 1, 0, 1]);
     }
 }

@@ -1,87 +1,63 @@
 //! kombu's Redis transport, consumer side: fetching with ack emulation,
 //! bindings, restores and the visibility-timeout sweep.
 //!
+//! # The fetch, and what window remains
+//!
 //! kombu takes one message per BRPOP and records it in `unacked` in a
-//! second round trip. Here a Lua script pops up to the free prefetch
-//! budget and records them in the same atomic step; BRPOP (kombu's own
-//! order of keys, one-second timeout) is used only to sleep while every
-//! queue is empty.
+//! second round trip, so a worker that dies (or a connection that breaks)
+//! between the two loses that message. Here one Lua script
+//! ([`FETCH`](crate::scripts::FETCH)) pops up to the free prefetch budget
+//! and records every message in `unacked` / `unacked_index` in the same
+//! atomic step, on every server version (`RPOP key count` from Redis 6.2,
+//! one `RPOP` per message before that). Its reply is read as bytes: a
+//! message that is not UTF-8 or not JSON is one bad message (logged once
+//! with its reason, then acked or, without a delivery tag, simply gone),
+//! never a lost batch. A message over the size limit is removed inside
+//! Redis and reported by size, so the worker never reads it.
+//!
+//! There is no blocking pop: a blocking pop hands a message to the socket
+//! before it is recorded, so a reply lost to a cut or a stall would lose
+//! it. While every queue is empty the consumer polls the script, sleeping
+//! 1 ms doubling to 100 ms between tries (an idle worker costs Redis ten
+//! short scripts a second; the first message after a pause waits at most
+//! 100 ms).
+//!
+//! The window that remains: when the reply of a fetch is lost (the
+//! connection breaks or stalls after Redis ran the script), its messages
+//! are in `unacked` but the worker never saw them. None is lost: the
+//! visibility-timeout sweep (by this or any worker) puts them back on
+//! their queue, after `visibility_timeout`. Messages without a delivery
+//! tag in such a reply are gone, as they would be anyway.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
 use super::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
-use crate::error::{BrokerError, ProtocolError};
-use crate::protocol::WireEnvelope;
+use super::Fetched;
+use crate::conn::Link;
+use crate::error::BrokerError;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 
-/// One message taken off a queue.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    /// The queue it came from.
-    pub(crate) queue: String,
-    /// The envelope text as the producer pushed it.
-    pub(crate) raw: String,
-    /// Its delivery tag; `None` when the envelope is unreadable (then it
-    /// was not recorded in `unacked` and is only to be logged and dropped).
-    pub(crate) tag: Option<String>,
-    /// The envelope, parsed once here.
-    pub(crate) parsed: Result<WireEnvelope, ProtocolError>,
-}
-
-impl Delivery {
-    /// Parses a popped envelope and takes its delivery tag.
-    fn read(queue: String, raw: String) -> Self {
-        let parsed: Result<WireEnvelope, ProtocolError> =
-            serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
-        let tag = parsed
-            .as_ref()
-            .ok()
-            .and_then(|e| e.properties.delivery_tag.clone())
-            .filter(|t| !t.is_empty());
-        Delivery {
-            queue,
-            raw,
-            tag,
-            parsed,
-        }
-    }
-
-    /// The tag and the `unacked` hash value (`[envelope, exchange,
-    /// routing_key]`, as kombu writes it), when the envelope is readable.
-    fn unacked_entry(&self) -> Option<(&str, String)> {
-        let (Some(tag), Ok(env)) = (&self.tag, &self.parsed) else {
-            return None;
-        };
-        let info = &env.properties.delivery_info;
-        let entry = format!(
-            "[{}, {}, {}]",
-            self.raw,
-            Value::String(info.exchange.clone()),
-            Value::String(info.routing_key.clone())
-        );
-        Some((tag, entry))
-    }
-}
+/// The oldest Redis the worker runs on (multi-field `HSET` in the scripts).
+const MIN_VERSION: (u32, u32) = (4, 0);
 
 /// A connection to the broker for one worker.
 #[derive(Debug)]
 pub(crate) struct RedisBroker {
-    conn: MultiplexedConnection,
-    /// Separate connection for BRPOP, which holds its connection while it
-    /// blocks.
-    blocking: MultiplexedConnection,
+    link: Arc<Link>,
     scripts: Scripts,
     queues: Vec<String>,
+    /// Each queue's name as a JSON string, for the unacked entries.
+    queue_json: Vec<String>,
     /// Rotation of the queue order, as kombu's round-robin cycle.
     turn: AtomicUsize,
-    /// The server has LMPOP/BLMPOP (Redis 7+).
-    lmpop: bool,
+    /// The server has `RPOP key count` (Redis 6.2+).
+    counted_pop: bool,
+    max_message_size: usize,
     stats: Arc<RedisStats>,
 }
 
@@ -91,42 +67,69 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// `major.minor` from `INFO server`.
+fn server_version(info: &str) -> Option<(u32, u32, String)> {
+    let v = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?
+        .trim();
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor, v.to_owned()))
+}
+
 impl RedisBroker {
-    /// Connects and loads the scripts.
-    pub(crate) async fn connect(
-        url: &str,
+    /// Checks the server version and loads the scripts on `link`.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Version`] for a server older than Redis 4.0, or any
+    /// Redis error.
+    pub(crate) async fn new(
+        link: Arc<Link>,
         queues: Vec<String>,
         legacy_fetch: bool,
+        max_message_size: usize,
         stats: Arc<RedisStats>,
     ) -> Result<Self, BrokerError> {
-        let (_, mut conn) = crate::connect::connect(url).await?;
-        let (_, blocking) = crate::connect::connect(url).await?;
-        let scripts = Scripts::load(&mut conn).await.map_err(BrokerError::Redis)?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await
+        let (info, scripts) = link
+            .call_until_done("loading the scripts", |mut conn| async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut conn)
+                    .await?;
+                let scripts = Scripts::load(&mut conn).await?;
+                Ok((info, scripts))
+            })
+            .await?
             .map_err(BrokerError::Redis)?;
-        let major = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.trim().parse::<u32>().ok())
-            .unwrap_or(0);
+        let (major, minor, version) = server_version(&info).unwrap_or((0, 0, "unknown".to_owned()));
+        if (major, minor) < MIN_VERSION {
+            return Err(BrokerError::Version {
+                found: version,
+                needed: "4.0",
+            });
+        }
+        let queue_json = queues
+            .iter()
+            .map(|q| Value::String(q.clone()).to_string())
+            .collect();
         Ok(RedisBroker {
-            lmpop: major >= 7 && !legacy_fetch,
-            conn,
-            blocking,
+            counted_pop: (major, minor) >= (6, 2) && !legacy_fetch,
+            link,
             scripts,
             queues,
+            queue_json,
             turn: AtomicUsize::new(0),
+            max_message_size,
             stats,
         })
     }
 
-    /// A connection for the ack batcher.
-    pub(crate) fn connection(&self) -> MultiplexedConnection {
-        self.conn.clone()
+    /// The broker's link.
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 
     /// The loaded scripts.
@@ -151,259 +154,235 @@ impl RedisBroker {
                 .ignore();
         }
         self.stats.round_trip();
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
+        self.link
+            .call_until_done("declaring the queues", |mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await?
             .map_err(BrokerError::Redis)
     }
 
-    fn ordered_keys(&self) -> Vec<String> {
+    /// Takes up to `max` messages without blocking, in kombu's key order
+    /// (priority-major, queues rotated round-robin), each recorded in the
+    /// unacked hash in the same atomic step.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Redis`] when the call fails; the caller recovers the
+    /// link before it tries again.
+    pub(crate) async fn fetch(&self, max: usize, stamp: f64) -> Result<Fetched, BrokerError> {
         let n = self.queues.len().max(1);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        let mut qs = self.queues.clone();
-        qs.rotate_left(turn);
-        keys::brpop_keys(&qs)
-    }
-
-    /// Takes up to `max` messages without blocking, in kombu's key order,
-    /// each recorded in the unacked hash before it is handed out.
-    pub(crate) async fn fetch(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        if self.lmpop {
-            self.pop_many(max, None).await
-        } else {
-            self.fetch_lua(max).await
-        }
-    }
-
-    /// Blocks up to `timeout_secs` for messages (BLMPOP, or BRPOP on
-    /// servers older than 7.0, as kombu does).
-    pub(crate) async fn wait(
-        &self,
-        max: usize,
-        timeout_secs: u64,
-    ) -> Result<Vec<Delivery>, BrokerError> {
-        if self.lmpop {
-            self.pop_many(max, Some(timeout_secs)).await
-        } else {
-            Ok(self.wait_one(timeout_secs).await?.into_iter().collect())
-        }
-    }
-
-    /// LMPOP/BLMPOP (Redis 7): up to `max` messages from the first
-    /// non-empty key in priority-major order, then one pipelined
-    /// ZADD + HSET for all of them. As in kombu, a worker that dies
-    /// between the pop and the record loses those messages.
-    async fn pop_many(&self, max: usize, block: Option<u64>) -> Result<Vec<Delivery>, BrokerError> {
-        let keys = self.ordered_keys();
-        let mut cmd = match block {
-            Some(t) => {
-                let mut c = redis::cmd("BLMPOP");
-                c.arg(t);
-                c
-            }
-            None => redis::cmd("LMPOP"),
-        };
-        cmd.arg(keys.len())
-            .arg(&keys)
-            .arg("RIGHT")
-            .arg("COUNT")
-            .arg(max.max(1));
-        let mut conn = if block.is_some() {
-            self.blocking.clone()
-        } else {
-            self.conn.clone()
-        };
-        self.stats.round_trip();
-        let popped: Option<(String, Vec<String>)> = cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(BrokerError::Redis)?;
-        let Some((key, raws)) = popped else {
-            return Ok(Vec::new());
-        };
-        self.stats.add_fetched(raws.len() as u64);
-        let queue = keys::queue_of_key(&key).to_owned();
-        let when = now_secs();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(UNACKED_INDEX);
-        let mut hset = redis::cmd("HSET");
-        hset.arg(UNACKED);
-        let mut recorded = 0;
-        let mut out = Vec::with_capacity(raws.len());
-        for raw in raws {
-            let delivery = Delivery::read(queue.clone(), raw);
-            if let Some((tag, entry)) = delivery.unacked_entry() {
-                zadd.arg(when).arg(tag);
-                hset.arg(tag).arg(entry);
-                recorded += 1;
-            }
-            out.push(delivery);
-        }
-        if recorded > 0 {
-            pipe.add_command(zadd).ignore().add_command(hset).ignore();
-            self.stats.round_trip();
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(BrokerError::Redis)?;
-        }
-        Ok(out)
-    }
-
-    /// The Lua fetch, for servers without LMPOP.
-    async fn fetch_lua(&self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        let keys = self.ordered_keys();
+        let mut order = self.queues.clone();
+        order.rotate_left(turn);
+        let keys = keys::fetch_keys(&order);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.scripts.fetch)
-            .arg(keys.len() + 2)
+            .arg(2 + keys.len())
             .arg(UNACKED)
-            .arg(UNACKED_INDEX)
-            .arg(&keys)
-            .arg(max)
-            .arg(format!("{:.6}", now_secs()));
-        self.stats.round_trip();
-        let mut conn = self.conn.clone();
-        let flat: Vec<String> = match cmd.query_async(&mut conn).await {
-            Ok(v) => v,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                // Redis lost its scripts (restart, SCRIPT FLUSH); the digests
-                // stay the same once they are loaded again.
-                Scripts::load(&mut conn).await.map_err(BrokerError::Redis)?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(BrokerError::Redis(e)),
-        };
-        let mut out = Vec::with_capacity(flat.len() / 3);
-        let mut it = flat.into_iter();
-        while let (Some(key), Some(raw), Some(tag)) = (it.next(), it.next(), it.next()) {
-            let parsed = serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
-            out.push(Delivery {
-                queue: keys::queue_of_key(&key).to_owned(),
-                raw,
-                tag: (!tag.is_empty()).then_some(tag),
-                parsed,
-            });
+            .arg(UNACKED_INDEX);
+        for (key, _) in &keys {
+            cmd.arg(key);
         }
-        self.stats.add_fetched(out.len() as u64);
+        cmd.arg(max.max(1))
+            .arg(format!("{stamp:.6}"))
+            .arg(self.max_message_size)
+            .arg(if self.counted_pop { "1" } else { "0" });
+        for &(_, q) in &keys {
+            cmd.arg(&self.queue_json[(q + turn) % n]);
+        }
+        self.stats.round_trip();
+        let reply: Vec<redis::Value> = self
+            .link
+            .call(|mut conn| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await
+            .map_err(|e| BrokerError::Redis(e.error))?;
+        let by_key: Vec<String> = keys.into_iter().map(|(_, q)| order[q].clone()).collect();
+        let fetched = Fetched::from_reply(reply, &by_key);
+        self.stats
+            .add_fetched((fetched.deliveries.len() + fetched.oversized.len()) as u64);
+        Ok(fetched)
+    }
+
+    /// A fresh delivery time for [`RedisBroker::fetch`]: the fetch
+    /// records its messages under it in `unacked_index`, which is how
+    /// [`RedisBroker::reclaim`] finds them when the reply is lost.
+    pub(crate) fn stamp() -> f64 {
+        now_secs()
+    }
+
+    /// The messages a fetch stamped `stamp` recorded, when its reply was
+    /// lost: read back from `unacked` (the script may also not have run;
+    /// then there are none).
+    pub(crate) async fn reclaim(&self, stamp: f64) -> Result<Fetched, BrokerError> {
+        let at = format!("{stamp:.6}");
+        self.stats.round_trip();
+        let tags: Vec<String> = self
+            .link
+            .call_until_done("reading back a fetch", |mut conn| {
+                let at = &at;
+                async move {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(UNACKED_INDEX)
+                        .arg(at)
+                        .arg(at)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        let mut out = Fetched::default();
+        if tags.is_empty() {
+            return Ok(out);
+        }
+        self.stats.round_trip();
+        let entries: Vec<Option<Vec<u8>>> = self
+            .link
+            .call_until_done("reading back a fetch", |mut conn| {
+                let tags = &tags;
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(UNACKED)
+                        .arg(tags)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        for (tag, entry) in tags.into_iter().zip(entries) {
+            let Some(mut entry) = entry else { continue };
+            // Our own entries: `[` raw `, "", ` queue-as-JSON `]`.
+            let found = self.queues.iter().zip(&self.queue_json).find(|(_, j)| {
+                let suffix = format!(", \"\", {j}]");
+                entry.first() == Some(&b'[') && entry.ends_with(suffix.as_bytes())
+            });
+            let Some((queue, json)) = found else {
+                tracing::warn!("message {tag} is not one this worker fetched; the visibility timeout will restore it");
+                continue;
+            };
+            let cut = entry.len() - json.len() - 7;
+            entry.truncate(cut);
+            entry.remove(0);
+            out.deliveries
+                .push(super::Delivery::read(queue.clone(), entry, tag));
+        }
+        tracing::warn!(
+            "consumer: read back {} message(s) of a fetch whose reply was lost",
+            out.deliveries.len()
+        );
         Ok(out)
     }
 
-    /// Blocks up to `timeout_secs` on BRPOP for one message and records it
-    /// in the unacked hash, as kombu does.
-    async fn wait_one(&self, timeout_secs: u64) -> Result<Option<Delivery>, BrokerError> {
-        let keys = self.ordered_keys();
-        self.stats.round_trip();
-        let popped: Option<(String, String)> = redis::cmd("BRPOP")
-            .arg(&keys)
-            .arg(timeout_secs)
-            .query_async(&mut self.blocking.clone())
-            .await
-            .map_err(BrokerError::Redis)?;
-        let Some((key, raw)) = popped else {
-            return Ok(None);
-        };
-        self.stats.add_fetched(1);
-        let delivery = Delivery::read(keys::queue_of_key(&key).to_owned(), raw);
-        if let Some((tag, entry)) = delivery.unacked_entry() {
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("ZADD")
-                .arg(UNACKED_INDEX)
-                .arg(now_secs())
-                .arg(tag)
-                .ignore()
-                .cmd("HSET")
-                .arg(UNACKED)
-                .arg(tag)
-                .arg(entry)
-                .ignore();
-            self.stats.round_trip();
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(BrokerError::Redis)?;
-        }
-        Ok(Some(delivery))
-    }
-
-    /// Puts a delivered message back: RPUSH to the front of its queue
-    /// (`leftmost = false`, a restore) or LPUSH to the back (a requeueing
-    /// reject), with `redelivered` set, and removes it from `unacked`.
-    /// Returns false if it was no longer unacked.
+    /// Puts a delivered message back: RPUSH to the front of the queue it
+    /// was fetched from (`leftmost = false`, a restore) or LPUSH to the
+    /// back (a requeueing reject), with `redelivered` set, and removes it
+    /// from `unacked`. Returns false if it was no longer unacked.
     pub(crate) async fn restore(&self, tag: &str, leftmost: bool) -> Result<bool, BrokerError> {
-        let mut conn = self.conn.clone();
         self.stats.round_trip();
-        let entry: Option<String> = redis::cmd("HGET")
-            .arg(UNACKED)
-            .arg(tag)
-            .query_async(&mut conn)
-            .await
+        let entry: Option<Vec<u8>> = self
+            .link
+            .call_until_done("reading an unacked message", |mut conn| async move {
+                redis::cmd("HGET")
+                    .arg(UNACKED)
+                    .arg(tag)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?
             .map_err(BrokerError::Redis)?;
         let Some(entry) = entry else {
-            let _: redis::RedisResult<()> = redis::cmd("ZREM")
-                .arg(UNACKED_INDEX)
-                .arg(tag)
-                .query_async(&mut conn)
+            let _ = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("ZREM")
+                        .arg(UNACKED_INDEX)
+                        .arg(tag)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
                 .await;
             return Ok(false);
         };
-        let (payload, exchange, routing_key, priority) = match redelivered(&entry) {
-            Some(x) => x,
-            None => {
-                tracing::error!("cannot restore message {tag}: unreadable unacked entry");
-                return Ok(false);
-            }
+        let Some((payload, exchange, routing_key, priority)) = redelivered(&entry) else {
+            tracing::error!("cannot restore message {tag}: unreadable unacked entry");
+            return Ok(false);
         };
-        let mut queues = self.lookup(&mut conn, &exchange, &routing_key).await?;
+        let mut queues = self.lookup(&exchange, &routing_key).await?;
+        queues.retain(|q| !q.is_empty());
         if queues.is_empty() {
-            queues.push(routing_key);
+            tracing::error!(
+                "cannot restore message {tag}: no queue is bound to exchange {exchange:?} \
+                 with routing key {routing_key:?}; it stays unacked"
+            );
+            return Ok(false);
         }
         let dests: Vec<String> = queues
             .iter()
             .map(|q| keys::queue_key(q, priority))
             .collect();
         self.stats.round_trip();
-        let restored: i64 = redis::cmd("EVALSHA")
-            .arg(&self.scripts.restore)
-            .arg(dests.len() + 2)
-            .arg(UNACKED)
-            .arg(UNACKED_INDEX)
-            .arg(&dests)
-            .arg(tag)
-            .arg(payload)
-            .arg(if leftmost { "1" } else { "0" })
-            .query_async(&mut conn)
-            .await
+        let restored: i64 = self
+            .link
+            .call_until_done("restoring a message", |mut conn| {
+                let (dests, payload) = (&dests, &payload);
+                let sha = &self.scripts.restore;
+                async move {
+                    redis::cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(dests.len() + 2)
+                        .arg(UNACKED)
+                        .arg(UNACKED_INDEX)
+                        .arg(dests)
+                        .arg(tag)
+                        .arg(payload)
+                        .arg(if leftmost { "1" } else { "0" })
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
             .map_err(BrokerError::Redis)?;
         Ok(restored == 1)
     }
 
     /// The queues bound to `exchange` under `routing_key`; the default
     /// exchange routes by queue name.
-    async fn lookup(
-        &self,
-        conn: &mut MultiplexedConnection,
-        exchange: &str,
-        routing_key: &str,
-    ) -> Result<Vec<String>, BrokerError> {
+    async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_owned()]);
         }
         self.stats.round_trip();
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::binding_key(exchange))
-            .query_async(conn)
-            .await
+        let members: Vec<Vec<u8>> = self
+            .link
+            .call_until_done("reading the bindings", |mut conn| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(keys::binding_key(exchange))
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?
             .map_err(BrokerError::Redis)?;
-        Ok(members
+        let mut out: Vec<String> = members
             .iter()
             .filter_map(|m| {
+                let m = std::str::from_utf8(m).ok()?;
                 let mut parts = m.split(keys::SEP);
                 let rk = parts.next()?;
                 let _pattern = parts.next()?;
                 let queue = parts.next()?;
                 (rk == routing_key).then(|| queue.to_owned())
             })
-            .collect())
+            .collect();
+        if out.is_empty() {
+            out.push(routing_key.to_owned());
+        }
+        Ok(out)
     }
 
     /// The visibility-timeout sweep: under the `unacked_mutex` lock, puts
@@ -414,33 +393,43 @@ impl RedisBroker {
         &self,
         visibility_timeout: f64,
     ) -> Result<usize, BrokerError> {
-        let mut conn = self.conn.clone();
         let token = crate::uuid::uuid4();
         self.stats.round_trip();
-        let locked: Option<String> = redis::cmd("SET")
-            .arg(UNACKED_MUTEX)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(300_000)
-            .query_async(&mut conn)
+        let locked: Option<String> = self
+            .link
+            .call(|mut conn| {
+                let token = &token;
+                async move {
+                    redis::cmd("SET")
+                        .arg(UNACKED_MUTEX)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(300_000)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
             .await
-            .map_err(BrokerError::Redis)?;
+            .map_err(|e| BrokerError::Redis(e.error))?;
         if locked.is_none() {
             return Ok(0);
         }
         let ceiling = now_secs() - visibility_timeout;
         let result = async {
             self.stats.round_trip();
-            let stale: Vec<String> = redis::cmd("ZRANGE")
-                .arg(UNACKED_INDEX)
-                .arg(format!("{ceiling:.6}"))
-                .arg(0)
-                .arg("BYSCORE")
-                .arg("REV")
-                .query_async(&mut conn)
+            let stale: Vec<String> = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(UNACKED_INDEX)
+                        .arg(format!("{ceiling:.6}"))
+                        .arg("-inf")
+                        .query_async(&mut conn)
+                        .await
+                })
                 .await
-                .map_err(BrokerError::Redis)?;
+                .map_err(|e| BrokerError::Redis(e.error))?;
             let mut restored = 0;
             for tag in stale {
                 if self.restore(&tag, false).await? {
@@ -451,12 +440,20 @@ impl RedisBroker {
         }
         .await;
         self.stats.round_trip();
-        let _: redis::RedisResult<i64> = redis::cmd("EVALSHA")
-            .arg(&self.scripts.unlock)
-            .arg(1)
-            .arg(UNACKED_MUTEX)
-            .arg(&token)
-            .query_async(&mut conn)
+        let _ = self
+            .link
+            .call(|mut conn| {
+                let (sha, token) = (&self.scripts.unlock, &token);
+                async move {
+                    redis::cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(1)
+                        .arg(UNACKED_MUTEX)
+                        .arg(token)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                }
+            })
             .await;
         result
     }
@@ -465,8 +462,8 @@ impl RedisBroker {
 /// From an unacked entry `[envelope, exchange, routing_key]`: the envelope
 /// with `redelivered` set in its headers and delivery info, the exchange,
 /// the routing key, and the message priority (0–9, default 0).
-fn redelivered(entry: &str) -> Option<(String, String, String, u8)> {
-    let parsed: Value = serde_json::from_str(entry).ok()?;
+fn redelivered(entry: &[u8]) -> Option<(String, String, String, u8)> {
+    let parsed: Value = serde_json::from_slice(entry).ok()?;
     let mut parts = match parsed {
         Value::Array(parts) if parts.len() == 3 => parts,
         _ => return None,
@@ -496,9 +493,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn versions_are_read_from_info() {
+        let info = "# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n";
+        assert_eq!(server_version(info), Some((6, 0, "6.0.16".to_owned())));
+        assert_eq!(server_version("nothing"), None);
+    }
+
+    #[test]
     fn restored_envelope_is_marked_redelivered() {
         let entry = r#"[{"body": "", "headers": {"task": "t"}, "properties": {"priority": 7, "delivery_info": {"exchange": "", "routing_key": "q"}}}, "", "q"]"#;
-        let (payload, ex, rk, pri) = redelivered(entry).unwrap();
+        let (payload, ex, rk, pri) = redelivered(entry.as_bytes()).unwrap();
         let v: Value = serde_json::from_str(&payload).unwrap();
         assert_eq!(v["headers"]["redelivered"], Value::Bool(true));
         assert_eq!(
@@ -506,6 +510,6 @@ mod tests {
             Value::Bool(true)
         );
         assert_eq!((ex.as_str(), rk.as_str(), pri), ("", "q", 7));
-        assert!(redelivered("[1, 2]").is_none());
+        assert!(redelivered(b"[1, 2]").is_none());
     }
 }

@@ -17,21 +17,56 @@ fn skip(what: &str) {
     eprintln!("\n*** SKIPPED: {what} (set GREENPOOL_REQUIRE_REDIS=1 to make this fail) ***\n");
 }
 
+pub mod proxy;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A redis-server on a free loopback port, killed on drop.
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// Extra arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one, or returns `None` (after a loud note) when redis-server
     /// is not installed.
     pub fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_with(&["--appendonly", "no"])
+    }
+
+    /// Starts one with `extra` arguments (they come last and win).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::spawn(free_port(), extra)
+    }
+
+    /// Stops the server with SIGTERM (it writes its AOF and exits), waits
+    /// `outage`, and starts it again on the same port with the same
+    /// arguments.
+    pub fn restart(mut self, outage: std::time::Duration) -> Self {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
             .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+            .success();
+        assert!(ok, "kill -TERM redis-server failed");
+        self.child.wait().unwrap();
+        std::thread::sleep(outage); // the outage itself, not a synchronisation
+        let (port, extra) = (self.port, std::mem::take(&mut self.extra));
+        std::mem::forget(self);
+        Self::spawn(port, extra).expect("redis-server restarts")
+    }
+
+    fn spawn(port: u16, extra: Vec<String>) -> Option<Self> {
         let spawned = Command::new("redis-server")
             .args([
                 "--port",
@@ -40,9 +75,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(&extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn();
@@ -65,7 +99,7 @@ impl RedisServer {
         }
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Some(RedisServer { child, port })
+        Some(RedisServer { child, port, extra })
     }
 
     /// `redis://127.0.0.1:<port>/<db>`.

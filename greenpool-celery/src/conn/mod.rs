@@ -1,0 +1,49 @@
+//! The connection layer: every Redis connection of the worker, the result
+//! backend and the client goes through a [`Link`], which reconnects by
+//! itself.
+//!
+//! # What a link does
+//!
+//! * Opens one multiplexed connection with a connect timeout, TCP
+//!   keepalive (probes after 60 s idle, every 10 s) and `TCP_NODELAY`,
+//!   then runs its start-up hook (the broker loads its Lua scripts there,
+//!   so a restarted server gets them back before the first command).
+//! * Runs each command or pipeline under the command timeout: a reply
+//!   that does not come counts as a lost connection, which also catches a
+//!   peer that stalls without closing (keepalive alone does not).
+//! * Sorts failures ([`Fault`]): a lost connection (dropped, refused,
+//!   timed out) marks the link down and logs it once; a busy server
+//!   (`LOADING`, `BUSY`, `OOM`, `READONLY`, `TRYAGAIN`, `MASTERDOWN`) is
+//!   retried on the same connection; `NOSCRIPT` reloads the scripts; any
+//!   other error belongs to the command.
+//! * [`Link::recover`] reconnects with exponential backoff and jitter,
+//!   logging one line per state change: `lost`, `retrying in N s`,
+//!   `restored after N s`. It gives up after
+//!   `broker_connection_max_retries` attempts (or at once when
+//!   `broker_connection_retry` is off), and from then on every call fails,
+//!   so the worker stops with an error and its supervisor restarts it.
+//!   Concurrent callers share one reconnection.
+//!
+//! Nothing is blocking on a link: the worker fetches with a script that
+//! returns at once and sleeps between polls while the queues are empty,
+//! so every command has a timeout and shutdown never waits on Redis.
+//!
+//! # Pub/sub
+//!
+//! [`Subscriber`] is the reconnecting subscriber for listeners (result
+//! waits today; remote control's pidbox later): it keeps its channel and
+//! pattern lists, and after a loss it reconnects on the same policy,
+//! subscribes again and yields [`SubscriberEvent::Resubscribed`] so the
+//! caller can re-read whatever was published while it was away (pub/sub
+//! keeps nothing for absent subscribers).
+
+mod backoff;
+mod fault;
+pub(crate) mod link;
+mod subscriber;
+
+pub(crate) use backoff::Backoff;
+pub(crate) use fault::Fault;
+pub(crate) use link::{Link, LinkSettings};
+#[allow(unused_imports)] // used by the client's result waits and by remote control
+pub(crate) use subscriber::{Subscriber, SubscriberEvent};

@@ -1,0 +1,488 @@
+//! Fault tests: the worker against a real redis-server that restarts, a
+//! proxy that cuts and stalls its connections, hostile bytes in a queue,
+//! and a server out of memory. Each prints its counts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use greenpool_celery::{
+    TaskContext, TaskError, TaskMessage, TaskRegistry, Worker, WorkerConfig, WorkerReport,
+};
+use redis::Commands;
+use serde_json::{json, Map, Value};
+use support::proxy::Proxy;
+use support::RedisServer;
+
+/// How long any one wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// How often each task id ran.
+type Runs = Arc<Mutex<HashMap<String, u32>>>;
+
+fn registry(runs: &Runs) -> TaskRegistry {
+    let mut t = TaskRegistry::new();
+    let r = Arc::clone(runs);
+    t.register(
+        "t.work",
+        &["secs"],
+        move |ctx: TaskContext, (secs,): (f64,)| {
+            *r.lock().unwrap().entry(ctx.id().to_owned()).or_default() += 1;
+            async move {
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+                Ok::<_, TaskError>(secs)
+            }
+        },
+    );
+    t.register(
+        "t.big",
+        &["n"],
+        |_: TaskContext, (n,): (usize,)| async move { Ok::<_, TaskError>("x".repeat(n)) },
+    );
+    t
+}
+
+struct Running {
+    stop: greenpool_celery::ShutdownHandle,
+    task: tokio::task::JoinHandle<Result<WorkerReport, greenpool_celery::WorkerError>>,
+}
+
+async fn start(config: WorkerConfig, runs: &Runs) -> Running {
+    let worker = Worker::new(config, registry(runs)).unwrap();
+    let stop = worker.shutdown_handle();
+    let ready = worker.ready();
+    let notified = ready.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let task = tokio::spawn(worker.run());
+    notified.await;
+    Running { stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> WorkerReport {
+        self.stop.warm();
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+/// Encoded task messages for queue `celery`, with their ids and tags.
+fn messages(n: usize, name: &str, args: &Value) -> Vec<(String, String, String)> {
+    (0..n)
+        .map(|_| {
+            let mut m = TaskMessage::new(name, args.as_array().unwrap().clone(), Map::new());
+            m.properties.delivery_info.routing_key = "celery".to_owned();
+            let id = m.headers.id.clone();
+            let tag = m.properties.delivery_tag.clone().unwrap();
+            (id, tag, m.encode().unwrap())
+        })
+        .collect()
+}
+
+fn push_all(conn: &mut redis::Connection, msgs: &[(String, String, String)]) {
+    let mut pipe = redis::pipe();
+    for (_, _, raw) in msgs {
+        pipe.cmd("LPUSH").arg("celery").arg(raw).ignore();
+    }
+    pipe.query::<()>(conn).unwrap();
+}
+
+/// How many of `ids` have a SUCCESS result.
+fn succeeded(conn: &mut redis::Connection, ids: &[String]) -> usize {
+    let mut n = 0;
+    for chunk in ids.chunks(500) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|id| format!("celery-task-meta-{id}"))
+            .collect();
+        let metas: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(conn).unwrap();
+        n += metas
+            .iter()
+            .flatten()
+            .filter(|m| m.contains("\"SUCCESS\""))
+            .count();
+    }
+    n
+}
+
+/// Polls (a condition with a deadline, not a timing assumption) until
+/// `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn twice(runs: &Runs) -> usize {
+    runs.lock().unwrap().values().filter(|n| **n > 1).count()
+}
+
+fn aof_dir(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "greenpool-faults-{tag}-{}-{}",
+        std::process::id(),
+        support::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+/// Redis stopped and started again (AOF on) while the worker drains
+/// 2,000 tasks: every task gets its result.
+async fn redis_restart(outage: Duration, acks_late: bool) {
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    );
+    let dir = aof_dir("restart");
+    let Some(server) = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir,
+    ]) else {
+        return;
+    };
+    let n = 2000;
+    let msgs = messages(n, "t.work", &json!([0.01]));
+    let ids: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    push_all(&mut server.conn(0), &msgs);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(20)
+        .acks_late(acks_late)
+        .hostname("celery@faults")
+        .reconnect_delay(Duration::from_millis(200), Duration::from_secs(2))
+        .broker_connection_max_retries(None);
+    let w = start(config, &runs).await;
+    let mut results = server.conn(1);
+    until("the first 300 results", || {
+        succeeded(&mut results, &ids) >= 300
+    })
+    .await;
+    let before = succeeded(&mut results, &ids);
+    let port = server.port;
+    let server = tokio::task::spawn_blocking(move || server.restart(outage))
+        .await
+        .unwrap();
+    assert_eq!(server.port, port);
+    let mut results = server.conn(1);
+    until("every result", || succeeded(&mut results, &ids) == n).await;
+    let mut broker = server.conn(0);
+    let unacked: usize = broker.hlen("unacked").unwrap();
+    let queued: usize = broker.llen("celery").unwrap();
+    let report = w.stop().await;
+    let done = succeeded(&mut results, &ids);
+    println!(
+        "redis restart, {:?} outage, {} acks: {n} sent, {before} done before the restart, \
+         {done} results, {} lost, {} run twice, {} received; left: {queued} queued, {unacked} unacked",
+        outage,
+        if acks_late { "late" } else { "early" },
+        n - done,
+        twice(&runs),
+        report.received,
+    );
+    assert_eq!(done, n);
+    assert_eq!((queued, unacked), (0, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_1s_early_acks() {
+    redis_restart(Duration::from_secs(1), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_1s_late_acks() {
+    redis_restart(Duration::from_secs(1), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_10s_early_acks() {
+    redis_restart(Duration::from_secs(10), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_10s_late_acks() {
+    redis_restart(Duration::from_secs(10), true).await;
+}
+
+/// Connections cut twice and stalled for longer than the command timeout
+/// by a proxy, under load: the worker recovers by itself and every task
+/// gets its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_stalled_connections_recover() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(server.port);
+    let n = 2000;
+    let msgs = messages(n, "t.work", &json!([0.01]));
+    let ids: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    push_all(&mut server.conn(0), &msgs);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(proxy.url(0))
+        .result_backend(Some(proxy.url(1)))
+        .concurrency(20)
+        .acks_late(true)
+        .hostname("celery@faults")
+        .command_timeout(Duration::from_secs(1))
+        .broker_connection_timeout(Duration::from_secs(1))
+        .reconnect_delay(Duration::from_millis(100), Duration::from_secs(1))
+        .broker_connection_max_retries(None)
+        // A fetch whose reply is lost leaves its messages in `unacked`
+        // until the sweep: keep that short here.
+        .visibility_timeout(Duration::from_secs(3))
+        .restore_interval(Duration::from_secs(1));
+    let w = start(config, &runs).await;
+    let mut results = server.conn(1);
+    until("200 results", || succeeded(&mut results, &ids) >= 200).await;
+    let cut1 = proxy.cut();
+    until("600 results", || succeeded(&mut results, &ids) >= 600).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_secs(3)).await; // the stall itself
+    proxy.resume();
+    until("1200 results", || succeeded(&mut results, &ids) >= 1200).await;
+    let cut2 = proxy.cut();
+    until("every result", || succeeded(&mut results, &ids) == n).await;
+    let mut broker = server.conn(0);
+    until("an empty unacked hash", || {
+        broker.hlen::<_, usize>("unacked").unwrap() == 0
+    })
+    .await;
+    let queued: usize = broker.llen("celery").unwrap();
+    let report = w.stop().await;
+    let done = succeeded(&mut results, &ids);
+    println!(
+        "proxy cut ({cut1} then {cut2} connections) and 3 s stall: {n} sent, {done} results, \
+         {} lost, {} run twice, {} received, {} connections made; left: {queued} queued",
+        n - done,
+        twice(&runs),
+        report.received,
+        proxy.accepted()
+    );
+    assert_eq!(done, n);
+    assert_eq!(queued, 0);
+}
+
+/// Log lines written during a test, for counting.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// Bad bytes among 400 valid messages: one message that is not UTF-8
+/// (with a delivery tag), one that is not JSON and one without a tag.
+/// Every valid one is done, each bad one is logged once, and the queue
+/// and `unacked` end empty.
+#[tokio::test(flavor = "current_thread")]
+async fn bad_bytes_are_one_bad_message_each() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let n = 400;
+    let mut msgs = messages(n, "t.work", &json!([0.0]));
+    let ids: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    let mut conn = server.conn(0);
+    // The bad ones go in the middle of the queue, inside one fetch.
+    let rest = msgs.split_off(n / 2);
+    push_all(&mut conn, &msgs);
+    let not_utf8: &[u8] =
+        b"{\"body\": \"W1tdLCB7fSwge31d\", \"content-type\": \"application/json\", \
+        \"headers\": {\"task\": \"t.work\", \"id\": \"bad-\xff\xfe\"}, \
+        \"properties\": {\"delivery_tag\": \"tag-not-utf8\", \"body_encoding\": \"base64\", \
+        \"delivery_info\": {\"exchange\": \"\", \"routing_key\": \"celery\"}}}";
+    let _: () = conn.lpush("celery", not_utf8).unwrap();
+    let _: () = conn
+        .lpush("celery", "this is not json MARK-NOT-JSON")
+        .unwrap();
+    let _: () = conn
+        .lpush(
+            "celery",
+            r#"{"body": "", "properties": {}, "note": "MARK-NO-TAG"}"#,
+        )
+        .unwrap();
+    push_all(&mut conn, &rest);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(50)
+        .hostname("celery@faults");
+    let w = start(config, &runs).await;
+    let mut results = server.conn(1);
+    until("every valid result", || succeeded(&mut results, &ids) == n).await;
+    until("an empty unacked hash", || {
+        conn.hlen::<_, usize>("unacked").unwrap() == 0
+    })
+    .await;
+    let queued: usize = conn.llen("celery").unwrap();
+    let report = w.stop().await;
+    let done = succeeded(&mut results, &ids);
+    let utf8_lines = captured.lines_with("not UTF-8");
+    let json_lines = captured.lines_with("MARK-NOT-JSON");
+    let tag_lines = captured.lines_with("MARK-NO-TAG");
+    println!(
+        "bad bytes: {n} valid + 3 bad sent, {done} valid done, {} received; log lines: \
+         not UTF-8 {utf8_lines}, not JSON {json_lines}, no tag {tag_lines}; left: {queued} queued",
+        report.received
+    );
+    assert_eq!(done, n);
+    assert_eq!(report.received, n as u64 + 3);
+    assert_eq!((utf8_lines, json_lines, tag_lines), (1, 1, 1));
+    assert_eq!(queued, 0);
+}
+
+/// Checks that no acks_late message left both its
+/// queue and `unacked` without its result. Returns (acked, with result).
+fn acked_have_results(conn: &mut redis::Connection, msgs: &[(String, String, String)]) -> usize {
+    // Not MULTI (a server at maxmemory refuses that), but in an order that
+    // is sound: a message absent from the queue and then from `unacked`
+    // was acked before the EXISTS that follow, and its result, written
+    // before its ack, must show.
+    let mut pipe = redis::pipe();
+    pipe.cmd("LRANGE").arg("celery").arg(0).arg(-1);
+    pipe.cmd("HKEYS").arg("unacked");
+    for (id, _, _) in msgs {
+        pipe.cmd("EXISTS").arg(format!("celery-task-meta-{id}"));
+    }
+    let mut reply: Vec<redis::Value> = pipe.query(conn).unwrap();
+    let exists: Vec<bool> = reply
+        .split_off(2)
+        .into_iter()
+        .map(|v| redis::from_redis_value::<bool>(v).unwrap())
+        .collect();
+    let unacked: HashSet<String> = redis::from_redis_value::<Vec<String>>(reply.pop().unwrap())
+        .unwrap()
+        .into_iter()
+        .collect();
+    let queue: Vec<String> = redis::from_redis_value(reply.pop().unwrap()).unwrap();
+    let mut acked = 0;
+    for ((id, tag, _), has_result) in msgs.iter().zip(exists) {
+        let queued = queue.iter().any(|m| m.contains(tag.as_str()));
+        if !queued && !unacked.contains(tag) {
+            acked += 1;
+            assert!(has_result, "task {id} was acked without its result");
+        }
+    }
+    acked
+}
+
+/// Redis at `maxmemory` with `noeviction` refuses the results of acks_late
+/// tasks: none of them is acked without its result, and once memory is
+/// freed every result arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxmemory_noeviction_never_acks_without_the_result() {
+    let Some(server) =
+        RedisServer::start_with(&["--appendonly", "no", "--maxmemory-policy", "noeviction"])
+    else {
+        return;
+    };
+    let n = 100;
+    let msgs = messages(n, "t.big", &json!([20_000]));
+    let ids: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    let mut conn = server.conn(0);
+    push_all(&mut conn, &msgs);
+    // Room for about ten results.
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut conn).unwrap();
+    let used: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 300_000)
+        .query(&mut conn)
+        .unwrap();
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .concurrency(10)
+        .acks_late(true)
+        .hostname("celery@faults")
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200));
+    let w = start(config, &runs).await;
+    // While the server refuses writes: every fetched message is either
+    // unacked or acked with its result.
+    let mut checks = 0;
+    until("the queue to be drained", || {
+        checks += 1;
+        acked_have_results(&mut conn, &msgs);
+        conn.llen::<_, usize>("celery").unwrap() == 0
+    })
+    .await;
+    let mut refused = 0;
+    until("the worker to be refused", || {
+        checks += 1;
+        acked_have_results(&mut conn, &msgs);
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
+        refused = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_error_replies:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        refused > 0
+    })
+    .await;
+    let acked_during = acked_have_results(&mut conn, &msgs);
+    let mut results = server.conn(0);
+    let stored_during = succeeded(&mut results, &ids);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut conn)
+        .unwrap();
+    until("every result", || succeeded(&mut results, &ids) == n).await;
+    until("an empty unacked hash", || {
+        conn.hlen::<_, usize>("unacked").unwrap() == 0
+    })
+    .await;
+    let report = w.stop().await;
+    let done = succeeded(&mut results, &ids);
+    println!(
+        "maxmemory + noeviction: {n} acks_late tasks, while refused: {acked_during} acked, \
+         {stored_during} results stored, {refused} error replies, {checks} atomic checks, \
+         0 acked without result; after memory freed: {done} results, {} lost, {} received",
+        n - done,
+        report.received
+    );
+    assert_eq!(done, n);
+}
