@@ -25,7 +25,9 @@ _r = None
 def r():
     global _r
     if _r is None:
-        _r = redis.Redis.from_url(URL + "/2")
+        # One connection per concurrent task at most (1000 greenlets share
+        # this client under eventlet and gevent).
+        _r = redis.Redis.from_url(URL + "/2", max_connections=100000)
     return _r
 
 
