@@ -183,15 +183,21 @@ def test_hard_time_limit_of_a_blocked_task(app, worker):
     assert app.add.delay(2, 2).get(timeout=WAIT) == 4
 
 
+def done_at(res):
+    """The result's date_done, in UTC (Celery < 5.4 stores it naive)."""
+    d = res.date_done
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
 def test_countdown_and_eta(app, worker):
     sent = datetime.now(timezone.utc)
     res = app.add.apply_async((1, 2), countdown=1)
     assert res.get(timeout=WAIT) == 3
-    assert res.date_done >= sent + timedelta(seconds=1)
+    assert done_at(res) >= sent + timedelta(seconds=1)
     eta = datetime.now(timezone.utc) + timedelta(seconds=1)
     res = app.add.apply_async((2, 2), eta=eta)
     assert res.get(timeout=WAIT) == 4
-    assert res.date_done >= eta
+    assert done_at(res) >= eta
 
 
 def test_expires(app, worker):
