@@ -45,8 +45,8 @@ pub struct WorkerConfig {
     pub restore_interval: Duration,
     /// Most messages taken in one fetch.
     pub fetch_batch: usize,
-    /// Fetch with the Lua script and BRPOP even where the server has
-    /// LMPOP; that is the path taken on Redis before 7.0.
+    /// Pop one message at a time inside the fetch script, as on servers
+    /// before Redis 6.2 (no `RPOP key count`), even where the server has it.
     pub legacy_fetch: bool,
     /// Store STARTED (`{"pid", "hostname"}`) when a task starts
     /// (`task_track_started`, default off).
@@ -244,7 +244,7 @@ impl WorkerConfig {
         self
     }
 
-    /// Chooses the Lua/BRPOP fetch of servers before Redis 7.
+    /// Chooses the one-at-a-time pop of servers before Redis 6.2.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
         self

@@ -10,15 +10,19 @@
 //! * [`protocol`](TaskMessage): the JSON envelope kombu pushes on a Redis
 //!   list, its base64 body and the task headers, decoded into a
 //!   [`TaskMessage`] (v1 converted to v2) and encoded back for the client.
+//! * the connection layer: every Redis connection (broker, result
+//!   backend, client, pub/sub) reconnects by itself with backoff and gives
+//!   up after `broker_connection_max_retries` attempts.
 //! * the broker: fetches from the queue lists (priority keys in kombu's
-//!   order), keeps each delivered message in the `unacked` hash and
-//!   `unacked_index` until it is acked, and gives back messages of crashed
-//!   workers after the visibility timeout.
+//!   order) with one atomic script that also records each message in the
+//!   `unacked` hash and `unacked_index` until it is acked, and gives back
+//!   messages of crashed workers after the visibility timeout.
 //! * the registry: maps task names to async Rust functions whose
 //!   arguments are decoded through serde.
-//! * the worker: runs each request as a job in the pool, acks it, and stores
-//!   the outcome in the result backend (`celery-task-meta-<id>`, SETEX +
-//!   PUBLISH) in the shape Python's `AsyncResult` reads.
+//! * the worker: runs each request as a job in the pool and stores the
+//!   outcome in the result backend (`celery-task-meta-<id>`, SET with EX +
+//!   PUBLISH) in the shape Python's `AsyncResult` reads, then acks it: in
+//!   that order, in batches.
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backend;

@@ -42,12 +42,22 @@ local function string_after(raw, key, from)
   if string.find(v, '\\', 1, true) then return nil end
   return v
 end
-local function property(raw, name)
+local function property(raw, name, decode)
   local p = string.find(raw, '"properties"', 1, true)
   if p then
+    -- kombu's own spacing first: one plain search.
+    local _, e = string.find(raw, '"' .. name .. '": "', p, true)
+    if e then
+      local q = string.find(raw, '"', e + 1, true)
+      if q and q > e + 1 then
+        local v = string.sub(raw, e + 1, q - 1)
+        if not string.find(v, '\\', 1, true) then return v end
+      end
+    end
     local v = string_after(raw, '"' .. name .. '"', p)
     if v and v ~= '' then return v end
   end
+  if not decode then return nil end
   local ok, m = pcall(cjson.decode, raw)
   if not (ok and type(m) == 'table' and type(m['properties']) == 'table') then return nil end
   local v = m['properties'][name]
@@ -87,9 +97,10 @@ for i = 3, #KEYS do
       out[#out + 1] = i - 2
       if limit > 0 and #raw > limit then
         out[#out + 1] = #raw
-        out[#out + 1] = property(string.sub(raw, 1, 65536), 'correlation_id') or ''
+        -- Searched, never decoded: the point is not to work on it.
+        out[#out + 1] = property(raw, 'correlation_id', false) or ''
       else
-        local tag = property(raw, 'delivery_tag')
+        local tag = property(raw, 'delivery_tag', true)
         if tag then
           zargs[#zargs + 1] = ARGV[2]
           zargs[#zargs + 1] = tag

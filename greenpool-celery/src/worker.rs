@@ -329,7 +329,7 @@ impl Worker {
             self.shutdown.warm.clone(),
         ));
         // Refuse waiting requests the moment warm shutdown starts, even
-        // while the consumer still sits in BRPOP.
+        // while the consumer still waits for a fetch.
         let closer = {
             let pool = pool.clone();
             let warm = self.shutdown.warm.clone();

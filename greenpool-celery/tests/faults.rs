@@ -486,3 +486,142 @@ async fn maxmemory_noeviction_never_acks_without_the_result() {
     );
     assert_eq!(done, n);
 }
+
+/// A message over `max_message_size` among valid ones: removed inside
+/// Redis unread, logged with its size, FAILURE stored; the rest are done.
+#[tokio::test(flavor = "current_thread")]
+async fn oversized_message_is_refused_unread() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish(),
+    );
+    let small = messages(50, "t.work", &json!([0.0]));
+    let big = messages(1, "t.big", &json!(["y".repeat(3 << 20)]));
+    let mut conn = server.conn(0);
+    push_all(&mut conn, &small[..25]);
+    push_all(&mut conn, &big);
+    push_all(&mut conn, &small[25..]);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(10)
+        .hostname("celery@faults")
+        .max_message_size(1 << 20);
+    let w = start(config, &runs).await;
+    let ids: Vec<String> = small.iter().map(|m| m.0.clone()).collect();
+    let mut results = server.conn(1);
+    until("every small result", || succeeded(&mut results, &ids) == 50).await;
+    let big_key = format!("celery-task-meta-{}", big[0].0);
+    until("the big one's failure", || {
+        results.exists::<_, bool>(&big_key).unwrap()
+    })
+    .await;
+    let meta: String = results.get(&big_key).unwrap();
+    let report = w.stop().await;
+    let size = big[0].2.len();
+    let lines = captured.lines_with(&format!("of {size} bytes"));
+    let queued: usize = conn.llen("celery").unwrap();
+    let unacked: usize = conn.hlen("unacked").unwrap();
+    println!(
+        "oversized: 50 small + 1 of {size} bytes (limit 1 MiB): {} small done, big one logged \
+         {lines} time(s), stored {}, {} failed; left: {queued} queued, {unacked} unacked",
+        succeeded(&mut results, &ids),
+        if meta.contains("FAILURE") {
+            "FAILURE"
+        } else {
+            "?"
+        },
+        report.failed
+    );
+    assert!(
+        meta.contains("FAILURE") && meta.contains("MessageTooLarge"),
+        "{meta}"
+    );
+    assert_eq!(lines, 1);
+    assert_eq!((queued, unacked), (0, 0));
+}
+
+/// A message restored at shutdown goes back to the queue it was fetched
+/// from, whatever routing key its envelope names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_returns_to_the_queue_it_came_from() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = server.conn(0);
+    // One long task holds the only slot; the next waits, prefetched.
+    let mut long = messages(1, "t.work", &json!([30.0]));
+    let mut waiting = TaskMessage::new("t.work", vec![json!(0.0)], Map::new());
+    waiting.properties.delivery_info.routing_key = String::new();
+    let waiting_id = waiting.headers.id.clone();
+    long.push((waiting_id.clone(), String::new(), waiting.encode().unwrap()));
+    push_all(&mut conn, &long);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(1)
+        .hostname("celery@faults");
+    let w = start(config, &runs).await;
+    until("both fetched", || {
+        conn.llen::<_, usize>("celery").unwrap() == 0
+            && conn.hlen::<_, usize>("unacked").unwrap() == 1
+    })
+    .await;
+    let stop = w.stop.clone();
+    stop.cold();
+    let _ = w.task.await.unwrap();
+    let back: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    let to_empty: usize = conn.llen("").unwrap();
+    println!(
+        "restore: {} message(s) back on the queue they came from, {to_empty} on the key \"\"",
+        back.len()
+    );
+    assert!(back.iter().any(|m| m.contains(&waiting_id)), "{back:?}");
+    assert_eq!(to_empty, 0);
+}
+
+/// A result wait whose pub/sub connection is cut subscribes again, reads
+/// the key once more, and still gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_wait_survives_a_cut_subscription() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(server.port);
+    let client = greenpool_celery::Client::connect(&proxy.url(0), Some(&proxy.url(1)))
+        .await
+        .unwrap();
+    let sent = client
+        .send_task(
+            "t.work",
+            vec![json!(0.0)],
+            Map::new(),
+            greenpool_celery::SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move { sent.get(DEADLINE).await });
+    // Two connections for the client, one for the subscription.
+    until("the subscription", || proxy.accepted() >= 3).await;
+    let cut = proxy.cut();
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(2)
+        .hostname("celery@faults");
+    let w = start(config, &runs).await;
+    let got = waiting.await.unwrap();
+    w.stop().await;
+    println!(
+        "result wait: {cut} connections cut while waiting, {} made in all, got {got:?}",
+        proxy.accepted()
+    );
+    assert_eq!(got.unwrap(), json!(0.0));
+}
