@@ -23,6 +23,9 @@
 //!   outcome in the result backend (`celery-task-meta-<id>`, SET with EX +
 //!   PUBLISH) in the shape Python's `AsyncResult` reads, then acks it: in
 //!   that order, in batches.
+//! * remote control: the worker answers Celery's pidbox commands
+//!   (`celery inspect`, `celery control`, Flower) and sends events;
+//!   [`Control`] is the client side.
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backend;
@@ -33,7 +36,9 @@ mod client;
 mod config;
 mod conn;
 mod context;
+mod control;
 mod error;
+mod events;
 mod outbox;
 pub mod protocol;
 mod registry;
@@ -51,6 +56,7 @@ pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
 pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
+pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use protocol::{
     DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,

@@ -76,6 +76,15 @@ pub(crate) enum ResultStore {
 }
 
 impl ResultStore {
+    /// The Redis backend, when results go to Redis.
+    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
+        match self {
+            ResultStore::Redis(b) => Some(b),
+            #[cfg(feature = "amqp")]
+            ResultStore::Rpc(_) => None,
+        }
+    }
+
     /// Queues `meta` for storing; `reply_to` is the request's reply queue
     /// (the rpc backend sends nothing without one, as Celery's does).
     pub(crate) fn store(&self, meta: &ResultMeta, reply_to: Option<&str>) {

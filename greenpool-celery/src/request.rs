@@ -8,6 +8,7 @@ use greenpool::{Job, JobContext, Outcome, TerminateReason};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::TaskState;
 use crate::broker::Delivery;
@@ -84,10 +85,8 @@ pub(crate) async fn handle(
     };
     // Numbers that cannot be used fail the request before it waits for
     // anything, as a message that can never run.
-    let limits = match (
-        msg.headers.timelimit.hard_duration(),
-        msg.headers.timelimit.soft_duration(),
-    ) {
+    let timelimit = crate::control::hooks::time_limits(&shared, &name, msg.headers.timelimit);
+    let limits = match (timelimit.hard_duration(), timelimit.soft_duration()) {
         (Ok(hard), Ok(soft)) => (hard, soft),
         (Err(e), _) | (_, Err(e)) => {
             let err = TaskError::value_error(e.to_string());
@@ -99,20 +98,29 @@ pub(crate) async fn handle(
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
+    let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag) else {
+        return;
+    };
     let mut permit = permit;
     if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
         // Celery raises the prefetch budget while an ETA request waits.
         drop(permit.take());
+        crate::control::hooks::scheduled(&listed, true);
         if !wait_for_eta(&shared, eta).await {
             // Warm shutdown: left unacked, given back at the end.
             return;
         }
-        if revoke_if_expired(&shared, &msg, &tag) {
+        crate::control::hooks::scheduled(&listed, false);
+        if revoke_if_expired(&shared, &msg, &tag)
+            || !crate::control::hooks::still_wanted(&shared, &msg, &tag)
+        {
             return;
         }
     }
     let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
     let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
+    let span = crate::control::hooks::task_span(&msg, &queue);
+    let (job_span, done_span) = (span.clone(), span);
     let expires = msg.headers.expires;
     let ctx = TaskContext {
         id: id.clone(),
@@ -160,13 +168,22 @@ pub(crate) async fn handle(
         LOG_REPR_MAX,
     )
     .into_owned();
+    let gate = Arc::clone(&shared);
+    let listed = Arc::new(listed);
+    let on_start = (
+        Arc::clone(&shared),
+        Arc::clone(&listed),
+        name.clone(),
+        id.clone(),
+    );
     let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
         ctx.token = jctx.token().clone();
         // Checked again now that the request has a slot: it may have
-        // waited for one past its expiry.
+        // waited for one past its expiry, or been revoked meanwhile.
         let expired = expires.filter(|e| e.is_past());
-        let fut = expired.is_none().then(|| task.call(ctx, args, kwargs));
+        let revoked = crate::control::hooks::revoked_at_start(&gate.control, &ctx.id);
+        let fut = (expired.is_none() && !revoked).then(|| task.call(ctx, args, kwargs));
         async move {
             match (fut, expired) {
                 (Some(fut), _) => {
@@ -174,13 +191,17 @@ pub(crate) async fn handle(
                     let r = fut.await;
                     TaskOutput::Ran(r, t0.elapsed())
                 }
+                (None, None) => crate::control::hooks::revoked_output(),
                 (None, at) => TaskOutput::Expired(at),
             }
         }
+        .instrument(job_span)
     })
     .name(shown.clone())
     .args_repr(args_repr)
-    .accept_callback(move |_, _| {
+    .accept_callback(move |job_id, _| {
+        let (s, l, n, i) = on_start;
+        crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
         if let Some(label) = started_label {
             tracing::debug!("Task {label} started");
         }
@@ -195,11 +216,13 @@ pub(crate) async fn handle(
         }
     })
     .callback(move |outcome: &Outcome<TaskOutput>| {
+        let _in_task = done_span.enter();
         let requeue = finish(&done, &msg, outcome, ignore_result, &retry);
         if acks_late && !requeue {
             done.ack(&late_tag);
         }
         drop(permit);
+        drop(listed);
     });
     let (hard, soft) = limits;
     let job = match hard {
@@ -210,6 +233,7 @@ pub(crate) async fn handle(
         Some(soft) => job.soft_timeout(soft),
         None => job,
     };
+    crate::control::hooks::before_apply(&shared, &name).await;
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
@@ -319,7 +343,7 @@ async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
 
 /// What a job returns: the task's result and how long it ran, or the
 /// expiry it found passed when it got its slot.
-enum TaskOutput {
+pub(crate) enum TaskOutput {
     Ran(Result<Value, TaskError>, Duration),
     Expired(Option<Timestamp>),
 }
@@ -341,6 +365,7 @@ fn store_expired(shared: &Shared, msg: &TaskMessage, expires: Timestamp) {
         cut(&msg.headers.task, LOG_NAME_MAX),
         cut(&msg.headers.id, LOG_NAME_MAX)
     );
+    crate::control::hooks::expired(shared, msg);
     bump(&shared.counters.revoked);
     if !msg.headers.ignore_result {
         let err = TaskError::new("TaskRevokedError", "expired").with_module("celery.exceptions");
@@ -358,6 +383,9 @@ fn finish(
     ignore_result: bool,
     retry: &RetryInfo,
 ) -> bool {
+    if crate::control::hooks::finish_revoked(shared, msg, outcome, ignore_result) {
+        return false;
+    }
     let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
     let name = name.as_ref();
     let id = cut(&msg.headers.id, LOG_NAME_MAX);
@@ -451,6 +479,7 @@ fn finish(
             (TaskState::Failure, e.to_json(), Some(tb))
         }
     };
+    crate::control::hooks::finished(shared, msg, outcome, state, &result, traceback.as_deref());
     if !ignore_result {
         shared.store(msg, state, result, traceback);
     }

@@ -6,17 +6,21 @@
 //! 1. The consumer takes up to the free prefetch budget (concurrency ×
 //!    multiplier unacked messages) in one fetch; each message is in the
 //!    `unacked` hash from then on.
-//! 2. Its handler decodes it. Unreadable messages and unknown task names
-//!    are logged and dropped (an unknown name also stores FAILURE
-//!    `NotRegistered`, as Celery does); an expired one stores REVOKED.
+//! 2. Its handler decodes it. A message that cannot run (unreadable,
+//!    out-of-range numbers, an unknown character set, an unknown task
+//!    name) is logged once and acked; where its task id can be read it
+//!    also gets a FAILURE result (`NotRegistered` for an unknown name, as
+//!    Celery does) so that the caller's `get()` raises; an expired one
+//!    stores REVOKED.
 //! 3. A message with a future ETA waits on the pool's green
 //!    [`Timer`](greenpool::Timer), still unacked and no longer counted
 //!    against the prefetch budget.
 //! 4. It is applied to the pool, waiting for a slot. When the job first
 //!    runs it is acked (early ack), unless the task acks late.
 //! 5. When the job ends, its result callback stores SUCCESS or FAILURE
-//!    and, for late acks, acks. Acks and results of many jobs leave in one
-//!    pipelined round trip.
+//!    and, for late acks, acks. Results and follow-up messages of many
+//!    jobs are written first and their acks only after them, in one
+//!    atomic script per batch (see `batch.rs` and `RELIABILITY.md`).
 //!
 //! # Shutdown
 //!
@@ -150,6 +154,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
     pub(crate) timer: Timer,
+    /// The node remote control and events see.
+    pub(crate) control: Arc<crate::control::Node>,
 }
 
 pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -320,10 +326,18 @@ impl Worker {
             .as_ref()
             .map(|_| ResultStore::Redis(RedisBackend::with_batcher(Arc::clone(&acks))));
         let pool = TaskPool::builder()
-            .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
+            .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
             .build()
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
         pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let control = crate::control::Node::connect(
+            &config,
+            Arc::clone(&self.registry),
+            pool.clone(),
+            backend.as_ref().and_then(ResultStore::redis).cloned(),
+            self.shutdown.warm.clone(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             registry: Arc::clone(&self.registry),
@@ -334,6 +348,7 @@ impl Worker {
             warm: self.shutdown.warm.clone(),
             counters: Counters::default(),
             timer: TaskPool::new_timer(),
+            control: Arc::clone(&control),
         });
         tracing::info!(
             "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
@@ -360,6 +375,7 @@ impl Worker {
                 pool.close();
             })
         };
+        let service = crate::control::Service::start(&control).await;
         self.ready.notify_waiters();
         let handlers = TaskTracker::new();
         let consumed = consume(&broker, &shared, &handlers, &self.shutdown).await;
@@ -385,6 +401,7 @@ impl Worker {
         }
         handlers.wait().await;
         shared.timer.stop();
+        service.stop().await;
         let _ = sweeper.await;
         // A cold shutdown still writes what it holds, but gives Redis at most
         // the command timeout from then on.
@@ -488,7 +505,7 @@ async fn consume(
     handlers: &TaskTracker,
     shutdown: &ShutdownHandle,
 ) -> Result<(), BrokerError> {
-    let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_count()));
+    let prefetch = shared.control.prefetch.semaphore();
     let mut idle = Duration::ZERO;
     let mut failures: u32 = 0;
     loop {

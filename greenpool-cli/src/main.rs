@@ -12,6 +12,8 @@ mod bench;
 mod builtin_tasks;
 mod call;
 mod celery_log;
+mod control;
+mod inspect;
 mod py_int;
 mod tour;
 mod worker;
@@ -38,6 +40,10 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Send a task by name, like `celery call`.
     Call(call::CallArgs),
+    /// Ask workers for information, like `celery inspect`.
+    Inspect(inspect::InspectArgs),
+    /// Steer workers, like `celery control`.
+    Control(control::ControlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Call(args) => call::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Control(args) => control::run(args),
     }
 }

@@ -62,6 +62,9 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps.
     #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
     restore_interval: f64,
+    /// Operating the worker: -E, --autoscale, time limits.
+    #[command(flatten)]
+    control: crate::control::WorkerControlArgs,
     /// Reconnect when a Redis connection is lost (`broker_connection_retry`).
     #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY", default_value_t = true, action = clap::ArgAction::Set)]
     broker_connection_retry: bool,
@@ -132,6 +135,7 @@ impl WorkerArgs {
             config =
                 config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));
         }
+        config = self.control.apply(config)?;
         if let Some(name) = &self.hostname {
             let name = name.replace("%h", &host_name());
             config = config.hostname(if name.contains('@') {

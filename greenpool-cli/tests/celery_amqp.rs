@@ -172,6 +172,27 @@ fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
     w.stop();
 }
 
+/// Remote control and events are not yet available on AMQP: the worker
+/// says so once before it is ready, with and without `-E`.
+#[test]
+fn worker_warns_once_that_control_and_events_are_missing_on_amqp() {
+    let Some(node) = RabbitNode::start() else {
+        return;
+    };
+    for (args, mentions_e) in [(&["-c", "2"][..], false), (&["-c", "2", "-E"][..], true)] {
+        let w = spawn_worker(&node, "none", args);
+        let before = w.wait_for(" ready");
+        let warnings: Vec<&String> = before
+            .iter()
+            .filter(|l| l.contains("remote control and events are not yet available on AMQP"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{args:?}: {before:#?}");
+        assert!(warnings[0].contains("WARN"), "{:?}", warnings[0]);
+        assert_eq!(warnings[0].contains("-E"), mentions_e, "{:?}", warnings[0]);
+        w.stop();
+    }
+}
+
 #[test]
 fn rpc_backend_replies_reach_the_python_client() {
     let Some((node, python)) = setup() else {

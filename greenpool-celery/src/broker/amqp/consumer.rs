@@ -100,6 +100,24 @@ pub(crate) async fn run(
         .build()
         .map_err(|e| WorkerError::Pool(e.to_string()))?;
     pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+    if config.send_task_events {
+        tracing::warn!(
+            "worker: remote control and events are not yet available on AMQP; \
+             -E (task events) has no effect, and celery inspect/control, \
+             celery events and Flower do not see this worker"
+        );
+    } else {
+        tracing::warn!(
+            "worker: remote control and events are not yet available on AMQP; \
+             celery inspect/control, celery events and Flower do not see this worker"
+        );
+    }
+    let control = crate::control::Node::local(
+        &config,
+        Arc::clone(&registry),
+        pool.clone(),
+        shutdown.warm.clone(),
+    );
     let shared = Arc::new(Shared {
         config: config.clone(),
         registry,
@@ -110,6 +128,7 @@ pub(crate) async fn run(
         warm: shutdown.warm.clone(),
         counters: Counters::default(),
         timer: TaskPool::new_timer(),
+        control,
     });
     tracing::info!(
         "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",

@@ -32,8 +32,12 @@
 //!   declared or used.
 //! * A task cannot ask for `basic.reject` with requeue (Celery's `Reject`
 //!   exception); only warm shutdown rejects (what was not started).
-//! * Remote control (`celery.pidbox`) and events (`celeryev`) run on Redis
-//!   only so far.
+//! * Remote control (`celery.pidbox`) and events (`celeryev`) are not yet
+//!   available on AMQP: the worker says so once at start (also when `-E`
+//!   asks for task events), `celery inspect`/`celery control`, `celery
+//!   events` and Flower do not see it, and it sends no worker or task
+//!   events. Revoked ids, rate limits and time limits still apply to the
+//!   worker's own requests (its node is local, without a connection).
 //! * `max_message_size` is not checked on AMQP (the broker's own
 //!   `max_message_size`, 128 MiB by default, applies).
 //! * The Rust client declares the queues it sends to without arguments, so
