@@ -83,9 +83,17 @@ fn start_redis() -> anyhow::Result<(Server, String)> {
     Ok((Server(child), format!("redis://127.0.0.1:{port}")))
 }
 
+/// How long the bench waits for a reply. The redis crate's default (0.5 s)
+/// is shorter than one worker script of 1,024 messages can hold a loaded
+/// server, during which the bench's polls simply queue up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
     let client = redis::Client::open(url)?;
-    Ok(client.get_multiplexed_async_connection().await?)
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_TIMEOUT));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
 }
 
 /// Flushes both databases and pushes `n` `greenpool.add` messages.
