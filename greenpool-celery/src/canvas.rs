@@ -5,12 +5,13 @@
 //! Only plain task signatures are sent; group, chord and nested chain
 //! signatures in callbacks are logged and skipped.
 
-use std::time::Duration;
-
 use serde_json::{Map, Value};
 
 use crate::broker::keys;
-use crate::protocol::{Signature, TaskHeaders, TaskMessage, Timestamp};
+use crate::protocol::{kombu_priority, Signature, TaskHeaders, TaskMessage, Timestamp};
+use crate::repr::{cut, LOG_NAME_MAX};
+use crate::seconds::{duration_from_secs, limit_from_secs};
+use crate::task_error::TaskError;
 
 fn signatures(v: Option<&Value>) -> Option<Vec<Signature>> {
     match v? {
@@ -25,44 +26,100 @@ fn signatures(v: Option<&Value>) -> Option<Vec<Signature>> {
     }
 }
 
-fn when(v: Option<&Value>) -> Option<Timestamp> {
-    match v? {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Timestamp::now() + Duration::from_secs_f64(s)),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
+/// A time option of a follow-up signature: seconds from now (a number)
+/// or an ISO-8601 timestamp.
+///
+/// # Errors
+///
+/// A `ValueError` naming `what` for a number that is not a usable
+/// duration (NaN, negative, `1e19`), or text that is not a timestamp;
+/// Celery's `apply_async` raises in the same places.
+fn when(what: &'static str, v: Option<&Value>) -> Result<Option<Timestamp>, TaskError> {
+    let Some(v) = v else { return Ok(None) };
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => {
+            let secs = n.as_f64().unwrap_or(f64::INFINITY);
+            let d = duration_from_secs(what, secs)
+                .map_err(|e| TaskError::value_error(e.to_string()))?;
+            Timestamp::now().checked_add(d).map(Some).ok_or_else(|| {
+                TaskError::new(
+                    "OverflowError",
+                    format!("{what} of {secs} s is beyond the year 9999"),
+                )
+            })
+        }
+        Value::String(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e: crate::error::ProtocolError| {
+                TaskError::value_error(format!("{what}: {e}"))
+            }),
+        other => Err(TaskError::type_error(format!(
+            "{what} must be seconds or an ISO-8601 time, not {other}"
+        ))),
     }
+}
+
+/// A time limit option of a follow-up signature, in seconds.
+fn limit(what: &'static str, v: Option<&Value>) -> Result<Option<f64>, TaskError> {
+    let secs = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::INFINITY),
+        Some(other) => {
+            return Err(TaskError::type_error(format!(
+                "{what} must be a number of seconds, not {other}"
+            )))
+        }
+    };
+    limit_from_secs(what, Some(secs)).map_err(|e| TaskError::value_error(e.to_string()))?;
+    Ok(Some(secs))
 }
 
 /// The queue key and envelope that apply `sig` (as `sig.apply_async`
 /// would), with `first` prepended to its args unless it is immutable,
 /// `chain` as the rest of the chain, and `parent` as the calling task.
-/// `None` for signatures this worker cannot send.
+/// `Ok(None)` for signatures this worker cannot send (logged).
+///
+/// # Errors
+///
+/// The error Python's `apply_async` would raise for options that cannot
+/// be used (`countdown` of `1e19`, a NaN time limit, ...): the calling
+/// task then fails with it.
 pub(crate) fn message_for(
     sig: &Signature,
     first: Option<&Value>,
     chain: Option<Vec<Signature>>,
     parent: &TaskHeaders,
     parent_priority: Option<u8>,
-) -> Option<(String, String)> {
+) -> Result<Option<(String, String)>, TaskError> {
     let Some(task) = sig.task() else {
         tracing::warn!("skipping a follow-up signature without a task name");
-        return None;
+        return Ok(None);
     };
+    let shown = cut(task, LOG_NAME_MAX);
     if let Some(kind) = sig.0.get("subtask_type").and_then(Value::as_str) {
-        tracing::warn!("skipping follow-up {task}: {kind} signatures are not supported");
-        return None;
+        tracing::warn!(
+            "skipping follow-up {shown}: {} signatures are not supported",
+            cut(kind, LOG_NAME_MAX)
+        );
+        return Ok(None);
     }
+    let empty = Map::new();
+    let opts = sig.options().unwrap_or(&empty);
+    let eta = match when("link eta", opts.get("eta"))? {
+        Some(t) => Some(t),
+        None => when("link countdown", opts.get("countdown"))?,
+    };
+    let expires = when("link expires", opts.get("expires"))?;
+    let hard = limit("link time_limit", opts.get("time_limit"))?;
+    let soft = limit("link soft_time_limit", opts.get("soft_time_limit"))?;
     let mut args = Vec::new();
     if let Some(v) = first.filter(|_| !sig.immutable()) {
         args.push(v.clone());
     }
     args.extend(sig.args().iter().cloned());
     let kwargs = sig.kwargs().cloned().unwrap_or_default();
-    let empty = Map::new();
-    let opts = sig.options().unwrap_or(&empty);
     let mut msg = TaskMessage::new(task, args, kwargs);
     if let Some(id) = opts.get("task_id").and_then(Value::as_str) {
         msg.headers.id = id.to_owned();
@@ -70,10 +127,10 @@ pub(crate) fn message_for(
     }
     msg.headers.parent_id = Some(parent.id.clone());
     msg.headers.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
-    msg.headers.eta = when(opts.get("eta")).or_else(|| when(opts.get("countdown")));
-    msg.headers.expires = when(opts.get("expires"));
-    msg.headers.timelimit.hard = opts.get("time_limit").and_then(Value::as_f64);
-    msg.headers.timelimit.soft = opts.get("soft_time_limit").and_then(Value::as_f64);
+    msg.headers.eta = eta;
+    msg.headers.expires = expires;
+    msg.headers.timelimit.hard = hard;
+    msg.headers.timelimit.soft = soft;
     if let Some(reply_to) = opts.get("reply_to").and_then(Value::as_str) {
         msg.properties.reply_to = Some(reply_to.to_owned());
     }
@@ -88,18 +145,18 @@ pub(crate) fn message_for(
         .to_owned();
     let priority = opts
         .get("priority")
-        .and_then(Value::as_u64)
-        .map(|p| p.min(9) as u8)
+        .and_then(kombu_priority)
         .or(parent_priority)
         .unwrap_or(0);
     msg.properties.priority = Some(priority);
     msg.properties.delivery_info.routing_key = queue.clone();
     match msg.encode() {
-        Ok(payload) => Some((keys::queue_key(&queue, priority), payload)),
-        Err(e) => {
-            tracing::error!("cannot encode follow-up {task}: {e}");
-            None
-        }
+        Ok(payload) => Ok(Some((keys::queue_key(&queue, priority), payload))),
+        Err(e) => Err(TaskError::new(
+            "EncodeError",
+            format!("cannot encode follow-up {shown}: {e}"),
+        )
+        .with_module("kombu.exceptions")),
     }
 }
 
@@ -123,8 +180,9 @@ mod tests {
         let next = sig(json!({"task": "t.add", "args": [3], "kwargs": {},
             "options": {"task_id": "c2", "queue": "q", "priority": 6}, "subtask_type": null, "immutable": false}));
         let rest = vec![sig(json!({"task": "t.add", "args": [4]}))];
-        let (key, payload) =
-            message_for(&next, Some(&json!(3)), Some(rest), &parent, None).unwrap();
+        let (key, payload) = message_for(&next, Some(&json!(3)), Some(rest), &parent, None)
+            .unwrap()
+            .unwrap();
         assert_eq!(key, "q\x06\x166");
         let m = TaskMessage::decode(&payload).unwrap();
         assert_eq!(m.headers.id, "c2");
@@ -142,10 +200,43 @@ mod tests {
             ..TaskHeaders::default()
         };
         let im = sig(json!({"task": "t.x", "args": [1], "immutable": true}));
-        let (key, payload) = message_for(&im, Some(&json!(9)), None, &parent, Some(2)).unwrap();
+        let (key, payload) = message_for(&im, Some(&json!(9)), None, &parent, Some(2))
+            .unwrap()
+            .unwrap();
         assert_eq!(key, "celery");
         assert_eq!(TaskMessage::decode(&payload).unwrap().args, vec![json!(1)]);
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
-        assert!(message_for(&group, None, None, &parent, None).is_none());
+        assert!(message_for(&group, None, None, &parent, None)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn unusable_numbers_fail_instead_of_panicking() {
+        let parent = TaskHeaders {
+            task: "t".into(),
+            id: "p".into(),
+            ..TaskHeaders::default()
+        };
+        for opts in [
+            json!({"countdown": 1e19}),
+            json!({"countdown": -1}),
+            json!({"expires": 1e300}),
+            json!({"time_limit": -5}),
+            json!({"soft_time_limit": 1e20}),
+            json!({"eta": "next tuesday"}),
+        ] {
+            let s = sig(json!({"task": "t.x", "args": [], "options": opts}));
+            let e = message_for(&s, None, None, &parent, None).unwrap_err();
+            assert!(
+                matches!(e.exc_type(), "ValueError" | "OverflowError"),
+                "{opts}: {e}"
+            );
+        }
+        let odd = sig(json!({"task": "t.x", "options": {"priority": 300, "countdown": 0}}));
+        let (key, _) = message_for(&odd, None, None, &parent, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(key, "celery\x06\x169");
     }
 }

@@ -266,7 +266,7 @@ impl AsyncResult {
     pub async fn get(&self, timeout: Duration) -> Result<Value, ResultError> {
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + timeout.min(crate::seconds::MAX_DURATION);
         let subscribing = Subscriber::subscribe(link, vec![key], Vec::new());
         let mut sub = tokio::time::timeout_at(deadline, subscribing)
             .await

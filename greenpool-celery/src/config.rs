@@ -54,6 +54,17 @@ pub struct WorkerConfig {
     /// Also store name, args, kwargs, worker, retries and queue with each
     /// result (`result_extended`, default off).
     pub result_extended: bool,
+    /// Send task events (`-E`, `worker_send_task_events`); worker events
+    /// (online, heartbeat, offline) are sent either way.
+    pub send_task_events: bool,
+    /// `(max, min)` slots for the autoscaler (`--autoscale`); the pool
+    /// starts at `min` and the prefetch window is sized for `max`.
+    pub autoscale: Option<(usize, usize)>,
+    /// Hard time limit in seconds for tasks whose message sets none
+    /// (`task_time_limit`).
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds (`task_soft_time_limit`).
+    pub soft_time_limit: Option<f64>,
     /// Reconnect when a Redis connection is lost while running
     /// (`broker_connection_retry`, default true). When false, the first
     /// loss stops the worker with an error.
@@ -122,6 +133,10 @@ impl WorkerConfig {
             legacy_fetch: false,
             track_started: false,
             result_extended: false,
+            send_task_events: false,
+            autoscale: None,
+            time_limit: None,
+            soft_time_limit: None,
             broker_connection_retry: true,
             broker_connection_max_retries: Some(100),
             broker_connection_retry_on_startup: None,
@@ -244,6 +259,33 @@ impl WorkerConfig {
         self
     }
 
+    /// Sends task events (`-E`).
+    pub fn send_task_events(mut self, on: bool) -> Self {
+        self.send_task_events = on;
+        self
+    }
+
+    /// Turns the autoscaler on between `min` and `max` slots; concurrency
+    /// becomes `max`.
+    pub fn autoscale(mut self, max: usize, min: usize) -> Self {
+        self.autoscale = Some((max, min.min(max)));
+        self.concurrency = max;
+        self
+    }
+
+    /// Sets the default hard and soft time limits, in seconds.
+    pub fn time_limits(mut self, hard: Option<f64>, soft: Option<f64>) -> Self {
+        self.time_limit = hard;
+        self.soft_time_limit = soft;
+        self
+    }
+
+    /// The pool's limit at start: the autoscaler's minimum, else the
+    /// concurrency.
+    pub fn initial_pool_limit(&self) -> usize {
+        self.autoscale.map_or(self.concurrency, |(_, min)| min)
+    }
+
     /// Chooses the one-at-a-time pop of servers before Redis 6.2.
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
@@ -281,7 +323,13 @@ impl WorkerConfig {
         }
         fn secs(name: &'static str, v: String) -> Result<Duration, ConfigError> {
             match v.trim().parse::<f64>() {
-                Ok(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+                Ok(s) => {
+                    crate::seconds::duration_from_secs(name, s).map_err(|_| ConfigError::Env {
+                        name,
+                        value: v,
+                        reason: "expected zero or more seconds, at most 100 years",
+                    })
+                }
                 _ => Err(ConfigError::Env {
                     name,
                     value: v,
@@ -381,6 +429,9 @@ impl WorkerConfig {
         if self.queues.is_empty() {
             return Err(ConfigError::Invalid("name at least one queue to consume"));
         }
+        if self.autoscale.is_some_and(|(max, _)| max == 0) {
+            return Err(ConfigError::Invalid("autoscale maximum must be at least 1"));
+        }
         if self.command_timeout.is_zero() || self.broker_connection_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "command and connection timeouts must be longer than zero",
@@ -430,6 +481,15 @@ mod tests {
             .with_vars(|k| (k == "GREENPOOL_CONCURRENCY").then(|| "many".to_owned()))
             .unwrap_err();
         assert!(e.to_string().contains("GREENPOOL_CONCURRENCY"), "{e}");
+        for huge in ["1e20", "NaN", "-1", "inf"] {
+            let e = WorkerConfig::new("redis://x")
+                .with_vars(|k| (k == "GREENPOOL_VISIBILITY_TIMEOUT").then(|| huge.to_owned()))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("GREENPOOL_VISIBILITY_TIMEOUT"),
+                "{e}"
+            );
+        }
         assert!(WorkerConfig::new("x").concurrency(0).validate().is_err());
         assert!(WorkerConfig::new("x")
             .queues(Vec::<String>::new())

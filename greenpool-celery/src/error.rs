@@ -35,6 +35,28 @@ pub enum ProtocolError {
     /// `eta`, `expires` or another time is not ISO-8601.
     #[error("{0:?} is not an ISO-8601 timestamp")]
     Timestamp(String),
+    /// `content-encoding` names a character set this worker does not read.
+    #[error("content-encoding {0:?} is not supported; send utf-8 (kombu's default) or utf-16")]
+    ContentEncoding(String),
+    /// The body is not valid text in its `content-encoding`.
+    #[error("body is not valid {encoding} text: {reason}; send the JSON body as utf-8")]
+    NotText {
+        /// The character set the body claimed.
+        encoding: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The message holds `NaN`, `Infinity` or `-Infinity`, which Python's
+    /// json writes for non-finite floats but which no task here can
+    /// receive.
+    #[error(
+        "the message holds NaN or Infinity (Python's json writes them for non-finite floats); \
+         send finite numbers or None"
+    )]
+    NonFinite,
+    /// The message has no body, or its body is not a string.
+    #[error("the envelope has no body string; was it produced by a kombu Redis client?")]
+    MissingBody,
     /// A value could not be serialised while encoding.
     #[error("cannot encode the message: {0}")]
     Encode(#[source] serde_json::Error),

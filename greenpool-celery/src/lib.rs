@@ -23,6 +23,9 @@
 //!   outcome in the result backend (`celery-task-meta-<id>`, SET with EX +
 //!   PUBLISH) in the shape Python's `AsyncResult` reads, then acks it: in
 //!   that order, in batches.
+//! * remote control: the worker answers Celery's pidbox commands
+//!   (`celery inspect`, `celery control`, Flower) and sends events;
+//!   [`Control`] is the client side.
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backend;
@@ -33,21 +36,26 @@ mod client;
 mod config;
 mod conn;
 mod context;
+mod control;
 mod error;
+mod events;
 pub mod protocol;
 mod registry;
 mod repr;
 mod request;
 mod scripts;
+pub mod seconds;
 mod stats;
 mod task_error;
 mod uuid;
 mod worker;
 
+pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, Client, SendOptions};
 pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
+pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use protocol::{
     DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,
@@ -56,5 +64,4 @@ pub use protocol::{
 pub use registry::{RegisteredTask, TaskFn, TaskFuture, TaskOptions, TaskRegistry};
 pub use stats::RedisStats;
 pub use task_error::TaskError;
-pub use uuid::uuid4;
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

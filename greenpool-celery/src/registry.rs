@@ -34,6 +34,9 @@ pub struct TaskOptions {
     /// Retries allowed through [`TaskError::retry`] (Celery's default 3);
     /// `None` allows any number.
     pub max_retries: Option<u32>,
+    /// Rate limit of this task, as Celery writes it (`"10/s"`, `"100/m"`,
+    /// `"1000/h"`); `None` for no limit. `rate_limit` commands override it.
+    pub rate_limit: Option<String>,
 }
 
 impl Default for TaskOptions {
@@ -42,6 +45,7 @@ impl Default for TaskOptions {
             acks_late: None,
             ignore_result: false,
             max_retries: Some(3),
+            rate_limit: None,
         }
     }
 }

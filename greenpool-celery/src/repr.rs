@@ -1,5 +1,6 @@
 //! Python `repr()` of JSON values, for `argsrepr`, `kwargsrepr` and logs.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 
 use serde_json::{Map, Value};
@@ -67,6 +68,42 @@ fn push_map_repr(out: &mut String, map: &Map<String, Value>) {
     out.push('}');
 }
 
+/// Most bytes of a task name shown in a log line.
+pub(crate) const LOG_NAME_MAX: usize = 200;
+
+/// Most bytes of an argument or result repr shown in a log line (Celery's
+/// `resultrepr_maxsize` default).
+pub(crate) const LOG_REPR_MAX: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary) for a log
+/// line, with a note of how long it was.
+///
+/// ```ignore
+/// assert_eq!(cut("short", 10), "short");
+/// assert_eq!(cut("abcdef", 3), "abc... (6 bytes)");
+/// ```
+pub(crate) fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
+}
+
+/// A raw queue entry cut for a log line: its first `max` bytes, with
+/// anything that is not UTF-8 replaced.
+pub(crate) fn cut_bytes(raw: &[u8], max: usize) -> String {
+    let head = String::from_utf8_lossy(raw.get(..max).unwrap_or(raw));
+    if raw.len() <= max {
+        head.into_owned()
+    } else {
+        format!("{head}... ({} bytes)", raw.len())
+    }
+}
+
 /// The Python repr of a JSON value.
 pub(crate) fn repr(v: &Value) -> String {
     let mut out = String::new();
@@ -112,5 +149,15 @@ mod tests {
             "[None, True, False, 1.5, \"it's\", {'k': [1]}]"
         );
         assert_eq!(repr(&json!("a\nb")), "'a\\nb'");
+    }
+
+    #[test]
+    fn log_text_is_cut_on_char_boundaries() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("abcdef", 3), "abc... (6 bytes)");
+        assert_eq!(cut("ééé", 3), "é... (6 bytes)");
+        let name = "x".repeat(1 << 20);
+        assert!(cut(&name, LOG_NAME_MAX).len() < LOG_NAME_MAX + 32);
+        assert_eq!(cut_bytes(b"ab\xffcd", 3), "ab\u{fffd}... (5 bytes)");
     }
 }

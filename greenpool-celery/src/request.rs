@@ -8,11 +8,15 @@ use greenpool::{Job, JobContext, Outcome, TerminateReason};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::TaskState;
 use crate::broker::Delivery;
 use crate::context::TaskContext;
-use crate::protocol::{TaskMessage, Timestamp};
+use crate::error::ProtocolError;
+use crate::protocol::{kombu_priority, Rejected, TaskMessage, Timestamp};
+use crate::repr::{cut, cut_bytes, LOG_NAME_MAX, LOG_REPR_MAX};
+use crate::seconds::{duration_from_secs, MAX_DURATION};
 use crate::task_error::TaskError;
 use crate::worker::{bump, Shared};
 
@@ -29,38 +33,47 @@ pub(crate) async fn handle(
         tag,
         parsed,
     } = delivery;
-    let Some(tag) = tag else {
-        let why = match &parsed {
-            Err(e) => e.to_string(),
-            Ok(_) => "it has no delivery tag".to_owned(),
-        };
-        tracing::error!(
-            "Dropping a message from queue {queue:?}: {why}: {:.200}",
-            raw
-        );
-        return;
+    if let Some(tag) = &tag {
+        shared
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tag.clone());
+    }
+    let decoded = match parsed {
+        Ok(wire) => TaskMessage::from_wire(wire, raw.as_bytes()),
+        Err(error) => Err(Rejected {
+            error,
+            partial: None,
+        }),
     };
-    shared
-        .outstanding
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(tag.clone());
-    let msg = match parsed.and_then(TaskMessage::from_wire) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(
-                "Can't decode message body: {e}; the message has been dropped: {:.200}",
-                raw
-            );
-            shared.ack(&tag);
+    let msg = match (decoded, &tag) {
+        (Ok(m), Some(_)) => m,
+        (Ok(m), None) => {
+            let why = TaskError::new("DecodeError", "the message has no delivery tag")
+                .with_module("kombu.exceptions");
+            let rejected = Rejected {
+                error: ProtocolError::MissingHeader("delivery_tag"),
+                partial: Some(Box::new(m)),
+            };
+            reject(&shared, &queue, raw.as_bytes(), None, rejected, why);
+            return;
+        }
+        (Err(r), tag) => {
+            let why =
+                TaskError::new("DecodeError", r.error.to_string()).with_module("kombu.exceptions");
+            reject(&shared, &queue, raw.as_bytes(), tag.as_deref(), r, why);
             return;
         }
     };
+    let Some(tag) = tag else { return };
     let name = msg.headers.task.clone();
     let id = msg.headers.id.clone();
+    let shown = cut(&name, LOG_NAME_MAX).into_owned();
+    let shown_id = cut(&id, LOG_NAME_MAX).into_owned();
     let Some(task) = shared.registry.get(&name).cloned() else {
         tracing::error!(
-            "Received unregistered task of type '{name}'. The message has been ignored and discarded."
+            "Received unregistered task of type '{shown}'. The message has been ignored and discarded."
         );
         bump(&shared.counters.failed);
         let err = TaskError::new("NotRegistered", name.clone()).with_module("celery.exceptions");
@@ -70,37 +83,57 @@ pub(crate) async fn handle(
         shared.ack(&tag);
         return;
     };
-    tracing::info!("Task {name}[{id}] received");
+    // Numbers that cannot be used fail the request before it waits for
+    // anything, as a message that can never run.
+    let timelimit = crate::control::hooks::time_limits(&shared, &name, msg.headers.timelimit);
+    let limits = match (timelimit.hard_duration(), timelimit.soft_duration()) {
+        (Ok(hard), Ok(soft)) => (hard, soft),
+        (Err(e), _) | (_, Err(e)) => {
+            let err = TaskError::value_error(e.to_string());
+            fail_before_run(&shared, &msg, &tag, err);
+            return;
+        }
+    };
+    tracing::info!("Task {shown}[{shown_id}] received");
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
+    let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag) else {
+        return;
+    };
     let mut permit = permit;
     if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
         // Celery raises the prefetch budget while an ETA request waits.
         drop(permit.take());
+        crate::control::hooks::scheduled(&listed, true);
         if !wait_for_eta(&shared, eta).await {
             // Warm shutdown: left unacked, given back at the end.
             return;
         }
-        if revoke_if_expired(&shared, &msg, &tag) {
+        crate::control::hooks::scheduled(&listed, false);
+        if revoke_if_expired(&shared, &msg, &tag)
+            || !crate::control::hooks::still_wanted(&shared, &msg, &tag)
+        {
             return;
         }
     }
     let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
     let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
+    let span = crate::control::hooks::task_span(&msg, &queue);
+    let (job_span, done_span) = (span.clone(), span);
+    let expires = msg.headers.expires;
     let ctx = TaskContext {
         id: id.clone(),
         name: name.clone(),
         retries: msg.headers.retries,
         eta: msg.headers.eta,
-        expires: msg.headers.expires,
+        expires,
         parent_id: msg.headers.parent_id.clone(),
         root_id: msg.headers.root_id.clone(),
         queue,
         hostname: shared.config.hostname.clone(),
         token: CancellationToken::new(),
     };
-    let limits = msg.headers.timelimit;
     let mut msg = msg;
     // The job owns the arguments; a copy stays only for result_extended.
     let (args, kwargs) = if shared.config.result_extended {
@@ -127,20 +160,47 @@ pub(crate) async fn handle(
         raw,
         max_retries: task.options.max_retries,
     };
-    let started_label = tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{name}[{id}]"));
+    let started_label =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{shown}[{shown_id}]"));
+    let args_repr = cut(
+        msg.headers.argsrepr.as_deref().unwrap_or_default(),
+        LOG_REPR_MAX,
+    )
+    .into_owned();
+    let gate = Arc::clone(&shared);
+    let listed = Arc::new(listed);
+    let on_start = (
+        Arc::clone(&shared),
+        Arc::clone(&listed),
+        name.clone(),
+        id.clone(),
+    );
     let job = Job::new(move |jctx: JobContext| {
         let mut ctx = ctx;
         ctx.token = jctx.token().clone();
-        let fut = task.call(ctx, args, kwargs);
+        // Checked again now that the request has a slot: it may have
+        // waited for one past its expiry, or been revoked meanwhile.
+        let expired = expires.filter(|e| e.is_past());
+        let revoked = crate::control::hooks::revoked_at_start(&gate.control, &ctx.id);
+        let fut = (expired.is_none() && !revoked).then(|| task.call(ctx, args, kwargs));
         async move {
-            let t0 = Instant::now();
-            let r = fut.await;
-            (r, t0.elapsed())
+            match (fut, expired) {
+                (Some(fut), _) => {
+                    let t0 = Instant::now();
+                    let r = fut.await;
+                    TaskOutput::Ran(r, t0.elapsed())
+                }
+                (None, None) => crate::control::hooks::revoked_output(),
+                (None, at) => TaskOutput::Expired(at),
+            }
         }
+        .instrument(job_span)
     })
-    .name(name.clone())
-    .args_repr(msg.headers.argsrepr.clone().unwrap_or_default())
-    .accept_callback(move |_, _| {
+    .name(shown.clone())
+    .args_repr(args_repr)
+    .accept_callback(move |job_id, _| {
+        let (s, l, n, i) = on_start;
+        crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
         if let Some(label) = started_label {
             tracing::debug!("Task {label} started");
         }
@@ -155,74 +215,161 @@ pub(crate) async fn handle(
         }
     })
     .callback(move |outcome: &Outcome<TaskOutput>| {
+        let _in_task = done_span.enter();
         let requeue = finish(&done, &msg, outcome, ignore_result, &retry);
         if acks_late && !requeue {
             done.ack(&late_tag);
         }
         drop(permit);
+        drop(listed);
     });
-    let job = match limits.hard_duration() {
+    let (hard, soft) = limits;
+    let job = match hard {
         Some(hard) => job.timeout(hard),
         None => job,
     };
-    let job = match limits.soft_duration() {
+    let job = match soft {
         Some(soft) => job.soft_timeout(soft),
         None => job,
     };
+    crate::control::hooks::before_apply(&shared, &name).await;
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
-        tracing::debug!("Task {name}[{id}] not started: {e}");
+        tracing::debug!("Task {shown}[{shown_id}] not started: {e}");
     }
 }
+
+/// A message that cannot be run: logged once with its reason, FAILURE
+/// stored under its task id when it names one (so that a client waiting
+/// in `AsyncResult.get()` gets the reason), and acked.
+fn reject(
+    shared: &Shared,
+    queue: &str,
+    raw: &[u8],
+    tag: Option<&str>,
+    rejected: Rejected,
+    why: TaskError,
+) {
+    let Rejected { error, partial } = rejected;
+    match &partial {
+        Some(m) => tracing::error!(
+            "Can't decode message body of task {}[{}] from queue {}: {error}; \
+             the message has been failed and discarded: {}",
+            cut(&m.headers.task, LOG_NAME_MAX),
+            cut(&m.headers.id, LOG_NAME_MAX),
+            cut(queue, LOG_NAME_MAX),
+            cut_bytes(raw, LOG_RAW_MAX),
+        ),
+        None => tracing::error!(
+            "Can't decode message body from queue {}: {error}; \
+             the message has been discarded: {}",
+            cut(queue, LOG_NAME_MAX),
+            cut_bytes(raw, LOG_RAW_MAX),
+        ),
+    }
+    if let Some(m) = partial.filter(|m| !m.headers.ignore_result) {
+        let tb = traceback_text(m.headers.display_name(), &why);
+        shared.store(&m, TaskState::Failure, why.to_json(), Some(tb));
+    }
+    if let Some(tag) = tag {
+        shared.ack(tag);
+    }
+}
+
+/// Fails a decoded request that cannot run (an unusable time limit):
+/// logged, FAILURE stored, acked.
+fn fail_before_run(shared: &Shared, msg: &TaskMessage, tag: &str, err: TaskError) {
+    bump(&shared.counters.failed);
+    let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
+    tracing::error!(
+        "Task {name}[{}] cannot run: {}",
+        cut(&msg.headers.id, LOG_NAME_MAX),
+        cut(&err.to_string(), LOG_REPR_MAX)
+    );
+    if !msg.headers.ignore_result {
+        let tb = traceback_text(&name, &err);
+        shared.store(msg, TaskState::Failure, err.to_json(), Some(tb));
+    }
+    shared.ack(tag);
+}
+
+/// Most bytes of an undecodable queue entry shown in a log line.
+const LOG_RAW_MAX: usize = 200;
 
 /// Waits on the pool's green timer until `eta` (priority 6, as Celery
 /// enters ETA requests). Returns false when warm shutdown came first.
+///
+/// An ETA may lie centuries ahead; each timer entry is at most
+/// [`MAX_DURATION`] away, so that no clock sum can overflow, and the wait
+/// goes on until the ETA has passed.
 async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let tx = Mutex::new(Some(tx));
-    let at = tokio::time::Instant::now() + eta.remaining();
-    let fire = move || {
-        if let Some(tx) = tx.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = tx.send(());
-        }
-    };
-    match shared.timer.call_at(at, fire, 6) {
-        Ok(tref) => tokio::select! {
-            r = rx => r.is_ok(),
-            _ = shared.warm.cancelled() => {
-                let _ = shared.timer.cancel(&tref);
-                false
+    let longest = MAX_DURATION;
+    while !eta.is_past() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = Mutex::new(Some(tx));
+        let now = tokio::time::Instant::now();
+        let Some(at) = now.checked_add(eta.remaining().min(longest)) else {
+            return false;
+        };
+        let fire = move || {
+            if let Some(tx) = tx.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                let _ = tx.send(());
             }
-        },
-        Err(e) => {
-            // Only after the timer stopped, i.e. during shutdown.
-            tracing::debug!("ETA timer refused the entry: {e}");
-            false
+        };
+        match shared.timer.call_at(at, fire, 6) {
+            Ok(tref) => {
+                let fired = tokio::select! {
+                    r = rx => r.is_ok(),
+                    _ = shared.warm.cancelled() => {
+                        let _ = shared.timer.cancel(&tref);
+                        false
+                    }
+                };
+                if !fired {
+                    return false;
+                }
+            }
+            Err(e) => {
+                // Only after the timer stopped, i.e. during shutdown.
+                tracing::debug!("ETA timer refused the entry: {e}");
+                return false;
+            }
         }
     }
+    true
 }
 
-/// What a job returns: the task's result and how long it ran.
-type TaskOutput = (Result<Value, TaskError>, Duration);
+/// What a job returns: the task's result and how long it ran, or the
+/// expiry it found passed when it got its slot.
+pub(crate) enum TaskOutput {
+    Ran(Result<Value, TaskError>, Duration),
+    Expired(Option<Timestamp>),
+}
 
 /// Stores REVOKED ("expired") and acks when the request has expired.
 fn revoke_if_expired(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
     let Some(expires) = msg.headers.expires.filter(|e| e.is_past()) else {
         return false;
     };
+    store_expired(shared, msg, expires);
+    shared.ack(tag);
+    true
+}
+
+/// Logs and stores REVOKED ("expired") for `msg`.
+fn store_expired(shared: &Shared, msg: &TaskMessage, expires: Timestamp) {
     tracing::info!(
         "Discarding revoked task: {}[{}] (expired at {expires})",
-        msg.headers.task,
-        msg.headers.id
+        cut(&msg.headers.task, LOG_NAME_MAX),
+        cut(&msg.headers.id, LOG_NAME_MAX)
     );
+    crate::control::hooks::expired(shared, msg);
     bump(&shared.counters.revoked);
     if !msg.headers.ignore_result {
         let err = TaskError::new("TaskRevokedError", "expired").with_module("celery.exceptions");
         shared.store(msg, TaskState::Revoked, err.to_json(), None);
     }
-    shared.ack(tag);
-    true
 }
 
 /// Logs and stores a job's outcome. Returns true when the message should
@@ -235,26 +382,27 @@ fn finish(
     ignore_result: bool,
     retry: &RetryInfo,
 ) -> bool {
-    let name = msg.headers.display_name();
-    let id = &msg.headers.id;
+    if crate::control::hooks::finish_revoked(shared, msg, outcome, ignore_result) {
+        return false;
+    }
+    let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
+    let name = name.as_ref();
+    let id = cut(&msg.headers.id, LOG_NAME_MAX);
     let (state, result, traceback) = match outcome {
-        Outcome::Completed((Err(e), _)) if e.retry_countdown().is_some() => {
+        Outcome::Completed(TaskOutput::Expired(at)) => {
+            store_expired(shared, msg, at.unwrap_or_else(Timestamp::now));
+            return false;
+        }
+        Outcome::Completed(TaskOutput::Ran(Err(e), _)) if e.retry_countdown().is_some() => {
             retry_or_fail(shared, msg, e, retry)
         }
-        Outcome::Completed((Ok(v), runtime)) => {
-            bump(&shared.counters.succeeded);
-            if tracing::enabled!(tracing::Level::INFO) {
-                tracing::info!(
-                    "Task {name}[{id}] succeeded in {:.6}s: {}",
-                    runtime.as_secs_f64(),
-                    crate::repr::repr(v)
-                );
-            }
-            (TaskState::Success, v.clone(), None)
-        }
-        Outcome::Completed((Err(e), _)) => {
+        Outcome::Completed(TaskOutput::Ran(Ok(v), _)) => (TaskState::Success, v.clone(), None),
+        Outcome::Completed(TaskOutput::Ran(Err(e), _)) => {
             bump(&shared.counters.failed);
-            tracing::error!("Task {name}[{id}] raised unexpected: {e}");
+            tracing::error!(
+                "Task {name}[{id}] raised unexpected: {}",
+                cut(&e.to_string(), LOG_REPR_MAX)
+            );
             let tb = e
                 .traceback()
                 .map(str::to_owned)
@@ -264,7 +412,10 @@ fn finish(
         Outcome::Panicked(p) => {
             bump(&shared.counters.failed);
             let e = TaskError::runtime_error(format!("task panicked: {}", p.message()));
-            tracing::error!("Task {name}[{id}] raised unexpected: {e} ({p})");
+            tracing::error!(
+                "Task {name}[{id}] raised unexpected: {}",
+                cut(&format!("{e} ({p})"), LOG_REPR_MAX)
+            );
             let mut tb = traceback_text(name, &e);
             let bt = p.backtrace_text();
             if !bt.is_empty() {
@@ -299,7 +450,35 @@ fn finish(
             }
         },
     };
-    follow_up(shared, msg, state, &result);
+    let (state, result, traceback) = match follow_up(shared, msg, state, &result) {
+        Ok(()) => {
+            if state == TaskState::Success {
+                bump(&shared.counters.succeeded);
+                if let Outcome::Completed(TaskOutput::Ran(_, runtime)) = outcome {
+                    if tracing::enabled!(tracing::Level::INFO) {
+                        tracing::info!(
+                            "Task {name}[{id}] succeeded in {:.6}s: {}",
+                            runtime.as_secs_f64(),
+                            cut(&crate::repr::repr(&result), LOG_REPR_MAX)
+                        );
+                    }
+                }
+            }
+            (state, result, traceback)
+        }
+        Err(e) => {
+            // A follow-up that cannot be sent fails the task, as the
+            // exception from Celery's apply_async would.
+            bump(&shared.counters.failed);
+            tracing::error!(
+                "Task {name}[{id}] raised unexpected: {}",
+                cut(&e.to_string(), LOG_REPR_MAX)
+            );
+            let tb = traceback_text(name, &e);
+            (TaskState::Failure, e.to_json(), Some(tb))
+        }
+    };
+    crate::control::hooks::finished(shared, msg, outcome, state, &result, traceback.as_deref());
     if !ignore_result {
         shared.store(msg, state, result, traceback);
     }
@@ -308,7 +487,18 @@ fn finish(
 
 /// Sends link callbacks and the next chain step after a success, link
 /// errors after a failure.
-fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Value) {
+///
+/// # Errors
+///
+/// After a success, the error of the first follow-up that cannot be sent
+/// (then none is sent and the task fails with it). Link errors that
+/// cannot be sent after a failure are logged and skipped.
+fn follow_up(
+    shared: &Shared,
+    msg: &TaskMessage,
+    state: TaskState,
+    result: &Value,
+) -> Result<(), TaskError> {
     let embed = &msg.embed;
     let priority = msg.properties.priority;
     let mut out = Vec::new();
@@ -321,7 +511,7 @@ fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Valu
                     None,
                     &msg.headers,
                     priority,
-                ));
+                )?);
             }
             if let Some(chain) = embed.chain.as_ref().filter(|c| !c.is_empty()) {
                 let mut rest = chain.clone();
@@ -332,20 +522,22 @@ fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Valu
                         Some(rest),
                         &msg.headers,
                         priority,
-                    ));
+                    )?);
                 }
             }
         }
         TaskState::Failure => {
             let id = Value::String(msg.headers.id.clone());
             for sig in embed.errbacks.iter().flatten() {
-                out.extend(crate::canvas::message_for(
-                    sig,
-                    Some(&id),
-                    None,
-                    &msg.headers,
-                    priority,
-                ));
+                match crate::canvas::message_for(sig, Some(&id), None, &msg.headers, priority) {
+                    Ok(m) => out.extend(m),
+                    Err(e) => tracing::error!(
+                        "cannot send a link error of {}[{}]: {}",
+                        cut(msg.headers.display_name(), LOG_NAME_MAX),
+                        cut(&msg.headers.id, LOG_NAME_MAX),
+                        cut(&e.to_string(), LOG_REPR_MAX)
+                    ),
+                }
             }
         }
         _ => {}
@@ -353,6 +545,7 @@ fn follow_up(shared: &Shared, msg: &TaskMessage, state: TaskState, result: &Valu
     for (key, payload) in out {
         shared.acks.push(key, payload);
     }
+    Ok(())
 }
 
 /// What a retry needs: the message as received, and the task's limit.
@@ -372,14 +565,28 @@ fn retry_or_fail(
     retry: &RetryInfo,
 ) -> (TaskState, Value, Option<String>) {
     let name = msg.headers.display_name();
-    let id = &msg.headers.id;
+    let id = cut(&msg.headers.id, LOG_NAME_MAX);
     let countdown = e.retry_countdown().unwrap_or_default();
     let allowed = retry.max_retries.is_none_or(|m| msg.headers.retries < m);
-    let again = allowed
-        .then(|| retry_message(&retry.raw, countdown))
-        .flatten();
+    let again = if allowed {
+        match retry_message(retry.raw.as_bytes(), countdown) {
+            Ok(again) => again,
+            Err(reason) => {
+                // A countdown no clock can reach: the task fails with why.
+                bump(&shared.counters.failed);
+                tracing::error!("Task {name}[{id}] cannot be retried: {reason}");
+                let tb = traceback_text(name, &reason);
+                return (TaskState::Failure, reason.to_json(), Some(tb));
+            }
+        }
+    } else {
+        None
+    };
     if let Some((key, payload)) = again {
-        tracing::info!("Task {name}[{id}] retry: {e}");
+        tracing::info!(
+            "Task {name}[{id}] retry: {}",
+            cut(&e.to_string(), LOG_REPR_MAX)
+        );
         bump(&shared.counters.retried);
         shared.acks.push(key, payload);
         return (TaskState::Retry, e.to_json(), Some(traceback_text(name, e)));
@@ -397,31 +604,44 @@ fn retry_or_fail(
     } else {
         e.clone()
     };
-    tracing::error!("Task {name}[{id}] raised unexpected: {failure}");
+    tracing::error!(
+        "Task {name}[{id}] raised unexpected: {}",
+        cut(&failure.to_string(), LOG_REPR_MAX)
+    );
     let tb = traceback_text(name, &failure);
     (TaskState::Failure, failure.to_json(), Some(tb))
 }
 
 /// The queue key and envelope of the retry of `raw`: `retries + 1`, an
-/// ETA `countdown` from now, a fresh delivery tag. `None` for v1 messages
-/// or unreadable ones.
-fn retry_message(raw: &str, countdown: Duration) -> Option<(String, String)> {
-    let mut v: Value = serde_json::from_str(raw).ok()?;
+/// ETA `countdown` from now, a fresh delivery tag. `Ok(None)` for v1
+/// messages or unreadable ones.
+///
+/// # Errors
+///
+/// A `ValueError` when `countdown` is beyond what the clocks can carry.
+fn retry_message(raw: &[u8], countdown: Duration) -> Result<Option<(String, String)>, TaskError> {
+    let countdown = duration_from_secs("retry countdown", countdown.as_secs_f64())
+        .map_err(|e| TaskError::value_error(e.to_string()))?;
+    let eta = Timestamp::now().checked_add(countdown).ok_or_else(|| {
+        TaskError::value_error(format!(
+            "retry countdown of {} s is beyond the year 9999",
+            countdown.as_secs_f64()
+        ))
+    })?;
+    Ok(retry_envelope(raw, eta))
+}
+
+fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<(String, String)> {
+    let mut v: Value = serde_json::from_slice(raw).ok()?;
     let headers = v.get_mut("headers")?.as_object_mut()?;
     headers.get("task")?;
     let retries = headers.get("retries").and_then(Value::as_u64).unwrap_or(0);
-    headers.insert("retries".to_owned(), json!(retries + 1));
-    headers.insert(
-        "eta".to_owned(),
-        json!((Timestamp::now() + countdown).to_string()),
-    );
+    headers.insert("retries".to_owned(), json!(retries.saturating_add(1)));
+    headers.insert("eta".to_owned(), json!(eta.to_string()));
     headers.remove("redelivered");
     let props = v.get_mut("properties")?.as_object_mut()?;
     props.insert("delivery_tag".to_owned(), json!(crate::uuid::uuid4()));
-    let priority = props
-        .get("priority")
-        .and_then(Value::as_u64)
-        .map_or(0, |p| p.min(9) as u8);
+    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
     let info = props.get_mut("delivery_info")?.as_object_mut()?;
     info.remove("redelivered");
     let queue = info.get("routing_key")?.as_str()?.to_owned();

@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
     pub(crate) timer: Timer,
+    /// The node remote control and events see.
+    pub(crate) control: Arc<crate::control::Node>,
 }
 
 pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -299,10 +301,18 @@ impl Worker {
             .as_ref()
             .map(|_| RedisBackend::with_batcher(Arc::clone(&acks)));
         let pool = TaskPool::builder()
-            .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
+            .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
             .build()
             .map_err(|e| WorkerError::Pool(e.to_string()))?;
         pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let control = crate::control::Node::connect(
+            &config,
+            Arc::clone(&self.registry),
+            pool.clone(),
+            backend.clone(),
+            self.shutdown.warm.clone(),
+        )
+        .await?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             registry: Arc::clone(&self.registry),
@@ -313,6 +323,7 @@ impl Worker {
             warm: self.shutdown.warm.clone(),
             counters: Counters::default(),
             timer: TaskPool::new_timer(),
+            control: Arc::clone(&control),
         });
         tracing::info!(
             "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
@@ -339,6 +350,7 @@ impl Worker {
                 pool.close();
             })
         };
+        let service = crate::control::Service::start(&control).await;
         self.ready.notify_waiters();
         let handlers = TaskTracker::new();
         let consumed = consume(&broker, &shared, &handlers, &self.shutdown).await;
@@ -364,6 +376,7 @@ impl Worker {
         }
         handlers.wait().await;
         shared.timer.stop();
+        service.stop().await;
         let _ = sweeper.await;
         // A cold shutdown still writes what it holds, but gives Redis at most
         // the command timeout from then on.
@@ -467,7 +480,7 @@ async fn consume(
     handlers: &TaskTracker,
     shutdown: &ShutdownHandle,
 ) -> Result<(), BrokerError> {
-    let prefetch = Arc::new(Semaphore::new(shared.config.prefetch_count()));
+    let prefetch = shared.control.prefetch.semaphore();
     let mut idle = Duration::ZERO;
     let mut failures: u32 = 0;
     loop {

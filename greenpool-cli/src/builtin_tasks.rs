@@ -1,7 +1,5 @@
 //! The tasks every `greenpool worker` serves, callable from Python by name.
 
-use std::time::Duration;
-
 use greenpool_celery::{TaskContext, TaskError, TaskRegistry};
 use serde_json::{json, Map, Number, Value};
 
@@ -21,13 +19,17 @@ fn type_name(v: &Value) -> &'static str {
 pub(crate) fn py_add(x: &Value, y: &Value) -> Result<Value, TaskError> {
     match (x, y) {
         (Value::Number(a), Value::Number(b)) => {
-            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
-                if let Some(s) = a.checked_add(b) {
-                    return Ok(Value::from(s));
-                }
+            // int + int is exact at any size, as in Python.
+            if let Some(s) = crate::py_int::add(a, b) {
+                return Ok(Value::Number(s));
             }
-            let s = a.as_f64().unwrap_or(f64::NAN) + b.as_f64().unwrap_or(f64::NAN);
-            Number::from_f64(s)
+            let (Some(fa), Some(fb)) = (a.as_f64(), b.as_f64()) else {
+                return Err(TaskError::new(
+                    "OverflowError",
+                    "int too large to convert to float",
+                ));
+            };
+            Number::from_f64(fa + fb)
                 .map(Value::Number)
                 .ok_or_else(|| TaskError::new("OverflowError", "result is not a finite number"))
         }
@@ -58,17 +60,16 @@ pub(crate) fn registry() -> TaskRegistry {
         },
     );
     tasks.register("greenpool.sleep", &["secs"], |ctx: TaskContext, (secs,): (Value,)| async move {
-        let d = secs
-            .as_f64()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| {
-                TaskError::type_error(format!(
-                    "greenpool.sleep() takes a non-negative number of seconds, not {}",
-                    type_name(&secs)
-                ))
-            })?;
+        let s = secs.as_f64().ok_or_else(|| {
+            TaskError::type_error(format!(
+                "greenpool.sleep() takes a number of seconds, not {}",
+                type_name(&secs)
+            ))
+        })?;
+        let d = greenpool_celery::seconds::duration_from_secs("greenpool.sleep() seconds", s)
+            .map_err(|e| TaskError::value_error(e.to_string()))?;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs_f64(d)) => Ok(secs),
+            _ = tokio::time::sleep(d) => Ok(secs),
             _ = ctx.token().cancelled() => Err(TaskError::new("SoftTimeLimitExceeded", "sleep cancelled")
                 .with_module("celery.exceptions")),
         }
@@ -97,10 +98,20 @@ mod tests {
         assert_eq!(py_add(&json!(2), &json!(0.5)).unwrap(), json!(2.5));
         assert_eq!(py_add(&json!("a"), &json!("b")).unwrap(), json!("ab"));
         assert_eq!(py_add(&json!([1]), &json!([2])).unwrap(), json!([1, 2]));
+        let big: Value =
+            serde_json::from_str("1606938044258990275541962092341162602522202993782792835301376")
+                .unwrap();
         assert_eq!(
-            py_add(&json!(i64::MAX), &json!(1)).unwrap(),
-            json!(i64::MAX as f64 + 1.0)
+            py_add(&big, &json!(1)).unwrap().to_string(),
+            "1606938044258990275541962092341162602522202993782792835301377"
         );
+        assert_eq!(
+            py_add(&json!(i64::MAX), &json!(1)).unwrap().to_string(),
+            "9223372036854775808"
+        );
+        let f = py_add(&big, &json!(0.5)).unwrap();
+        assert!(f.is_f64());
+        assert_eq!(f.as_f64(), Some(2f64.powi(200)));
         let e = py_add(&json!(1), &json!("x")).unwrap_err();
         assert_eq!(e.exc_type(), "TypeError");
         assert!(e.to_string().contains("'int' and 'str'"));

@@ -48,12 +48,9 @@ pub(crate) struct CallArgs {
     timeout: f64,
 }
 
-fn seconds(name: &str, s: f64) -> anyhow::Result<Duration> {
-    anyhow::ensure!(
-        s.is_finite() && s >= 0.0,
-        "--{name} must be a non-negative number of seconds"
-    );
-    Ok(Duration::from_secs_f64(s))
+fn seconds(name: &'static str, s: f64) -> anyhow::Result<Duration> {
+    greenpool_celery::seconds::duration_from_secs(name, s)
+        .with_context(|| format!("--{name} must be zero or more seconds, at most 100 years"))
 }
 
 /// Sends the task, prints its id, and with `--wait` its result.
@@ -64,10 +61,16 @@ pub(crate) fn run(a: CallArgs) -> anyhow::Result<()> {
         .context("--kwargs must be a JSON object, e.g. '{\"y\": 3}'")?;
     let mut options = SendOptions::default().queue(a.queue.clone());
     if let Some(c) = a.countdown {
-        options = options.countdown(seconds("countdown", c)?);
+        let eta = Timestamp::now()
+            .checked_add(seconds("countdown", c)?)
+            .context("--countdown lies beyond the year 9999")?;
+        options = options.eta(eta);
     }
     if let Some(e) = a.expires {
-        options = options.expires(Timestamp::now() + seconds("expires", e)?);
+        let expires = Timestamp::now()
+            .checked_add(seconds("expires", e)?)
+            .context("--expires lies beyond the year 9999")?;
+        options = options.expires(expires);
     }
     if let Some(p) = a.priority {
         options = options.priority(p);

@@ -40,6 +40,13 @@ where
     }
 }
 
+/// Whether standard error is a terminal: colour codes only then, never
+/// in log files or pipes.
+pub(crate) fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
 /// Installs the global subscriber at Celery's `--loglevel` (debug, info,
 /// warning, error, critical); `RUST_LOG` overrides it.
 pub(crate) fn init(loglevel: &str) {
@@ -54,6 +61,7 @@ pub(crate) fn init(loglevel: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(stderr_is_terminal())
         .event_format(CeleryFormat)
         .try_init();
 }

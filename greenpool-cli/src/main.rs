@@ -12,6 +12,9 @@ mod bench;
 mod builtin_tasks;
 mod call;
 mod celery_log;
+mod control;
+mod inspect;
+mod py_int;
 mod tour;
 mod worker;
 mod worker_bench;
@@ -36,6 +39,10 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Send a task by name, like `celery call`.
     Call(call::CallArgs),
+    /// Ask workers for information, like `celery inspect`.
+    Inspect(inspect::InspectArgs),
+    /// Steer workers, like `celery control`.
+    Control(control::ControlArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +57,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(celery_log::stderr_is_terminal())
             .init();
     }
     match cli.command {
@@ -57,5 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Call(args) => call::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Control(args) => control::run(args),
     }
 }

@@ -1,7 +1,5 @@
 //! `greenpool worker`: a Celery worker on Redis serving the built-in tasks.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use greenpool_celery::{Worker, WorkerConfig};
 
@@ -63,6 +61,9 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps.
     #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
     restore_interval: f64,
+    /// Operating the worker: -E, --autoscale, time limits.
+    #[command(flatten)]
+    control: crate::control::WorkerControlArgs,
     /// Reconnect when a Redis connection is lost (`broker_connection_retry`).
     #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY", default_value_t = true, action = clap::ArgAction::Set)]
     broker_connection_retry: bool,
@@ -93,12 +94,10 @@ fn host_name() -> String {
 impl WorkerArgs {
     /// The library settings these flags describe.
     pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
-        let secs = |name: &str, s: f64| {
-            anyhow::ensure!(
-                s.is_finite() && s >= 0.0,
-                "--{name} must be a non-negative number of seconds"
-            );
-            Ok(Duration::from_secs_f64(s))
+        let secs = |name: &'static str, s: f64| {
+            greenpool_celery::seconds::duration_from_secs(name, s).with_context(|| {
+                format!("--{name} must be zero or more seconds, at most 100 years")
+            })
         };
         let mut config = WorkerConfig::new(self.broker.clone())
             .concurrency(self.concurrency)
@@ -112,9 +111,10 @@ impl WorkerArgs {
             .acks_late(self.acks_late)
             .track_started(self.track_started)
             .result_extended(self.result_extended)
-            .result_expires(
-                (self.result_expires > 0).then(|| Duration::from_secs(self.result_expires)),
-            )
+            .result_expires(match self.result_expires {
+                0 => None,
+                s => Some(secs("result-expires", s as f64)?),
+            })
             .visibility_timeout(secs("visibility-timeout", self.visibility_timeout)?)
             .restore_interval(secs("restore-interval", self.restore_interval)?)
             .broker_connection_retry(self.broker_connection_retry)
@@ -125,6 +125,7 @@ impl WorkerArgs {
             config =
                 config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));
         }
+        config = self.control.apply(config)?;
         if let Some(name) = &self.hostname {
             let name = name.replace("%h", &host_name());
             config = config.hostname(if name.contains('@') {
@@ -138,8 +139,15 @@ impl WorkerArgs {
     }
 }
 
+/// How long a cold shutdown may take before the process exits anyway.
+const COLD_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Exit status when the process ends without a clean shutdown.
+const EXIT_FORCED: i32 = 1;
+
 /// Runs the worker until SIGTERM/SIGINT (warm shutdown; a second signal
-/// is cold).
+/// is cold, and a third, or a cold shutdown lasting longer than
+/// [`COLD_GRACE`], ends the process with status 1).
 pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -174,14 +182,35 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
+            let mut cold = false;
             loop {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
+                if cold {
+                    // The handlers stay installed for the life of the
+                    // process, so a signal is never swallowed: the third
+                    // one ends the process at once.
+                    tracing::error!("worker: third signal; exiting now without a clean shutdown");
+                    std::process::exit(EXIT_FORCED);
+                }
                 if stop.escalate() {
-                    tracing::warn!("worker: cold shutdown requested (second signal)");
-                    return;
+                    cold = true;
+                    tracing::warn!(
+                        "worker: cold shutdown requested (second signal); signal again to exit at once"
+                    );
+                    // A cold shutdown always ends the process, even when
+                    // Redis does not answer any more.
+                    std::thread::spawn(|| {
+                        std::thread::sleep(COLD_GRACE);
+                        tracing::error!(
+                            "worker: cold shutdown did not finish within {} s; exiting now",
+                            COLD_GRACE.as_secs()
+                        );
+                        std::process::exit(EXIT_FORCED);
+                    });
+                    continue;
                 }
                 tracing::warn!("worker: warm shutdown requested; signal again for a cold shutdown");
             }

@@ -27,7 +27,7 @@ impl Delivery {
     pub(crate) fn read(queue: String, bytes: Vec<u8>, tag: String) -> Self {
         let (raw, parsed) = match String::from_utf8(bytes) {
             Ok(raw) => {
-                let parsed = serde_json::from_str(&raw).map_err(ProtocolError::Envelope);
+                let parsed = WireEnvelope::parse(raw.as_bytes());
                 (raw, parsed)
             }
             Err(e) => {

@@ -477,8 +477,8 @@ fn redelivered(entry: &[u8]) -> Option<(String, String, String, u8)> {
     let props = envelope.get_mut("properties")?;
     let priority = props
         .get("priority")
-        .and_then(Value::as_f64)
-        .map_or(0, |p| p.clamp(0.0, 9.0) as u8);
+        .and_then(crate::protocol::kombu_priority)
+        .unwrap_or(0);
     if let Some(info) = props
         .get_mut("delivery_info")
         .and_then(Value::as_object_mut)

@@ -1,79 +1,50 @@
-//! Standard base64 (RFC 4648, with padding), the `body_encoding` kombu's
-//! Redis transport puts inside its JSON envelope.
+//! Standard base64 (RFC 4648), the `body_encoding` kombu's Redis
+//! transport puts inside its JSON envelope, through the `base64` crate.
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 
 use crate::error::ProtocolError;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// The standard alphabet; padding written, and optional when read (as
+/// kombu's producers always pad, but hand-made messages may not).
+const ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Encodes `data` as padded standard base64.
 pub(crate) fn encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 63) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
+    ENGINE.encode(data)
 }
 
-fn value_of(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some(u32::from(c - b'A')),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
-
-/// Decodes standard base64. Padding may be left out; ASCII whitespace is
-/// skipped (Python's decoder accepts both).
-pub(crate) fn decode(text: &str) -> Result<Vec<u8>, ProtocolError> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    let mut padding = 0usize;
-    for (pos, &c) in text.as_bytes().iter().enumerate() {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            padding += 1;
-            continue;
-        }
-        if padding > 0 {
-            return Err(ProtocolError::Base64 {
-                position: pos,
-                reason: "data after padding",
-            });
-        }
-        let v = value_of(c).ok_or(ProtocolError::Base64 {
-            position: pos,
-            reason: "character outside the base64 alphabet",
-        })?;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    if bits >= 6 || padding > 2 {
-        return Err(ProtocolError::Base64 {
-            position: text.len(),
-            reason: "truncated input",
-        });
-    }
-    Ok(out)
+/// Decodes standard base64. ASCII whitespace (line breaks of MIME-style
+/// producers) is skipped, as Python's decoder does.
+pub(crate) fn decode(text: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    let result = if text.iter().any(u8::is_ascii_whitespace) {
+        let compact: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        ENGINE.decode(compact)
+    } else {
+        ENGINE.decode(text)
+    };
+    result.map_err(|e| {
+        let (position, reason) = match e {
+            base64::DecodeError::InvalidByte(at, _) => {
+                (at, "character outside the base64 alphabet")
+            }
+            base64::DecodeError::InvalidLength(len) => (len, "truncated input"),
+            base64::DecodeError::InvalidLastSymbol(at, _) => {
+                (at, "last character has bits set that do not fit")
+            }
+            base64::DecodeError::InvalidPadding => (text.len(), "misplaced padding"),
+        };
+        ProtocolError::Base64 { position, reason }
+    })
 }
 
 #[cfg(test)]
@@ -86,7 +57,7 @@ mod tests {
         for len in 0..10 {
             let enc = encode(&data[..len]);
             assert_eq!(enc.len() % 4, 0, "len {len}");
-            assert_eq!(decode(&enc).unwrap(), &data[..len], "len {len}");
+            assert_eq!(decode(enc.as_bytes()).unwrap(), &data[..len], "len {len}");
         }
     }
 
@@ -102,15 +73,16 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(encode(plain.as_bytes()), enc);
-            assert_eq!(decode(enc).unwrap(), plain.as_bytes());
+            assert_eq!(decode(enc.as_bytes()).unwrap(), plain.as_bytes());
         }
-        assert_eq!(decode("Zm9vYg").unwrap(), b"foob");
+        assert_eq!(decode(b"Zm9vYg").unwrap(), b"foob");
+        assert_eq!(decode(b"Zm9v\nYmFy\n").unwrap(), b"foobar");
     }
 
     #[test]
     fn rejects_garbage() {
-        assert!(decode("Zm9v!").is_err());
-        assert!(decode("Z").is_err());
-        assert!(decode("Zg==Zg").is_err());
+        assert!(decode(b"Zm9v!").is_err());
+        assert!(decode(b"Z").is_err());
+        assert!(decode(b"Zg==Zg").is_err());
     }
 }

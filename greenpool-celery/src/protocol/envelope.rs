@@ -1,8 +1,14 @@
 //! kombu's Redis envelope: the JSON object pushed onto a queue list, with
 //! the task body base64-encoded inside it.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use super::lenient;
+use crate::error::ProtocolError;
 
 /// Reads `null` as the type's default.
 pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -17,40 +23,50 @@ where
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryInfo {
     /// Exchange name; `""` is the default exchange (route by queue name).
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient::string_or_empty")]
     pub exchange: String,
     /// Routing key; with the default exchange, the queue name.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient::string_or_empty")]
     pub routing_key: String,
     /// Set by kombu when it puts a message back on its queue.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::flag"
+    )]
     pub redelivered: Option<bool>,
 }
 
 /// The envelope's `properties`.
+///
+/// Each property of the wrong type reads as absent instead of making the
+/// whole message unreadable (which would lose its delivery tag and task
+/// id), and the priority is read as kombu reads it (see
+/// [`kombu_priority`](crate::protocol::kombu_priority)).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Properties {
     /// The task id again.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::string")]
     pub correlation_id: Option<String>,
     /// The client's reply queue / oid (used by the RPC backend).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::string")]
     pub reply_to: Option<String>,
     /// 2 = persistent, 1 = transient.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::delivery_mode")]
     pub delivery_mode: Option<u8>,
     /// Exchange and routing key the message was published with.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "lenient::object")]
     pub delivery_info: DeliveryInfo,
-    /// 0–9; on Redis a lower number is served first.
-    #[serde(default)]
+    /// 0–9; on Redis a lower number is served first. Read as kombu does:
+    /// `int()` of the value clamped to 0–9, absent when `int()` fails.
+    #[serde(default, deserialize_with = "lenient::priority")]
     pub priority: Option<u8>,
     /// `"base64"` (kombu's default) or absent for a plain text body.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::string")]
     pub body_encoding: Option<String>,
     /// The kombu delivery tag, a UUID string that names the message in the
     /// `unacked` hash.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::string")]
     pub delivery_tag: Option<String>,
 }
 
@@ -77,17 +93,134 @@ pub struct Envelope {
     pub properties: Properties,
 }
 
+/// The body text of a [`WireEnvelope`]: where it sits in the raw queue
+/// entry (the usual case, no copy), or its own text when the JSON string
+/// held escapes.
+#[derive(Debug)]
+pub(crate) enum BodyText {
+    /// `raw[start..start + len]`.
+    Span { start: usize, len: usize },
+    /// The unescaped text.
+    Owned(String),
+}
+
+impl BodyText {
+    /// The body's text, given the raw entry it was parsed from.
+    pub(crate) fn text<'a>(&'a self, raw: &'a [u8]) -> &'a [u8] {
+        match self {
+            BodyText::Span { start, len } => start
+                .checked_add(*len)
+                .and_then(|end| raw.get(*start..end))
+                .unwrap_or_default(),
+            BodyText::Owned(s) => s.as_bytes(),
+        }
+    }
+}
+
 /// The envelope as the worker reads it: headers straight into typed
-/// fields, with no intermediate JSON map.
-#[derive(Debug, Deserialize)]
+/// fields, the body left in place in the raw entry.
+///
+/// Reading succeeds for every JSON object, so that the delivery tag and
+/// the task id survive anything odd in the rest of the message: a header
+/// of the wrong type is kept in `problem` (with whatever headers could be
+/// read), and so is a `NaN` or `Infinity` token (which Python's json
+/// writes and strict JSON does not allow).
+#[derive(Debug)]
 pub(crate) struct WireEnvelope {
-    pub(crate) body: String,
-    #[serde(rename = "content-type", default = "json_type")]
+    pub(crate) body: Option<BodyText>,
     pub(crate) content_type: String,
-    #[serde(default, deserialize_with = "null_default")]
+    pub(crate) content_encoding: Option<String>,
     pub(crate) headers: super::headers::TaskHeaders,
-    #[serde(default, deserialize_with = "null_default")]
     pub(crate) properties: Properties,
+    /// Why the envelope cannot be run although it could be read.
+    pub(crate) problem: Option<ProtocolError>,
+}
+
+/// The envelope borrowed from the raw entry.
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient::cow_str")]
+    body: Option<Cow<'a, str>>,
+    #[serde(rename = "content-type", default, deserialize_with = "lenient::string")]
+    content_type: Option<String>,
+    #[serde(
+        rename = "content-encoding",
+        default,
+        deserialize_with = "lenient::string"
+    )]
+    content_encoding: Option<String>,
+    #[serde(borrow, default)]
+    headers: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "lenient::object")]
+    properties: Properties,
+}
+
+impl WireEnvelope {
+    /// Reads a queue entry.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtocolError::Envelope`] when the entry is not a JSON object
+    /// (even with Python's `NaN`/`Infinity` tokens allowed).
+    pub(crate) fn parse(raw: &[u8]) -> Result<Self, ProtocolError> {
+        // serde would also read a struct from a JSON array; kombu's
+        // envelope is an object.
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ProtocolError::Envelope(serde::de::Error::custom(
+                "the entry is not a JSON object",
+            )));
+        }
+        match serde_json::from_slice::<EnvelopeRef<'_>>(raw) {
+            Ok(r) => Ok(Self::own(r, raw, None)),
+            Err(e) => {
+                let Some(clean) = super::nonfinite::replace_with_null(raw) else {
+                    return Err(ProtocolError::Envelope(e));
+                };
+                match serde_json::from_slice::<EnvelopeRef<'_>>(&clean) {
+                    // Read again with the tokens as null, only to report
+                    // the failure under the right task id.
+                    Ok(r) => Ok(Self::own(r, &[], Some(ProtocolError::NonFinite))),
+                    Err(_) => Err(ProtocolError::Envelope(e)),
+                }
+            }
+        }
+    }
+
+    fn own(r: EnvelopeRef<'_>, raw: &[u8], problem: Option<ProtocolError>) -> Self {
+        let base = raw.as_ptr() as usize;
+        let body = r.body.map(|b| match b {
+            Cow::Borrowed(s) => {
+                let at = (s.as_ptr() as usize).wrapping_sub(base);
+                if !raw.is_empty() && at <= raw.len() && raw.len() - at >= s.len() {
+                    BodyText::Span {
+                        start: at,
+                        len: s.len(),
+                    }
+                } else {
+                    BodyText::Owned(s.to_owned())
+                }
+            }
+            Cow::Owned(s) => BodyText::Owned(s),
+        });
+        let (headers, header_problem) = match r.headers {
+            None => (super::headers::TaskHeaders::default(), None),
+            Some(h) => match serde_json::from_str(h.get()) {
+                Ok(h) => (h, None),
+                Err(e) => (
+                    super::headers::TaskHeaders::salvage(h.get()),
+                    Some(ProtocolError::Headers(e)),
+                ),
+            },
+        };
+        WireEnvelope {
+            body,
+            content_type: r.content_type.unwrap_or_else(json_type),
+            content_encoding: r.content_encoding,
+            headers,
+            properties: r.properties,
+            problem: problem.or(header_problem),
+        }
+    }
 }
 
 fn utf8() -> String {
@@ -96,4 +229,54 @@ fn utf8() -> String {
 
 fn json_type() -> String {
     "application/json".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_stays_in_the_raw_entry() {
+        let body = "QUJD".repeat(1 << 18);
+        let raw = format!(
+            r#"{{"body": "{body}", "headers": {{"task": "t", "id": "i"}}, "properties": {{"delivery_tag": "x"}}}}"#
+        );
+        let w = WireEnvelope::parse(raw.as_bytes()).unwrap();
+        let Some(text) = &w.body else {
+            panic!("no body")
+        };
+        assert!(matches!(text, BodyText::Span { len, .. } if *len == body.len()));
+        assert_eq!(text.text(raw.as_bytes()), body.as_bytes());
+        // An escaped body cannot be borrowed; it is unescaped once.
+        let w = WireEnvelope::parse(br#"{"body": "a\/b"}"#).unwrap();
+        assert!(matches!(&w.body, Some(BodyText::Owned(s)) if s == "a/b"));
+    }
+
+    #[test]
+    fn odd_fields_keep_the_tag_and_the_task_id() {
+        let raw = br#"{"body": 7, "content-encoding": ["x"], "headers": {"task": "t", "id": "i1", "retries": "many"},
+            "properties": {"delivery_tag": "tag1", "priority": "high", "delivery_mode": 300,
+            "correlation_id": 5, "delivery_info": "nowhere"}}"#;
+        let w = WireEnvelope::parse(raw).unwrap();
+        assert_eq!(w.properties.delivery_tag.as_deref(), Some("tag1"));
+        assert_eq!(w.properties.priority, None);
+        assert_eq!(w.properties.delivery_mode, None);
+        assert_eq!(w.properties.correlation_id, None);
+        assert_eq!(w.properties.delivery_info, DeliveryInfo::default());
+        assert_eq!(w.headers.id, "i1");
+        assert!(matches!(w.problem, Some(ProtocolError::Headers(_))));
+        assert!(w.body.is_none());
+    }
+
+    #[test]
+    fn python_nan_tokens_are_reported_under_the_task_id() {
+        let raw = br#"{"body": "", "headers": {"task": "t", "id": "i2", "timelimit": [NaN, null]},
+            "properties": {"delivery_tag": "tag2"}}"#;
+        let w = WireEnvelope::parse(raw).unwrap();
+        assert_eq!(w.properties.delivery_tag.as_deref(), Some("tag2"));
+        assert_eq!(w.headers.id, "i2");
+        assert!(matches!(w.problem, Some(ProtocolError::NonFinite)));
+        assert!(WireEnvelope::parse(b"NaN").is_err());
+        assert!(WireEnvelope::parse(b"[1, 2]").is_err());
+    }
 }

@@ -70,6 +70,31 @@ pub struct TaskHeaders {
 }
 
 impl TaskHeaders {
+    /// The headers that can still be read from `text` when it does not
+    /// fit the typed fields (a header of the wrong type): the string
+    /// headers that name the task, and `ignore_result`. Used to report
+    /// the failure under the right task id.
+    pub(crate) fn salvage(text: &str) -> Self {
+        let Ok(map) = serde_json::from_str::<Map<String, Value>>(text) else {
+            return TaskHeaders::default();
+        };
+        let string = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
+        TaskHeaders {
+            lang: string("lang"),
+            task: string("task").unwrap_or_default(),
+            id: string("id").unwrap_or_default(),
+            root_id: string("root_id"),
+            parent_id: string("parent_id"),
+            group: string("group"),
+            shadow: string("shadow"),
+            ignore_result: map
+                .get("ignore_result")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            ..TaskHeaders::default()
+        }
+    }
+
     /// The name to show in logs: `shadow` if set, else `task`.
     pub fn display_name(&self) -> &str {
         self.shadow.as_deref().unwrap_or(&self.task)

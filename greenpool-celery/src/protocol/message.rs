@@ -1,11 +1,15 @@
 //! A decoded task message, and its encoding as a v2 Redis envelope.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::base64;
-use super::envelope::{DeliveryInfo, Envelope, Properties, WireEnvelope};
+use super::charset;
+use super::envelope::{BodyText, DeliveryInfo, Envelope, Properties, WireEnvelope};
 use super::headers::TaskHeaders;
+use super::nonfinite;
 use super::signature::Embed;
 use super::v1::BodyV1;
 use crate::error::ProtocolError;
@@ -32,6 +36,30 @@ pub struct TaskMessage {
     pub kwargs: Map<String, Value>,
     /// Callbacks, errbacks, chain and chord.
     pub embed: Embed,
+}
+
+/// A message that cannot be run: why, and the message as far as it could
+/// be read when it names a task id (headers and properties, no arguments).
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub(crate) error: ProtocolError,
+    pub(crate) partial: Option<Box<TaskMessage>>,
+}
+
+/// The task id and name of a v1 body that does not decode, read with
+/// `NaN`/`Infinity` as null.
+fn v1_salvage(text: &str) -> TaskHeaders {
+    let clean = nonfinite::replace_with_null(text.as_bytes());
+    let bytes = clean.as_deref().unwrap_or(text.as_bytes());
+    let Ok(map) = serde_json::from_slice::<Map<String, Value>>(bytes) else {
+        return TaskHeaders::default();
+    };
+    let string = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_owned);
+    TaskHeaders {
+        task: string("task").unwrap_or_default(),
+        id: string("id").unwrap_or_default(),
+        ..TaskHeaders::default()
+    }
 }
 
 /// The v2 body: `[args, kwargs, embed]` (the embed may be missing or null).
@@ -85,10 +113,28 @@ impl TaskMessage {
     /// # Errors
     ///
     /// [`ProtocolError`] for invalid JSON or base64, a content type other
-    /// than JSON, a body of the wrong shape, or a missing `task`/`id`.
+    /// than JSON, a content encoding other than UTF-8/UTF-16, a body of
+    /// the wrong shape, `NaN`/`Infinity` values, or a missing `task`/`id`.
     pub fn decode(raw: &str) -> Result<Self, ProtocolError> {
-        let wire: WireEnvelope = serde_json::from_str(raw).map_err(ProtocolError::Envelope)?;
-        Self::from_wire(wire)
+        Self::decode_bytes(raw.as_bytes())
+    }
+
+    /// Decodes a queue entry read as bytes; see [`TaskMessage::decode`].
+    ///
+    /// ```
+    /// use greenpool_celery::{ProtocolError, TaskMessage};
+    /// assert!(matches!(
+    ///     TaskMessage::decode_bytes(b"\xff not json"),
+    ///     Err(ProtocolError::Envelope(_))
+    /// ));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`TaskMessage::decode`].
+    pub fn decode_bytes(raw: &[u8]) -> Result<Self, ProtocolError> {
+        let wire = WireEnvelope::parse(raw)?;
+        Self::from_wire(wire, raw).map_err(|r| r.error)
     }
 
     /// Decodes an already parsed envelope; see [`TaskMessage::decode`].
@@ -97,49 +143,118 @@ impl TaskMessage {
     ///
     /// As for [`TaskMessage::decode`].
     pub fn from_envelope(envelope: Envelope) -> Result<Self, ProtocolError> {
-        let headers: TaskHeaders = serde_json::from_value(Value::Object(envelope.headers))
-            .map_err(ProtocolError::Headers)?;
-        Self::from_wire(WireEnvelope {
-            body: envelope.body,
+        let (headers, problem) =
+            match serde_json::from_value::<TaskHeaders>(Value::Object(envelope.headers)) {
+                Ok(h) => (h, None),
+                Err(e) => (TaskHeaders::default(), Some(ProtocolError::Headers(e))),
+            };
+        let wire = WireEnvelope {
+            body: Some(BodyText::Owned(envelope.body)),
             content_type: envelope.content_type,
+            content_encoding: Some(envelope.content_encoding),
             headers,
             properties: envelope.properties,
-        })
+            problem,
+        };
+        Self::from_wire(wire, &[]).map_err(|r| r.error)
     }
 
-    pub(crate) fn from_wire(wire: WireEnvelope) -> Result<Self, ProtocolError> {
-        let ct = wire.content_type.as_str();
-        if ct != "application/json" && ct != "application/x-json" {
-            return Err(ProtocolError::ContentType(wire.content_type));
-        }
-        let body_bytes = match wire.properties.body_encoding.as_deref() {
-            Some("base64") => base64::decode(&wire.body)?,
-            None | Some("") => wire.body.into_bytes(),
-            Some(other) => return Err(ProtocolError::BodyEncoding(other.to_owned())),
+    /// Decodes an envelope read from `raw` (whose body it points into).
+    /// On failure, the error comes with the message as far as it could be
+    /// read when that names a task id, so that the failure can be stored
+    /// under it.
+    pub(crate) fn from_wire(wire: WireEnvelope, raw: &[u8]) -> Result<Self, Rejected> {
+        let WireEnvelope {
+            body,
+            content_type,
+            content_encoding,
+            headers,
+            properties,
+            problem,
+        } = wire;
+        let reject = |error: ProtocolError, headers: TaskHeaders, properties: Properties| {
+            let partial = (!headers.id.is_empty()).then(|| {
+                Box::new(TaskMessage {
+                    headers,
+                    properties,
+                    args: Vec::new(),
+                    kwargs: Map::new(),
+                    embed: Embed::default(),
+                })
+            });
+            Rejected { error, partial }
         };
+        if let Some(e) = problem {
+            return Err(reject(e, headers, properties));
+        }
+        let ct = content_type.as_str();
+        if ct != "application/json" && ct != "application/x-json" {
+            return Err(reject(
+                ProtocolError::ContentType(content_type),
+                headers,
+                properties,
+            ));
+        }
+        let Some(body) = body else {
+            return Err(reject(ProtocolError::MissingBody, headers, properties));
+        };
+        let text = body.text(raw);
+        let decoded = match properties.body_encoding.as_deref() {
+            Some("base64") => base64::decode(text).map(Cow::Owned),
+            None | Some("") => Ok(Cow::Borrowed(text)),
+            Some(other) => Err(ProtocolError::BodyEncoding(other.to_owned())),
+        };
+        let body_text =
+            decoded.and_then(|bytes| charset::decode(content_encoding.as_deref(), bytes));
+        let body_text = match body_text {
+            Ok(t) => t,
+            Err(e) => return Err(reject(e, headers, properties)),
+        };
+        let body_text: &str = &body_text;
         // v1 has no task header and a dict body; anything else is read as v2.
-        let is_v1 = wire.headers.task.is_empty()
-            && body_bytes
-                .iter()
-                .find(|b| !b.is_ascii_whitespace())
-                .is_some_and(|b| *b == b'{');
-        let (headers, args, kwargs, embed) = if is_v1 {
-            let body: BodyV1 = serde_json::from_slice(&body_bytes).map_err(ProtocolError::Body)?;
-            body.into_v2()
+        let is_v1 = headers.task.is_empty() && body_text.trim_start().starts_with('{');
+        let parsed = if is_v1 {
+            serde_json::from_str::<BodyV1>(body_text).map(BodyV1::into_v2)
         } else {
-            let BodyV2(args, kwargs, embed) =
-                serde_json::from_slice(&body_bytes).map_err(ProtocolError::Body)?;
-            (wire.headers, args, kwargs, embed)
+            serde_json::from_str::<BodyV2>(body_text)
+                .map(|BodyV2(args, kwargs, embed)| (TaskHeaders::default(), args, kwargs, embed))
+        };
+        let (headers, args, kwargs, embed) = match parsed {
+            Ok((v1_headers, args, kwargs, embed)) => {
+                let headers = if is_v1 { v1_headers } else { headers };
+                (headers, args, kwargs, embed)
+            }
+            Err(e) => {
+                let error = if nonfinite::contains(body_text.as_bytes()) {
+                    ProtocolError::NonFinite
+                } else {
+                    ProtocolError::Body(e)
+                };
+                let headers = if is_v1 {
+                    v1_salvage(body_text)
+                } else {
+                    headers
+                };
+                return Err(reject(error, headers, properties));
+            }
         };
         if headers.task.is_empty() {
-            return Err(ProtocolError::MissingHeader("task"));
+            return Err(reject(
+                ProtocolError::MissingHeader("task"),
+                headers,
+                properties,
+            ));
         }
         if headers.id.is_empty() {
-            return Err(ProtocolError::MissingHeader("id"));
+            return Err(reject(
+                ProtocolError::MissingHeader("id"),
+                headers,
+                properties,
+            ));
         }
         Ok(TaskMessage {
             headers,
-            properties: wire.properties,
+            properties,
             args,
             kwargs,
             embed,

@@ -2,9 +2,12 @@
 //! Redis envelope.
 
 pub(crate) mod base64;
+mod charset;
 mod envelope;
 mod headers;
+mod lenient;
 mod message;
+mod nonfinite;
 mod signature;
 mod time;
 mod timelimit;
@@ -13,6 +16,8 @@ mod v1;
 pub(crate) use envelope::WireEnvelope;
 pub use envelope::{DeliveryInfo, Envelope, Properties};
 pub use headers::TaskHeaders;
+pub use lenient::kombu_priority;
+pub(crate) use message::Rejected;
 pub use message::TaskMessage;
 pub use signature::{Embed, Signature};
 pub use time::Timestamp;

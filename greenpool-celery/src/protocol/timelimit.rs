@@ -6,6 +6,8 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::seconds::{limit_from_secs, SecondsError};
+
 /// Time limits of one task, as sent in `headers.timelimit`.
 ///
 /// On the wire this is the pair **`[hard, soft]`** (hard first), each an
@@ -27,20 +29,25 @@ pub struct TimeLimit {
 }
 
 impl TimeLimit {
-    /// The hard limit as a duration, if it is set and positive.
-    pub fn hard_duration(&self) -> Option<Duration> {
-        positive(self.hard)
+    /// The hard limit as a duration: `None` for no limit (absent, `0` or
+    /// `+Infinity`, as Celery reads them).
+    ///
+    /// # Errors
+    ///
+    /// [`SecondsError`] for a NaN, negative or out-of-range limit
+    /// (`[1e20, null]`): such a request cannot be run.
+    pub fn hard_duration(&self) -> Result<Option<Duration>, SecondsError> {
+        limit_from_secs("hard time limit", self.hard)
     }
 
-    /// The soft limit as a duration, if it is set and positive.
-    pub fn soft_duration(&self) -> Option<Duration> {
-        positive(self.soft)
+    /// The soft limit as a duration; see [`TimeLimit::hard_duration`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`TimeLimit::hard_duration`].
+    pub fn soft_duration(&self) -> Result<Option<Duration>, SecondsError> {
+        limit_from_secs("soft time limit", self.soft)
     }
-}
-
-fn positive(v: Option<f64>) -> Option<Duration> {
-    v.filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
 }
 
 fn serialize_seconds<S: SerializeTuple>(t: &mut S, v: Option<f64>) -> Result<(), S::Error> {
@@ -129,14 +136,18 @@ mod tests {
     }
 
     #[test]
-    fn durations_ignore_zero_and_negative() {
-        let t = parse("[0, -1]");
-        assert_eq!(t.hard_duration(), None);
-        assert_eq!(t.soft_duration(), None);
+    fn durations_refuse_what_cannot_run() {
+        let t = parse("[0, null]");
+        assert_eq!(t.hard_duration(), Ok(None));
+        assert_eq!(t.soft_duration(), Ok(None));
         assert_eq!(
             parse("[2.5, null]").hard_duration(),
-            Some(Duration::from_millis(2500))
+            Ok(Some(Duration::from_millis(2500)))
         );
+        assert!(parse("[-1, null]").hard_duration().is_err());
+        assert!(parse("[1e20, null]").hard_duration().is_err());
+        assert!(parse("[1e19, null]").hard_duration().is_err());
+        assert!(parse("[null, 1e300]").soft_duration().is_err());
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
+    /// The server's process id (to stop and continue it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A synchronous connection for inspecting keys.
     pub fn conn(&self, db: u8) -> redis::Connection {
         redis::Client::open(self.url(db))

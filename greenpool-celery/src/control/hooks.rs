@@ -1,0 +1,208 @@
+//! What the consumer and each request call into: revoked checks, the
+//! registry of held requests, rate and time limits, task events. Kept
+//! here so the request path only gains one-line calls.
+
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use greenpool::{JobId, Outcome, TerminateReason};
+use serde_json::Value;
+
+use super::node::Node;
+use super::requests::{Listed, Phase};
+use super::revoke::revoked_error;
+use crate::backend::TaskState;
+use crate::events::task as ev;
+use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
+use crate::worker::{bump, Shared};
+
+use crate::request::TaskOutput as Output;
+
+/// The span a task runs in (its job and its outcome callback), so every
+/// log line of the task carries its id, name, retries and queue.
+pub(crate) fn task_span(msg: &TaskMessage, queue: &str) -> tracing::Span {
+    tracing::info_span!(
+        "task",
+        id = %msg.headers.id,
+        name = %msg.headers.task,
+        retries = msg.headers.retries,
+        queue = %queue,
+    )
+}
+
+/// A request was decoded and its task is known. Discards it when its id
+/// is revoked (REVOKED stored, `task-revoked` sent, acked) and returns
+/// `None`; otherwise sends `task-received` and lists it as reserved.
+pub(crate) fn received(shared: &Shared, msg: &TaskMessage, tag: &str) -> Option<Listed> {
+    if !still_wanted(shared, msg, tag) {
+        return None;
+    }
+    let node = &shared.control;
+    node.events.task("task-received", || ev::received(msg));
+    Some(node.requests.insert(msg))
+}
+
+/// False (after discarding it as revoked) when `msg`'s id was revoked.
+pub(crate) fn still_wanted(shared: &Shared, msg: &TaskMessage, tag: &str) -> bool {
+    let id = &msg.headers.id;
+    if !shared.control.revoked.contains(id) {
+        return true;
+    }
+    tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
+    bump(&shared.counters.revoked);
+    shared.control.count_processed();
+    if !msg.headers.ignore_result {
+        shared.store(
+            msg,
+            TaskState::Revoked,
+            revoked_error("revoked").to_json(),
+            None,
+        );
+    }
+    shared
+        .control
+        .events
+        .task("task-revoked", || ev::revoked(id, false, None, false));
+    shared.ack(tag);
+    false
+}
+
+/// An expired request was discarded: `task-revoked` with `expired`.
+pub(crate) fn expired(shared: &Shared, msg: &TaskMessage) {
+    shared.control.count_processed();
+    shared.control.events.task("task-revoked", || {
+        ev::revoked(&msg.headers.id, false, None, true)
+    });
+}
+
+/// Moves a listed request to the scheduled list (waiting for its ETA)
+/// or back.
+pub(crate) fn scheduled(listed: &Listed, waiting: bool) {
+    listed.set_phase(if waiting {
+        Phase::Scheduled
+    } else {
+        Phase::Reserved
+    });
+}
+
+/// Waits for a rate-limit token of task `name`.
+pub(crate) async fn before_apply(shared: &Shared, name: &str) {
+    shared.control.rate_limits.acquire(name).await;
+}
+
+/// The time limits a request of `name` runs with.
+pub(crate) fn time_limits(shared: &Shared, name: &str, message: TimeLimit) -> TimeLimit {
+    shared.control.time_limits(name, message)
+}
+
+/// Checked when the job starts: true when the id was revoked meanwhile
+/// (the task is then not called and the job ends with
+/// [`revoked_output`]).
+pub(crate) fn revoked_at_start(node: &Node, id: &str) -> bool {
+    node.revoked.contains(id)
+}
+
+/// The output of a job whose task was revoked before it started.
+pub(crate) fn revoked_output() -> Output {
+    Output::Ran(Err(revoked_error("revoked")), Duration::ZERO)
+}
+
+/// The job started: list it as active with its job id, count it, send
+/// `task-started`.
+pub(crate) fn started(node: &Node, listed: &Listed, job: JobId, name: &str, id: &str) {
+    listed.set_phase(Phase::Active {
+        job,
+        since: Timestamp::now().unix_seconds(),
+    });
+    node.count_accepted(name);
+    node.events.task("task-started", || ev::started(id));
+}
+
+/// Reports a job that ended revoked: terminated by `revoke(terminate=…)`
+/// (whatever the job did once asked to stop), or revoked before it
+/// started. Stores REVOKED, sends one `task-revoked`; returns false for
+/// any other job, which `finish` reports as usual.
+pub(crate) fn finish_revoked(
+    shared: &Shared,
+    msg: &TaskMessage,
+    outcome: &Outcome<Output>,
+    ignore_result: bool,
+) -> bool {
+    let node = &shared.control;
+    let id = &msg.headers.id;
+    let terminated = node
+        .terminating
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(id);
+    let reason = match (terminated, outcome) {
+        (Some(sig), _) => {
+            tracing::warn!("Task {}[{id}] terminated (signal {sig})", msg.headers.task);
+            node.events
+                .task("task-revoked", || ev::revoked(id, true, Some(sig), false));
+            "terminated"
+        }
+        (None, Outcome::Completed(Output::Ran(Err(e), _)))
+            if e.exc_type() == "TaskRevokedError" && node.revoked.contains(id) =>
+        {
+            tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
+            node.events
+                .task("task-revoked", || ev::revoked(id, false, None, false));
+            "revoked"
+        }
+        _ => return false,
+    };
+    bump(&shared.counters.revoked);
+    node.count_processed();
+    if !ignore_result {
+        shared.store(
+            msg,
+            TaskState::Revoked,
+            revoked_error(reason).to_json(),
+            None,
+        );
+    }
+    true
+}
+
+/// Sends the event of a job's reported outcome.
+pub(crate) fn finished(
+    shared: &Shared,
+    msg: &TaskMessage,
+    outcome: &Outcome<Output>,
+    state: TaskState,
+    result: &Value,
+    traceback: Option<&str>,
+) {
+    let node = &shared.control;
+    let id = &msg.headers.id;
+    if state != TaskState::Retry {
+        node.count_processed();
+    }
+    match state {
+        TaskState::Success => {
+            let runtime = match outcome {
+                Outcome::Completed(Output::Ran(_, rt)) => *rt,
+                _ => Duration::ZERO,
+            };
+            node.events
+                .task("task-succeeded", || ev::succeeded(id, result, runtime));
+        }
+        TaskState::Failure => node
+            .events
+            .task("task-failed", || ev::failed(id, result, traceback)),
+        TaskState::Retry => node
+            .events
+            .task("task-retried", || ev::failed(id, result, traceback)),
+        TaskState::Revoked => {
+            let signum = outcome
+                .termination()
+                .filter(|t| t.reason == TerminateReason::Killed)
+                .and_then(|t| t.signal)
+                .map(greenpool::KillSignal::number);
+            node.events
+                .task("task-revoked", || ev::revoked(id, true, signum, false));
+        }
+        _ => {}
+    }
+}

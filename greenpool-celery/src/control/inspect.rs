@@ -1,0 +1,285 @@
+//! The read-only commands (`celery inspect …`), in the reply shapes of a
+//! stock worker.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
+use serde_json::{json, Map, Value};
+
+use super::node::Node;
+use super::table::{Answer, Args};
+
+fn ok(v: Value) -> Answer {
+    Ok(Some(v))
+}
+
+/// `ping`: `{"ok": "pong"}`.
+pub(crate) fn ping(_: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(json!({"ok": "pong"}))
+}
+
+/// `stats`: totals, pid, clock (a string, as Celery sends it), uptime,
+/// the pool's `info()`, the broker, the prefetch window and rusage.
+pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    let total: Map<String, Value> = node
+        .totals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    let pool = serde_json::to_value(node.pool.info()).map_err(|e| format!("{e}"))?;
+    ok(json!({
+        "total": total,
+        "pid": std::process::id(),
+        "clock": node.clock.value().to_string(),
+        "uptime": node.started.elapsed().as_secs(),
+        "pool": pool,
+        "broker": broker_info(node),
+        // Celery raises the window by one for each request waiting for
+        // its ETA; so does the consumer here (such a request gives its
+        // permit back), and stats say so.
+        "prefetch_count": node.prefetch.size() + node.requests.scheduled_count(),
+        "rusage": super::rusage::rusage(),
+    }))
+}
+
+/// kombu's `Connection.info()` for the broker URL (password left out).
+fn broker_info(node: &Node) -> Value {
+    let info = node.link.client().get_connection_info();
+    let (host, port, ssl) = match info.addr() {
+        redis::ConnectionAddr::Tcp(h, p) => (json!(h), json!(p), false),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => (json!(host), json!(port), true),
+        redis::ConnectionAddr::Unix(path) => {
+            (json!(path.display().to_string()), Value::Null, false)
+        }
+        _ => (Value::Null, Value::Null, false),
+    };
+    let settings = info.redis_settings();
+    json!({
+        "hostname": host,
+        "userid": settings.username(),
+        "virtual_host": settings.db().to_string(),
+        "port": port,
+        "insist": false,
+        "ssl": ssl,
+        "transport": "redis",
+        "connect_timeout": node.config.broker_connection_timeout.as_secs_f64(),
+        "transport_options": {},
+        "login_method": null,
+        "uri_prefix": null,
+        "heartbeat": null,
+        "failover_strategy": "round-robin",
+        "alternates": [],
+    })
+}
+
+/// `active`: requests running now.
+pub(crate) fn active(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(Value::Array(node.requests.active(&node.hostname)))
+}
+
+/// `reserved`: requests received and not yet running or scheduled.
+pub(crate) fn reserved(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(Value::Array(node.requests.reserved(&node.hostname)))
+}
+
+/// `scheduled`: requests waiting for their ETA.
+pub(crate) fn scheduled(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(Value::Array(node.requests.scheduled(&node.hostname)))
+}
+
+/// `revoked`: the revoked ids.
+pub(crate) fn revoked(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    let ids: Vec<Value> = node
+        .revoked
+        .entries()
+        .into_iter()
+        .map(|(id, _)| Value::String(id))
+        .collect();
+    ok(Value::Array(ids))
+}
+
+/// `registered`: task names, sorted; with `taskinfoitems`, Celery's
+/// `"name [k=v …]"` for the attributes the worker knows (`rate_limit`).
+pub(crate) fn registered(node: &Arc<Node>, args: &Args<'_>) -> Answer {
+    let items = args.list("taskinfoitems");
+    let mut names: Vec<&str> = node.registry.names();
+    names.sort_unstable();
+    let out: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            let mut fields = Vec::new();
+            for item in &items {
+                if item == "rate_limit" {
+                    if let Some(r) = node
+                        .registry
+                        .get(name)
+                        .and_then(|t| t.options.rate_limit.clone())
+                    {
+                        fields.push(format!("rate_limit={r}"));
+                    }
+                }
+            }
+            if fields.is_empty() {
+                json!(name)
+            } else {
+                json!(format!("{name} [{}]", fields.join(" ")))
+            }
+        })
+        .collect();
+    ok(Value::Array(out))
+}
+
+/// `query_task`: `{id: [state, info]}` for the requests held.
+pub(crate) fn query_task(node: &Arc<Node>, args: &Args<'_>) -> Answer {
+    let ids = args.list("ids");
+    ok(Value::Object(node.requests.query(&node.hostname, &ids)))
+}
+
+/// `active_queues`: kombu's `Queue.as_dict()` of each consumed queue.
+pub(crate) fn active_queues(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    let queues: Vec<Value> = node
+        .config
+        .queues
+        .iter()
+        .map(|q| {
+            json!({
+                "name": q,
+                "exchange": {"name": q, "type": "direct", "arguments": null, "durable": true,
+                    "passive": false, "auto_delete": false, "delivery_mode": null,
+                    "no_declare": false},
+                "routing_key": q,
+                "queue_arguments": null, "binding_arguments": null, "consumer_arguments": null,
+                "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false,
+                "alias": null, "bindings": [], "no_declare": null, "expires": null,
+                "message_ttl": null, "max_length": null, "max_length_bytes": null,
+                "max_priority": null,
+            })
+        })
+        .collect();
+    ok(Value::Array(queues))
+}
+
+/// A URL with its password replaced by `********`, as Celery prints it.
+pub(crate) fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+            None => format!("{scheme}://:********@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// The settings `conf` lists, by Celery's names.
+fn settings(node: &Node) -> Map<String, Value> {
+    let c = &node.config;
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        m.insert(k.to_owned(), v);
+    };
+    put("broker_url", json!(mask_url(&c.broker_url)));
+    put(
+        "result_backend",
+        json!(c.result_backend.as_deref().map(mask_url)),
+    );
+    put("worker_concurrency", json!(c.concurrency));
+    put("worker_prefetch_multiplier", json!(c.prefetch_multiplier));
+    put("worker_send_task_events", json!(node.events.task_events()));
+    put("task_acks_late", json!(c.acks_late));
+    put("task_track_started", json!(c.track_started));
+    put("result_extended", json!(c.result_extended));
+    put(
+        "result_expires",
+        json!(c.result_expires.map(|d| d.as_secs())),
+    );
+    put("task_time_limit", json!(c.time_limit));
+    put("task_soft_time_limit", json!(c.soft_time_limit));
+    put("task_queues", json!(c.queues));
+    put(
+        "broker_transport_options",
+        json!({"visibility_timeout": c.visibility_timeout.as_secs()}),
+    );
+    m
+}
+
+/// `conf`: the worker's settings.
+pub(crate) fn conf(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(Value::Object(settings(node)))
+}
+
+/// `clock`: `{"clock": n}`.
+pub(crate) fn clock(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    ok(json!({"clock": node.clock.value()}))
+}
+
+/// `report`: `{"ok": text}` in the shape of Celery's bug report.
+pub(crate) fn report(node: &Arc<Node>, _: &Args<'_>) -> Answer {
+    let mut text = format!(
+        "\nsoftware -> greenpool:{} (rust)\nplatform -> system:{} arch:{}\nloader   -> greenpool_celery::TaskRegistry\nsettings -> transport:redis results:{}\n\n",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        node.config
+            .result_backend
+            .as_deref()
+            .map_or_else(|| "disabled".to_owned(), mask_url),
+    );
+    for (k, v) in settings(node) {
+        text.push_str(&format!("{k}: {}\n", crate::repr::repr(&v)));
+    }
+    ok(json!({"ok": text}))
+}
+
+/// `hello` (mingle): another node starting up sends its revoked ids and
+/// gets ours and our clock; our own hello gets nothing.
+pub(crate) fn hello(node: &Arc<Node>, args: &Args<'_>) -> Answer {
+    if args.str("from_node") == Some(node.hostname.as_str()) {
+        return ok(Value::Null);
+    }
+    if let Some(theirs) = args.get("revoked") {
+        match theirs {
+            Value::Object(m) => {
+                for (id, at) in m {
+                    match at.as_f64() {
+                        Some(at) => node.revoked.add_at(id, at),
+                        None => node.revoked.add(id),
+                    }
+                }
+            }
+            Value::Array(ids) => ids
+                .iter()
+                .filter_map(Value::as_str)
+                .for_each(|id| node.revoked.add(id)),
+            _ => {}
+        }
+    }
+    let ours: Map<String, Value> = node
+        .revoked
+        .entries()
+        .into_iter()
+        .map(|(id, at)| (id, json!(at)))
+        .collect();
+    ok(json!({"revoked": ours, "clock": node.clock.forward()}))
+}
+
+/// Tasks ended since start (heartbeats' `processed`).
+pub(crate) fn processed(node: &Node) -> u64 {
+    node.processed.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(mask_url("redis://:pw@h:1/0"), "redis://:********@h:1/0");
+        assert_eq!(mask_url("redis://u:pw@h/0"), "redis://u:********@h/0");
+        assert_eq!(mask_url("redis://h:1/0"), "redis://h:1/0");
+    }
+}

@@ -1,0 +1,55 @@
+//! Celery's remote control (kombu's pidbox) for the worker: `celery
+//! inspect`, `celery control`, `app.control.*` and Flower reach it.
+//!
+//! # Path of a command
+//!
+//! 1. The caller PUBLISHes a kombu envelope on `/{db}.celery.pidbox`; the
+//!    mailbox ([`mailbox`]) is PSUBSCRIBEd there through the connection
+//!    layer's reconnecting subscriber, and replies and events go through
+//!    its reconnecting link.
+//! 2. The body ([`message`]) names the `method`, its `arguments`, and
+//!    who it is for (`destination`, or `pattern` + `matcher`); requests
+//!    for other nodes are ignored.
+//! 3. The handler is looked up in the command table ([`table`]); each
+//!    concern has its file: [`inspect`] (read-only), [`revoke`],
+//!    [`pool`] (grow, shrink, autoscale), [`limits`] (rate and time
+//!    limits), [`events_cmd`], [`consumer`], [`shutdown`].
+//! 4. With `reply_to`, the answer `{node: value}` is LPUSHed on the lists
+//!    bound to `reply.celery.pidbox` under the caller's key, with the
+//!    request's `ticket` ([`reply`]). Handler errors answer
+//!    `{"error": "<repr>"}`; an unknown command `KeyError('<name>')`.
+//!
+//! The state the commands read and steer lives in [`Node`]: held
+//! requests by phase ([`requests`]), the revoked ids ([`revoked`]), the
+//! prefetch window ([`prefetch`]), rate limits ([`rate_limit`]), the
+//! autoscaler ([`autoscale`]). The request path calls into it through
+//! [`hooks`]. [`Control`] is the client side, for Rust programs and the
+//! `greenpool inspect` / `greenpool control` commands.
+
+mod autoscale;
+mod client;
+mod consumer;
+pub(crate) mod envelope;
+mod events_cmd;
+pub(crate) mod hooks;
+mod inspect;
+mod limits;
+mod mailbox;
+mod message;
+mod node;
+mod pool;
+mod prefetch;
+mod rate_limit;
+mod reply;
+mod requests;
+mod revoke;
+mod revoked;
+mod rusage;
+mod service;
+mod shutdown;
+mod table;
+
+pub use client::{Control, ControlOptions, Replies};
+pub(crate) use inspect::processed;
+pub(crate) use node::Node;
+pub(crate) use service::Service;

@@ -1,0 +1,158 @@
+//! [`Node`]: what the worker's remote control and events see and steer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use greenpool::TaskPool;
+use tokio_util::sync::CancellationToken;
+
+use super::autoscale::Autoscaler;
+use super::prefetch::Prefetch;
+use super::rate_limit::{parse_rate, RateLimits};
+use super::requests::Requests;
+use super::revoked::RevokedSet;
+use crate::backend::RedisBackend;
+use crate::config::WorkerConfig;
+use crate::conn::{Link, LinkSettings};
+use crate::error::BrokerError;
+use crate::events::{EventDispatcher, LamportClock};
+use crate::protocol::TimeLimit;
+use crate::registry::TaskRegistry;
+
+/// The worker as a Celery node: its pool, its held requests, revoked
+/// ids, limits and event dispatcher, shared by the consumer, every
+/// request, the mailbox and the heartbeat.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// The node name (`celery@host`).
+    pub(crate) hostname: String,
+    pub(crate) config: WorkerConfig,
+    pub(crate) registry: Arc<TaskRegistry>,
+    pub(crate) pool: TaskPool,
+    pub(crate) backend: Option<RedisBackend>,
+    pub(crate) clock: Arc<LamportClock>,
+    pub(crate) events: EventDispatcher,
+    pub(crate) revoked: RevokedSet,
+    pub(crate) requests: Arc<Requests>,
+    pub(crate) prefetch: Prefetch,
+    pub(crate) rate_limits: RateLimits,
+    /// Time limits set by `time_limit`, by task name.
+    pub(crate) time_limits: Mutex<HashMap<String, TimeLimit>>,
+    /// Task ids being terminated, with the signal number asked for: their
+    /// outcome is reported as REVOKED, whatever the job did after.
+    pub(crate) terminating: Mutex<HashMap<String, i32>>,
+    /// The autoscaler, when `--autoscale` is on.
+    pub(crate) autoscaler: Option<Autoscaler>,
+    /// Warm shutdown of the worker.
+    pub(crate) shutdown: CancellationToken,
+    /// The node's reconnecting link to the broker (replies, events, and
+    /// the mailbox's subscriber), and the broker's database number.
+    pub(crate) link: Arc<Link>,
+    pub(crate) db: i64,
+    pub(crate) started: Instant,
+    /// Tasks that ended, and tasks accepted by name (`stats.total`).
+    pub(crate) processed: AtomicU64,
+    pub(crate) totals: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Node {
+    /// Connects the node's Redis connections (events and replies).
+    pub(crate) async fn connect(
+        config: &WorkerConfig,
+        registry: Arc<TaskRegistry>,
+        pool: TaskPool,
+        backend: Option<RedisBackend>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Node>, BrokerError> {
+        let link = Arc::new(
+            Link::open(
+                "remote control",
+                &config.broker_url,
+                LinkSettings::from_config(config),
+                None,
+            )
+            .await?,
+        );
+        let db = link.client().get_connection_info().redis_settings().db();
+        let clock = Arc::new(LamportClock::default());
+        let events = EventDispatcher::spawn(
+            Arc::clone(&link),
+            db,
+            config.hostname.clone(),
+            Arc::clone(&clock),
+            config.send_task_events,
+        );
+        let rate_limits = RateLimits::default();
+        for name in registry.names() {
+            let limit = registry
+                .get(name)
+                .and_then(|t| t.options.rate_limit.clone());
+            if let Some(limit) = limit {
+                match parse_rate(&limit) {
+                    Ok(r) => rate_limits.set(name, r),
+                    Err(e) => tracing::error!("task {name}: invalid rate limit {limit:?}: {e}"),
+                }
+            }
+        }
+        let autoscaler = config
+            .autoscale
+            .map(|(max, min)| Autoscaler::new(max, min, super::autoscale::KEEPALIVE));
+        Ok(Arc::new(Node {
+            hostname: config.hostname.clone(),
+            config: config.clone(),
+            registry,
+            pool,
+            backend,
+            clock,
+            events,
+            revoked: RevokedSet::default(),
+            requests: Arc::new(Requests::default()),
+            prefetch: Prefetch::new(config.prefetch_count()),
+            rate_limits,
+            time_limits: Mutex::new(HashMap::new()),
+            terminating: Mutex::new(HashMap::new()),
+            autoscaler,
+            shutdown,
+            link,
+            db,
+            started: Instant::now(),
+            processed: AtomicU64::new(0),
+            totals: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// Counts a task that started (`stats.total`).
+    pub(crate) fn count_accepted(&self, name: &str) {
+        let mut t = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
+        match t.get_mut(name) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                t.insert(name.to_owned(), 1);
+            }
+        }
+    }
+
+    /// Counts a task that ended (heartbeats' `processed`).
+    pub(crate) fn count_processed(&self) {
+        self.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The time limits of a task: the message's own, else those set by
+    /// `time_limit` for its name, else the worker's `--time-limit` and
+    /// `--soft-time-limit`, each limit on its own (Celery's order).
+    pub(crate) fn time_limits(&self, name: &str, message: TimeLimit) -> TimeLimit {
+        let set = self
+            .time_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or_default();
+        TimeLimit {
+            hard: message.hard.or(set.hard).or(self.config.time_limit),
+            soft: message.soft.or(set.soft).or(self.config.soft_time_limit),
+        }
+    }
+}

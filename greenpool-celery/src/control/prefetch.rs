@@ -1,0 +1,83 @@
+//! The prefetch window: how many messages the worker may hold unacked
+//! (concurrency × multiplier). `pool_grow`/`pool_shrink` move it by
+//! n × multiplier, as Celery's `_update_prefetch_count` does.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+/// The window: a semaphore the consumer takes one permit from per
+/// message, and the current size for `stats`.
+#[derive(Debug)]
+pub(crate) struct Prefetch {
+    permits: Arc<Semaphore>,
+    size: AtomicUsize,
+}
+
+impl Prefetch {
+    /// A window of `size` messages.
+    pub(crate) fn new(size: usize) -> Self {
+        Prefetch {
+            permits: Arc::new(Semaphore::new(size.min(Semaphore::MAX_PERMITS))),
+            size: AtomicUsize::new(size),
+        }
+    }
+
+    /// The semaphore the consumer takes permits from.
+    pub(crate) fn semaphore(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
+    /// The current size (`stats.prefetch_count`).
+    pub(crate) fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Widens the window by `n` at once.
+    pub(crate) fn grow(&self, n: usize) {
+        let n = n.min(Semaphore::MAX_PERMITS - self.permits.available_permits());
+        self.permits.add_permits(n);
+        self.size.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Narrows the window by `n`, never below one: free permits are taken
+    /// at once, the rest as held messages are acked.
+    pub(crate) fn shrink(&self, n: usize) {
+        let cur = self.size();
+        let n = n.min(cur.saturating_sub(1));
+        if n == 0 {
+            return;
+        }
+        self.size.fetch_sub(n, Ordering::Relaxed);
+        let taken = self.permits.forget_permits(n);
+        let rest = n - taken;
+        if rest > 0 {
+            let permits = Arc::clone(&self.permits);
+            let rest = u32::try_from(rest).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(rest).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn follows_grow_and_shrink() {
+        let p = Prefetch::new(40);
+        p.grow(8);
+        assert_eq!(p.size(), 48);
+        assert_eq!(p.semaphore().available_permits(), 48);
+        p.shrink(4);
+        assert_eq!(p.size(), 44);
+        assert_eq!(p.semaphore().available_permits(), 44);
+        p.shrink(100);
+        assert_eq!(p.size(), 1);
+    }
+}

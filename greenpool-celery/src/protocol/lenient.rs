@@ -1,0 +1,318 @@
+//! Readers for envelope properties that never fail: a property of the
+//! wrong type reads as absent, so that one odd field cannot make a whole
+//! message unreadable (and so lose its delivery tag and task id).
+//!
+//! The priority follows kombu's Redis transport: Python's `int()` of the
+//! value, clamped to 0–9, and the default (0) when `int()` raises.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// kombu's lowest and highest Redis priority.
+const MAX_PRIORITY: i64 = 9;
+
+/// kombu's `_get_message_priority`: `int(priority)` clamped to 0–9, or
+/// `None` (the default, 0) when `int()` would raise: null, a string that is
+/// not an integer, a list, NaN or an infinity.
+///
+/// ```
+/// use greenpool_celery::protocol::kombu_priority;
+/// use serde_json::json;
+/// assert_eq!(kombu_priority(&json!(5)), Some(5));
+/// assert_eq!(kombu_priority(&json!(300)), Some(9));
+/// assert_eq!(kombu_priority(&json!(-4)), Some(0));
+/// assert_eq!(kombu_priority(&json!(7.9)), Some(7));
+/// assert_eq!(kombu_priority(&json!(" 3 ")), Some(3));
+/// assert_eq!(kombu_priority(&json!(true)), Some(1));
+/// assert_eq!(kombu_priority(&json!("high")), None);
+/// assert_eq!(kombu_priority(&json!(null)), None);
+/// ```
+pub fn kombu_priority(v: &Value) -> Option<u8> {
+    match v {
+        Value::Bool(b) => Some(u8::from(*b)),
+        Value::Number(n) => priority_of_number(&n.to_string()),
+        Value::String(s) => priority_of_int_text(s.trim()),
+        _ => None,
+    }
+}
+
+fn clamp(p: i64) -> u8 {
+    // In 0..=9 after the clamp, so the cast is exact.
+    p.clamp(0, MAX_PRIORITY) as u8
+}
+
+/// `int()` of a JSON number's text: integers exactly (any size), floats
+/// truncated toward zero.
+fn priority_of_number(text: &str) -> Option<u8> {
+    if let Some(p) = priority_of_int_text(text) {
+        return Some(p);
+    }
+    let f: f64 = text.parse().ok()?;
+    if !f.is_finite() {
+        // int(inf) raises; 1e400 reads as inf in Python.
+        return None;
+    }
+    let t = f.trunc();
+    Some(if t >= 9.0 {
+        9
+    } else if t <= 0.0 {
+        0
+    } else {
+        clamp(t as i64)
+    })
+}
+
+/// `int()` of text holding an integer (an optional sign, digits, Python's
+/// `_` separators): clamped, however many digits it has.
+fn priority_of_int_text(text: &str) -> Option<u8> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let valid = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return None;
+    }
+    let nonzero = digits.bytes().any(|b| matches!(b, b'1'..=b'9'));
+    if negative || !nonzero {
+        return Some(0);
+    }
+    let value: i64 = digits
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .try_fold(0i64, |acc, d| {
+            acc.checked_mul(10)?.checked_add(i64::from(d - b'0'))
+        })
+        .unwrap_or(i64::MAX);
+    Some(clamp(value))
+}
+
+/// Reads any JSON value as a string property: strings as themselves,
+/// anything else as absent.
+pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(s.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+            Ok(Some(s))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Reads a string that may be borrowed from the input (the body, which
+/// can be large): strings as themselves, anything else as absent.
+pub(crate) fn cow_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(s)))
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(s.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(s)))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Reads a JSON object into `T` (whose fields are lenient themselves), and
+/// any other JSON value as `T::default()`, in one pass.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + Default> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<T, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(T::default())
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// Reads a string field that must not fail: anything but a string reads
+/// as empty.
+pub(crate) fn string_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(string(d)?.unwrap_or_default())
+}
+
+/// Reads an optional flag: anything but a boolean reads as absent.
+pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(IgnoredOr::<bool>::deserialize(d)?.0)
+}
+
+/// A value of type `T`, or `None` for any other JSON value (buffered
+/// through [`Value`]; used only for small scalars).
+struct IgnoredOr<T>(Option<T>);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for IgnoredOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(IgnoredOr(serde_json::from_value(v).ok()))
+    }
+}
+
+/// Reads the priority property as kombu does (see [`kombu_priority`]).
+pub(crate) fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(kombu_priority(&v))
+}
+
+/// Reads `delivery_mode` (1 or 2); anything else reads as absent.
+pub(crate) fn delivery_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(v.as_u64().and_then(|m| u8::try_from(m).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn priorities_follow_python_int_and_kombu_clamp() {
+        let cases = [
+            (json!(0), Some(0)),
+            (json!(9), Some(9)),
+            (json!(10), Some(9)),
+            (json!(255), Some(9)),
+            (json!(256), Some(9)),
+            (json!(-1), Some(0)),
+            (json!(2.999), Some(2)),
+            (json!(-0.5), Some(0)),
+            (json!(1e300), Some(9)),
+            (json!(-1e300), Some(0)),
+            (json!("4"), Some(4)),
+            (json!("-4"), Some(0)),
+            (json!("1_0"), Some(9)),
+            (json!("4.5"), None),
+            (json!("_4"), None),
+            (json!(""), None),
+            (json!([1]), None),
+            (json!({"p": 1}), None),
+            (json!(false), Some(0)),
+        ];
+        for (v, want) in cases {
+            assert_eq!(kombu_priority(&v), want, "{v}");
+        }
+        let huge: Value = serde_json::from_str("123456789012345678901234567890").unwrap();
+        assert_eq!(kombu_priority(&huge), Some(9));
+        let huge_neg: Value = serde_json::from_str("-123456789012345678901234567890").unwrap();
+        assert_eq!(kombu_priority(&huge_neg), Some(0));
+        let inf: Value = serde_json::from_str("1e400").unwrap();
+        assert_eq!(kombu_priority(&inf), None);
+    }
+}
