@@ -402,3 +402,38 @@ pub(crate) fn main(args: WorkerBenchArgs) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?
         .block_on(run(args))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker script holding the server longer than the redis crate's
+    /// default reply timeout (0.5 s) must not fail the bench's polls.
+    #[tokio::test]
+    async fn polls_outlast_a_long_script() {
+        let (_server, url) = match start_redis() {
+            Ok(s) => s,
+            Err(e) if std::env::var_os("GREENPOOL_REQUIRE_REDIS").is_none() => {
+                eprintln!("SKIPPED: no redis-server ({e:#}); set GREENPOOL_REQUIRE_REDIS=1 to fail instead");
+                return;
+            }
+            Err(e) => panic!("GREENPOOL_REQUIRE_REDIS=1 but redis-server cannot start: {e:#}"),
+        };
+        let mut conn = connect(&url).await.unwrap();
+        // Busy for 0.8 s of the server's own clock, as a large fetch on a
+        // loaded machine can be.
+        let busy = "local t = redis.call('TIME') \
+                    local start = t[1] * 1000000 + t[2] \
+                    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 800000 \
+                    return 1";
+        let (held, size) = tokio::join!(
+            redis::cmd("EVAL")
+                .arg(busy)
+                .arg(0)
+                .query_async::<i64>(&mut conn.clone()),
+            redis::cmd("DBSIZE").query_async::<usize>(&mut conn),
+        );
+        assert_eq!(held.unwrap(), 1);
+        assert_eq!(size.unwrap(), 0);
+    }
+}
