@@ -419,19 +419,20 @@ mod tests {
             }
             Err(e) => panic!("GREENPOOL_REQUIRE_REDIS=1 but redis-server cannot start: {e:#}"),
         };
-        let mut conn = connect(&url).await.unwrap();
+        let conn = connect(&url).await.unwrap();
         // Busy for 0.8 s of the server's own clock, as a large fetch on a
         // loaded machine can be.
         let busy = "local t = redis.call('TIME') \
                     local start = t[1] * 1000000 + t[2] \
                     repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 800000 \
                     return 1";
+        let (mut a, mut b) = (conn.clone(), conn);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(busy).arg(0);
+        let dbsize = redis::cmd("DBSIZE");
         let (held, size) = tokio::join!(
-            redis::cmd("EVAL")
-                .arg(busy)
-                .arg(0)
-                .query_async::<i64>(&mut conn.clone()),
-            redis::cmd("DBSIZE").query_async::<usize>(&mut conn),
+            eval.query_async::<i64>(&mut a),
+            dbsize.query_async::<usize>(&mut b),
         );
         assert_eq!(held.unwrap(), 1);
         assert_eq!(size.unwrap(), 0);
