@@ -6,17 +6,21 @@
 //! 1. The consumer takes up to the free prefetch budget (concurrency ×
 //!    multiplier unacked messages) in one fetch; each message is in the
 //!    `unacked` hash from then on.
-//! 2. Its handler decodes it. Unreadable messages and unknown task names
-//!    are logged and dropped (an unknown name also stores FAILURE
-//!    `NotRegistered`, as Celery does); an expired one stores REVOKED.
+//! 2. Its handler decodes it. A message that cannot run (unreadable,
+//!    out-of-range numbers, an unknown character set, an unknown task
+//!    name) is logged once and acked; where its task id can be read it
+//!    also gets a FAILURE result (`NotRegistered` for an unknown name, as
+//!    Celery does) so that the caller's `get()` raises; an expired one
+//!    stores REVOKED.
 //! 3. A message with a future ETA waits on the pool's green
 //!    [`Timer`](greenpool::Timer), still unacked and no longer counted
 //!    against the prefetch budget.
 //! 4. It is applied to the pool, waiting for a slot. When the job first
 //!    runs it is acked (early ack), unless the task acks late.
 //! 5. When the job ends, its result callback stores SUCCESS or FAILURE
-//!    and, for late acks, acks. Acks and results of many jobs leave in one
-//!    pipelined round trip.
+//!    and, for late acks, acks. Results and follow-up messages of many
+//!    jobs are written first and their acks only after them, in one
+//!    atomic script per batch (see `batch.rs` and `RELIABILITY.md`).
 //!
 //! # Shutdown
 //!

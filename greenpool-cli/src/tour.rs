@@ -90,6 +90,14 @@ async fn tour(args: TourArgs) -> anyhow::Result<()> {
         .terminate_job(parked.id(), Some(KillSignal::Kill))
         .await;
     let parked_outcome = parked.await;
+    // The simple form: a future spawned in the pool, aborted through its
+    // handle.
+    let spawned = pool
+        .spawn(std::future::pending::<u64>())
+        .await
+        .map_err(ApplyError::without_job)?;
+    spawned.abort();
+    let spawned_outcome = spawned.await;
     pool.stop().await?;
     bar.finish_with_message("done");
 
@@ -103,6 +111,7 @@ async fn tour(args: TourArgs) -> anyhow::Result<()> {
             "result": format!("{killed:?}"),
             "outcome": parked_outcome.termination().map(ToString::to_string),
         },
+        "aborted_job": spawned_outcome.termination().map(ToString::to_string),
         "info": info,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);

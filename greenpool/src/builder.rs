@@ -63,9 +63,13 @@ impl PoolBuilder {
         self
     }
 
-    /// When true, a panic in a result callback is raised again on the job's
-    /// task once the pool's bookkeeping is done, so that it reaches tokio's
-    /// panic handling; when false (the default), it is logged and counted.
+    /// When true, a panic in a result callback is raised again, once the
+    /// pool's bookkeeping is done, where the job's [`JobHandle`] is awaited
+    /// (as tokio raises a task's panic through its `JoinHandle`); when false
+    /// (the default), it is only logged and counted. Either way the job's
+    /// outcome was reported and its slot freed.
+    ///
+    /// [`JobHandle`]: crate::JobHandle
     pub fn callbacks_propagate(mut self, propagate: bool) -> Self {
         self.callbacks_propagate = propagate;
         self
@@ -79,8 +83,9 @@ impl PoolBuilder {
     }
 
     /// Whether job panics carry a location and a backtrace. Capture installs
-    /// a process-wide panic hook once, chained to the one before it; panics
-    /// outside jobs go to that previous hook unchanged.
+    /// a process-wide panic hook once, chained to the one before it: it
+    /// records what it needs while a job runs, and hands every panic on to
+    /// that previous hook unchanged.
     pub fn capture_backtraces(mut self, capture: bool) -> Self {
         self.capture_backtraces = capture;
         self

@@ -1,47 +1,21 @@
-//! Jobs: what is applied ([`Job`]), what it sees ([`JobContext`]), and what
-//! the caller keeps ([`JobHandle`]).
+//! What is applied: [`Job`] (type-erased, what signatures and errors name)
+//! and [`JobBuilder`] (what [`Job::new`] returns, fully typed, so that a job
+//! applied straight from it costs no allocation of its own).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::marker::PhantomData;
-
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::job_cell::{JobCell, JobControl};
-use crate::kill::{KillResult, KillSignal};
-use crate::outcome::{Outcome, TerminateReason, Termination};
-use crate::pool::TaskPool;
-
-/// A job's id: unique within its pool and never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JobId(pub(crate) u64);
-
-impl JobId {
-    /// The id as a number (ids count up from 1 in each pool).
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-
-    /// An id from its number, as a remote caller gives it (Celery's
-    /// `terminate_job(pid)`). Ids are per pool: a number this pool never
-    /// handed out is [`KillResult::Unknown`] to it.
-    pub fn from_u64(n: u64) -> Self {
-        JobId(n)
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "job-{}", self.0)
-    }
-}
+use crate::context::JobContext;
+use crate::job_id::JobId;
+use crate::outcome::Outcome;
+use crate::run_job::{self, Admitted};
 
 /// The timeout callback: called with `soft = true` when the soft time limit
 /// passes and `soft = false` when the hard one does, with the limit that
@@ -49,66 +23,204 @@ impl fmt::Display for JobId {
 /// caught and logged.
 pub type TimeoutCallback = Arc<dyn Fn(bool, Duration) + Send + Sync + 'static>;
 
-/// What a running job can see: its id and its cancellation token.
-#[derive(Clone)]
-pub struct JobContext {
-    id: JobId,
-    control: Arc<dyn JobControl>,
-    /// The token, fetched from the job's cell on first use.
-    token: OnceLock<CancellationToken>,
+/// The type of an unset result callback.
+pub type NoResultCallback<T> = fn(&Outcome<T>);
+
+/// The type of an unset accept callback.
+pub type NoAcceptCallback = fn(JobId, Instant);
+
+/// A job's time limits.
+#[derive(Clone, Default)]
+pub(crate) struct TimeLimits {
+    pub(crate) hard: Option<Duration>,
+    pub(crate) soft: Option<Duration>,
+    pub(crate) callback: Option<TimeoutCallback>,
 }
 
-impl fmt::Debug for JobContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobContext")
-            .field("id", &self.id)
-            .field("cancelled", &self.is_cancelled())
-            .finish()
+/// What every job carries besides its code: name, arguments, limits.
+///
+/// `pub` only to appear in the sealed trait behind [`IntoJob`]; it cannot
+/// be named from outside the crate.
+#[derive(Default)]
+#[allow(unreachable_pub)]
+pub struct JobMeta {
+    pub(crate) name: Option<Cow<'static, str>>,
+    pub(crate) args: Option<String>,
+    /// Boxed: most jobs have none, and it would grow every job's task.
+    pub(crate) limits: Option<Box<TimeLimits>>,
+}
+
+impl JobMeta {
+    fn limits_mut(&mut self) -> &mut TimeLimits {
+        self.limits.get_or_insert_with(Box::default)
     }
 }
 
-impl JobContext {
-    pub(crate) fn new(id: JobId, control: Arc<dyn JobControl>) -> Self {
-        JobContext {
-            id,
-            control,
-            token: OnceLock::new(),
+impl fmt::Debug for JobMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("timeout", &self.limits.as_ref().and_then(|l| l.hard))
+            .field("soft_timeout", &self.limits.as_ref().and_then(|l| l.soft))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The options every job takes, on [`Job`] and [`JobBuilder`] alike.
+macro_rules! meta_setters {
+    () => {
+        /// Names the job, for the apply signal and logs.
+        pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+            self.meta.name = Some(name.into());
+            self
+        }
+
+        /// A printable form of the job's arguments, for the apply signal and
+        /// logs.
+        pub fn args_repr(mut self, args: impl Into<String>) -> Self {
+            self.meta.args = Some(args.into());
+            self
+        }
+
+        /// The hard time limit: when it passes, the job is killed and its
+        /// outcome is terminated with the reason "time limit". A limit too
+        /// far away to be represented as an instant means no limit.
+        pub fn timeout(mut self, limit: Duration) -> Self {
+            self.meta.limits_mut().hard = Some(limit);
+            self
+        }
+
+        /// The soft time limit: when it passes, the job's token is cancelled
+        /// and the job may wind down by itself. A limit too far away to be
+        /// represented as an instant means no limit.
+        pub fn soft_timeout(mut self, limit: Duration) -> Self {
+            self.meta.limits_mut().soft = Some(limit);
+            self
+        }
+
+        /// Sets the timeout callback (see [`TimeoutCallback`]).
+        pub fn timeout_callback(
+            mut self,
+            callback: impl Fn(bool, Duration) + Send + Sync + 'static,
+        ) -> Self {
+            self.meta.limits_mut().callback = Some(Arc::new(callback));
+            self
+        }
+
+        /// The job's name, if it has one.
+        pub fn job_name(&self) -> Option<&str> {
+            self.meta.name.as_deref()
+        }
+    };
+}
+
+/// A job to apply, its code type-erased: what a signature, a queue or an
+/// [`ApplyError`](crate::ApplyError) names, with only the type of the
+/// job's value as parameter.
+///
+/// [`Job::new`] returns a [`JobBuilder`], which sets the callbacks and can be
+/// applied as it is; it becomes a `Job<T>` through [`JobBuilder::boxed`] or
+/// `into()`, at the cost of one allocation (applying a `Job<T>` moves its
+/// parts out of that box into the job's task, so the job itself runs
+/// exactly as when applied from the builder).
+///
+/// # Examples
+///
+/// ```
+/// use greenpool::{Job, TaskPool};
+///
+/// fn doubler(n: u64) -> Job<u64> {
+///     Job::new(move |_ctx| async move { n * 2 }).name("double").boxed()
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let pool = TaskPool::builder().limit(4).build().unwrap();
+/// pool.start().unwrap();
+/// let jobs: Vec<Job<u64>> = (1..=3).map(doubler).collect();
+/// let mut sum = 0;
+/// for job in jobs {
+///     sum += pool.apply_async(job).await.unwrap().await.completed().unwrap();
+/// }
+/// assert_eq!(sum, 12);
+/// # pool.stop().await.unwrap();
+/// # }
+/// ```
+#[must_use = "a job does nothing until it is applied"]
+pub struct Job<T: 'static> {
+    parts: Box<dyn ErasedParts<T>>,
+    meta: JobMeta,
+}
+
+/// A job's code and callbacks, behind one box.
+trait ErasedParts<T>: Send {
+    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>>;
+}
+
+/// The typed parts that [`Job`] boxes.
+struct Parts<F, C, A> {
+    target: F,
+    callback: Option<C>,
+    accept: Option<A>,
+}
+
+impl<F, Fut, T, C, A> ErasedParts<T> for Parts<F, C, A>
+where
+    F: FnOnce(JobContext) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>) + Send + 'static,
+    A: FnOnce(JobId, Instant) + Send + 'static,
+{
+    fn launch(self: Box<Self>, meta: JobMeta, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
+        let Parts {
+            target,
+            callback,
+            accept,
+        } = *self;
+        run_job::spawn(admitted, target, callback, accept, meta.limits)
+    }
+}
+
+impl<T: Send + 'static> Job<T> {
+    /// A job whose target builds its future from the [`JobContext`]; set
+    /// its callbacks on the [`JobBuilder`] this returns.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new<F, Fut>(target: F) -> JobBuilder<F, T>
+    where
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        JobBuilder {
+            target,
+            callback: None,
+            accept: None,
+            meta: JobMeta::default(),
+            _outcome: PhantomData,
         }
     }
 
-    /// The job's id.
-    pub fn id(&self) -> JobId {
-        self.id
-    }
+    meta_setters!();
+}
 
-    /// The job's cancellation token: cancelled at the soft time limit and
-    /// by a graceful `terminate_job` (TERM or INT), before the kill.
-    pub fn token(&self) -> &CancellationToken {
-        self.token.get_or_init(|| self.control.token())
-    }
-
-    /// True once the job has been asked to stop.
-    pub fn is_cancelled(&self) -> bool {
-        self.token().is_cancelled()
-    }
-
-    /// Completes when the job is asked to stop.
-    pub async fn cancelled(&self) {
-        self.token().cancelled().await
+impl<T: 'static> fmt::Debug for Job<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.meta.fmt(f)
     }
 }
 
-/// A job to apply: a target that builds the job's future from its
-/// [`JobContext`], plus callbacks, time limits and a name for signals and
-/// logs.
+/// A job with its types spelled out: target `F`, value `T`, result callback
+/// `C` and accept callback `A`. [`Job::new`] and [`job`] make one; apply it
+/// as it is, or turn it into a [`Job<T>`] with [`JobBuilder::boxed`].
 ///
-/// The callbacks are part of the job's type (`C` and `A`), so that they live
-/// inside the job's task with no allocation of their own:
+/// The callbacks live inside the job's task with no allocation of their own:
 ///
 /// * the **result callback** `C: FnOnce(&Outcome<T>)` is called exactly
 ///   once with the outcome, on the job's task (or, for a job killed before
-///   it first ran, wherever its task is dropped), after the job has left the
-///   job map and before its slot is freed;
+///   it first ran, wherever its task is dropped), after the job's future
+///   and everything it captured are dropped, and before its handle, its
+///   killers and `stop` learn that it ended and its slot is freed;
 /// * the **accept callback** `A: FnOnce(JobId, Instant)` is called once when
 ///   the job first runs, with its id and the time (Celery's
 ///   `accept_callback(pid, time)`); a job killed before it ran never gets it.
@@ -136,49 +248,12 @@ impl JobContext {
 /// # }
 /// ```
 #[must_use = "a job does nothing until it is applied"]
-pub struct Job<F, T, C = NoResultCallback<T>, A = NoAcceptCallback> {
-    pub(crate) target: F,
-    pub(crate) name: Option<Cow<'static, str>>,
-    pub(crate) args: Option<String>,
-    pub(crate) callback: Option<C>,
-    pub(crate) accept_callback: Option<A>,
-    /// Boxed: most jobs have none, and it would grow every job's task.
-    pub(crate) limits: Option<Box<TimeLimits>>,
+pub struct JobBuilder<F, T, C = NoResultCallback<T>, A = NoAcceptCallback> {
+    target: F,
+    callback: Option<C>,
+    accept: Option<A>,
+    meta: JobMeta,
     _outcome: PhantomData<fn() -> T>,
-}
-
-/// The type of an unset result callback.
-pub type NoResultCallback<T> = fn(&Outcome<T>);
-
-/// The type of an unset accept callback.
-pub type NoAcceptCallback = fn(JobId, Instant);
-
-/// A job's time limits.
-#[derive(Clone, Default)]
-pub(crate) struct TimeLimits {
-    pub(crate) hard: Option<Duration>,
-    pub(crate) soft: Option<Duration>,
-    pub(crate) callback: Option<TimeoutCallback>,
-}
-
-impl<F, Fut, T> Job<F, T>
-where
-    F: FnOnce(JobContext) -> Fut + Send + 'static,
-    Fut: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    /// A job whose target builds its future from the [`JobContext`].
-    pub fn new(target: F) -> Self {
-        Job {
-            target,
-            name: None,
-            args: None,
-            callback: None,
-            accept_callback: None,
-            limits: None,
-            _outcome: PhantomData,
-        }
-    }
 }
 
 /// A job from a ready-made future that does not need its context.
@@ -194,7 +269,7 @@ where
 /// assert_eq!(handle.await.completed(), Some("done"));
 /// # }
 /// ```
-pub fn job<Fut, T>(fut: Fut) -> Job<impl FnOnce(JobContext) -> Fut + Send + 'static, T>
+pub fn job<Fut, T>(fut: Fut) -> JobBuilder<impl FnOnce(JobContext) -> Fut + Send + 'static, T>
 where
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -202,158 +277,144 @@ where
     Job::new(move |_| fut)
 }
 
-impl<F, T, C, A> Job<F, T, C, A> {
-    /// Names the job, for the apply signal and logs.
-    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// A printable form of the job's arguments, for the apply signal and logs.
-    pub fn args_repr(mut self, args: impl Into<String>) -> Self {
-        self.args = Some(args.into());
-        self
-    }
-
-    /// Sets the result callback (see [`Job`]).
-    pub fn callback<C2>(self, callback: C2) -> Job<F, T, C2, A>
+impl<F, T, C, A> JobBuilder<F, T, C, A> {
+    /// Sets the result callback (see [`JobBuilder`]).
+    pub fn callback<C2>(self, callback: C2) -> JobBuilder<F, T, C2, A>
     where
         C2: FnOnce(&Outcome<T>) + Send + 'static,
     {
-        Job {
+        JobBuilder {
             target: self.target,
-            name: self.name,
-            args: self.args,
             callback: Some(callback),
-            accept_callback: self.accept_callback,
-            limits: self.limits,
+            accept: self.accept,
+            meta: self.meta,
             _outcome: PhantomData,
         }
     }
 
-    /// Sets the accept callback (see [`Job`]).
-    pub fn accept_callback<A2>(self, callback: A2) -> Job<F, T, C, A2>
+    /// Sets the accept callback (see [`JobBuilder`]).
+    pub fn accept_callback<A2>(self, callback: A2) -> JobBuilder<F, T, C, A2>
     where
         A2: FnOnce(JobId, Instant) + Send + 'static,
     {
-        Job {
+        JobBuilder {
             target: self.target,
-            name: self.name,
-            args: self.args,
             callback: self.callback,
-            accept_callback: Some(callback),
-            limits: self.limits,
+            accept: Some(callback),
+            meta: self.meta,
             _outcome: PhantomData,
         }
     }
 
-    fn limits_mut(&mut self) -> &mut TimeLimits {
-        self.limits.get_or_insert_with(Box::default)
-    }
+    meta_setters!();
+}
 
-    /// The hard time limit: when it passes, the job is killed and its
-    /// outcome is terminated with the reason "time limit".
-    pub fn timeout(mut self, limit: Duration) -> Self {
-        self.limits_mut().hard = Some(limit);
-        self
-    }
-
-    /// The soft time limit: when it passes, the job's token is cancelled and
-    /// the job may wind down by itself.
-    pub fn soft_timeout(mut self, limit: Duration) -> Self {
-        self.limits_mut().soft = Some(limit);
-        self
-    }
-
-    /// Sets the timeout callback (see [`TimeoutCallback`]).
-    pub fn timeout_callback(
-        mut self,
-        callback: impl Fn(bool, Duration) + Send + Sync + 'static,
-    ) -> Self {
-        self.limits_mut().callback = Some(Arc::new(callback));
-        self
-    }
-
-    /// The job's name, if it has one.
-    pub fn job_name(&self) -> Option<&str> {
-        self.name.as_deref()
+impl<F, Fut, T, C, A> JobBuilder<F, T, C, A>
+where
+    F: FnOnce(JobContext) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>) + Send + 'static,
+    A: FnOnce(JobId, Instant) + Send + 'static,
+{
+    /// The same job with its types erased into a [`Job<T>`] (one
+    /// allocation).
+    pub fn boxed(self) -> Job<T> {
+        Job {
+            parts: Box::new(Parts {
+                target: self.target,
+                callback: self.callback,
+                accept: self.accept,
+            }),
+            meta: self.meta,
+        }
     }
 }
 
-impl<F, T, C, A> fmt::Debug for Job<F, T, C, A> {
+impl<F, Fut, T, C, A> From<JobBuilder<F, T, C, A>> for Job<T>
+where
+    F: FnOnce(JobContext) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+    C: FnOnce(&Outcome<T>) + Send + 'static,
+    A: FnOnce(JobId, Instant) + Send + 'static,
+{
+    fn from(builder: JobBuilder<F, T, C, A>) -> Self {
+        builder.boxed()
+    }
+}
+
+impl<F, T, C, A> fmt::Debug for JobBuilder<F, T, C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Job")
-            .field("name", &self.name)
-            .field("args", &self.args)
+        f.debug_struct("JobBuilder")
+            .field("meta", &self.meta)
             .field("callback", &self.callback.is_some())
-            .field("accept_callback", &self.accept_callback.is_some())
-            .field("timeout", &self.limits.as_ref().and_then(|l| l.hard))
-            .field("soft_timeout", &self.limits.as_ref().and_then(|l| l.soft))
-            .finish_non_exhaustive()
+            .field("accept_callback", &self.accept.is_some())
+            .finish()
     }
 }
 
-/// The caller's side of an applied job: its id, a way to kill it, and a
-/// future of its [`Outcome`].
-///
-/// Dropping the handle detaches it: the job and its callback still run.
-#[must_use = "dropping the handle detaches the job; keep it to await the outcome"]
-pub struct JobHandle<T> {
-    id: JobId,
-    cell: Arc<JobCell<T>>,
-    pool: TaskPool,
-}
+/// What [`TaskPool::apply_async`](crate::TaskPool::apply_async) takes: a
+/// [`Job<T>`] or a [`JobBuilder`] whose job yields `T`. Implemented by those
+/// two only.
+pub trait IntoJob<T: Send + 'static>: sealed::Launch<T> {}
 
-impl<T> JobHandle<T> {
-    pub(crate) fn new(id: JobId, cell: Arc<JobCell<T>>, pool: TaskPool) -> Self {
-        JobHandle { id, cell, pool }
+impl<T: Send + 'static, J: sealed::Launch<T>> IntoJob<T> for J {}
+
+pub(crate) mod sealed {
+    #![allow(unreachable_pub)]
+    //! The methods behind [`IntoJob`](super::IntoJob), out of users' reach.
+
+    use super::*;
+
+    /// What the pool does with a job it applies.
+    pub trait Launch<T: Send + 'static>: Send + 'static {
+        /// Name, arguments and limits.
+        #[doc(hidden)]
+        fn meta(&self) -> &JobMeta;
+        /// Spawns the admitted job; its task's output is the outcome.
+        #[doc(hidden)]
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>>;
+        /// The job, type-erased, to give back in an error.
+        #[doc(hidden)]
+        fn into_job(self) -> Job<T>;
     }
 
-    /// The job's id.
-    pub fn id(&self) -> JobId {
-        self.id
+    impl<T: Send + 'static> Launch<T> for Job<T> {
+        fn meta(&self) -> &JobMeta {
+            &self.meta
+        }
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
+            self.parts.launch(self.meta, admitted)
+        }
+        fn into_job(self) -> Job<T> {
+            self
+        }
     }
 
-    /// True once the job has ended and its callback has run.
-    pub fn is_finished(&self) -> bool
+    impl<F, Fut, T, C, A> Launch<T> for JobBuilder<F, T, C, A>
     where
-        T: Send,
+        F: FnOnce(JobContext) -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+        C: FnOnce(&Outcome<T>) + Send + 'static,
+        A: FnOnce(JobId, Instant) + Send + 'static,
     {
-        self.cell.ended().is_some()
-    }
-
-    /// Kills the job, as [`TaskPool::terminate_job`].
-    ///
-    /// # Cancel safety
-    ///
-    /// As [`TaskPool::terminate_job`]: the kill goes on if this is dropped.
-    pub async fn terminate(&self, signal: Option<KillSignal>) -> KillResult {
-        self.pool.terminate_job(self.id, signal).await
-    }
-}
-
-impl<T> fmt::Debug for JobHandle<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobHandle")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T> Future for JobHandle<T> {
-    type Output = Outcome<T>;
-
-    /// # Cancel safety
-    ///
-    /// Polling again after a drop of the `.await` is fine: the outcome waits
-    /// in the handle until it is taken.
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
-        self.cell.poll_outcome(cx).map(|o| {
-            // Empty only when polled again after the outcome was taken.
-            o.unwrap_or(Outcome::Terminated(Termination {
-                signal: None,
-                reason: TerminateReason::RuntimeShutdown,
-            }))
-        })
+        fn meta(&self) -> &JobMeta {
+            &self.meta
+        }
+        #[inline]
+        fn launch(self, admitted: Admitted<'_, T>) -> JoinHandle<Outcome<T>> {
+            run_job::spawn(
+                admitted,
+                self.target,
+                self.callback,
+                self.accept,
+                self.meta.limits,
+            )
+        }
+        fn into_job(self) -> Job<T> {
+            self.boxed()
+        }
     }
 }

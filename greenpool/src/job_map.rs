@@ -1,35 +1,139 @@
-//! The job map: `JobId` → how to kill the job, sharded by id.
+//! The job map: `JobId` → the job's entry, sharded by id.
 //!
 //! Ids are handed out in order, so neighbouring jobs land in different
 //! shards: the task applying job *n* and the task ending job *n - k* rarely
-//! want the same lock. Each entry holds the job's abort handle (once its
-//! task exists) and its shared [`JobCell`](crate::job_cell::JobCell), type
-//! erased behind [`JobControl`].
+//! want the same lock. Each entry is all the pool keeps of a job outside
+//! its task: the [`KillSwitch`] (a hard kill, and the task's waker once it
+//! waited), the first kill request (what the terminated outcome says), the
+//! job's cancellation token (made on first use), and the notifier of its
+//! killers (made by the first one). A job's outcome travels in its task's
+//! own output, so there is no other per-job allocation.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
-use tokio::task::AbortHandle;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::job::JobId;
-use crate::job_cell::JobControl;
+use crate::job_id::JobId;
+use crate::kill_switch::KillSwitch;
+use crate::outcome::Termination;
 
 /// Number of shards; a power of two.
 const SHARDS: usize = 16;
 
+/// The most entries the shards reserve room for up front, in all.
+const MAX_RESERVED: usize = 1 << 20;
+
+/// How a job ended, as its killers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum End {
+    /// It ended with its own outcome (completed or panicked).
+    Exited = 1,
+    /// It ended terminated.
+    Killed = 2,
+    /// It was never admitted: a `close` raced its apply.
+    Refused = 3,
+}
+
+/// What the killers of one job wait on.
+#[derive(Debug, Default)]
+pub(crate) struct Killers {
+    pub(crate) ended: Notify,
+    end: AtomicU8,
+}
+
+impl Killers {
+    /// Records the end and wakes every killer.
+    pub(crate) fn finish(&self, end: End) {
+        self.end.store(end as u8, Ordering::SeqCst);
+        self.ended.notify_waiters();
+    }
+
+    /// How the job ended, if it did.
+    pub(crate) fn end(&self) -> Option<End> {
+        match self.end.load(Ordering::SeqCst) {
+            1 => Some(End::Exited),
+            2 => Some(End::Killed),
+            3 => Some(End::Refused),
+            _ => None,
+        }
+    }
+}
+
+/// A kill request, with the killers waiting for it: boxed in the entry,
+/// since most jobs never get one.
+#[derive(Debug)]
+pub(crate) struct Kill {
+    /// The first request: what the terminated outcome says.
+    pub(crate) termination: Termination,
+    /// The job's killers, once one waits.
+    pub(crate) killers: Option<Arc<Killers>>,
+}
+
 /// A job's entry.
 pub(crate) struct Slot {
-    /// Kills the job's task; `None` between admission and spawn.
-    pub(crate) abort: Option<AbortHandle>,
-    /// The job's shared state: token, kill request, killers waiting.
-    pub(crate) control: Arc<dyn JobControl>,
+    /// Hard kills, and the task's waker once it waited.
+    pub(crate) switch: KillSwitch<Waker>,
+    /// The job's token, once somebody asked for it.
+    pub(crate) token: Option<CancellationToken>,
+    /// The first kill request and the killers, once there is one.
+    pub(crate) kill: Option<Box<Kill>>,
+}
+
+impl Slot {
+    pub(crate) fn new() -> Self {
+        Slot {
+            switch: KillSwitch::new(),
+            token: None,
+            kill: None,
+        }
+    }
+
+    /// Records a kill request (the first one wins) and returns it.
+    pub(crate) fn request_kill(&mut self, termination: Termination) -> &mut Kill {
+        self.kill.get_or_insert_with(|| {
+            Box::new(Kill {
+                termination,
+                killers: None,
+            })
+        })
+    }
+
+    /// The kill request, if any.
+    pub(crate) fn termination(&self) -> Option<Termination> {
+        self.kill.as_ref().map(|k| k.termination)
+    }
+
+    /// The killers of a job that is leaving the map.
+    pub(crate) fn into_killers(self) -> Option<Arc<Killers>> {
+        self.kill.and_then(|k| k.killers)
+    }
+
+    /// The job's token, made on first use.
+    pub(crate) fn token(&mut self) -> CancellationToken {
+        self.token
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
+    }
+}
+
+impl Kill {
+    /// The job's killers, made on first use.
+    pub(crate) fn killers(&mut self) -> Arc<Killers> {
+        Arc::clone(self.killers.get_or_insert_with(Default::default))
+    }
 }
 
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot")
-            .field("spawned", &self.abort.is_some())
+            .field("kill", &self.termination())
+            .field("hard", &self.switch.is_killed())
             .finish_non_exhaustive()
     }
 }
@@ -63,9 +167,19 @@ pub(crate) struct JobMap {
 }
 
 impl JobMap {
-    pub(crate) fn new() -> Self {
+    /// A map with room for `limit` jobs reserved (up to a cap), so that a
+    /// pool with a large limit does not rehash its shards as it fills.
+    pub(crate) fn new(limit: usize) -> Self {
+        let per_shard = limit.min(MAX_RESERVED) / SHARDS;
         JobMap {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard::with_capacity_and_hasher(
+                        per_shard,
+                        Default::default(),
+                    ))
+                })
+                .collect(),
         }
     }
 
@@ -77,14 +191,15 @@ impl JobMap {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every shard in turn, locked one at a time.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&JobId, &Slot)) {
+    /// Applies a kill to every entry, a shard at a time; returns the wakers
+    /// it handed back, to be woken once the locks are released.
+    pub(crate) fn kill_all(&self, mut f: impl FnMut(&mut Slot) -> Option<Waker>) -> Vec<Waker> {
+        let mut wakers = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for (id, slot) in shard.iter() {
-                f(id, slot);
-            }
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            wakers.extend(shard.values_mut().filter_map(&mut f));
         }
+        wakers
     }
 
     /// How many jobs are in the map.

@@ -2,33 +2,43 @@
 //!
 //! A [`TaskPool`] runs *green jobs* — tokio tasks that switch only at
 //! `.await` — under a concurrency limit that can grow and shrink while they
-//! run. Follow one job through it:
+//! run. Follow one job through it (file names in brackets):
 //!
-//! 1. [`TaskPool::apply_async`] takes a [`Job`]: a target that builds the
-//!    job's future from its [`JobContext`] (id and cancellation token),
-//!    plus an optional result callback, accept callback and time limits.
-//! 2. The **limiter** (a tokio semaphore plus a debt, see `limiter.rs`)
-//!    admits it, or the caller waits for a slot: that wait is the
-//!    backpressure a broker consumer relies on. [`TaskPool::try_apply_async`]
-//!    fails at once with [`ApplyError::Full`] instead. A rejected job always
-//!    comes back untouched.
-//! 3. The job gets a [`JobId`] (never reused) and an entry in the **job
-//!    map** (abort handle and token) before its task is spawned, and the
-//!    [`signals::APPLY`] signal is sent.
-//! 4. The **job wrapper** calls the accept callback on first poll, runs the
-//!    target under `catch_unwind` and its soft/hard time limits, and hands
-//!    the [`Outcome`] — completed, panicked or terminated — to a guard that
-//!    removes the map entry, calls the result callback exactly once, wakes
-//!    the [`JobHandle`] and frees the slot. The guard also runs when the
-//!    task is dropped, so jobs killed before they started still get their
-//!    one callback.
-//! 5. [`TaskPool::terminate_job`] kills by id (KILL at once; TERM/INT via the
-//!    token first) and returns after the callback ran.
+//! 1. [`TaskPool::spawn`] takes a future; [`TaskPool::apply_async`] takes a
+//!    [`JobBuilder`] from [`Job::new`] (target, callbacks, time limits, all
+//!    typed, no allocation of their own) or a type-erased [`Job<T>`]
+//!    (`job.rs`). The target builds the job's future from its
+//!    [`JobContext`] (id and cancellation token, `context.rs`).
+//! 2. The **limiter** (a tokio semaphore plus a debt, `limiter.rs`) admits
+//!    it, or the caller waits for a slot: the backpressure a broker consumer
+//!    relies on. [`TaskPool::try_apply_async`] fails at once with
+//!    [`ApplyError::Full`] instead. A refused job comes back as a `Job<T>`.
+//! 3. Admission (`pool/apply.rs`): the job gets a [`JobId`] (never reused)
+//!    and an entry in the sharded **job map** (`job_map.rs`: kill request,
+//!    token, killers) before its task exists; the pool's state is checked
+//!    after that, so `close` and `terminate` never miss it (`pool/mod.rs`
+//!    has the invariants). Then the [`signals::APPLY`] signal and the spawn.
+//! 4. The **job's task** (`run_job.rs`) does not start if a kill came
+//!    first; else it calls the accept callback, runs the target under
+//!    `catch_unwind` (`unwind.rs`, the one place panics are caught) and its
+//!    soft/hard time limits. Kills are carried out by the task itself: a
+//!    hard kill marks the entry's **kill switch** (`kill_switch.rs`) and
+//!    wakes the task, which drops the job's future. Its **guard**
+//!    (`guard.rs`) ends the job exactly once, always after the job's future
+//!    and its captured state are gone: callback, map entry out and the
+//!    job's own killers woken, slot freed; the outcome is the task's output,
+//!    which the [`JobHandle`] (`handle.rs`) reads through tokio's
+//!    `JoinHandle` — no other per-job allocation.
+//! 5. [`TaskPool::terminate_job`] (`pool/killing.rs`) kills by id — KILL at
+//!    once, TERM/INT through the token and then after a grace — and returns
+//!    once the job is gone and its callback ran; [`JobHandle::abort`] asks
+//!    for the same kill without waiting.
 //!
 //! Around it: the lifecycle `start` → `close` → `stop`/`terminate` of
-//! Celery's `BasePool`, four process-wide [`signals`], [`TaskPool::info`]
-//! with Celery's keys ([`PoolInfo`]), and the green [`Timer`] (kombu's timer
-//! API, one driver task and one sleep per timer, entries fired as tasks).
+//! Celery's `BasePool` (`pool/state.rs`), four process-wide [`signals`],
+//! [`TaskPool::info`] with Celery's keys ([`PoolInfo`]), and the green
+//! [`Timer`] (`timer/`: kombu's timer API, one driver task and one sleep per
+//! timer, entries fired as tasks).
 //!
 //! # Examples
 //!
@@ -61,26 +71,32 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod builder;
+mod context;
 mod error;
+mod guard;
+mod handle;
 mod info;
 mod job;
-mod job_cell;
+mod job_id;
 mod job_map;
 mod kill;
+mod kill_switch;
 mod limiter;
 mod loom;
 mod outcome;
 mod pool;
+mod run_job;
 pub mod signals;
 mod timer;
 mod unwind;
 
 pub use builder::PoolBuilder;
+pub use context::JobContext;
 pub use error::{ApplyError, BuildError, ResizeError, RestartError, StartError, StopError};
+pub use handle::JobHandle;
 pub use info::PoolInfo;
-pub use job::{
-    job, Job, JobContext, JobHandle, JobId, NoAcceptCallback, NoResultCallback, TimeoutCallback,
-};
+pub use job::{job, IntoJob, Job, JobBuilder, NoAcceptCallback, NoResultCallback, TimeoutCallback};
+pub use job_id::JobId;
 pub use kill::{KillResult, KillSignal};
 pub use outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 pub use pool::{PoolId, PoolState, TaskPool};

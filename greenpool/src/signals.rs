@@ -15,7 +15,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::job::JobId;
+use crate::job_id::JobId;
 use crate::outcome::PanicInfo;
 use crate::pool::PoolId;
 use crate::unwind;

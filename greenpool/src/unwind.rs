@@ -1,19 +1,21 @@
-//! Running user code without letting its panics escape.
+//! Running user code without letting its panics escape: the one place
+//! where the pool catches panics.
 //!
-//! Callbacks and signal receivers run under [`call`]; jobs run inside
-//! [`catch_panic`], which also turns on backtrace capture for the duration of
-//! each poll. Capture works through a process-wide panic hook installed once
-//! by the first pool built with capture on ([`install_hook`]): while a job is
-//! being polled on this thread, the hook records the location and a
-//! backtrace in a thread-local instead of printing, and [`catch_panic`] picks
-//! them up; every other panic goes to the hook that was there before.
+//! [`call`] runs a callback or a signal receiver; [`CatchPanic`] polls a
+//! job's future (and [`call_in_job`] builds it). Job code additionally gets
+//! its location and backtrace captured: a process-wide panic hook, installed
+//! once by the first pool built with capture on ([`install_hook`]), records
+//! them in a thread-local while a job is being polled on this thread, and
+//! then hands the panic on to the hook that was there before, unchanged. So
+//! a panic that a job catches itself is reported exactly as it would be
+//! without the pool, and one the pool catches gets its location and
+//! backtrace in [`PanicInfo`].
 
+use std::any::Any;
 use std::backtrace::Backtrace;
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::pin;
 use std::sync::Once;
 use std::task::Poll;
 
@@ -28,7 +30,8 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
-/// Installs the capturing hook once per process, chained to the previous one.
+/// Installs the capturing hook once per process, chained to the previous
+/// one, which still sees every panic.
 pub(crate) fn install_hook() {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
@@ -37,31 +40,48 @@ pub(crate) fn install_hook() {
                 let location = info.location().map(|l| l.to_string());
                 let backtrace = Backtrace::force_capture();
                 CAPTURED.with(|c| *c.borrow_mut() = Some((location, backtrace)));
-            } else {
-                previous(info);
             }
+            previous(info);
         }));
     });
 }
 
-/// Runs `f`, turning a panic into [`PanicInfo`].
-pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
-    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| PanicInfo::from_payload(&*p))
+/// Whose code runs under [`catch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    /// A callback or receiver: the panic as the payload says it.
+    Callback,
+    /// The job's own code: with what the hook captured.
+    Job,
 }
 
-/// Like [`call`], for a job's own code: the hook captures location and
-/// backtrace as it does while a job is polled.
-pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
-    let caught = {
+/// The one catcher: runs `f`, and returns its panic payload if it panics.
+fn catch<R>(code: Code, f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
+    if code == Code::Job {
+        // A capture left by a panic that the job caught itself must not be
+        // mistaken for this one's.
+        CAPTURED.with(|c| c.borrow_mut().take());
         let _flag = InJob::enter();
         panic::catch_unwind(AssertUnwindSafe(f))
-    };
-    caught.map_err(|p| captured_info(&*p))
+    } else {
+        panic::catch_unwind(AssertUnwindSafe(f))
+    }
+}
+
+/// Runs a callback or receiver, turning a panic into [`PanicInfo`].
+pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
+    catch(Code::Callback, f).map_err(|p| PanicInfo::from_payload(&*p))
 }
 
 /// Like [`call`], but keeps the payload so that it can be raised again.
-pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
-    panic::catch_unwind(AssertUnwindSafe(f))
+pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
+    catch(Code::Callback, f)
+}
+
+/// Runs the job's own code (building its future), with the capture of a
+/// job's poll.
+pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
+    catch(Code::Job, f).map_err(|p| captured_info(&*p))
 }
 
 pin_project_lite::pin_project! {
@@ -86,11 +106,7 @@ impl<F: Future> Future for CatchPanic<F> {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let inner = self.project().inner;
-        let polled = {
-            let _flag = InJob::enter();
-            panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)))
-        };
-        match polled {
+        match catch(Code::Job, || inner.poll(cx)) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(payload) => Poll::Ready(Err(captured_info(&*payload))),
@@ -98,26 +114,8 @@ impl<F: Future> Future for CatchPanic<F> {
     }
 }
 
-/// Runs a job's future to its end, catching its panics with location and
-/// backtrace. The future is pinned in place: no allocation of its own.
-pub(crate) async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, PanicInfo> {
-    let mut fut = pin!(fut);
-    poll_fn(|cx| {
-        let polled = {
-            let _flag = InJob::enter();
-            panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)))
-        };
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(payload) => Poll::Ready(Err(captured_info(&*payload))),
-        }
-    })
-    .await
-}
-
 /// The [`PanicInfo`] of a payload, with what the hook captured for it.
-fn captured_info(payload: &(dyn std::any::Any + Send)) -> PanicInfo {
+fn captured_info(payload: &(dyn Any + Send)) -> PanicInfo {
     let info = PanicInfo::from_payload(payload);
     match CAPTURED.with(|c| c.borrow_mut().take()) {
         Some((location, backtrace)) => info.with_capture(location, Some(backtrace)),

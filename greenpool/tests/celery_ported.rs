@@ -4,8 +4,11 @@
 
 mod support;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use greenpool::{Job, PoolState, TaskPool};
 use support::{pool, Calls};
@@ -79,22 +82,33 @@ async fn a_job_that_raises_still_gets_its_callback() {
 #[tokio::test]
 async fn callbacks_propagate_raises_the_callbacks_panic_after_the_bookkeeping() {
     // Celery's `propagate`: the callback's exception is raised again. Here
-    // it reaches the job's task, after the map, the handle and the slot.
-    let p = TaskPool::builder()
-        .limit(1)
-        .callbacks_propagate(true)
-        .build()
-        .unwrap();
-    p.start().unwrap();
-    let h = p
-        .apply_async(Job::new(|_ctx| async { 7 }).callback(|_| panic!("KeyError")))
-        .await
-        .unwrap();
-    assert_eq!(h.await.completed(), Some(7));
-    p.stop().await.unwrap();
-    assert_eq!(p.job_count(), 0);
-    assert_eq!(p.free(), 1);
-    assert_eq!(p.info().callback_panics, 1);
+    // it is raised where the job's handle is awaited, after the map, the
+    // killers and the slot; without the option it is only logged.
+    for propagate in [true, false] {
+        let p = TaskPool::builder()
+            .limit(1)
+            .callbacks_propagate(propagate)
+            .build()
+            .unwrap();
+        p.start().unwrap();
+        let h = p
+            .apply_async(Job::new(|_ctx| async { 7 }).callback(|_| panic!("KeyError")))
+            .await
+            .unwrap();
+        let awaited = AssertUnwindSafe(h).catch_unwind().await;
+        match awaited {
+            Err(payload) if propagate => {
+                assert_eq!(payload.downcast_ref::<&str>(), Some(&"KeyError"));
+            }
+            Ok(outcome) if !propagate => assert_eq!(outcome.completed(), Some(7)),
+            Err(_) => panic!("raised although callbacks_propagate is off"),
+            Ok(_) => panic!("not raised although callbacks_propagate is on"),
+        }
+        p.stop().await.unwrap();
+        assert_eq!(p.job_count(), 0);
+        assert_eq!(p.free(), 1);
+        assert_eq!(p.info().callback_panics, 1);
+    }
 }
 
 #[tokio::test]

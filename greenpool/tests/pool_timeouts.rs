@@ -121,3 +121,52 @@ async fn a_panicking_timeout_callback_does_not_stop_the_kill() {
     assert!(h.await.is_terminated());
     assert_eq!(p.job_count(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn soft_and_hard_limits_passing_in_one_poll_both_report_soft_first() {
+    let p = pool(1);
+    let (calls, cb) = recorder();
+    let (token_tx, token_rx) = tokio::sync::oneshot::channel();
+    let h = p
+        .apply_async(
+            Job::new(|ctx| async move {
+                let _ = token_tx.send(ctx.token().clone());
+                std::future::pending::<()>().await
+            })
+            .soft_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .timeout_callback(cb),
+        )
+        .await
+        .unwrap();
+    let token = token_rx.await.expect("the job ran");
+    assert!(h.await.is_terminated());
+    assert!(token.is_cancelled(), "the soft limit cancelled the token");
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![
+            (true, Duration::from_secs(2)),
+            (false, Duration::from_secs(2))
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_too_far_away_for_an_instant_means_no_limit() {
+    let p = pool(1);
+    let (calls, cb) = recorder();
+    let h = p
+        .apply_async(
+            Job::new(|_ctx| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                9
+            })
+            .soft_timeout(Duration::MAX)
+            .timeout(Duration::MAX)
+            .timeout_callback(cb),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.await.completed(), Some(9));
+    assert!(calls.lock().unwrap().is_empty());
+}

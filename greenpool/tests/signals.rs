@@ -136,3 +136,25 @@ async fn a_panicking_pool_signal_receiver_does_not_disturb_the_pool() {
     signals::POOL_STARTED.disconnect(&k2);
     signals::APPLY.disconnect(&k3);
 }
+
+#[tokio::test]
+async fn a_receiver_that_closes_the_pool_sees_only_jobs_that_run() {
+    // The apply signal is sent once the job is surely admitted: a receiver
+    // that closes the pool does not turn the job it was told about into a
+    // refused one.
+    let p = pool(2);
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let key = {
+        let (p2, told) = (p.clone(), told.clone());
+        signals::APPLY.connect_with(ConnectOptions::new().sender(p.id()), move |_, args| {
+            told.lock().unwrap().push(args.job_id);
+            p2.close();
+        })
+    };
+    let applied = p.apply_async(job(async { 5 })).await;
+    signals::APPLY.disconnect(&key);
+    let h = applied.expect("the job the receiver was told about runs");
+    assert_eq!(*told.lock().unwrap(), vec![h.id()]);
+    assert_eq!(h.await.completed(), Some(5));
+    p.stop().await.unwrap();
+}

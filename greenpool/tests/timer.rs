@@ -12,7 +12,7 @@
 // Helpers outside #[test] fns are not covered by clippy.toml's test allowance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -528,4 +528,42 @@ fn handles_are_send_sync_clone_and_static() {
     let timer = Timer::new();
     let entry = Entry::new(|| {});
     assert_send(&timer.apply_entry(&entry));
+}
+
+#[test]
+fn a_timer_outlives_the_runtime_that_first_used_it() {
+    let timer = Timer::new();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(async {
+        timer
+            .call_after(Duration::from_secs(3600), || {}, 0)
+            .unwrap();
+        tokio::task::yield_now().await;
+    });
+    // Its driver goes down with that runtime.
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let fired = Arc::new(AtomicBool::new(false));
+    let f = fired.clone();
+    second.block_on(async {
+        timer
+            .call_after(
+                Duration::from_secs(1),
+                move || f.store(true, Ordering::SeqCst),
+                0,
+            )
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    assert!(
+        fired.load(Ordering::SeqCst),
+        "the entry fired on the second runtime"
+    );
 }

@@ -29,9 +29,14 @@ fn rejected<J>(e: ApplyError<J>) -> anyhow::Error {
     anyhow::anyhow!("apply_async failed: {e}")
 }
 
+/// Set to apply each `throughput` job as a type-erased `Job<T>` instead of
+/// straight from its `JobBuilder`: measures what the erasure costs.
+const BOXED_ENV: &str = "GREENPOOL_BENCH_BOXED_JOBS";
+
 /// `throughput` on greenpool.
 pub(crate) async fn throughput(p: params::Throughput) -> anyhow::Result<Figures> {
     let pool = started(p.limit)?;
+    let boxed = std::env::var_os(BOXED_ENV).is_some();
     let (done, last) = Countdown::new(p.jobs);
     let accepted = Arc::new(AtomicU64::new(0));
     let sum = Arc::new(AtomicU64::new(0));
@@ -55,7 +60,12 @@ pub(crate) async fn throughput(p: params::Throughput) -> anyhow::Result<Figures>
         let job = Job::new(move |_ctx| async move { i })
             .callback(on_done)
             .accept_callback(on_accept);
-        drop(pool.apply_async(job).await.map_err(rejected)?);
+        let handle = if boxed {
+            pool.apply_async(job.boxed()).await
+        } else {
+            pool.apply_async(job).await
+        };
+        drop(handle.map_err(rejected)?);
     }
     let last = last.await.context("a throughput job vanished")?;
     let elapsed = last.duration_since(start).as_secs_f64();

@@ -16,6 +16,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use futures::FutureExt;
@@ -37,6 +38,10 @@ pub(crate) struct Core {
     pub(crate) wake: Notify,
     /// The `on_error` handler; read once per panicking run.
     on_error: RwLock<Option<ErrorHandler>>,
+    /// True while a driver task exists. Its task clears it when it goes,
+    /// also when the runtime it ran on shuts down, so that the next entry
+    /// starts a new driver on the runtime it is scheduled from.
+    pub(crate) driver: AtomicBool,
 }
 
 /// The part of [`Core`] behind the lock.
@@ -47,8 +52,6 @@ pub(crate) struct State {
     pub(crate) epoch: u64,
     /// Set once by `stop`.
     pub(crate) stopped: bool,
-    /// Whether the driver task was spawned.
-    driver: bool,
 }
 
 impl Core {
@@ -59,10 +62,10 @@ impl Core {
                 queue: Queue::new(),
                 epoch: 0,
                 stopped: false,
-                driver: false,
             }),
             wake: Notify::new(),
             on_error: RwLock::new(None),
+            driver: AtomicBool::new(false),
         })
     }
 
@@ -104,7 +107,7 @@ impl Core {
         if entry.repeat().is_some_and(|rep| rep.is_cancelled()) {
             return Err(TimerError::SeriesCancelled);
         }
-        self.start_driver(&mut st)?;
+        self.start_driver()?;
         let (key, replaced) = self.insert_locked(&mut st, entry, eta, priority)?;
         drop(st);
         drop(replaced);
@@ -162,14 +165,18 @@ impl Core {
         Ok((key, replaced))
     }
 
-    /// Spawns the driver on the current runtime the first time.
-    fn start_driver(self: &Arc<Self>, st: &mut State) -> Result<(), TimerError> {
-        if st.driver {
+    /// Spawns the driver on the current runtime unless one is running.
+    /// Called under the state lock; a driver dropped inside `spawn` (its
+    /// runtime shutting down) only clears the flag, which takes no lock.
+    fn start_driver(self: &Arc<Self>) -> Result<(), TimerError> {
+        if self.driver.load(Ordering::SeqCst) {
             return Ok(());
         }
         let handle = tokio::runtime::Handle::try_current().map_err(|_| TimerError::NoRuntime)?;
+        if self.driver.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
         handle.spawn(super::driver::drive(Arc::clone(self)));
-        st.driver = true;
         Ok(())
     }
 

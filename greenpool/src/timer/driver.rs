@@ -3,9 +3,13 @@
 //! One task per timer sleeps on one [`Sleep`] until the nearest deadline,
 //! then hands every due entry to a task of its own (`tokio::spawn`, in
 //! firing order) and sleeps again. Entries never get a task while pending.
+//! A driver whose runtime shuts down clears the timer's driver flag as it
+//! is dropped, so the timer is not tied to the first runtime that used it.
 //!
 //! [`Sleep`]: tokio::time::Sleep
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -17,8 +21,27 @@ use super::entry::Entry;
 /// million due entries neither hold the lock nor the worker for long.
 const BATCH: usize = 1024;
 
+/// Clears the driver flag when the driver goes, however it goes.
+struct Alive(Arc<Core>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.driver.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The driver task; its flag is cleared when it ends or is dropped, even
+/// unpolled.
+pub(crate) fn drive(core: Arc<Core>) -> impl Future<Output = ()> + Send {
+    let alive = Alive(Arc::clone(&core));
+    async move {
+        let _alive = alive;
+        run(core).await;
+    }
+}
+
 /// The driver loop; returns once the timer is stopped.
-pub(crate) async fn drive(core: Arc<Core>) {
+async fn run(core: Arc<Core>) {
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut due: Vec<Entry> = Vec::new();

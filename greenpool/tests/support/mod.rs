@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use greenpool::{Job, JobContext, JobId, TaskPool};
+use greenpool::{Job, JobBuilder, JobContext, JobId, TaskPool};
 use tokio::sync::{oneshot, Notify};
 
 /// A started pool with `limit` slots.
@@ -68,7 +68,7 @@ impl Drop for DropToken {
 pub fn parked(
     gate: &Gate,
     started: Option<oneshot::Sender<JobId>>,
-) -> Job<impl FnOnce(JobContext) -> futures_like::Parked + Send + 'static, ()> {
+) -> JobBuilder<impl FnOnce(JobContext) -> futures_like::Parked + Send + 'static, ()> {
     let gate = gate.clone();
     Job::new(move |ctx: JobContext| futures_like::parked(gate, started, ctx.id()))
 }

@@ -1,0 +1,300 @@
+"""``greenpool.celery.TaskPool``: a Celery pool whose tasks run on OS threads
+owned by the greenpool core (Rust), with the eventlet pool's API and the
+behaviour the eventlet pool lacks.
+
+Each task runs on a thread of its own (threads are created up to the pool's
+limit and leave when idle; the GIL is released whenever Rust waits), so
+blocking, I/O-bound tasks (``requests``, database drivers, ``time.sleep``)
+run concurrently without monkey-patching. On top of that:
+
+* ``terminate_job(pid, signal)`` / ``revoke(terminate=True)`` end the task at
+  once: its slot is freed, it is reported as terminated (Celery's
+  ``Terminated``), and an exception is raised in its thread at the next
+  Python bytecode. SIGUSR1 raises ``SoftTimeLimitExceeded`` instead, as the
+  prefork pool does.
+* Soft time limits raise ``SoftTimeLimitExceeded`` in the task; hard limits
+  end it as ``TimeLimitExceeded`` on time.
+* ``grow``/``shrink`` (``pool_grow``, ``pool_shrink``, autoscale) act at once;
+  shrinking below the running count leaves a debt (``free-threads`` < 0).
+* pids are unique and never reused; each task gets exactly one report.
+
+A thread blocked in a C call (``time.sleep``, a socket read) cannot take an
+exception until the call returns. A kill or hard limit still ends the job at
+once; the thread is *abandoned* (``abandoned-threads`` in
+``celery inspect stats``) and leaves when the call returns, its late result
+dropped. Python offers no portable way to wake such a call early.
+
+Usage::
+
+    CELERY_CUSTOM_WORKER_POOL=greenpool.celery:TaskPool celery -A proj worker -P custom -c 1000
+
+Options (``worker_pool`` kwargs are not passed by Celery; use the
+environment): ``GREENPOOL_THREAD_STACK_SIZE`` (bytes, default 1 MiB),
+``GREENPOOL_THREAD_IDLE_TIMEOUT`` (seconds, default 30).
+"""
+import ctypes
+import os
+import threading
+import time
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import Terminated, WorkerLostError
+from celery.concurrency.base import BasePool
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.utils.dispatch import Signal
+
+from ._greenpool import Pool, Timer
+
+__all__ = (
+    "TaskPool",
+    "Timer",
+    "Hooks",
+    "JobKilled",
+    "pool_started",
+    "pool_preshutdown",
+    "pool_postshutdown",
+    "pool_apply",
+)
+
+#: Sent by ``on_start`` (sender: the pool).
+pool_started = Signal(name="greenpool_pool_started")
+#: Sent by ``on_stop`` before waiting for running tasks (sender: the pool).
+pool_preshutdown = Signal(name="greenpool_pool_preshutdown")
+#: Sent by ``on_stop`` after every task ended (sender: the pool).
+pool_postshutdown = Signal(name="greenpool_pool_postshutdown")
+#: Sent by ``on_apply`` with ``target``, ``args``, ``kwargs`` (sender: the pool).
+pool_apply = Signal(name="greenpool_pool_apply")
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+
+class JobKilled(BaseException):
+    """Raised in a task's thread when its job was killed (revoke with
+    terminate, hard time limit, pool terminate).
+
+    A ``BaseException``, so Celery's tracer does not record it as the task's
+    failure: the job was already reported by the pool.
+    """
+
+
+def _einfo(exc):
+    return ExceptionInfo((type(exc), exc, exc.__traceback__))
+
+
+def _raised(exc):
+    """``exc`` raised, so that it carries a traceback."""
+    try:
+        raise exc
+    except BaseException as e:  # noqa: B902 -- the whole point
+        return _einfo(e)
+
+
+class Hooks:
+    """What the native pool calls back into Python for: raising into a
+    thread (``PyThreadState_SetAsyncExc`` via ctypes) and building Celery's
+    exception records. ``hub`` is the worker's event loop, if any."""
+
+    def __init__(self):
+        self.hub = None
+
+    get_ident = staticmethod(threading.get_ident)
+    monotonic = staticmethod(time.monotonic)
+    #: Called by the native pool as set_async_exc(c_ulong(ident), None) to
+    #: clear a pending exception from the task's own thread: C calls only.
+    set_async_exc = staticmethod(_set_async_exc)
+    c_ulong = ctypes.c_ulong
+
+    @staticmethod
+    def raise_in(ident, kind):
+        exc = JobKilled if kind == "kill" else SoftTimeLimitExceeded
+        _set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+    @staticmethod
+    def failure(exc):
+        if isinstance(exc, Exception):
+            return _einfo(exc)
+        # As Celery's apply_target: a BaseException is a lost worker.
+        lost = WorkerLostError(repr(exc))
+        lost.__traceback__ = exc.__traceback__
+        return _einfo(lost)
+
+    @staticmethod
+    def terminated(signum):
+        return _raised(Terminated(-signum))
+
+    @staticmethod
+    def time_limit(secs):
+        return _raised(TimeLimitExceeded(secs))
+
+    @staticmethod
+    def lost(why):
+        return _raised(WorkerLostError(why))
+
+    def defer(self, fun, arg):
+        hub = self.hub
+        if hub is not None:
+            hub.call_soon(fun, arg)
+        else:
+            fun(arg)
+
+
+def _signum(signal):
+    if signal is None:
+        return None
+    if isinstance(signal, int):
+        return signal
+    from celery.platforms import signals as _signals
+
+    return _signals.signum(signal)
+
+
+def _env_number(name, default, cast):
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+class TaskPool(BasePool):
+    """Celery's eventlet ``TaskPool`` API on OS threads run by the greenpool
+    core. See the module's documentation."""
+
+    #: kombu's timer API over the greenpool core's timer (used by Celery when
+    #: the broker has no event loop); entries run on the timer's thread.
+    Timer = Timer
+
+    #: Shutdown is not done from a signal handler (as eventlet and threads).
+    signal_safe = False
+    #: Tasks run on real threads: Celery must not use its green-only code
+    #: paths (``gPidbox`` spawns on the pool, which this pool does not offer).
+    is_green = False
+    #: Joining a task's result in a task blocks one thread, not the worker.
+    task_join_will_block = False
+    #: Bodies are read in the worker's own process.
+    body_can_be_buffer = True
+
+    _pool = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._hooks = Hooks()
+        self._default_timeout = self.options.get("timeout")
+        self._default_soft_timeout = self.options.get("soft_timeout")
+        self._stack_size = _env_number("GREENPOOL_THREAD_STACK_SIZE", 1 << 20, int)
+        self._idle_timeout = _env_number("GREENPOOL_THREAD_IDLE_TIMEOUT", 30.0, float)
+
+    # ----- lifecycle ---------------------------------------------------------
+
+    def on_start(self):
+        self._pool = Pool(
+            self.limit or 0,
+            self._hooks,
+            stack_size=self._stack_size,
+            idle_timeout=self._idle_timeout,
+        )
+        self._pool.start()
+        pool_started.send(sender=self)
+
+    def on_stop(self):
+        pool_preshutdown.send(sender=self)
+        if self._pool is not None:
+            # In a worker (app given), tasks still waiting for a slot are not
+            # started at warm shutdown: their messages were not acknowledged
+            # and go back to the broker (eventlet never took them: its
+            # on_apply blocks while the pool is full).
+            self._pool.stop(drop_queued=self.app is not None)
+        pool_postshutdown.send(sender=self)
+
+    def on_close(self):
+        if self._pool is not None:
+            self._pool.close()
+
+    def on_terminate(self):
+        if self._pool is not None:
+            self._pool.terminate()
+
+    def register_with_event_loop(self, loop):
+        # Kill reports go through the loop, after Celery has announced the
+        # revoke itself (as with the prefork pool).
+        self._hooks.hub = loop
+
+    # ----- applying ----------------------------------------------------------
+
+    def on_apply(self, target, args=None, kwargs=None, callback=None,
+                 accept_callback=None, error_callback=None,
+                 timeout_callback=None, soft_timeout=None, timeout=None, **_):
+        if pool_apply.receivers:
+            pool_apply.send(sender=self, target=target, args=args, kwargs=kwargs)
+        timeout, soft_timeout = self._time_limits(args, timeout, soft_timeout)
+        return self._pool.apply(
+            target,
+            args,
+            kwargs,
+            callback=callback,
+            error_callback=error_callback,
+            accept_callback=accept_callback,
+            timeout_callback=timeout_callback,
+            soft_timeout=soft_timeout,
+            timeout=timeout,
+        )
+
+    def _time_limits(self, args, timeout, soft_timeout):
+        """The limits of one task: the message's, else the task's *current*
+        ones, else the worker's (task_time_limit, task_soft_time_limit).
+
+        Celery's worker passes the task's limits as they were when the
+        worker started, so that ``celery control time_limit`` would not
+        reach the pool; for Celery's tracer (args: name, id, request dict,
+        ...) the task's attributes are read here at apply time instead."""
+        app = self.app
+        if (app is not None and args and len(args) >= 3
+                and isinstance(args[0], str) and isinstance(args[2], dict)):
+            task = app.tasks.get(args[0])
+            if task is not None:
+                limits = args[2].get("timelimit") or (None, None)
+                hard, soft = (tuple(limits) + (None, None))[:2]
+                timeout = hard or task.time_limit
+                soft_timeout = soft or task.soft_time_limit
+        return (timeout or self._default_timeout,
+                soft_timeout or self._default_soft_timeout)
+
+    # ----- resizing and killing ----------------------------------------------
+
+    def grow(self, n=1):
+        self.limit = self._pool.grow(n)
+
+    def shrink(self, n=1):
+        self.limit = self._pool.shrink(n)
+
+    def terminate_job(self, pid, signal=None):
+        """Kills the running task ``pid``: SIGUSR1 raises
+        ``SoftTimeLimitExceeded`` in it; any other signal (default SIGTERM)
+        ends it at once as Celery's ``Terminated``. An unknown or finished
+        pid is a no-op. Returns what happened ("killed", "exited",
+        "signalled", "not-running", "unknown")."""
+        if self._pool is None:
+            return "unknown"
+        return self._pool.terminate_job(
+            pid, _signum(signal), defer=self._hooks.hub is not None
+        )
+
+    # ----- info --------------------------------------------------------------
+
+    def _get_info(self):
+        info = super()._get_info()
+        if self._pool is None:
+            info.update({
+                "max-concurrency": self.limit,
+                "free-threads": self.limit,
+                "running-threads": 0,
+            })
+        else:
+            info.update(self._pool.info())
+        return info
+
+    @property
+    def num_processes(self):
+        return self.limit
