@@ -625,3 +625,41 @@ async fn result_wait_survives_a_cut_subscription() {
     );
     assert_eq!(got.unwrap(), json!(0.0));
 }
+
+/// A result wait whose first subscription is refused (the connection
+/// closed as soon as it is made) subscribes again under the client's
+/// retry policy instead of failing, and gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_wait_survives_a_refused_first_subscription() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(server.port);
+    let client = greenpool_celery::Client::connect(&proxy.url(0), Some(&proxy.url(1)))
+        .await
+        .unwrap();
+    let sent = client
+        .send_task(
+            "t.work",
+            vec![json!(0.0)],
+            Map::new(),
+            greenpool_celery::SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let before = proxy.accepted();
+    proxy.refuse_next(1);
+    let runs = Runs::default();
+    let config = WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(2)
+        .hostname("celery@faults");
+    let w = start(config, &runs).await;
+    let got = sent.get(DEADLINE).await;
+    w.stop().await;
+    println!(
+        "result wait: first subscription refused, {} connection(s) forwarded for it, got {got:?}",
+        proxy.accepted() - before
+    );
+    assert_eq!(got.unwrap(), json!(0.0));
+}
