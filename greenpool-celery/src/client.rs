@@ -347,10 +347,10 @@ impl AsyncResult {
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
         let deadline = tokio::time::Instant::now() + timeout.min(crate::seconds::MAX_DURATION);
-        let subscribing = Subscriber::subscribe(link, vec![key], Vec::new());
-        let mut sub = tokio::time::timeout_at(deadline, subscribing)
-            .await
-            .map_err(|_| ResultError::Timeout(timeout))??;
+        // Subscribed on the first `next`, with the link's retry policy, so a
+        // cut during the subscription is retried like any later loss; that
+        // first `next` says `Resubscribed` and the key is read again then.
+        let mut sub = Subscriber::lazy(link, vec![key], Vec::new());
         let mut check = true;
         loop {
             if check {

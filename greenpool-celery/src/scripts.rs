@@ -25,59 +25,58 @@ use redis::aio::MultiplexedConnection;
 /// The unacked entry is `[raw, "", queue]`: the default exchange and the
 /// queue the message was taken from, so a restore (ours or kombu's) puts
 /// it back where it came from whatever its envelope says.
+///
+/// Its cost is mostly Lua's: every string the script makes (each popped
+/// message, each unacked entry) is copied and hashed into Lua's string
+/// table, so the script makes no string per message beyond those two and
+/// the tag, finds the tag with plain searches (one per usual spacing), and
+/// keeps its tables indexed by counters.
 pub(crate) const FETCH: &str = r#"
 -- Fields are found with plain substring searches: decoding every envelope
 -- with cjson costs more than all the other work together. A quote inside
 -- a JSON string is escaped, so `"delivery_tag"` followed by `:` and a
--- quote only occurs as a key; the search starts at `"properties"`.
--- Anything unusual falls back to cjson.
-local function string_after(raw, key, from)
-  local k = string.find(raw, key, from, true)
-  if not k then return nil end
-  local q1 = string.find(raw, '"', k + #key, true)
-  if not q1 or not string.match(string.sub(raw, k + #key, q1 - 1), '^%s*:%s*$') then return nil end
-  local q2 = string.find(raw, '"', q1 + 1, true)
-  if not q2 then return nil end
-  local v = string.sub(raw, q1 + 1, q2 - 1)
-  if string.find(v, '\\', 1, true) then return nil end
-  return v
-end
-local function property(raw, name, decode)
-  local p = string.find(raw, '"properties"', 1, true)
+-- quote only occurs as a key; the search starts at `"properties"`. The
+-- two usual spacings (kombu's `": "` and the compact `":"`) are one plain
+-- search each; any other spacing is matched by a pattern, and anything
+-- unusual falls back to cjson.
+local find, sub, match = string.find, string.sub, string.match
+local function property(raw, spaced, compact, key, decode)
+  local p = find(raw, '"properties"', 1, true)
   if p then
-    -- kombu's own spacing first: one plain search.
-    local _, e = string.find(raw, '"' .. name .. '": "', p, true)
+    local _, e = find(raw, spaced, p, true)
+    if not e then _, e = find(raw, compact, p, true) end
     if e then
-      local q = string.find(raw, '"', e + 1, true)
+      local q = find(raw, '"', e + 1, true)
       if q and q > e + 1 then
-        local v = string.sub(raw, e + 1, q - 1)
-        if not string.find(v, '\\', 1, true) then return v end
+        local v = sub(raw, e + 1, q - 1)
+        if not find(v, '\\', 1, true) then return v end
       end
     end
-    local v = string_after(raw, '"' .. name .. '"', p)
-    if v and v ~= '' then return v end
+    local k = find(raw, key, p, true)
+    if k then
+      local _, q1 = find(raw, '^%s*:%s*"', k + #key)
+      if q1 then
+        local q2 = find(raw, '"', q1 + 1, true)
+        if q2 and q2 > q1 + 1 then
+          local v = sub(raw, q1 + 1, q2 - 1)
+          if not find(v, '\\', 1, true) then return v end
+        end
+      end
+    end
   end
   if not decode then return nil end
   local ok, m = pcall(cjson.decode, raw)
   if not (ok and type(m) == 'table' and type(m['properties']) == 'table') then return nil end
-  local v = m['properties'][name]
+  local v = m['properties'][decode]
   if type(v) ~= 'string' or v == '' then return nil end
   return v
 end
-local function record(key, args)
-  -- unpack() takes a bounded number of values: send in slices.
-  local n = #args
-  local i = 1
-  while i <= n do
-    local j = math.min(i + 999, n)
-    redis.call(key == 'z' and 'ZADD' or 'HSET', key == 'z' and KEYS[2] or KEYS[1], unpack(args, i, j))
-    i = j + 1
-  end
-end
 local want = tonumber(ARGV[1])
+local stamp = ARGV[2]
 local limit = tonumber(ARGV[3])
 local counted = ARGV[4] == '1'
 local out, zargs, hargs = {}, {}, {}
+local no, nz = 0, 0
 for i = 3, #KEYS do
   if want <= 0 then break end
   local items
@@ -85,39 +84,48 @@ for i = 3, #KEYS do
     items = redis.call('RPOP', KEYS[i], want)
   else
     items = {}
-    while #items < want do
+    for j = 1, want do
       local one = redis.call('RPOP', KEYS[i])
       if not one then break end
-      items[#items + 1] = one
+      items[j] = one
     end
   end
   if items then
-    for _, raw in ipairs(items) do
+    -- The unacked entry's tail: the default exchange and this queue.
+    local tail = ', "", ' .. ARGV[i + 2] .. ']'
+    for j = 1, #items do
+      local raw = items[j]
       want = want - 1
-      out[#out + 1] = i - 2
+      out[no + 1] = i - 2
       if limit > 0 and #raw > limit then
-        out[#out + 1] = #raw
+        out[no + 2] = #raw
         -- Searched, never decoded: the point is not to work on it.
-        out[#out + 1] = property(raw, 'correlation_id', false) or ''
+        out[no + 3] = property(raw, '"correlation_id": "', '"correlation_id":"', '"correlation_id"', false) or ''
       else
-        local tag = property(raw, 'delivery_tag', true)
+        local tag = property(raw, '"delivery_tag": "', '"delivery_tag":"', '"delivery_tag"', 'delivery_tag')
         if tag then
-          zargs[#zargs + 1] = ARGV[2]
-          zargs[#zargs + 1] = tag
-          hargs[#hargs + 1] = tag
-          hargs[#hargs + 1] = '[' .. raw .. ', "", ' .. ARGV[i + 2] .. ']'
+          zargs[nz + 1] = stamp
+          zargs[nz + 2] = tag
+          hargs[nz + 1] = tag
+          hargs[nz + 2] = '[' .. raw .. tail
+          nz = nz + 2
         else
           tag = ''
         end
-        out[#out + 1] = raw
-        out[#out + 1] = tag
+        out[no + 2] = raw
+        out[no + 3] = tag
       end
+      no = no + 3
     end
   end
 end
-if #zargs > 0 then
-  record('z', zargs)
-  record('h', hargs)
+-- unpack() takes a bounded number of values: record in slices.
+local i = 1
+while i <= nz do
+  local j = math.min(i + 999, nz)
+  redis.call('ZADD', KEYS[2], unpack(zargs, i, j))
+  redis.call('HSET', KEYS[1], unpack(hargs, i, j))
+  i = j + 1
 end
 return out
 "#;

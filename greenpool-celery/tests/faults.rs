@@ -587,13 +587,16 @@ async fn restore_returns_to_the_queue_it_came_from() {
     assert_eq!(to_empty, 0);
 }
 
-/// A result wait whose pub/sub connection is cut subscribes again, reads
-/// the key once more, and still gets the result.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn result_wait_survives_a_cut_subscription() {
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
+/// A client whose broker and backend connections go through a new proxy,
+/// and the result of one `t.work` task it sent (the client is returned so
+/// its connections stay open).
+async fn send_through_proxy(
+    server: &RedisServer,
+) -> (
+    Proxy,
+    greenpool_celery::Client,
+    greenpool_celery::AsyncResult,
+) {
     let proxy = Proxy::start(server.port);
     let client = greenpool_celery::Client::connect(&proxy.url(0), Some(&proxy.url(1)))
         .await
@@ -607,21 +610,58 @@ async fn result_wait_survives_a_cut_subscription() {
         )
         .await
         .unwrap();
+    (proxy, client, sent)
+}
+
+/// A worker connected straight to `server`, results in db 1.
+fn result_worker(server: &RedisServer) -> WorkerConfig {
+    WorkerConfig::new(server.url(0))
+        .result_backend(Some(server.url(1)))
+        .concurrency(2)
+        .hostname("celery@faults")
+}
+
+/// A result wait whose pub/sub connection is cut subscribes again, reads
+/// the key once more, and still gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_wait_survives_a_cut_subscription() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (proxy, _client, sent) = send_through_proxy(&server).await;
     let waiting = tokio::spawn(async move { sent.get(DEADLINE).await });
     // Two connections for the client, one for the subscription.
     until("the subscription", || proxy.accepted() >= 3).await;
     let cut = proxy.cut();
     let runs = Runs::default();
-    let config = WorkerConfig::new(server.url(0))
-        .result_backend(Some(server.url(1)))
-        .concurrency(2)
-        .hostname("celery@faults");
-    let w = start(config, &runs).await;
+    let w = start(result_worker(&server), &runs).await;
     let got = waiting.await.unwrap();
     w.stop().await;
     println!(
         "result wait: {cut} connections cut while waiting, {} made in all, got {got:?}",
         proxy.accepted()
+    );
+    assert_eq!(got.unwrap(), json!(0.0));
+}
+
+/// A result wait whose first subscription is refused (the connection
+/// closed as soon as it is made) subscribes again under the client's
+/// retry policy instead of failing, and gets the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_wait_survives_a_refused_first_subscription() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (proxy, _client, sent) = send_through_proxy(&server).await;
+    let before = proxy.accepted();
+    proxy.refuse_next(1);
+    let runs = Runs::default();
+    let w = start(result_worker(&server), &runs).await;
+    let got = sent.get(DEADLINE).await;
+    w.stop().await;
+    println!(
+        "result wait: first subscription refused, {} connection(s) forwarded for it, got {got:?}",
+        proxy.accepted() - before
     );
     assert_eq!(got.unwrap(), json!(0.0));
 }

@@ -27,6 +27,8 @@ pub(crate) struct Subscriber {
     channels: Vec<String>,
     patterns: Vec<String>,
     pubsub: Option<redis::aio::PubSub>,
+    /// Whether a subscription ever stood (a lazy one starts without).
+    connected: bool,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -58,9 +60,29 @@ impl Subscriber {
             channels,
             patterns,
             pubsub: None,
+            connected: true,
         };
         s.pubsub = Some(s.open().await?);
         Ok(s)
+    }
+
+    /// A subscriber to `channels` and `patterns` on `link`'s server that
+    /// connects on its first [`next`](Self::next), under the same
+    /// reconnection policy as later losses; that first `next` yields
+    /// [`SubscriberEvent::Resubscribed`] once subscribed, so a caller
+    /// re-reads the state it waits on only after it can no longer miss a
+    /// message. Used where a connection cut during the first subscription
+    /// must not end the wait (a result wait).
+    pub(crate) fn lazy(link: &Link, channels: Vec<String>, patterns: Vec<String>) -> Self {
+        Subscriber {
+            client: link.client().clone(),
+            settings: link.settings().clone(),
+            label: link.label(),
+            channels,
+            patterns,
+            pubsub: None,
+            connected: false,
+        }
     }
 
     async fn open(&self) -> Result<redis::aio::PubSub, BrokerError> {
@@ -107,11 +129,14 @@ impl Subscriber {
             attempt = attempt.saturating_add(1);
             match self.open().await {
                 Ok(ps) => {
-                    tracing::warn!(
-                        "pub/sub connection to {} restored after {:.1} s",
-                        self.label,
-                        since.elapsed().as_secs_f64()
-                    );
+                    if self.connected {
+                        tracing::warn!(
+                            "pub/sub connection to {} restored after {:.1} s",
+                            self.label,
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                    self.connected = true;
                     self.pubsub = Some(ps);
                     return Ok(SubscriberEvent::Resubscribed);
                 }

@@ -11,6 +11,8 @@ struct State {
     open: Vec<(TcpStream, TcpStream)>,
     /// Connections accepted, for the test's counts.
     accepted: u64,
+    /// How many of the next connections to close at once, unforwarded.
+    refuse: usize,
 }
 
 /// Forwards `127.0.0.1:<port>` to a server; [`Proxy::cut`] closes every
@@ -31,6 +33,14 @@ impl Proxy {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                {
+                    let mut st = s.0.lock().unwrap();
+                    if st.refuse > 0 {
+                        st.refuse -= 1;
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    }
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
@@ -76,6 +86,11 @@ impl Proxy {
     pub fn resume(&self) {
         self.shared.0.lock().unwrap().stalled = false;
         self.shared.1.notify_all();
+    }
+
+    /// Closes each of the next `n` connections as soon as it is accepted.
+    pub fn refuse_next(&self, n: usize) {
+        self.shared.0.lock().unwrap().refuse = n;
     }
 
     /// Connections accepted so far.
