@@ -306,11 +306,13 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
         &python,
         &node,
         &env,
-        &["send_sleep_and_adds", "3", "3"],
+        &["send_sleep_and_adds", "10", "3"],
     ))
     .unwrap();
     // Handshake on the broker: the sleep is acked (early ack), the three
-    // adds are delivered and unacked.
+    // adds are delivered and unacked. The sleep holds the only slot for
+    // 10 s, so the adds cannot run before the stop below even when each
+    // `rabbitmqctl` call takes seconds on a loaded machine.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if node.queue_counts("celery") == Some((0, 3)) {
@@ -331,7 +333,7 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     );
     let sleeps = sent["sleep"].to_string();
     let adds = sent["adds"].to_string();
-    assert!(py(&python, &node, &env, &["collect", &sleeps, "3.0"]).contains("OK"));
+    assert!(py(&python, &node, &env, &["collect", &sleeps, "10.0"]).contains("OK"));
     let w2 = worker(&node, &backend, &["-c", "4"]);
     assert!(py(&python, &node, &env, &["collect", &adds, "2"]).contains("OK"));
     w2.stop();
