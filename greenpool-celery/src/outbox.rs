@@ -87,6 +87,7 @@ impl ResultStore {
 
     /// Queues `meta` for storing; `reply_to` is the request's reply queue
     /// (the rpc backend sends nothing without one, as Celery's does).
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
     pub(crate) fn store(&self, meta: &ResultMeta, reply_to: Option<&str>) {
         match self {
             ResultStore::Redis(b) => b.store(meta),

@@ -31,6 +31,7 @@ impl RedisStats {
         self.stored.fetch_add(n, Ordering::Relaxed);
     }
 
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub(crate) fn add_confirmed(&self, n: u64) {
         self.published.fetch_add(n, Ordering::Relaxed);
         self.confirm_waits.fetch_add(1, Ordering::Relaxed);

@@ -86,6 +86,12 @@ impl Proc {
         lines.iter().collect()
     }
 
+    /// Waits for the exit a remote `shutdown` asked for.
+    fn stop_after_remote_shutdown(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) {
         self.signal("-TERM");
@@ -108,9 +114,12 @@ fn spawn_worker(node: &RabbitNode, backend: &str, args: &[&str]) -> Proc {
         .arg(node.url())
         .arg("--result-backend")
         .arg(backend)
-        .args(["-n", "amqp@%h", "--loglevel", "info"])
+        .args(["--loglevel", "info"])
         .args(args)
         .env_remove("RUST_LOG");
+    if !args.contains(&"-n") {
+        cmd.args(["-n", "amqp@%h"]);
+    }
     Proc::spawn("worker", cmd)
 }
 
@@ -172,25 +181,125 @@ fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
     w.stop();
 }
 
-/// Remote control and events are not yet available on AMQP: the worker
-/// says so once before it is ready, with and without `-E`.
+/// Runs scenario `args[0]` of tests/python/control.py against the node,
+/// results read from `backend`; returns stdout.
+fn control_py(python: &Path, node: &RabbitNode, backend: &str, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/control.py");
+    let (first, rest) = args.split_first().unwrap();
+    let out = Command::new(python)
+        .arg(script)
+        .arg(first)
+        .arg(node.url())
+        .args(rest)
+        .env("CONTROL_BACKEND", backend)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `greenpool <args> --broker <node>`; its success and stdout.
+fn greenpool(node: &RabbitNode, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .args(args)
+        .arg("--broker")
+        .arg(node.url())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every remote-control command through the stock `app.control` /
+/// `inspect()` over AMQP, and the task and worker events a stock
+/// `EventReceiver` sees on the `celeryev` topic exchange (the same
+/// scenario as on Redis), ending with a remote warm shutdown.
 #[test]
-fn worker_warns_once_that_control_and_events_are_missing_on_amqp() {
-    let Some(node) = RabbitNode::start() else {
+fn stock_control_api_and_events_over_amqp() {
+    let Some((node, python)) = setup() else {
         return;
     };
-    for (args, mentions_e) in [(&["-c", "2"][..], false), (&["-c", "2", "-E"][..], true)] {
-        let w = spawn_worker(&node, "none", args);
-        let before = w.wait_for(" ready");
-        let warnings: Vec<&String> = before
-            .iter()
-            .filter(|l| l.contains("remote control and events are not yet available on AMQP"))
-            .collect();
-        assert_eq!(warnings.len(), 1, "{args:?}: {before:#?}");
-        assert!(warnings[0].contains("WARN"), "{:?}", warnings[0]);
-        assert_eq!(warnings[0].contains("-E"), mentions_e, "{:?}", warnings[0]);
-        w.stop();
-    }
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let name = "api@amqp";
+    let w = worker(&node, &backend, &["-c", "4", "-n", name]);
+    assert!(control_py(&python, &node, &backend, &["api", name]).contains("OK"));
+    w.stop_after_remote_shutdown();
+}
+
+/// A greenpool worker and a Python worker on one RabbitMQ: a broadcast
+/// reaches both, `destination` and `pattern` only the named one, from the
+/// stock client and from `greenpool inspect`; `pool_grow` moves the
+/// broker's own prefetch window (the consumer channel's global
+/// `basic.qos`), not only the number `stats` reports.
+#[test]
+fn greenpool_and_python_workers_answer_control_on_one_rabbitmq() {
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let (gp, pyn) = ("gp@amqp", "py@amqp");
+    let w = worker(&node, &backend, &["-c", "10", "-E", "-n", gp]);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(python.with_file_name("celery"));
+    cmd.current_dir(repo.join("bench/python"))
+        .args(["-A", "tasks", "worker", "-P", "threads", "-c", "2"])
+        .args(["-Q", "py", "-l", "info", "-n", pyn])
+        .env("GREENPOOL_BROKER_URL", node.url())
+        .env("GREENPOOL_RESULT_BACKEND", &backend);
+    let pyw = Proc::spawn("celery", cmd);
+    pyw.wait_for("ready.");
+    assert!(control_py(&python, &node, &backend, &["mixed", gp, pyn]).contains("OK"));
+
+    let (ok, out) = greenpool(&node, &["inspect", "ping"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("->  {gp}: OK")) && out.contains(&format!("->  {pyn}: OK")),
+        "{out}"
+    );
+    let (ok, out) = greenpool(&node, &["inspect", "ping", "-d", pyn, "-j"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v, serde_json::json!([{pyn: {"ok": "pong"}}]));
+
+    // The window on the broker: 10 × 4 = 40, then 12 × 4 = 48.
+    let global_prefetch = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = node
+                .ctl(&["list_channels", "global_prefetch_count"])
+                .unwrap_or_default();
+            if out.lines().any(|l| l.trim() == want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no channel with {want}: {out}");
+        }
+    };
+    global_prefetch("40");
+    let (ok, out) = greenpool(&node, &["control", "pool_grow", "2", "-d", gp]);
+    assert!(ok && out.contains("pool will grow"), "{out}");
+    let (ok, out) = greenpool(&node, &["inspect", "stats", "-d", gp, "-j"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v[0][gp]["pool"]["max-concurrency"], 12, "{v}");
+    assert_eq!(v[0][gp]["prefetch_count"], 48, "{v}");
+    assert_eq!(v[0][gp]["broker"]["transport"], "amqp", "{v}");
+    global_prefetch("48");
+    w.stop();
+    pyw.stop();
 }
 
 #[test]
@@ -364,12 +473,19 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
             "--acks-late",
             "--broker-connection-max-retries",
             "0",
+            "-n",
+            "restart@amqp",
         ],
     );
     w.wait_for("succeeded");
     node.restart(Duration::from_millis(500));
     w.wait_for("connected again");
     assert!(py(&python, &node, &env, &["collect", ids.trim(), "0.05"]).contains("OK"));
+    // The remote control has its own connection, and it is back too (its
+    // mailbox queue declared again): a ping finds the node.
+    w.wait_for("listening on restart@amqp.celery.pidbox again");
+    let (ok, out) = greenpool(&node, &["inspect", "ping", "-d", "restart@amqp"]);
+    assert!(ok && out.contains("restart@amqp: OK"), "{out}");
     w.stop();
 }
 
@@ -383,9 +499,9 @@ fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
     };
     let backend = redis.url(0);
     let env = [("INTEROP_BACKEND", backend.as_str())];
-    let small = ["-c", "2", "--prefetch-multiplier", "1"];
-    let a = worker(&node, &backend, &small);
-    let b = worker(&node, &backend, &small);
+    let small = |name| ["-c", "2", "--prefetch-multiplier", "1", "-n", name];
+    let a = worker(&node, &backend, &small("a@amqp"));
+    let b = worker(&node, &backend, &small("b@amqp"));
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(python.with_file_name("celery"));
     cmd.current_dir(repo.join("bench/python"))

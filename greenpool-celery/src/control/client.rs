@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use super::envelope;
 use super::mailbox::EXCHANGE;
 use super::reply::binding_key;
+use super::wire::NodeWire;
 use crate::broker::keys::SEP;
 use crate::conn::{Link, LinkSettings};
 use crate::error::BrokerError;
@@ -80,7 +81,8 @@ impl ControlOptions {
 /// The answers to one request: `(node name, answer)` in arrival order.
 pub type Replies = Vec<(String, Value)>;
 
-/// A client of Celery's remote control over Redis.
+/// A client of Celery's remote control, over Redis or AMQP (chosen by the
+/// URL, as for the worker).
 ///
 /// ```no_run
 /// use greenpool_celery::{Control, ControlOptions};
@@ -94,8 +96,7 @@ pub type Replies = Vec<(String, Value)>;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Control {
-    link: Arc<Link>,
-    db: i64,
+    wire: NodeWire,
     oid: String,
 }
 
@@ -106,11 +107,23 @@ impl Control {
     ///
     /// [`BrokerError`] when the URL is invalid or Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let link = Link::open("remote control", url, LinkSettings::client(), None).await?;
-        let db = link.client().get_connection_info().redis_settings().db();
+        let wire = match crate::broker::Transport::of(url)? {
+            crate::broker::Transport::Redis => {
+                let link = Link::open("remote control", url, LinkSettings::client(), None).await?;
+                let db = link.client().get_connection_info().redis_settings().db();
+                NodeWire::Redis {
+                    link: Arc::new(link),
+                    db,
+                }
+            }
+            #[cfg(feature = "amqp")]
+            crate::broker::Transport::Amqp => NodeWire::Amqp(
+                crate::broker::amqp::node_link::AmqpNodeLink::open(url, LinkSettings::client())
+                    .await?,
+            ),
+        };
         Ok(Control {
-            link: Arc::new(link),
-            db,
+            wire,
             oid: crate::uuid::uuid4(),
         })
     }
@@ -120,147 +133,253 @@ impl Control {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Redis`] when Redis fails. Malformed replies are
+    /// [`BrokerError`] when the broker fails. Malformed replies are
     /// logged and skipped.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe: a dropped call leaves its reply binding behind
-    /// (kombu's sweeper removes stale ones).
+    /// Not cancel safe: on Redis, a dropped call leaves its reply binding
+    /// behind (kombu's sweeper removes stale ones); on AMQP the reply
+    /// queue goes with its channel.
     pub async fn call(
         &self,
         method: &str,
         arguments: Map<String, Value>,
         options: ControlOptions,
     ) -> Result<Replies, BrokerError> {
-        let queue = format!("{}.{REPLY_EXCHANGE}", self.oid);
-        let member = format!("{}{SEP}{SEP}{queue}", self.oid);
-        let binding = binding_key(REPLY_EXCHANGE);
-        let _: i64 = self
-            .run(|| {
-                let mut c = redis::cmd("SADD");
-                c.arg(&binding).arg(&member);
-                c
-            })
-            .await?;
         let ticket = crate::uuid::uuid4();
-        let result = self
-            .publish_and_collect(method, arguments, &options, &ticket, &queue)
-            .await;
-        let cleanup = self
-            .run_pipe(|| {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SREM").arg(&binding).arg(&member).ignore();
-                pipe.cmd("DEL").arg(&queue).ignore();
-                pipe
-            })
-            .await;
-        let replies = result?;
-        cleanup?;
-        Ok(replies)
-    }
-
-    /// Runs the command `make` builds, through the reconnecting link.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        make: impl Fn() -> redis::Cmd,
-    ) -> Result<T, BrokerError> {
-        self.link
-            .call_until_done("remote control", |mut conn| {
-                let cmd = make();
-                async move { cmd.query_async(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)
-    }
-
-    /// Runs the pipeline `make` builds, through the reconnecting link.
-    async fn run_pipe(&self, make: impl Fn() -> redis::Pipeline) -> Result<(), BrokerError> {
-        self.link
-            .call_until_done("remote control", |mut conn| {
-                let pipe = make();
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)
+        match &self.wire {
+            NodeWire::Redis { link, db } => {
+                call_redis(link, *db, &self.oid, method, arguments, &options, &ticket).await
+            }
+            #[cfg(feature = "amqp")]
+            NodeWire::Amqp(link) => call_amqp(link, method, arguments, &options, &ticket).await,
+        }
     }
 
     /// Sends `method` without waiting for answers (`reply=False`).
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Redis`] when the PUBLISH fails.
+    /// [`BrokerError`] when the publish fails.
     pub async fn cast(
         &self,
         method: &str,
         arguments: Map<String, Value>,
         destination: Option<Vec<String>>,
     ) -> Result<(), BrokerError> {
-        let body = json!({
-            "method": method, "arguments": arguments, "destination": destination,
-            "pattern": null, "matcher": null,
-        });
-        self.publish(&body, Duration::from_secs(1)).await
+        let body = request(method, arguments, destination.as_ref(), None);
+        let timeout = Duration::from_secs(1);
+        match &self.wire {
+            NodeWire::Redis { link, db } => publish_redis(link, *db, &body, timeout).await,
+            #[cfg(feature = "amqp")]
+            NodeWire::Amqp(link) => link.publish(&[amqp_request(&body, timeout)]).await,
+        }
     }
+}
 
-    async fn publish(&self, body: &Value, timeout: Duration) -> Result<(), BrokerError> {
-        let mut headers = Map::new();
-        headers.insert("clock".into(), json!(0));
-        headers.insert(
-            "expires".into(),
-            json!((Timestamp::now() + timeout).unix_seconds()),
+/// A request body as kombu's `Mailbox._publish` writes it; `reply` is the
+/// ticket and the caller's oid when answers are wanted.
+fn request(
+    method: &str,
+    arguments: Map<String, Value>,
+    destination: Option<&Vec<String>>,
+    reply: Option<(&str, &str)>,
+) -> Value {
+    let mut body = json!({
+        "method": method, "arguments": arguments, "destination": destination,
+        "pattern": null, "matcher": null,
+    });
+    if let (Some((ticket, oid)), Value::Object(m)) = (reply, &mut body) {
+        m.insert("ticket".into(), json!(ticket));
+        m.insert(
+            "reply_to".into(),
+            json!({"exchange": REPLY_EXCHANGE, "routing_key": oid}),
         );
-        let payload = envelope::encode(body, headers, EXCHANGE, "", 2);
-        let topic = envelope::fanout_topic(self.db, EXCHANGE, "");
-        let _: i64 = self
-            .run(|| {
-                let mut c = redis::cmd("PUBLISH");
-                c.arg(&topic).arg(&payload);
-                c
-            })
-            .await?;
-        Ok(())
     }
+    body
+}
 
-    async fn publish_and_collect(
-        &self,
-        method: &str,
-        arguments: Map<String, Value>,
-        options: &ControlOptions,
-        ticket: &str,
-        queue: &str,
-    ) -> Result<Replies, BrokerError> {
-        let body = json!({
-            "method": method, "arguments": arguments, "destination": options.destination,
-            "pattern": null, "matcher": null, "ticket": ticket,
-            "reply_to": {"exchange": REPLY_EXCHANGE, "routing_key": self.oid},
-        });
-        self.publish(&body, options.timeout).await?;
+/// The headers of a request: the clock and when it expires.
+fn request_headers(timeout: Duration) -> Map<String, Value> {
+    let mut headers = Map::new();
+    headers.insert("clock".into(), json!(0));
+    headers.insert(
+        "expires".into(),
+        json!((Timestamp::now() + timeout).unix_seconds()),
+    );
+    headers
+}
+
+/// Runs the command `make` builds, through the reconnecting link.
+async fn run<T: redis::FromRedisValue>(
+    link: &Link,
+    make: impl Fn() -> redis::Cmd,
+) -> Result<T, BrokerError> {
+    link.call_until_done("remote control", |mut conn| {
+        let cmd = make();
+        async move { cmd.query_async(&mut conn).await }
+    })
+    .await?
+    .map_err(BrokerError::Redis)
+}
+
+/// PUBLISHes a request on the mailbox's fanout topic.
+async fn publish_redis(
+    link: &Link,
+    db: i64,
+    body: &Value,
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    let payload = envelope::encode(body, request_headers(timeout), EXCHANGE, "", 2);
+    let topic = envelope::fanout_topic(db, EXCHANGE, "");
+    let _: i64 = run(link, || {
+        let mut c = redis::cmd("PUBLISH");
+        c.arg(&topic).arg(&payload);
+        c
+    })
+    .await?;
+    Ok(())
+}
+
+/// A call on Redis: bind the caller's reply list, publish, BRPOP the
+/// answers, unbind.
+async fn call_redis(
+    link: &Link,
+    db: i64,
+    oid: &str,
+    method: &str,
+    arguments: Map<String, Value>,
+    options: &ControlOptions,
+    ticket: &str,
+) -> Result<Replies, BrokerError> {
+    let queue = format!("{oid}.{REPLY_EXCHANGE}");
+    let member = format!("{oid}{SEP}{SEP}{queue}");
+    let binding = binding_key(REPLY_EXCHANGE);
+    let _: i64 = run(link, || {
+        let mut c = redis::cmd("SADD");
+        c.arg(&binding).arg(&member);
+        c
+    })
+    .await?;
+    let body = request(
+        method,
+        arguments,
+        options.destination.as_ref(),
+        Some((ticket, oid)),
+    );
+    let result = match publish_redis(link, db, &body, options.timeout).await {
+        Ok(()) => collect_redis(link, &queue, ticket, options).await,
+        Err(e) => Err(e),
+    };
+    let cleanup = link
+        .call_until_done("remote control", |mut conn| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SREM").arg(&binding).arg(&member).ignore();
+            pipe.cmd("DEL").arg(&queue).ignore();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        })
+        .await?
+        .map_err(BrokerError::Redis);
+    let replies = result?;
+    cleanup?;
+    Ok(replies)
+}
+
+/// BRPOPs the answers carrying `ticket` from `queue`.
+async fn collect_redis(
+    link: &Link,
+    queue: &str,
+    ticket: &str,
+    options: &ControlOptions,
+) -> Result<Replies, BrokerError> {
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let mut replies = Replies::new();
+    while options.limit.is_none_or(|l| replies.len() < l) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // At most a second per BRPOP (as kombu polls), well inside the
+        // link's command timeout; never 0, which would block for ever.
+        let secs = left.as_secs_f64().clamp(0.001, 1.0);
+        let popped: Option<(String, String)> = run(link, || {
+            let mut c = redis::cmd("BRPOP");
+            c.arg(queue).arg(secs);
+            c
+        })
+        .await?;
+        let Some((_, raw)) = popped else { continue };
+        match decode_reply(&raw, ticket) {
+            Some(answers) => replies.extend(answers),
+            None => tracing::debug!("control: dropped a reply of another request"),
+        }
+    }
+    Ok(replies)
+}
+
+/// A request as published on AMQP: JSON to the `celery.pidbox` fanout.
+#[cfg(feature = "amqp")]
+fn amqp_request(body: &Value, timeout: Duration) -> crate::broker::amqp::node_link::Outgoing {
+    crate::broker::amqp::node_link::Outgoing {
+        exchange: crate::broker::amqp::node_link::PIDBOX,
+        routing_key: String::new(),
+        body: body.to_string().into_bytes(),
+        headers: request_headers(timeout),
+        delivery_mode: 1,
+    }
+}
+
+/// A call on AMQP: a reply queue of its own (so concurrent calls never
+/// take each other's answers), publish, consume the answers until the
+/// timeout or the limit, close the queue's channel (the queue goes).
+#[cfg(feature = "amqp")]
+async fn call_amqp(
+    link: &crate::broker::amqp::node_link::AmqpNodeLink,
+    method: &str,
+    arguments: Map<String, Value>,
+    options: &ControlOptions,
+    ticket: &str,
+) -> Result<Replies, BrokerError> {
+    use futures::StreamExt;
+
+    let oid = crate::uuid::uuid4();
+    let (channel, mut consumer) = link.reply_queue(&oid).await?;
+    let body = request(
+        method,
+        arguments,
+        options.destination.as_ref(),
+        Some((ticket, &oid)),
+    );
+    let collected = async {
+        link.publish(&[amqp_request(&body, options.timeout)])
+            .await?;
         let deadline = tokio::time::Instant::now() + options.timeout;
         let mut replies = Replies::new();
         while options.limit.is_none_or(|l| replies.len() < l) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            let Ok(next) = tokio::time::timeout_at(deadline, consumer.next()).await else {
                 break;
+            };
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(BrokerError::Amqp(e)),
+                None => break,
+            };
+            let theirs = crate::broker::amqp::node_link::header(&d, "ticket");
+            if theirs.as_str() != Some(ticket) {
+                tracing::debug!("control: dropped a reply of another request");
+                continue;
             }
-            // At most a second per BRPOP (as kombu polls), well inside the
-            // link's command timeout; never 0, which would block for ever.
-            let secs = left.as_secs_f64().clamp(0.001, 1.0);
-            let popped: Option<(String, String)> = self
-                .run(|| {
-                    let mut c = redis::cmd("BRPOP");
-                    c.arg(queue).arg(secs);
-                    c
-                })
-                .await?;
-            let Some((_, raw)) = popped else { continue };
-            match decode_reply(&raw, ticket) {
-                Some(answers) => replies.extend(answers),
-                None => tracing::debug!("control: dropped a reply of another request"),
+            match serde_json::from_slice::<Value>(&d.data) {
+                Ok(Value::Object(m)) => replies.extend(m),
+                _ => tracing::debug!("control: dropped a reply that is not an object"),
             }
         }
         Ok(replies)
     }
+    .await;
+    let _ = channel.close(200, "replies collected".into()).await;
+    collected
 }
 
 /// The answers in a reply envelope carrying `ticket`; `None` for replies

@@ -46,35 +46,8 @@ pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 
 /// kombu's `Connection.info()` for the broker URL (password left out).
 fn broker_info(node: &Node) -> Value {
-    let Some(link) = &node.link else {
-        return json!({"transport": "amqp"});
-    };
-    let info = link.client().get_connection_info();
-    let (host, port, ssl) = match info.addr() {
-        redis::ConnectionAddr::Tcp(h, p) => (json!(h), json!(p), false),
-        redis::ConnectionAddr::TcpTls { host, port, .. } => (json!(host), json!(port), true),
-        redis::ConnectionAddr::Unix(path) => {
-            (json!(path.display().to_string()), Value::Null, false)
-        }
-        _ => (Value::Null, Value::Null, false),
-    };
-    let settings = info.redis_settings();
-    json!({
-        "hostname": host,
-        "userid": settings.username(),
-        "virtual_host": settings.db().to_string(),
-        "port": port,
-        "insist": false,
-        "ssl": ssl,
-        "transport": "redis",
-        "connect_timeout": node.config.broker_connection_timeout.as_secs_f64(),
-        "transport_options": {},
-        "login_method": null,
-        "uri_prefix": null,
-        "heartbeat": null,
-        "failover_strategy": "round-robin",
-        "alternates": [],
-    })
+    node.wire
+        .info(node.config.broker_connection_timeout.as_secs_f64())
 }
 
 /// `active`: requests running now.

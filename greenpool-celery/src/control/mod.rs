@@ -3,10 +3,12 @@
 //!
 //! # Path of a command
 //!
-//! 1. The caller PUBLISHes a kombu envelope on `/{db}.celery.pidbox`; the
-//!    mailbox ([`mailbox`]) is PSUBSCRIBEd there through the connection
-//!    layer's reconnecting subscriber, and replies and events go through
-//!    its reconnecting link.
+//! 1. The caller publishes on the fanout exchange `celery.pidbox`. On
+//!    Redis that is a kombu envelope PUBLISHed on `/{db}.celery.pidbox`,
+//!    where the mailbox ([`mailbox`]) is PSUBSCRIBEd through the
+//!    connection layer's reconnecting subscriber; on AMQP the node's queue
+//!    `<hostname>.celery.pidbox` receives it. [`NodeWire`] holds the
+//!    node's connection of either kind, for requests, replies and events.
 //! 2. The body ([`message`]) names the `method`, its `arguments`, and
 //!    who it is for (`destination`, or `pattern` + `matcher`); requests
 //!    for other nodes are ignored.
@@ -14,9 +16,9 @@
 //!    concern has its file: [`inspect`] (read-only), [`revoke`],
 //!    [`pool`] (grow, shrink, autoscale), [`limits`] (rate and time
 //!    limits), [`events_cmd`], [`consumer`], [`shutdown`].
-//! 4. With `reply_to`, the answer `{node: value}` is LPUSHed on the lists
-//!    bound to `reply.celery.pidbox` under the caller's key, with the
-//!    request's `ticket` ([`reply`]). Handler errors answer
+//! 4. With `reply_to`, the answer `{node: value}` goes to the exchange
+//!    `reply.celery.pidbox` under the caller's key, with the request's
+//!    `ticket` (on Redis: LPUSHed on the lists bound there, [`reply`]). Handler errors answer
 //!    `{"error": "<repr>"}`; an unknown command `KeyError('<name>')`.
 //!
 //! The state the commands read and steer lives in [`Node`]: held
@@ -48,8 +50,10 @@ mod rusage;
 mod service;
 mod shutdown;
 mod table;
+mod wire;
 
 pub use client::{Control, ControlOptions, Replies};
 pub(crate) use inspect::processed;
 pub(crate) use node::Node;
 pub(crate) use service::Service;
+pub(crate) use wire::NodeWire;

@@ -13,6 +13,7 @@ use super::prefetch::Prefetch;
 use super::rate_limit::{parse_rate, RateLimits};
 use super::requests::Requests;
 use super::revoked::RevokedSet;
+use super::wire::NodeWire;
 use crate::backend::RedisBackend;
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
@@ -47,12 +48,9 @@ pub(crate) struct Node {
     pub(crate) autoscaler: Option<Autoscaler>,
     /// Warm shutdown of the worker.
     pub(crate) shutdown: CancellationToken,
-    /// The node's reconnecting link to the broker (replies, events, and
-    /// the mailbox's subscriber), and the broker's database number. `None`
-    /// on a broker without remote control and events yet (AMQP): the node
-    /// then only holds the worker's local state.
-    pub(crate) link: Option<Arc<Link>>,
-    pub(crate) db: i64,
+    /// The node's own reconnecting connection to the broker: the
+    /// mailbox, replies and events.
+    pub(crate) wire: NodeWire,
     pub(crate) started: Instant,
     /// Tasks that ended, and tasks accepted by name (`stats.total`).
     pub(crate) processed: AtomicU64,
@@ -60,7 +58,8 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Connects the node's Redis connections (events and replies).
+    /// Connects the node's own connection to the worker's broker (Redis
+    /// or AMQP, by the URL): the mailbox, replies and events.
     pub(crate) async fn connect(
         config: &WorkerConfig,
         registry: Arc<TaskRegistry>,
@@ -68,66 +67,28 @@ impl Node {
         backend: Option<RedisBackend>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Node>, BrokerError> {
-        let link = Arc::new(
-            Link::open(
-                "remote control",
-                &config.broker_url,
-                LinkSettings::from_config(config),
-                None,
-            )
-            .await?,
-        );
-        let db = link.client().get_connection_info().redis_settings().db();
+        let settings = LinkSettings::from_config(config);
+        let wire = match crate::broker::Transport::of(&config.broker_url)? {
+            crate::broker::Transport::Redis => {
+                let link = Arc::new(
+                    Link::open("remote control", &config.broker_url, settings, None).await?,
+                );
+                let db = link.client().get_connection_info().redis_settings().db();
+                NodeWire::Redis { link, db }
+            }
+            #[cfg(feature = "amqp")]
+            crate::broker::Transport::Amqp => NodeWire::Amqp(
+                crate::broker::amqp::node_link::AmqpNodeLink::open(&config.broker_url, settings)
+                    .await?,
+            ),
+        };
         let clock = Arc::new(LamportClock::default());
         let events = EventDispatcher::spawn(
-            Arc::clone(&link),
-            db,
+            wire.clone(),
             config.hostname.clone(),
             Arc::clone(&clock),
             config.send_task_events,
         );
-        Ok(Self::build(
-            config,
-            registry,
-            pool,
-            backend,
-            shutdown,
-            Some(link),
-            db,
-            clock,
-            events,
-        ))
-    }
-
-    /// A node without a connection of its own, for a broker that has no
-    /// remote control and events yet (AMQP): revoked ids, rate and time
-    /// limits and the held requests work as on Redis, events are dropped,
-    /// and no mailbox may be started on it.
-    pub(crate) fn local(
-        config: &WorkerConfig,
-        registry: Arc<TaskRegistry>,
-        pool: TaskPool,
-        shutdown: CancellationToken,
-    ) -> Arc<Node> {
-        let clock = Arc::new(LamportClock::default());
-        let events = EventDispatcher::disabled(config.hostname.clone(), Arc::clone(&clock));
-        Self::build(
-            config, registry, pool, None, shutdown, None, 0, clock, events,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        config: &WorkerConfig,
-        registry: Arc<TaskRegistry>,
-        pool: TaskPool,
-        backend: Option<RedisBackend>,
-        shutdown: CancellationToken,
-        link: Option<Arc<Link>>,
-        db: i64,
-        clock: Arc<LamportClock>,
-        events: EventDispatcher,
-    ) -> Arc<Node> {
         let rate_limits = RateLimits::default();
         for name in registry.names() {
             let limit = registry
@@ -143,7 +104,7 @@ impl Node {
         let autoscaler = config
             .autoscale
             .map(|(max, min)| Autoscaler::new(max, min, super::autoscale::KEEPALIVE));
-        Arc::new(Node {
+        Ok(Arc::new(Node {
             hostname: config.hostname.clone(),
             config: config.clone(),
             registry,
@@ -159,12 +120,11 @@ impl Node {
             terminating: Mutex::new(HashMap::new()),
             autoscaler,
             shutdown,
-            link,
-            db,
+            wire,
             started: Instant::now(),
             processed: AtomicU64::new(0),
             totals: Mutex::new(BTreeMap::new()),
-        })
+        }))
     }
 
     /// Counts a task that started (`stats.total`).

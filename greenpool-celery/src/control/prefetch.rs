@@ -5,14 +5,16 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// The window: a semaphore the consumer takes one permit from per
-/// message, and the current size for `stats`.
+/// message (Redis), the current size for `stats`, and a watch of the size
+/// for a broker that enforces the window itself (AMQP's `basic.qos`).
 #[derive(Debug)]
 pub(crate) struct Prefetch {
     permits: Arc<Semaphore>,
     size: AtomicUsize,
+    changes: watch::Sender<usize>,
 }
 
 impl Prefetch {
@@ -21,7 +23,14 @@ impl Prefetch {
         Prefetch {
             permits: Arc::new(Semaphore::new(size.min(Semaphore::MAX_PERMITS))),
             size: AtomicUsize::new(size),
+            changes: watch::channel(size).0,
         }
+    }
+
+    /// A receiver that sees every new size.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    pub(crate) fn watch(&self) -> watch::Receiver<usize> {
+        self.changes.subscribe()
     }
 
     /// The semaphore the consumer takes permits from.
@@ -38,7 +47,8 @@ impl Prefetch {
     pub(crate) fn grow(&self, n: usize) {
         let n = n.min(Semaphore::MAX_PERMITS - self.permits.available_permits());
         self.permits.add_permits(n);
-        self.size.fetch_add(n, Ordering::Relaxed);
+        let size = self.size.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        self.changes.send_replace(size);
     }
 
     /// Narrows the window by `n`, never below one: free permits are taken
@@ -49,7 +59,8 @@ impl Prefetch {
         if n == 0 {
             return;
         }
-        self.size.fetch_sub(n, Ordering::Relaxed);
+        let size = self.size.fetch_sub(n, Ordering::Relaxed).saturating_sub(n);
+        self.changes.send_replace(size);
         let taken = self.permits.forget_permits(n);
         let rest = n - taken;
         if rest > 0 {
@@ -71,11 +82,15 @@ mod tests {
     #[tokio::test]
     async fn follows_grow_and_shrink() {
         let p = Prefetch::new(40);
+        let mut seen = p.watch();
         p.grow(8);
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(*seen.borrow_and_update(), 48);
         assert_eq!(p.size(), 48);
         assert_eq!(p.semaphore().available_permits(), 48);
         p.shrink(4);
         assert_eq!(p.size(), 44);
+        assert_eq!(*seen.borrow_and_update(), 44);
         assert_eq!(p.semaphore().available_permits(), 44);
         p.shrink(100);
         assert_eq!(p.size(), 1);

@@ -46,5 +46,6 @@ impl Service {
             let _ = t.await;
         }
         crate::events::heartbeat::offline(&self.node).await;
+        self.node.wire.close().await;
     }
 }

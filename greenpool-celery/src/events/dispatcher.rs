@@ -1,4 +1,5 @@
-//! Sending events: PUBLISH on `/{db}.celeryev/<type with - as .>`, in
+//! Sending events on the `celeryev` exchange with the routing key
+//! `<type with - as .>` (on Redis: PUBLISH on `/{db}.celeryev/<key>`), in
 //! the background, many per round trip under load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +9,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::LamportClock;
-use crate::conn::Link;
-use crate::control::envelope;
+use crate::control::{envelope, NodeWire};
 use crate::protocol::Timestamp;
 
 /// The exchange events go out on.
@@ -19,7 +19,11 @@ const EXCHANGE: &str = "celeryev";
 const MAX_BATCH: usize = 512;
 
 enum Op {
-    Publish { topic: String, payload: String },
+    Publish {
+        routing_key: String,
+        body: Value,
+        headers: Map<String, Value>,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -33,46 +37,27 @@ enum Op {
 pub(crate) struct EventDispatcher {
     hostname: String,
     pid: u32,
-    db: i64,
     clock: Arc<LamportClock>,
     task_events: AtomicBool,
     tx: mpsc::UnboundedSender<Op>,
 }
 
 impl EventDispatcher {
-    /// A dispatcher publishing through `link` (database `db`); the sender
-    /// task runs until the dispatcher is dropped.
+    /// A dispatcher publishing through `wire`; the sender task runs until
+    /// the dispatcher is dropped.
     pub(crate) fn spawn(
-        link: Arc<Link>,
-        db: i64,
+        wire: NodeWire,
         hostname: String,
         clock: Arc<LamportClock>,
         task_events: bool,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, link));
+        tokio::spawn(run(rx, wire));
         EventDispatcher {
             hostname,
             pid: std::process::id(),
-            db,
             clock,
             task_events: AtomicBool::new(task_events),
-            tx,
-        }
-    }
-
-    /// A dispatcher that sends nothing, for a worker whose broker has no
-    /// event transport yet (AMQP): every event is dropped and
-    /// [`flush`](Self::flush) returns at once.
-    pub(crate) fn disabled(hostname: String, clock: Arc<LamportClock>) -> Self {
-        // The receiver is dropped here, so every send fails and is ignored.
-        let (tx, _) = mpsc::unbounded_channel();
-        EventDispatcher {
-            hostname,
-            pid: std::process::id(),
-            db: 0,
-            clock,
-            task_events: AtomicBool::new(false),
             tx,
         }
     }
@@ -112,9 +97,11 @@ impl EventDispatcher {
         let routing_key = kind.replace('-', ".");
         let mut headers = Map::new();
         headers.insert("hostname".into(), json!(self.hostname));
-        let payload = envelope::encode(&Value::Object(body), headers, EXCHANGE, &routing_key, 1);
-        let topic = envelope::fanout_topic(self.db, EXCHANGE, &routing_key);
-        let _ = self.tx.send(Op::Publish { topic, payload });
+        let _ = self.tx.send(Op::Publish {
+            routing_key,
+            body: Value::Object(body),
+            headers,
+        });
     }
 
     /// Waits until every event sent before this call has been published.
@@ -126,37 +113,70 @@ impl EventDispatcher {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Op>, link: Arc<Link>) {
+async fn run(mut rx: mpsc::UnboundedReceiver<Op>, wire: NodeWire) {
     let mut ops = Vec::with_capacity(64);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
+        let mut events = Vec::with_capacity(ops.len());
         let mut flushes = Vec::new();
         for op in ops.drain(..) {
             match op {
-                Op::Publish { topic, payload } => {
-                    pipe.cmd("PUBLISH").arg(topic).arg(payload).ignore();
-                }
+                Op::Publish {
+                    routing_key,
+                    body,
+                    headers,
+                } => events.push((routing_key, body, headers)),
                 Op::Flush(done) => flushes.push(done),
             }
         }
-        if !pipe.is_empty() {
-            // Held through a reconnection (the link's policy); events are
-            // otherwise best effort, as in Celery: a monitor that misses
+        if !events.is_empty() {
+            // Held through a reconnection (the connection's policy); events
+            // are otherwise best effort, as in Celery: a monitor that misses
             // one catches up with the next heartbeat.
-            let sent = link
-                .call_until_done("publish events", |mut conn| {
-                    let pipe = pipe.clone();
-                    async move { pipe.query_async::<()>(&mut conn).await }
-                })
-                .await;
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("cannot publish events: {e}"),
-                Err(e) => tracing::warn!("events dropped: {e}"),
+            if let Err(e) = publish(&wire, events).await {
+                tracing::warn!("events dropped: {e}");
             }
         }
         for done in flushes {
             let _ = done.send(());
+        }
+    }
+}
+
+/// Publishes a batch of events `(routing key, body, headers)`.
+async fn publish(
+    wire: &NodeWire,
+    events: Vec<(String, Value, Map<String, Value>)>,
+) -> Result<(), crate::error::BrokerError> {
+    match wire {
+        NodeWire::Redis { link, db } => {
+            let mut pipe = redis::pipe();
+            for (routing_key, body, headers) in events {
+                let payload = envelope::encode(&body, headers, EXCHANGE, &routing_key, 1);
+                let topic = envelope::fanout_topic(*db, EXCHANGE, &routing_key);
+                pipe.cmd("PUBLISH").arg(topic).arg(payload).ignore();
+            }
+            link.call_until_done("publish events", |mut conn| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async::<()>(&mut conn).await }
+            })
+            .await?
+            .map_err(crate::error::BrokerError::Redis)
+        }
+        #[cfg(feature = "amqp")]
+        NodeWire::Amqp(link) => {
+            use crate::broker::amqp::node_link::{Outgoing, EVENTS};
+            debug_assert_eq!(EVENTS, EXCHANGE);
+            let messages: Vec<Outgoing> = events
+                .into_iter()
+                .map(|(routing_key, body, headers)| Outgoing {
+                    exchange: EVENTS,
+                    routing_key,
+                    body: body.to_string().into_bytes(),
+                    headers,
+                    delivery_mode: 1,
+                })
+                .collect();
+            link.publish(&messages).await
         }
     }
 }

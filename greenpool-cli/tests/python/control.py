@@ -2,11 +2,13 @@
 Celery tools (CLI, app.control, EventReceiver) and Flower's API against a
 greenpool worker (and a Python worker beside it).
 
-Usage: control.py <scenario> <broker url> <args...>. Prints OK and exits 0
+Usage: control.py <scenario> <broker url> <args...>; results are read from
+the broker URL, or from CONTROL_BACKEND when set. Prints OK and exits 0
 when every check holds; an AssertionError (with the observed values)
 otherwise. Waits are handshakes on replies or events, with deadlines.
 """
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 URL = sys.argv[2]
-app = Celery(broker=URL, backend=URL)
+app = Celery(broker=URL, backend=os.environ.get("CONTROL_BACKEND", URL))
 app.conf.result_expires = 3600
 
 

@@ -96,28 +96,18 @@ pub(crate) async fn run(
             .map(|b| ResultStore::Redis(RedisBackend::with_batcher(Arc::clone(b))))
     };
     let pool = TaskPool::builder()
-        .limit(i64::try_from(config.concurrency).unwrap_or(i64::MAX))
+        .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
         .build()
         .map_err(|e| WorkerError::Pool(e.to_string()))?;
     pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
-    if config.send_task_events {
-        tracing::warn!(
-            "worker: remote control and events are not yet available on AMQP; \
-             -E (task events) has no effect, and celery inspect/control, \
-             celery events and Flower do not see this worker"
-        );
-    } else {
-        tracing::warn!(
-            "worker: remote control and events are not yet available on AMQP; \
-             celery inspect/control, celery events and Flower do not see this worker"
-        );
-    }
-    let control = crate::control::Node::local(
+    let control = crate::control::Node::connect(
         &config,
         Arc::clone(&registry),
         pool.clone(),
+        backend.as_ref().and_then(ResultStore::redis).cloned(),
         shutdown.warm.clone(),
-    );
+    )
+    .await?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         registry,
@@ -128,7 +118,7 @@ pub(crate) async fn run(
         warm: shutdown.warm.clone(),
         counters: Counters::default(),
         timer: TaskPool::new_timer(),
-        control,
+        control: Arc::clone(&control),
     });
     tracing::info!(
         "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
@@ -147,6 +137,7 @@ pub(crate) async fn run(
             pool.close();
         })
     };
+    let service = crate::control::Service::start(&control).await;
     ready.notify_waiters();
     let handlers = TaskTracker::new();
     let consumed = loop {
@@ -183,6 +174,7 @@ pub(crate) async fn run(
     }
     handlers.wait().await;
     shared.timer.stop();
+    service.stop().await;
     outbox.flush().await;
     // Give back whatever is still unacked: prefetched, ETA, or killed
     // late-ack requests.
@@ -226,6 +218,18 @@ async fn consume(
     shutdown: &ShutdownHandle,
     stats: &RedisStats,
 ) -> Result<(), BrokerError> {
+    // The window follows pool_grow / pool_shrink / autoscale; set it again
+    // when it moved while the connection was down.
+    let mut window = shared.control.prefetch.watch();
+    let qos = Topology {
+        quorum: shared.config.quorum_queues,
+        ..Topology::default()
+    }
+    .qos_options();
+    let wanted = *window.borrow_and_update();
+    if wanted != shared.config.prefetch_count() {
+        set_window(live, wanted, qos).await?;
+    }
     let mut streams = Vec::new();
     for q in &shared.config.queues {
         let consumer = live
@@ -244,6 +248,11 @@ async fn consume(
     loop {
         let next = tokio::select! {
             n = all.next() => n,
+            Ok(()) = window.changed() => {
+                let size = *window.borrow_and_update();
+                set_window(live, size, qos).await?;
+                continue;
+            }
             _ = shutdown.warm.cancelled() => return Ok(()),
         };
         let d = match next {
@@ -269,4 +278,18 @@ async fn consume(
         let delivery = Delivery::read(queue, raw.into_bytes(), name);
         handlers.spawn(crate::request::handle(Arc::clone(shared), delivery, None));
     }
+}
+
+/// Sets the prefetch window (`basic.qos`) to `size` messages.
+async fn set_window(
+    live: &Live,
+    size: usize,
+    qos: lapin::options::BasicQosOptions,
+) -> Result<(), BrokerError> {
+    let count = u16::try_from(size).unwrap_or(u16::MAX);
+    tracing::debug!("consumer: prefetch count now {count}");
+    live.consume
+        .basic_qos(count, qos)
+        .await
+        .map_err(BrokerError::Amqp)
 }

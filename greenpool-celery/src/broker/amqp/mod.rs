@@ -9,35 +9,40 @@
 //! * Task headers travel as AMQP application headers; `correlation_id`,
 //!   `reply_to`, `priority`, `content_type` and `content_encoding` as
 //!   properties ([`wire`]).
-//! * The worker consumes with `basic.consume` under a per-consumer
-//!   `basic.qos` of concurrency × prefetch multiplier (never global QoS,
-//!   which quorum queues refuse); it acks when a task starts, or when it
-//!   ends with acks_late; on warm shutdown it rejects with requeue what it
-//!   prefetched but did not start ([`consumer`]).
+//! * The worker consumes with `basic.consume` under a `basic.qos` of
+//!   concurrency × prefetch multiplier: global (the whole consumer
+//!   channel) on classic queues, as Celery sets it on RabbitMQ 3.3 to 3.x,
+//!   so that `pool_grow`/`pool_shrink`/autoscale move the broker's window
+//!   at once; per consumer with quorum queues, which refuse global QoS. It
+//!   acks when a task starts, or when it ends with acks_late; on warm
+//!   shutdown it rejects with requeue what it prefetched but did not start
+//!   ([`consumer`]).
 //! * What the worker publishes (follow-ups, rpc:// results) is confirmed by
 //!   the broker before the acks queued after it ([`outbox`]).
 //! * The connection asks for heartbeats and reconnects with the same
 //!   backoff and retry settings as the Redis connection layer,
 //!   re-declaring the topology and consumers ([`session`]).
+//! * Remote control and events have a connection of their own
+//!   ([`node_link`]): the node's queue `<hostname>.celery.pidbox` on the
+//!   `celery.pidbox` fanout, replies through `reply.celery.pidbox`, events
+//!   on the `celeryev` topic exchange; `greenpool inspect`/`control` speak
+//!   the caller's side with a reply queue per call.
 //!
 //! # Left out, compared with Celery on AMQP
 //!
-//! * The prefetch count is set once from concurrency × multiplier; it does
-//!   not follow `pool_grow`/`pool_shrink`/autoscale (the worker exposes
-//!   none of them yet), and it is not raised while an ETA request waits
+//! * The prefetch count is not raised while an ETA request waits
 //!   (Celery's `QoS.increment_eventually`): many waiting ETA requests can
-//!   fill the window.
+//!   fill the window. With quorum queues a new count applies to the
+//!   consumers made after it (the next reconnection), as per-consumer QoS
+//!   does for Celery too.
 //! * ETA on quorum queues is held unacked (as on classic queues); Celery
 //!   5.5's native delayed delivery (its `celery_delayed_*` exchanges) is not
 //!   declared or used.
 //! * A task cannot ask for `basic.reject` with requeue (Celery's `Reject`
 //!   exception); only warm shutdown rejects (what was not started).
-//! * Remote control (`celery.pidbox`) and events (`celeryev`) are not yet
-//!   available on AMQP: the worker says so once at start (also when `-E`
-//!   asks for task events), `celery inspect`/`celery control`, `celery
-//!   events` and Flower do not see it, and it sends no worker or task
-//!   events. Revoked ids, rate limits and time limits still apply to the
-//!   worker's own requests (its node is local, without a connection).
+//! * RabbitMQ 4's choice of per-consumer QoS on classic queues (kombu
+//!   reads the server's version) is not made: the server's properties are
+//!   not exposed by lapin, and global QoS is still accepted there.
 //! * `max_message_size` is not checked on AMQP (the broker's own
 //!   `max_message_size`, 128 MiB by default, applies).
 //! * The Rust client declares the queues it sends to without arguments, so
@@ -50,6 +55,7 @@
 
 pub(crate) mod client;
 pub(crate) mod consumer;
+pub(crate) mod node_link;
 pub(crate) mod outbox;
 pub(crate) mod session;
 pub(crate) mod wire;

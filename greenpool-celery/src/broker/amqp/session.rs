@@ -38,6 +38,17 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
+    /// How `basic.qos` applies, as Celery chooses on RabbitMQ 3.3 to 3.x:
+    /// to the whole channel (global), so that a new prefetch count takes
+    /// effect on the running consumers at once; per consumer with quorum
+    /// queues, which refuse global QoS (a new count then applies to the
+    /// consumers made after it, as with Celery).
+    pub(crate) fn qos_options(&self) -> BasicQosOptions {
+        BasicQosOptions {
+            global: !self.quorum,
+        }
+    }
+
     /// A queue's declare arguments, as kombu's `Queue` sends them.
     pub(crate) fn queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
@@ -136,6 +147,11 @@ impl Session {
             live: watch::channel(None).0,
             dead: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// The parsed URL (for the broker's description in `stats`).
+    pub(crate) fn uri(&self) -> &AMQPUri {
+        &self.uri
     }
 
     /// Where it connects (no credentials).
@@ -257,10 +273,8 @@ impl Session {
             .map_err(BrokerError::Amqp)?;
         self.declare(&consume).await?;
         if self.topology.prefetch > 0 {
-            // Per-consumer (not global) QoS: kombu's choice for quorum
-            // queues, and what a single-consumer channel means anyway.
             consume
-                .basic_qos(self.topology.prefetch, BasicQosOptions { global: false })
+                .basic_qos(self.topology.prefetch, self.topology.qos_options())
                 .await
                 .map_err(BrokerError::Amqp)?;
         }
@@ -333,7 +347,9 @@ impl Session {
     }
 }
 
-fn declare_error(what: String, e: lapin::Error) -> BrokerError {
+/// A failed declaration as the worker reports it: the broker's 406 as
+/// [`BrokerError::Precondition`] (never retried), anything else as is.
+pub(crate) fn declare_error(what: String, e: lapin::Error) -> BrokerError {
     match precondition(&e) {
         Some(reason) => BrokerError::Precondition { what, reason },
         None => BrokerError::Amqp(e),
