@@ -571,7 +571,7 @@ async fn consume(
         }
         idle = Duration::ZERO;
         for big in fetched.oversized {
-            refuse_oversized(shared, big);
+            refuse_oversized(shared, big, None);
         }
         dispatch(shared, handlers, &prefetch, Some(first), fetched.deliveries);
     }
@@ -596,9 +596,10 @@ fn dispatch(
     }
 }
 
-/// Logs a message over the size limit (already removed inside Redis) and
-/// stores FAILURE for it when its task id was found.
-fn refuse_oversized(shared: &Shared, big: Oversized) {
+/// Logs a message over the size limit (already removed inside Redis, or
+/// acked after this on AMQP) and stores FAILURE for it when its task id
+/// was found; `reply_to` is where an rpc:// result goes.
+pub(crate) fn refuse_oversized(shared: &Shared, big: Oversized, reply_to: Option<&str>) {
     bump(&shared.counters.received);
     bump(&shared.counters.failed);
     let limit = shared.config.max_message_size;
@@ -620,7 +621,7 @@ fn refuse_oversized(shared: &Shared, big: Oversized) {
         .with_module("greenpool");
         backend.store(
             &ResultMeta::new(id, TaskState::Failure, err.to_json()),
-            None,
+            reply_to,
         );
     }
 }

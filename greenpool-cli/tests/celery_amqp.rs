@@ -558,3 +558,50 @@ fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
         "all three workers took part: {per_worker:?}"
     );
 }
+
+/// A message over `--max-message-size` on AMQP: FAILURE stored under its
+/// id with the reason, the message acked (the queue is left empty), and
+/// the worker goes on with the next one.
+#[test]
+fn an_oversized_message_fails_visibly_and_is_acked() {
+    let Some(node) = RabbitNode::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let w = worker(&node, &backend, &["-c", "2", "--max-message-size", "2000"]);
+    let big = format!("[\"{}\"]", "x".repeat(5000));
+    let call = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+            .arg("call")
+            .args(args)
+            .args(["--broker", &node.url(), "--result-backend", &backend])
+            .args(["--wait", "--timeout", "60"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = call(&["greenpool.echo", &big]);
+    assert!(!ok && out.contains("MessageTooLarge"), "{out}");
+    let (ok, out) = call(&["greenpool.add", "[2, 3]"]);
+    assert!(ok && out.contains('5'), "{out}");
+    assert_eq!(node.queue_counts("celery"), Some((0, 0)));
+    let log = w.stop_and_log();
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("over the limit of 2000 bytes"))
+            .count(),
+        1,
+        "{log:#?}"
+    );
+}

@@ -23,7 +23,7 @@ use super::session::{Live, Session, Topology};
 use super::wire::{envelope_from_amqp, Incoming};
 use crate::backend::RedisBackend;
 use crate::batch::{Batcher, Targets};
-use crate::broker::{Delivery, Transport};
+use crate::broker::{Delivery, Oversized, Transport};
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
 use crate::error::{BrokerError, WorkerError};
@@ -31,7 +31,7 @@ use crate::outbox::{Outbox, ResultStore};
 use crate::registry::TaskRegistry;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
-use crate::worker::{Counters, Shared, ShutdownHandle, WorkerReport};
+use crate::worker::{refuse_oversized, Counters, Shared, ShutdownHandle, WorkerReport};
 
 /// Whether `url` names the rpc:// backend (or the AMQP broker itself,
 /// which Celery reads the same way).
@@ -266,6 +266,25 @@ async fn consume(
         };
         let name = format!("{}:{}", live.generation, d.delivery_tag);
         let queue = d.routing_key.as_str().to_owned();
+        let limit = shared.config.max_message_size;
+        if limit > 0 && d.data.len() > limit {
+            stats.add_fetched(1);
+            // FAILURE first, then the ack: the outbox sends acks only after
+            // what was queued before them is written.
+            let big = Oversized {
+                queue,
+                size: u64::try_from(d.data.len()).unwrap_or(u64::MAX),
+                id: d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned()),
+            };
+            let reply_to = d.properties.reply_to().as_ref().map(|r| r.as_str());
+            refuse_oversized(shared, big, reply_to);
+            shared.acks.ack(name);
+            continue;
+        }
         let raw = envelope_from_amqp(&Incoming {
             body: &d.data,
             properties: &d.properties,

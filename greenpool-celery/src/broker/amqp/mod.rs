@@ -43,8 +43,10 @@
 //! * RabbitMQ 4's choice of per-consumer QoS on classic queues (kombu
 //!   reads the server's version) is not made: the server's properties are
 //!   not exposed by lapin, and global QoS is still accepted there.
-//! * `max_message_size` is not checked on AMQP (the broker's own
-//!   `max_message_size`, 128 MiB by default, applies).
+//! * A message over `max_message_size` is failed (FAILURE stored under its
+//!   correlation id, then acked) as on Redis, but only after the broker
+//!   delivered it whole (the broker's own `max_message_size`, 128 MiB by
+//!   default, bounds that).
 //! * The Rust client declares the queues it sends to without arguments, so
 //!   it cannot send to a queue declared with `x-max-priority` or as a quorum
 //!   queue; its rpc:// reply queue is not declared again after a
