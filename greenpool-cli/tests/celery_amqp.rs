@@ -346,6 +346,9 @@ fn higher_priority_runs_first_with_x_max_priority() {
         ],
     );
     assert!(py(&python, &node, &env, &["check_priorities", ids.trim()]).contains("OK"));
+    // The Rust client sends to the queue as it was declared (with
+    // x-max-priority) instead of declaring it again without.
+    rust_client_adds(&node, &backend);
     w.stop();
 }
 
@@ -397,7 +400,27 @@ fn quorum_queues_serve_python_clients() {
             .any(|l| l.starts_with("celery") && l.contains("quorum")),
         "{types}"
     );
+    // The Rust client uses the quorum queue as it is (declaring it again
+    // as a classic queue would be the broker's 406).
+    rust_client_adds(&node, &backend);
     w.stop();
+}
+
+/// `greenpool call greenpool.add [2, 3] --wait` to the `celery` queue.
+fn rust_client_adds(node: &RabbitNode, backend: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .args(["call", "greenpool.add", "[2, 3]", "--priority", "7"])
+        .args(["--broker", &node.url(), "--result-backend", backend])
+        .args(["--wait", "--timeout", "60"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains('5'),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -47,10 +47,10 @@
 //!   correlation id, then acked) as on Redis, but only after the broker
 //!   delivered it whole (the broker's own `max_message_size`, 128 MiB by
 //!   default, bounds that).
-//! * The Rust client declares the queues it sends to without arguments, so
-//!   it cannot send to a queue declared with `x-max-priority` or as a quorum
-//!   queue; its rpc:// reply queue is not declared again after a
-//!   reconnection.
+//! * The Rust client declares the queues it sends to without arguments
+//!   (RabbitMQ accepts that for a queue declared with `x-max-priority` or
+//!   as a quorum queue: the tests send to both); its rpc:// reply queue is
+//!   not declared again after a reconnection.
 //! * TLS takes the system's root certificates; client certificates
 //!   (`broker_use_ssl` with `certfile`/`keyfile`) are not supported.
 //! * The heartbeat is 60 s unless the URL names one (`?heartbeat=N`).
