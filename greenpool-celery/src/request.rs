@@ -105,12 +105,12 @@ pub(crate) async fn handle(
     if let Some(eta) = msg.headers.eta.filter(|e| !e.is_past()) {
         // Celery raises the prefetch budget while an ETA request waits.
         drop(permit.take());
-        crate::control::hooks::scheduled(&listed, true);
+        crate::control::hooks::scheduled(&shared, &listed, true);
         if !wait_for_eta(&shared, eta).await {
             // Warm shutdown: left unacked, given back at the end.
             return;
         }
-        crate::control::hooks::scheduled(&listed, false);
+        crate::control::hooks::scheduled(&shared, &listed, false);
         if revoke_if_expired(&shared, &msg, &tag)
             || !crate::control::hooks::still_wanted(&shared, &msg, &tag)
         {

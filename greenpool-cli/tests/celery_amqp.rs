@@ -628,3 +628,50 @@ fn an_oversized_message_fails_visibly_and_is_acked() {
         "{log:#?}"
     );
 }
+
+/// A request waiting for its ETA raises the broker's prefetch window by
+/// one while it waits (Celery's QoS increment): with a window of one, a
+/// task sent after a far ETA still runs at once, and the consumer
+/// channel's `basic.qos` reads 2 meanwhile.
+#[test]
+fn an_eta_request_widens_the_window_while_it_waits() {
+    let Some(node) = RabbitNode::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let w = worker(
+        &node,
+        &backend,
+        &["-c", "1", "--prefetch-multiplier", "1", "-n", "eta@amqp"],
+    );
+    let call = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+            .arg("call")
+            .args(args)
+            .args(["--broker", &node.url(), "--result-backend", &backend])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    call(&["greenpool.add", "[1, 1]", "--countdown", "600"]);
+    w.wait_for("received");
+    let out = call(&["greenpool.add", "[2, 3]", "--wait", "--timeout", "120"]);
+    assert!(out.contains('5'), "{out}");
+    let qos = node
+        .ctl(&["list_channels", "global_prefetch_count"])
+        .unwrap_or_default();
+    assert!(qos.lines().any(|l| l.trim() == "2"), "{qos}");
+    w.stop();
+    // Warm shutdown gave the ETA request back.
+    assert_eq!(node.queue_counts("celery"), Some((1, 0)));
+}

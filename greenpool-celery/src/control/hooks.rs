@@ -76,13 +76,16 @@ pub(crate) fn expired(shared: &Shared, msg: &TaskMessage) {
 }
 
 /// Moves a listed request to the scheduled list (waiting for its ETA)
-/// or back.
-pub(crate) fn scheduled(listed: &Listed, waiting: bool) {
+/// or back; the broker's prefetch count follows (one more per waiting
+/// request).
+pub(crate) fn scheduled(shared: &Shared, listed: &Listed, waiting: bool) {
     listed.set_phase(if waiting {
         Phase::Scheduled
     } else {
         Phase::Reserved
     });
+    let node = &shared.control;
+    node.prefetch.set_eta_held(node.requests.scheduled_count());
 }
 
 /// Waits for a rate-limit token of task `name`.

@@ -8,12 +8,16 @@ use std::sync::Arc;
 use tokio::sync::{watch, Semaphore};
 
 /// The window: a semaphore the consumer takes one permit from per
-/// message (Redis), the current size for `stats`, and a watch of the size
-/// for a broker that enforces the window itself (AMQP's `basic.qos`).
+/// message (Redis), the current size for `stats`, and a watch of the
+/// count a broker that enforces the window itself should use (AMQP's
+/// `basic.qos`): the size plus one per request waiting for its ETA, as
+/// Celery raises its QoS while an ETA request waits (on Redis such a
+/// request gives its permit back instead).
 #[derive(Debug)]
 pub(crate) struct Prefetch {
     permits: Arc<Semaphore>,
     size: AtomicUsize,
+    eta_held: AtomicUsize,
     changes: watch::Sender<usize>,
 }
 
@@ -23,11 +27,31 @@ impl Prefetch {
         Prefetch {
             permits: Arc::new(Semaphore::new(size.min(Semaphore::MAX_PERMITS))),
             size: AtomicUsize::new(size),
+            eta_held: AtomicUsize::new(0),
             changes: watch::channel(size).0,
         }
     }
 
-    /// A receiver that sees every new size.
+    /// Sends the broker's count: the size plus the requests held for
+    /// their ETA.
+    fn announce(&self) {
+        let count = self
+            .size()
+            .saturating_add(self.eta_held.load(Ordering::Relaxed));
+        self.changes.send_if_modified(|c| {
+            let changed = *c != count;
+            *c = count;
+            changed
+        });
+    }
+
+    /// Sets how many requests wait for their ETA now.
+    pub(crate) fn set_eta_held(&self, n: usize) {
+        self.eta_held.store(n, Ordering::Relaxed);
+        self.announce();
+    }
+
+    /// A receiver that sees every new broker count (size plus ETA-held).
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub(crate) fn watch(&self) -> watch::Receiver<usize> {
         self.changes.subscribe()
@@ -47,8 +71,8 @@ impl Prefetch {
     pub(crate) fn grow(&self, n: usize) {
         let n = n.min(Semaphore::MAX_PERMITS - self.permits.available_permits());
         self.permits.add_permits(n);
-        let size = self.size.fetch_add(n, Ordering::Relaxed).saturating_add(n);
-        self.changes.send_replace(size);
+        self.size.fetch_add(n, Ordering::Relaxed);
+        self.announce();
     }
 
     /// Narrows the window by `n`, never below one: free permits are taken
@@ -59,8 +83,8 @@ impl Prefetch {
         if n == 0 {
             return;
         }
-        let size = self.size.fetch_sub(n, Ordering::Relaxed).saturating_sub(n);
-        self.changes.send_replace(size);
+        self.size.fetch_sub(n, Ordering::Relaxed);
+        self.announce();
         let taken = self.permits.forget_permits(n);
         let rest = n - taken;
         if rest > 0 {
@@ -90,6 +114,10 @@ mod tests {
         assert_eq!(p.semaphore().available_permits(), 48);
         p.shrink(4);
         assert_eq!(p.size(), 44);
+        assert_eq!(*seen.borrow_and_update(), 44);
+        p.set_eta_held(3);
+        assert_eq!((p.size(), *seen.borrow_and_update()), (44, 47));
+        p.set_eta_held(0);
         assert_eq!(*seen.borrow_and_update(), 44);
         assert_eq!(p.semaphore().available_permits(), 44);
         p.shrink(100);

@@ -30,11 +30,10 @@
 //!
 //! # Left out, compared with Celery on AMQP
 //!
-//! * The prefetch count is not raised while an ETA request waits
-//!   (Celery's `QoS.increment_eventually`): many waiting ETA requests can
-//!   fill the window. With quorum queues a new count applies to the
-//!   consumers made after it (the next reconnection), as per-consumer QoS
-//!   does for Celery too.
+//! * With quorum queues a new prefetch count (after `pool_grow`, or while
+//!   an ETA request waits, which raises it by one as Celery's
+//!   `QoS.increment_eventually` does) applies to the consumers made after
+//!   it (the next reconnection), as per-consumer QoS does for Celery too.
 //! * ETA on quorum queues is held unacked (as on classic queues); Celery
 //!   5.5's native delayed delivery (its `celery_delayed_*` exchanges) is not
 //!   declared or used.
