@@ -42,7 +42,9 @@ impl AmqpClient {
         let live = session.connect(true).await?;
         let inbox: Inbox = Arc::default();
         let reply_to = if rpc {
-            Some(consume_replies(&live, Arc::clone(&inbox)).await?)
+            let name = crate::uuid::uuid4();
+            consume_replies(&live, &name, Arc::clone(&inbox)).await?;
+            Some(name)
         } else {
             None
         };
@@ -67,7 +69,15 @@ impl AmqpClient {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clear();
-                self.session.connect(false).await
+                let live = self.session.connect(false).await?;
+                // The exclusive reply queue went with the old connection:
+                // declare it again under the same name, which the tasks
+                // sent before carry as their reply_to (replies published
+                // while it was gone are lost, as with Celery's rpc://).
+                if let Some(name) = &self.reply_to {
+                    consume_replies(&live, name, Arc::clone(&self.inbox)).await?;
+                }
+                Ok(live)
             }
         }
     }
@@ -119,13 +129,12 @@ impl AmqpClient {
     }
 }
 
-/// Declares an exclusive auto-delete reply queue (named as kombu names
-/// its oid queues, a UUID) and routes its messages into `inbox`.
-async fn consume_replies(live: &Live, inbox: Inbox) -> Result<String, BrokerError> {
-    let name = crate::uuid::uuid4();
+/// Declares the exclusive auto-delete reply queue `name` (a UUID, as
+/// kombu names its oid queues) and routes its messages into `inbox`.
+async fn consume_replies(live: &Live, name: &str, inbox: Inbox) -> Result<(), BrokerError> {
     live.consume
         .queue_declare(
-            name.as_str().into(),
+            name.into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -138,7 +147,7 @@ async fn consume_replies(live: &Live, inbox: Inbox) -> Result<String, BrokerErro
     let mut consumer = live
         .consume
         .basic_consume(
-            name.as_str().into(),
+            name.into(),
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -171,5 +180,5 @@ async fn consume_replies(live: &Live, inbox: Inbox) -> Result<String, BrokerErro
         }
         tracing::debug!("rpc reply consumer ended");
     });
-    Ok(name)
+    Ok(())
 }

@@ -48,8 +48,10 @@
 //!   default, bounds that).
 //! * The Rust client declares the queues it sends to without arguments
 //!   (RabbitMQ accepts that for a queue declared with `x-max-priority` or
-//!   as a quorum queue: the tests send to both); its rpc:// reply queue is
-//!   not declared again after a reconnection.
+//!   as a quorum queue: the tests send to both). Its rpc:// reply queue is
+//!   declared again, under the same name, when the client reconnects to
+//!   send; replies published while it was gone are lost, as with
+//!   Celery's rpc:// backend.
 //! * TLS takes the system's root certificates; client certificates
 //!   (`broker_use_ssl` with `certfile`/`keyfile`) are not supported.
 //! * The heartbeat is 60 s unless the URL names one (`?heartbeat=N`).
