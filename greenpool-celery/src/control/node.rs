@@ -14,10 +14,12 @@ use super::rate_limit::{parse_rate, RateLimits};
 use super::requests::Requests;
 use super::revoked::RevokedSet;
 use crate::backend::RedisBackend;
+use crate::broker::ActiveQueues;
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
 use crate::error::BrokerError;
 use crate::events::{EventDispatcher, LamportClock};
+use crate::metrics::{PoolSample, WorkerMetrics};
 use crate::protocol::TimeLimit;
 use crate::registry::TaskRegistry;
 
@@ -57,6 +59,11 @@ pub(crate) struct Node {
     /// Tasks that ended, and tasks accepted by name (`stats.total`).
     pub(crate) processed: AtomicU64,
     pub(crate) totals: Mutex<BTreeMap<String, u64>>,
+    /// The queues consumed (`active_queues`, `add_consumer`,
+    /// `cancel_consumer`); the Redis fetch reads the same set.
+    pub(crate) queues: Arc<ActiveQueues>,
+    /// The worker's Prometheus metrics.
+    pub(crate) metrics: Arc<WorkerMetrics>,
 }
 
 impl Node {
@@ -67,6 +74,8 @@ impl Node {
         pool: TaskPool,
         backend: Option<RedisBackend>,
         shutdown: CancellationToken,
+        queues: Arc<ActiveQueues>,
+        metrics: Arc<WorkerMetrics>,
     ) -> Result<Arc<Node>, BrokerError> {
         let link = Arc::new(
             Link::open(
@@ -77,6 +86,7 @@ impl Node {
             )
             .await?,
         );
+        link.count_reconnects(metrics.reconnects.counter("remote control"));
         let db = link.client().get_connection_info().redis_settings().db();
         let clock = Arc::new(LamportClock::default());
         let events = EventDispatcher::spawn(
@@ -96,6 +106,8 @@ impl Node {
             db,
             clock,
             events,
+            queues,
+            metrics,
         ))
     }
 
@@ -108,11 +120,13 @@ impl Node {
         registry: Arc<TaskRegistry>,
         pool: TaskPool,
         shutdown: CancellationToken,
+        metrics: Arc<WorkerMetrics>,
     ) -> Arc<Node> {
         let clock = Arc::new(LamportClock::default());
         let events = EventDispatcher::disabled(config.hostname.clone(), Arc::clone(&clock));
+        let queues = Arc::new(ActiveQueues::new(&config.queues));
         Self::build(
-            config, registry, pool, None, shutdown, None, 0, clock, events,
+            config, registry, pool, None, shutdown, None, 0, clock, events, queues, metrics,
         )
     }
 
@@ -127,6 +141,8 @@ impl Node {
         db: i64,
         clock: Arc<LamportClock>,
         events: EventDispatcher,
+        queues: Arc<ActiveQueues>,
+        metrics: Arc<WorkerMetrics>,
     ) -> Arc<Node> {
         let rate_limits = RateLimits::default();
         for name in registry.names() {
@@ -143,7 +159,7 @@ impl Node {
         let autoscaler = config
             .autoscale
             .map(|(max, min)| Autoscaler::new(max, min, super::autoscale::KEEPALIVE));
-        Arc::new(Node {
+        let node = Arc::new(Node {
             hostname: config.hostname.clone(),
             config: config.clone(),
             registry,
@@ -164,7 +180,25 @@ impl Node {
             started: Instant::now(),
             processed: AtomicU64::new(0),
             totals: Mutex::new(BTreeMap::new()),
-        })
+            queues,
+            metrics,
+        });
+        let weak = Arc::downgrade(&node);
+        node.metrics
+            .pool
+            .watch(move || weak.upgrade().map(|n| n.pool_sample()));
+        node
+    }
+
+    /// The pool gauges now.
+    fn pool_sample(&self) -> PoolSample {
+        let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        PoolSample {
+            limit: int(self.pool.limit()),
+            running: int(self.pool.running()),
+            free: i64::try_from(self.pool.free()).unwrap_or(i64::MAX),
+            prefetch: int(self.prefetch.size()),
+        }
     }
 
     /// Counts a task that started (`stats.total`).

@@ -46,6 +46,7 @@ pub(crate) async fn run(
     shutdown: ShutdownHandle,
     ready: Arc<tokio::sync::Notify>,
     stats: Arc<RedisStats>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 ) -> Result<WorkerReport, WorkerError> {
     let settings = LinkSettings::from_config(&config);
     let topology = Topology {
@@ -66,6 +67,7 @@ pub(crate) async fn run(
         Some(url) => {
             let link =
                 Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
+            link.count_reconnects(metrics.reconnects.counter("result backend"));
             let scripts = link
                 .call_until_done("loading the scripts", |mut conn| async move {
                     Scripts::load(&mut conn).await
@@ -117,6 +119,7 @@ pub(crate) async fn run(
         Arc::clone(&registry),
         pool.clone(),
         shutdown.warm.clone(),
+        metrics,
     );
     let shared = Arc::new(Shared {
         config: config.clone(),
