@@ -177,6 +177,29 @@ impl Shared {
         }
     }
 
+    /// Puts a delivered message back on its queue (a requeueing
+    /// reject): `payload` pushed on `key` and the delivery acked, in that
+    /// order, on Redis (one atomic batch); `basic.reject` with requeue on
+    /// AMQP.
+    pub(crate) fn requeue(&self, tag: &str, key: String, payload: String) {
+        let removed = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tag);
+        if !removed {
+            return;
+        }
+        match &self.acks {
+            Outbox::Redis(b) => {
+                b.push(key, payload);
+                b.ack(tag.to_owned());
+            }
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => o.reject(tag.to_owned()),
+        }
+    }
+
     pub(crate) fn store(
         &self,
         msg: &TaskMessage,

@@ -216,6 +216,14 @@ pub(crate) fn finished(
     }
 }
 
+/// A request's message was rejected (the task raised `Reject` and its
+/// message was still unacked): `task-rejected` with `requeue`.
+pub(crate) fn rejected(shared: &Shared, msg: &TaskMessage, requeue: bool) {
+    task_event(&shared.control, "task-rejected", &msg.headers.task, || {
+        ev::rejected(&msg.headers.id, requeue)
+    });
+}
+
 /// Sends task event `kind` of a task named `name` (when task events are
 /// on) and counts it in the metrics (always): one place, so that the
 /// metrics agree with the events monitors see.
