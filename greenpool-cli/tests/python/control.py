@@ -265,8 +265,11 @@ def scenario_api(node):
         "error": "ValueError('Autoscale not enabled')"}
     assert one(app.control.broadcast("nosuchcmd", destination=[node], reply=True), node) == {
         "error": "KeyError('nosuchcmd')"}
-    assert "error" in one(app.control.add_consumer("foo", destination=[node], reply=True), node)
-    assert "error" in one(app.control.cancel_consumer("foo", destination=[node], reply=True), node)
+    assert one(app.control.broadcast("add_consumer", arguments={}, destination=[node], reply=True), node) == {
+        "error": "TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")"}
+    assert one(app.control.add_consumer("foo", destination=[node], reply=True), node) == {"ok": "add consumer foo"}
+    assert one(app.control.cancel_consumer("foo", destination=[node], reply=True), node) == {
+        "ok": "no longer consuming from foo"}
 
     # heartbeat on request; events off again
     assert one(app.control.heartbeat(destination=[node], reply=True), node) is None
