@@ -776,3 +776,24 @@ fn traceback_text(name: &str, e: &TaskError) -> String {
         msg.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeued_message_goes_to_its_queue_marked_redelivered() {
+        let raw = br#"{"body": "", "headers": {"task": "t", "id": "1"}, "properties": {"priority": 5, "delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
+        let (key, payload) = requeue_envelope(raw, "q2").unwrap();
+        assert_eq!(key, crate::broker::keys::queue_key("q2", 5));
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["headers"]["redelivered"], json!(true));
+        assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
+        assert_eq!(
+            v["properties"]["delivery_tag"],
+            json!("d1"),
+            "the tag is kept"
+        );
+        assert!(requeue_envelope(b"not json", "q").is_none());
+    }
+}
