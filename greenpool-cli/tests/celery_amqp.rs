@@ -442,3 +442,43 @@ fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
         "all three workers took part: {per_worker:?}"
     );
 }
+
+/// `--metrics` on AMQP: the interop round trip and failures from the
+/// stock client are counted by task name, as on Redis.
+#[test]
+fn metrics_count_tasks_over_amqp() {
+    use support::metrics::{expected_counts, get, scrape, scrape_until, task_counts};
+
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _w = worker(&node, &backend, &["-c", "10", "--metrics", &addr]);
+    let m = scrape(port);
+    assert_eq!(get(&m, "greenpool_pool_limit"), "10");
+    assert_eq!(get(&m, "greenpool_prefetch_window"), "40");
+    for scenario in ["roundtrip", "failure"] {
+        assert!(
+            py(&python, &node, &env, &[scenario]).contains("OK"),
+            "{scenario}"
+        );
+    }
+    // roundtrip: four adds and two echoes succeed; failure: two fails and
+    // two adds with bad arguments fail.
+    let expected = expected_counts(&[
+        ("received", "greenpool.add", "6"),
+        ("received", "greenpool.echo", "2"),
+        ("received", "greenpool.fail", "2"),
+        ("succeeded", "greenpool.add", "4"),
+        ("succeeded", "greenpool.echo", "2"),
+        ("failed", "greenpool.add", "2"),
+        ("failed", "greenpool.fail", "2"),
+    ]);
+    scrape_until(port, "task counters", |m| task_counts(m) == expected);
+}

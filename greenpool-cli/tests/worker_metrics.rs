@@ -8,65 +8,10 @@
 
 mod control_support;
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
+use control_support::support::metrics::{expected_counts, get, scrape, scrape_until, task_counts};
 use control_support::{free_port, greenpool_cli, greenpool_worker, scenario, support, RedisServer};
-
-/// GET /metrics with a plain TcpStream: the samples, `name{labels}` →
-/// value, of every `greenpool_` line.
-fn scrape(port: u16) -> BTreeMap<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(
-        head.contains("Content-Type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.lines()
-        .filter(|l| l.starts_with("greenpool_"))
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-/// Scrapes until `want` holds (the worker updates its counters right
-/// after it stores results, so a client that saw a result may scrape a
-/// moment early); fails with the last samples after a deadline.
-fn scrape_until(
-    port: u16,
-    what: &str,
-    want: impl Fn(&BTreeMap<String, String>) -> bool,
-) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = scrape(port);
-        if want(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{what}: {m:#?}");
-        // Polling another process's state: there is no event to wait on.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn get<'a>(m: &'a BTreeMap<String, String>, key: &str) -> &'a str {
-    m.get(key).map_or("<absent>", String::as_str)
-}
-
-fn task_counts(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    m.iter()
-        .filter(|(k, _)| k.starts_with("greenpool_tasks_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
 
 #[test]
 fn metrics_count_tasks_follow_the_pool_and_count_reconnects() {
@@ -90,7 +35,7 @@ fn metrics_count_tasks_follow_the_pool_and_count_reconnects() {
 
     // Success, failure, retry, revoke before run, reject: the stock client.
     assert!(scenario(&python, &server, &["metrics", node]).contains("OK"));
-    let expected: BTreeMap<String, String> = [
+    let expected = expected_counts(&[
         ("received", "greenpool.add", "2"),
         ("received", "greenpool.fail", "1"),
         ("received", "greenpool.retry", "2"),
@@ -102,15 +47,7 @@ fn metrics_count_tasks_follow_the_pool_and_count_reconnects() {
         ("retried", "greenpool.retry", "1"),
         ("revoked", "greenpool.echo", "1"),
         ("rejected", "greenpool.reject", "1"),
-    ]
-    .into_iter()
-    .map(|(c, t, n)| {
-        (
-            format!("greenpool_tasks_{c}_total{{task=\"{t}\"}}"),
-            n.to_owned(),
-        )
-    })
-    .collect();
+    ]);
     let m = scrape_until(port, "task counters", |m| task_counts(m) == expected);
     for (task, runs) in [
         ("greenpool.add", "2"),

@@ -536,6 +536,23 @@ def scenario_rejected(node):
     assert failed["exception"] == "Reject('rejected by request', False)", failed
     meta = app.backend.get_task_meta(j.id)
     assert meta["status"] == "FAILURE", meta
+
+    # With requeue the message goes back to its queue and comes back: no
+    # failure, task-rejected(requeue=True) each time. The task rejects for
+    # ever (as in Celery), so the queue is cancelled after two rounds.
+    k = app.send_task("greenpool.reject", (True,))
+    ev.wait("two requeueing rejects", lambda e: e["type"] == "task-rejected" and e.get("uuid") == k.id
+            and len([x for x in ev.items if x["type"] == "task-rejected" and x.get("uuid") == k.id]) >= 2)
+    one(app.control.cancel_consumer("celery", destination=[node], reply=True), node)
+    ev.barrier(node)
+    mine = ev.of(k.id)
+    assert all(e["requeue"] is True for e in mine if e["type"] == "task-rejected"), mine
+    assert "task-failed" not in [e["type"] for e in mine], mine
+    received = [e for e in mine if e["type"] == "task-received"]
+    assert len(received) >= 2, mine
+    assert app.backend.get_task_meta(k.id)["status"] == "PENDING"
+    client = app.connection().default_channel.client
+    until("the rejected message back in its queue", lambda: client.llen("celery") == 1)
     print("OK")
 
 

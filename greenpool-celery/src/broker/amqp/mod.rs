@@ -30,8 +30,10 @@
 //! * ETA on quorum queues is held unacked (as on classic queues); Celery
 //!   5.5's native delayed delivery (its `celery_delayed_*` exchanges) is not
 //!   declared or used.
-//! * A task cannot ask for `basic.reject` with requeue (Celery's `Reject`
-//!   exception); only warm shutdown rejects (what was not started).
+//! * A late-ack task that returns [`TaskError::reject`](crate::TaskError::reject)
+//!   with `requeue` gets `basic.reject` with requeue, as warm shutdown does
+//!   for what was not started; without `requeue` its message is acked (no
+//!   dead-letter exchange is declared, so a reject would drop it too).
 //! * Remote control (`celery.pidbox`) and events (`celeryev`) are not yet
 //!   available on AMQP: the worker says so once at start (also when `-E`
 //!   asks for task events), `celery inspect`/`celery control`, `celery
