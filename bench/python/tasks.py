@@ -37,3 +37,17 @@ def sleep(secs):
 @app.task(name="greenpool.fail")
 def fail(message):
     raise ValueError(message)
+
+
+@app.task(name="greenpool.retry", bind=True, max_retries=None)
+def retry(self, times):
+    if self.request.retries < times:
+        raise self.retry(countdown=0)
+    return self.request.retries
+
+
+@app.task(name="greenpool.reject", acks_late=True)
+def reject(requeue):
+    from celery.exceptions import Reject
+
+    raise Reject("rejected by request", requeue)

@@ -99,6 +99,11 @@ pub struct WorkerConfig {
     /// AMQP: declare the queues as quorum queues (`x-queue-type: quorum`),
     /// which rules out a global QoS (Celery 5.5+ does the same).
     pub quorum_queues: bool,
+    /// Serve Prometheus metrics on `GET /metrics` at this address
+    /// (`--metrics`); port 0 picks a free one, logged at start. `None`
+    /// (the default) serves none; [`Worker::metrics`](crate::Worker::metrics)
+    /// still counts.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The default message-size limit: 64 MiB. Celery and kombu set none, and
@@ -154,7 +159,14 @@ impl WorkerConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             queue_max_priority: None,
             quorum_queues: false,
+            metrics: None,
         }
+    }
+
+    /// Sets the address the Prometheus metrics are served on.
+    pub fn metrics(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.metrics = addr;
+        self
     }
 
     /// Sets `broker_connection_retry`.

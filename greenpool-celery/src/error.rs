@@ -143,6 +143,18 @@ pub enum WorkerError {
     /// The pool could not be built or started.
     #[error("cannot start the task pool: {0}")]
     Pool(String),
+    /// The metrics address could not be bound.
+    #[error(
+        "cannot serve metrics on {addr}: {source}; pass a free address to --metrics \
+         (port 0 picks one)"
+    )]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why waiting for a task result did not give a value.

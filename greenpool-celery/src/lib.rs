@@ -39,6 +39,7 @@ mod context;
 mod control;
 mod error;
 mod events;
+mod metrics;
 mod outbox;
 pub mod protocol;
 mod registry;
@@ -58,6 +59,7 @@ pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
 pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
+pub use metrics::WorkerMetrics;
 pub use protocol::{
     DeliveryInfo, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage, TimeLimit,
     Timestamp,

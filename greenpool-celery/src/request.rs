@@ -160,6 +160,7 @@ pub(crate) async fn handle(
     let retry = RetryInfo {
         raw,
         max_retries: task.options.max_retries,
+        queue: ctx.queue.clone(),
     };
     let started_label =
         tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{shown}[{shown_id}]"));
@@ -217,8 +218,9 @@ pub(crate) async fn handle(
     })
     .callback(move |outcome: &Outcome<TaskOutput>| {
         let _in_task = done_span.enter();
-        let requeue = finish(&done, &msg, outcome, ignore_result, &retry);
-        if acks_late && !requeue {
+        let unacked = acks_late.then_some(late_tag.as_str());
+        let settled = finish(&done, &msg, outcome, ignore_result, &retry, unacked);
+        if acks_late && !settled {
             done.ack(&late_tag);
         }
         drop(permit);
@@ -373,18 +375,35 @@ fn store_expired(shared: &Shared, msg: &TaskMessage, expires: Timestamp) {
     }
 }
 
-/// Logs and stores a job's outcome. Returns true when the message should
-/// go back to its queue instead of being acked (killed by a cold
-/// shutdown).
+/// Logs and stores a job's outcome. `unacked` is the delivery tag of a
+/// late-ack request (its message not acked yet). Returns true when the
+/// caller must not ack the message: it goes back to its queue (killed by
+/// a cold shutdown), or it was settled here (rejected).
 fn finish(
     shared: &Shared,
     msg: &TaskMessage,
     outcome: &Outcome<TaskOutput>,
     ignore_result: bool,
     retry: &RetryInfo,
+    unacked: Option<&str>,
 ) -> bool {
     if crate::control::hooks::finish_revoked(shared, msg, outcome, ignore_result) {
         return false;
+    }
+    if let Outcome::Completed(TaskOutput::Ran(Err(e), _)) = outcome {
+        if let Some(requeue) = e.reject_requeue() {
+            reject_request(
+                shared,
+                msg,
+                outcome,
+                e,
+                requeue,
+                ignore_result,
+                retry,
+                unacked,
+            );
+            return true;
+        }
     }
     let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
     let name = name.as_ref();
@@ -486,6 +505,88 @@ fn finish(
     false
 }
 
+/// A task asked for its message to be rejected (Celery's `Reject`), as
+/// Celery's `Request.on_failure` handles it: without `requeue` the task
+/// fails (FAILURE stored, `task-failed`); then a message still unacked
+/// (late ack) is rejected, back at the end of its queue with `requeue` or
+/// dropped without, and `task-rejected` is sent. A message acked at the
+/// start cannot be rejected any more: no `task-rejected` then, as in
+/// Celery, whose `reject` does nothing once the request is acknowledged.
+#[allow(clippy::too_many_arguments)]
+fn reject_request(
+    shared: &Shared,
+    msg: &TaskMessage,
+    outcome: &Outcome<TaskOutput>,
+    e: &TaskError,
+    requeue: bool,
+    ignore_result: bool,
+    retry: &RetryInfo,
+    unacked: Option<&str>,
+) {
+    let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
+    let id = cut(&msg.headers.id, LOG_NAME_MAX);
+    tracing::info!(
+        "Task {name}[{id}] rejected (requeue={requeue}): {}",
+        cut(&e.to_string(), LOG_REPR_MAX)
+    );
+    if !requeue {
+        bump(&shared.counters.failed);
+        let tb = e
+            .traceback()
+            .map(str::to_owned)
+            .unwrap_or_else(|| traceback_text(&name, e));
+        let result = e.to_json();
+        crate::control::hooks::finished(
+            shared,
+            msg,
+            outcome,
+            TaskState::Failure,
+            &result,
+            Some(&tb),
+        );
+        if !ignore_result {
+            shared.store(msg, TaskState::Failure, result, Some(tb));
+        }
+    }
+    let Some(tag) = unacked else { return };
+    let again = requeue
+        .then(|| requeue_envelope(retry.raw.as_bytes(), &retry.queue))
+        .flatten();
+    match again {
+        Some((key, payload)) => shared.requeue(tag, key, payload),
+        None => {
+            if requeue {
+                tracing::error!(
+                    "Task {name}[{id}]: cannot requeue an unreadable message; it is dropped"
+                );
+            }
+            shared.ack(tag);
+        }
+    }
+    crate::control::hooks::rejected(shared, msg, requeue);
+}
+
+/// The queue key and envelope of `raw` put back on `queue` by a
+/// requeueing reject: marked `redelivered`, as kombu's restore marks it.
+fn requeue_envelope(raw: &[u8], queue: &str) -> Option<(String, String)> {
+    let mut v: Value = serde_json::from_slice(raw).ok()?;
+    if let Some(h) = v.get_mut("headers").and_then(Value::as_object_mut) {
+        h.insert("redelivered".to_owned(), Value::Bool(true));
+    }
+    let props = v.get_mut("properties")?.as_object_mut()?;
+    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
+    if let Some(info) = props
+        .get_mut("delivery_info")
+        .and_then(Value::as_object_mut)
+    {
+        info.insert("redelivered".to_owned(), Value::Bool(true));
+    }
+    Some((
+        crate::broker::keys::queue_key(queue, priority),
+        v.to_string(),
+    ))
+}
+
 /// Sends link callbacks and the next chain step after a success, link
 /// errors after a failure.
 ///
@@ -549,10 +650,12 @@ fn follow_up(
     Ok(())
 }
 
-/// What a retry needs: the message as received, and the task's limit.
+/// What a retry or a requeueing reject needs: the message as received,
+/// the task's limit, and the queue it came from.
 struct RetryInfo {
     raw: String,
     max_retries: Option<u32>,
+    queue: String,
 }
 
 /// Handles a task's request to be retried: sends the request again with
@@ -672,4 +775,25 @@ fn traceback_text(name: &str, e: &TaskError) -> String {
         e.exc_type(),
         msg.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeued_message_goes_to_its_queue_marked_redelivered() {
+        let raw = br#"{"body": "", "headers": {"task": "t", "id": "1"}, "properties": {"priority": 5, "delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
+        let (key, payload) = requeue_envelope(raw, "q2").unwrap();
+        assert_eq!(key, crate::broker::keys::queue_key("q2", 5));
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["headers"]["redelivered"], json!(true));
+        assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
+        assert_eq!(
+            v["properties"]["delivery_tag"],
+            json!("d1"),
+            "the tag is kept"
+        );
+        assert!(requeue_envelope(b"not json", "q").is_none());
+    }
 }

@@ -27,6 +27,7 @@ pub struct TaskError {
     args: Vec<Value>,
     traceback: Option<String>,
     retry: Option<Duration>,
+    reject: Option<bool>,
 }
 
 impl TaskError {
@@ -38,6 +39,7 @@ impl TaskError {
             args: vec![Value::String(message.into())],
             traceback: None,
             retry: None,
+            reject: None,
         }
     }
 
@@ -68,6 +70,33 @@ impl TaskError {
     /// The countdown of a requested retry.
     pub fn retry_countdown(&self) -> Option<Duration> {
         self.retry
+    }
+
+    /// Asks the worker to reject the task's message, as Celery's `raise
+    /// Reject(reason, requeue)`. For a task that acks late (its message is
+    /// still unacked) the worker rejects the message, putting it back at
+    /// the end of its queue with `requeue`, and sends `task-rejected`;
+    /// without `requeue` the task also fails with this error (FAILURE
+    /// stored, `task-failed` sent). For a task acked early only the
+    /// failure remains, as in Celery.
+    ///
+    /// ```
+    /// let e = greenpool_celery::TaskError::reject("bad input", false);
+    /// assert_eq!(e.exc_type(), "Reject");
+    /// assert_eq!(e.reject_requeue(), Some(false));
+    /// assert_eq!(e.to_string(), "Reject('bad input', False)");
+    /// ```
+    pub fn reject(reason: impl Into<String>, requeue: bool) -> Self {
+        let mut e = Self::new("Reject", reason).with_module("celery.exceptions");
+        e.args.push(Value::Bool(requeue));
+        e.reject = Some(requeue);
+        e
+    }
+
+    /// `Some(requeue)` when this error asks for the message to be
+    /// rejected ([`TaskError::reject`]).
+    pub fn reject_requeue(&self) -> Option<bool> {
+        self.reject
     }
 
     /// `ValueError(message)`.
@@ -153,6 +182,7 @@ impl TaskError {
             args,
             traceback: None,
             retry: None,
+            reject: None,
         })
     }
 }

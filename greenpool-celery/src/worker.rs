@@ -42,10 +42,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::{RedisBackend, ResultMeta, TaskState};
 use crate::batch::{Batcher, Targets};
-use crate::broker::{Oversized, RedisBroker};
+use crate::broker::{ActiveQueues, Oversized, RedisBroker};
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
 use crate::error::{BrokerError, WorkerError};
+use crate::metrics::http::MetricsServer;
+use crate::metrics::WorkerMetrics;
 use crate::outbox::{Outbox, ResultStore};
 use crate::protocol::TaskMessage;
 use crate::registry::TaskRegistry;
@@ -129,6 +131,7 @@ pub struct Worker {
     shutdown: ShutdownHandle,
     stats: Arc<RedisStats>,
     ready: Arc<tokio::sync::Notify>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +174,29 @@ impl Shared {
             .remove(tag);
         if removed {
             self.acks.ack(tag.to_owned());
+        }
+    }
+
+    /// Puts a delivered message back on its queue (a requeueing
+    /// reject): `payload` pushed on `key` and the delivery acked, in that
+    /// order, on Redis (one atomic batch); `basic.reject` with requeue on
+    /// AMQP.
+    pub(crate) fn requeue(&self, tag: &str, key: String, payload: String) {
+        let removed = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tag);
+        if !removed {
+            return;
+        }
+        match &self.acks {
+            Outbox::Redis(b) => {
+                b.push(key, payload);
+                b.ack(tag.to_owned());
+            }
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => o.reject(tag.to_owned()),
         }
     }
 
@@ -231,6 +257,7 @@ impl Worker {
             },
             stats: Arc::new(RedisStats::default()),
             ready: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::new(WorkerMetrics::new()),
         })
     }
 
@@ -242,6 +269,14 @@ impl Worker {
     /// Counters of the worker's Redis traffic.
     pub fn stats(&self) -> Arc<RedisStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The worker's Prometheus metrics: task counters by name, run
+    /// times, pool gauges and reconnects. Served on `GET /metrics` when
+    /// [`WorkerConfig::metrics`] is set; [`WorkerMetrics::render`] gives
+    /// the same text to programs that serve it themselves.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Notified once the worker is connected and consuming.
@@ -260,6 +295,8 @@ impl Worker {
     /// in a warm shutdown, without the writes it could not make, and
     /// returns the error so that its supervisor restarts it.
     /// [`WorkerError::Pool`] if the pool does not start.
+    /// [`WorkerError::Metrics`] if [`WorkerConfig::metrics`] cannot be
+    /// bound.
     ///
     /// # Cancel safety
     ///
@@ -267,7 +304,17 @@ impl Worker {
     /// `unacked` hash until a visibility-timeout sweep returns them. Stop it
     /// with its [`ShutdownHandle`] instead.
     pub async fn run(self) -> Result<WorkerReport, WorkerError> {
-        match crate::broker::Transport::of(&self.config.broker_url)? {
+        let transport = crate::broker::Transport::of(&self.config.broker_url)?;
+        let stop_metrics = CancellationToken::new();
+        let serving = match self.config.metrics {
+            Some(addr) => {
+                let server = MetricsServer::bind(addr).await?;
+                tracing::info!("Metrics on http://{}/metrics", server.local_addr());
+                Some(server.spawn(Arc::clone(&self.metrics), stop_metrics.clone()))
+            }
+            None => None,
+        };
+        let ran = match transport {
             crate::broker::Transport::Redis => self.run_redis().await,
             #[cfg(feature = "amqp")]
             crate::broker::Transport::Amqp => {
@@ -277,10 +324,16 @@ impl Worker {
                     self.shutdown,
                     self.ready,
                     self.stats,
+                    self.metrics,
                 )
                 .await
             }
+        };
+        stop_metrics.cancel();
+        if let Some(serving) = serving {
+            let _ = serving.await;
         }
+        ran
     }
 
     async fn run_redis(self) -> Result<WorkerReport, WorkerError> {
@@ -295,10 +348,12 @@ impl Worker {
             )
             .await?,
         );
+        broker_link.count_reconnects(self.metrics.reconnects.counter("broker"));
+        let queues = Arc::new(ActiveQueues::new(&config.queues));
         let broker = Arc::new(
             RedisBroker::new(
                 Arc::clone(&broker_link),
-                config.queues.clone(),
+                Arc::clone(&queues),
                 config.legacy_fetch,
                 config.max_message_size,
                 Arc::clone(&self.stats),
@@ -307,9 +362,12 @@ impl Worker {
         );
         broker.declare().await?;
         let backend_link = match &config.result_backend {
-            Some(url) if *url != config.broker_url => Some(Arc::new(
-                Link::open("result backend", url, settings, Some(Scripts::hook())).await?,
-            )),
+            Some(url) if *url != config.broker_url => {
+                let link =
+                    Link::open("result backend", url, settings, Some(Scripts::hook())).await?;
+                link.count_reconnects(self.metrics.reconnects.counter("result backend"));
+                Some(Arc::new(link))
+            }
             _ => None,
         };
         let acks = Arc::new(Batcher::spawn(
@@ -336,6 +394,8 @@ impl Worker {
             pool.clone(),
             backend.as_ref().and_then(ResultStore::redis).cloned(),
             self.shutdown.warm.clone(),
+            queues,
+            Arc::clone(&self.metrics),
         )
         .await?;
         let shared = Arc::new(Shared {

@@ -45,7 +45,11 @@ pub(crate) fn py_add(x: &Value, y: &Value) -> Result<Value, TaskError> {
     }
 }
 
-/// `greenpool.add`, `greenpool.echo`, `greenpool.sleep`, `greenpool.fail`.
+/// `greenpool.add`, `greenpool.echo`, `greenpool.sleep`, `greenpool.fail`;
+/// `greenpool.retry(times)` (retries at once until its `retries` reaches
+/// `times`, then returns it) and `greenpool.reject(requeue)` (acks late and
+/// raises Celery's `Reject`; with `requeue` it comes back for ever, as in
+/// Celery).
 pub(crate) fn registry() -> TaskRegistry {
     let mut tasks = TaskRegistry::new();
     tasks.register(
@@ -85,6 +89,28 @@ pub(crate) fn registry() -> TaskRegistry {
             Err::<(), _>(TaskError::value_error(text))
         },
     );
+    tasks
+        .register(
+            "greenpool.retry",
+            &["times"],
+            |ctx: TaskContext, (times,): (u32,)| async move {
+                if ctx.retries() < times {
+                    Err(TaskError::retry(std::time::Duration::ZERO))
+                } else {
+                    Ok(ctx.retries())
+                }
+            },
+        )
+        .max_retries = None;
+    tasks
+        .register(
+            "greenpool.reject",
+            &["requeue"],
+            |_: TaskContext, (requeue,): (bool,)| async move {
+                Err::<(), _>(TaskError::reject("rejected by request", requeue))
+            },
+        )
+        .acks_late = Some(true);
     tasks
 }
 

@@ -8,7 +8,8 @@ use anyhow::Context;
 use greenpool_celery::{Control, ControlOptions, Replies, WorkerConfig};
 use serde_json::{json, Map, Value};
 
-/// Worker flags for operating it: events, autoscaling, time limits.
+/// Worker flags for operating it: events, autoscaling, time limits,
+/// metrics.
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerControlArgs {
     /// Send task events (worker events are always sent).
@@ -29,6 +30,10 @@ pub(crate) struct WorkerControlArgs {
     /// Soft time limit in seconds for tasks that set none.
     #[arg(long, value_name = "SECS")]
     soft_time_limit: Option<f64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9808; port 0 picks a free one, logged at start).
+    #[arg(long, value_name = "ADDR", env = "GREENPOOL_METRICS")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl WorkerControlArgs {
@@ -47,7 +52,8 @@ impl WorkerControlArgs {
         }
         let mut config = config
             .send_task_events(self.events)
-            .time_limits(self.time_limit, self.soft_time_limit);
+            .time_limits(self.time_limit, self.soft_time_limit)
+            .metrics(self.metrics);
         if let Some(spec) = &self.autoscale {
             let (max, min) = parse_autoscale(spec)?;
             config = config.autoscale(max, min);

@@ -476,6 +476,8 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
     let Some((mut node, python)) = setup() else {
         return;
     };
+    let metrics_port = support::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -498,6 +500,8 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
             "0",
             "-n",
             "restart@amqp",
+            "--metrics",
+            &metrics_addr,
         ],
     );
     w.wait_for("succeeded");
@@ -509,6 +513,15 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
     w.wait_for("listening on restart@amqp.celery.pidbox again");
     let (ok, out) = greenpool(&node, &["inspect", "ping", "-d", "restart@amqp"]);
     assert!(ok && out.contains("restart@amqp: OK"), "{out}");
+    // The consumer's and the remote control's connections each counted
+    // their reconnection (more than one when a node still booting drops a
+    // fresh connection).
+    let m = support::metrics::scrape(metrics_port);
+    for link in ["broker", "remote control"] {
+        let key = format!("greenpool_broker_reconnects_total{{link=\"{link}\"}}");
+        let n: u64 = support::metrics::get(&m, &key).parse().unwrap();
+        assert!(n >= 1, "{key} = {n}");
+    }
     w.stop();
 }
 
@@ -674,4 +687,107 @@ fn an_eta_request_widens_the_window_while_it_waits() {
     w.stop();
     // Warm shutdown gave the ETA request back.
     assert_eq!(node.queue_counts("celery"), Some((1, 0)));
+}
+
+/// `--metrics` on AMQP: the interop round trip and failures from the
+/// stock client are counted by task name, as on Redis.
+#[test]
+fn metrics_count_tasks_over_amqp() {
+    use support::metrics::{expected_counts, get, scrape, scrape_until, task_counts};
+
+    let Some((node, python)) = setup() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let env = [("INTEROP_BACKEND", backend.as_str())];
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _w = worker(&node, &backend, &["-c", "10", "--metrics", &addr]);
+    let m = scrape(port);
+    assert_eq!(get(&m, "greenpool_pool_limit"), "10");
+    assert_eq!(get(&m, "greenpool_prefetch_window"), "40");
+    for scenario in ["roundtrip", "failure"] {
+        assert!(
+            py(&python, &node, &env, &[scenario]).contains("OK"),
+            "{scenario}"
+        );
+    }
+    // roundtrip: four adds and two echoes succeed; failure: two fails and
+    // two adds with bad arguments fail.
+    let expected = expected_counts(&[
+        ("received", "greenpool.add", "6"),
+        ("received", "greenpool.echo", "2"),
+        ("received", "greenpool.fail", "2"),
+        ("succeeded", "greenpool.add", "4"),
+        ("succeeded", "greenpool.echo", "2"),
+        ("failed", "greenpool.add", "2"),
+        ("failed", "greenpool.fail", "2"),
+    ]);
+    scrape_until(port, "task counters", |m| task_counts(m) == expected);
+}
+
+/// `add_consumer` / `cancel_consumer` on AMQP: the consumer declares the
+/// new queue with its exchange and binding and consumes it; after the
+/// cancel, messages sent there stay in the queue.
+#[test]
+fn add_and_cancel_consumer_over_amqp() {
+    let Some(node) = RabbitNode::start() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let backend = redis.url(0);
+    let name = "consumers@amqp";
+    let w = worker(&node, &backend, &["-c", "2", "-n", name]);
+    let call = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+            .arg("call")
+            .args(args)
+            .args(["--broker", &node.url(), "--result-backend", &backend])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let (ok, out) = greenpool(&node, &["control", "add_consumer", "q2", "-d", name]);
+    assert!(ok && out.contains("add consumer q2"), "{out}");
+    let (ok, out) = greenpool(&node, &["inspect", "active_queues", "-d", name, "-j"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let names: Vec<&str> = v[0][name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert_eq!(names, ["celery", "q2"], "{v}");
+    let out = call(&[
+        "greenpool.add",
+        "[2, 3]",
+        "-Q",
+        "q2",
+        "--wait",
+        "--timeout",
+        "60",
+    ]);
+    assert!(out.contains('5'), "{out}");
+
+    let (ok, out) = greenpool(&node, &["control", "cancel_consumer", "q2", "-d", name]);
+    assert!(ok && out.contains("no longer consuming from q2"), "{out}");
+    w.wait_for("no longer consuming from q2");
+    call(&["greenpool.add", "[1, 1]", "-Q", "q2"]);
+    let out = call(&["greenpool.add", "[4, 4]", "--wait", "--timeout", "60"]);
+    assert!(out.contains('8'), "{out}");
+    assert_eq!(node.queue_counts("q2"), Some((1, 0)), "left in q2");
+    w.stop();
 }

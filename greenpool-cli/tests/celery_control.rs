@@ -8,7 +8,6 @@
 mod control_support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use control_support::{greenpool_worker, python_worker, scenario, support, RedisServer};
 
@@ -20,16 +19,7 @@ fn setup() -> Option<(RedisServer, PathBuf)> {
 
 /// `greenpool inspect|control …` against `server`; (success, stdout).
 fn greenpool(server: &RedisServer, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(args)
-        .args(["-b", &server.url(0)])
-        .output()
-        .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    control_support::greenpool_cli(server, args)
 }
 
 /// The list of commands, typed unchanged into the stock CLI,

@@ -5,10 +5,12 @@
 pub(crate) mod amqp;
 mod delivery;
 pub(crate) mod keys;
+mod queues;
 mod redis;
 
 pub(crate) use self::delivery::{Delivery, Fetched, Oversized};
-pub(crate) use self::redis::RedisBroker;
+pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
+pub(crate) use self::redis::{bind, RedisBroker};
 
 use crate::error::BrokerError;
 

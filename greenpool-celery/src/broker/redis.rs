@@ -36,7 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use super::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
-use super::Fetched;
+use super::{ActiveQueues, ConsumedQueue, Fetched};
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::scripts::Scripts;
@@ -50,9 +50,9 @@ const MIN_VERSION: (u32, u32) = (4, 0);
 pub(crate) struct RedisBroker {
     link: Arc<Link>,
     scripts: Scripts,
-    queues: Vec<String>,
-    /// Each queue's name as a JSON string, for the unacked entries.
-    queue_json: Vec<String>,
+    /// The queues consumed, changed at run time by `add_consumer` and
+    /// `cancel_consumer`; each fetch reads the current set.
+    queues: Arc<ActiveQueues>,
     /// Rotation of the queue order, as kombu's round-robin cycle.
     turn: AtomicUsize,
     /// The server has `RPOP key count` (Redis 6.2+).
@@ -88,7 +88,7 @@ impl RedisBroker {
     /// Redis error.
     pub(crate) async fn new(
         link: Arc<Link>,
-        queues: Vec<String>,
+        queues: Arc<ActiveQueues>,
         legacy_fetch: bool,
         max_message_size: usize,
         stats: Arc<RedisStats>,
@@ -111,16 +111,11 @@ impl RedisBroker {
                 needed: "4.0",
             });
         }
-        let queue_json = queues
-            .iter()
-            .map(|q| Value::String(q.clone()).to_string())
-            .collect();
         Ok(RedisBroker {
             counted_pop: (major, minor) >= (6, 2) && !legacy_fetch,
             link,
             scripts,
             queues,
-            queue_json,
             turn: AtomicUsize::new(0),
             max_message_size,
             stats,
@@ -137,30 +132,12 @@ impl RedisBroker {
         &self.scripts
     }
 
-    /// Adds each queue to the binding table of its same-named exchange (as
-    /// Celery declares `Queue(name, Exchange(name), routing_key=name)`), so
-    /// that producers publishing to the exchange reach our lists.
+    /// Adds each queue to the binding table of its exchange (as Celery
+    /// declares `Queue(name, Exchange(name), routing_key=name)`), so that
+    /// producers publishing to the exchange reach our lists.
     pub(crate) async fn declare(&self) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        for q in &self.queues {
-            let member = keys::binding_member(q, q);
-            pipe.cmd("SADD")
-                .arg(keys::binding_key(q))
-                .arg(&member)
-                .ignore();
-            pipe.cmd("SADD")
-                .arg(keys::binding_permanent_key(q))
-                .arg(&member)
-                .ignore();
-        }
         self.stats.round_trip();
-        self.link
-            .call_until_done("declaring the queues", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)
+        bind(&self.link, &self.queues.snapshot()).await
     }
 
     /// Takes up to `max` messages without blocking, in kombu's key order
@@ -172,11 +149,17 @@ impl RedisBroker {
     /// [`BrokerError::Redis`] when the call fails; the caller recovers the
     /// link before it tries again.
     pub(crate) async fn fetch(&self, max: usize, stamp: f64) -> Result<Fetched, BrokerError> {
-        let n = self.queues.len().max(1);
+        let queues = self.queues.snapshot();
+        if queues.is_empty() {
+            // Every queue was cancelled: nothing to read until one is added.
+            return Ok(Fetched::default());
+        }
+        let n = queues.len();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) % n;
-        let mut order = self.queues.clone();
+        let mut order: Vec<&ConsumedQueue> = queues.iter().collect();
         order.rotate_left(turn);
-        let keys = keys::fetch_keys(&order);
+        let names: Vec<String> = order.iter().map(|q| q.name.clone()).collect();
+        let keys = keys::fetch_keys(&names);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.scripts.fetch)
             .arg(2 + keys.len())
@@ -190,7 +173,7 @@ impl RedisBroker {
             .arg(self.max_message_size)
             .arg(if self.counted_pop { "1" } else { "0" });
         for &(_, q) in &keys {
-            cmd.arg(&self.queue_json[(q + turn) % n]);
+            cmd.arg(&order[q].json);
         }
         self.stats.round_trip();
         let reply: Vec<redis::Value> = self
@@ -201,7 +184,7 @@ impl RedisBroker {
             })
             .await
             .map_err(|e| BrokerError::Redis(e.error))?;
-        let by_key: Vec<String> = keys.into_iter().map(|(_, q)| order[q].clone()).collect();
+        let by_key: Vec<String> = keys.into_iter().map(|(_, q)| names[q].clone()).collect();
         let fetched = Fetched::from_reply(reply, &by_key);
         self.stats
             .add_fetched((fetched.deliveries.len() + fetched.oversized.len()) as u64);
@@ -240,6 +223,7 @@ impl RedisBroker {
         if tags.is_empty() {
             return Ok(out);
         }
+        let queues = self.queues.snapshot();
         self.stats.round_trip();
         let entries: Vec<Option<Vec<u8>>> = self
             .link
@@ -258,11 +242,14 @@ impl RedisBroker {
         for (tag, entry) in tags.into_iter().zip(entries) {
             let Some(mut entry) = entry else { continue };
             // Our own entries: `[` raw `, "", ` queue-as-JSON `]`.
-            let found = self.queues.iter().zip(&self.queue_json).find(|(_, j)| {
-                let suffix = format!(", \"\", {j}]");
+            let found = queues.iter().find(|q| {
+                let suffix = format!(", \"\", {}]", q.json);
                 entry.first() == Some(&b'[') && entry.ends_with(suffix.as_bytes())
             });
-            let Some((queue, json)) = found else {
+            let Some(ConsumedQueue {
+                name: queue, json, ..
+            }) = found
+            else {
                 tracing::warn!("message {tag} is not one this worker fetched; the visibility timeout will restore it");
                 continue;
             };
@@ -457,6 +444,36 @@ impl RedisBroker {
             .await;
         result
     }
+}
+
+/// Adds each of `queues` to the binding table of its exchange (and its
+/// persistent copy), under its routing key, as kombu's `queue_bind`.
+///
+/// # Errors
+///
+/// [`BrokerError`] when Redis fails beyond the link's retries.
+pub(crate) async fn bind(link: &Link, queues: &[ConsumedQueue]) -> Result<(), BrokerError> {
+    let mut pipe = redis::pipe();
+    for q in queues {
+        let member = keys::binding_member(&q.routing_key, &q.name);
+        pipe.cmd("SADD")
+            .arg(keys::binding_key(&q.exchange))
+            .arg(&member)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(keys::binding_permanent_key(&q.exchange))
+            .arg(&member)
+            .ignore();
+    }
+    if queues.is_empty() {
+        return Ok(());
+    }
+    link.call_until_done("declaring the queues", |mut conn| {
+        let pipe = &pipe;
+        async move { pipe.query_async::<()>(&mut conn).await }
+    })
+    .await?
+    .map_err(BrokerError::Redis)
 }
 
 /// From an unacked entry `[envelope, exchange, routing_key]`: the envelope

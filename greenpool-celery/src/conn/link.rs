@@ -2,9 +2,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2, TcpSettings};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
@@ -93,6 +94,8 @@ pub(crate) struct Link {
     state: Mutex<State>,
     /// Held by the one caller that reconnects; others wait on it.
     reconnecting: tokio::sync::Mutex<()>,
+    /// Counts connections restored after a loss (the worker's metrics).
+    reconnects: OnceLock<Counter>,
 }
 
 impl std::fmt::Debug for Link {
@@ -157,6 +160,7 @@ impl Link {
                 dead: None,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
+            reconnects: OnceLock::new(),
         };
         match link.connect_once().await {
             Ok(()) => Ok(link),
@@ -176,6 +180,19 @@ impl Link {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts each connection restored after a loss on `counter` from
+    /// now on (a first connection retried at start is not a reconnect).
+    /// Set once; later calls are ignored.
+    pub(crate) fn count_reconnects(&self, counter: Counter) {
+        let _ = self.reconnects.set(counter);
+    }
+
+    /// The reconnect counter, if one was set (subscribers made from this
+    /// link count on it too).
+    pub(crate) fn reconnect_counter(&self) -> Option<Counter> {
+        self.reconnects.get().cloned()
     }
 
     /// The redis client (for pub/sub connections).
@@ -311,12 +328,18 @@ impl Link {
     }
 
     async fn reconnect(&self) -> Result<(), BrokerError> {
-        let since = self.lock().lost_at.unwrap_or_else(Instant::now);
+        let (since, was_up) = {
+            let st = self.lock();
+            (st.lost_at.unwrap_or_else(Instant::now), st.generation > 0)
+        };
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
             let err = match self.connect_once().await {
                 Ok(()) => {
+                    if let Some(c) = self.reconnects.get().filter(|_| was_up) {
+                        c.inc();
+                    }
                     tracing::warn!(
                         "{}: connection to {} restored after {:.1} s",
                         self.name,

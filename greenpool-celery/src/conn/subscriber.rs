@@ -29,6 +29,8 @@ pub(crate) struct Subscriber {
     pubsub: Option<redis::aio::PubSub>,
     /// Whether a subscription ever stood (a lazy one starts without).
     connected: bool,
+    /// The link's reconnect counter (the worker's metrics), if any.
+    reconnects: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -61,6 +63,7 @@ impl Subscriber {
             patterns,
             pubsub: None,
             connected: true,
+            reconnects: link.reconnect_counter(),
         };
         s.pubsub = Some(s.open().await?);
         Ok(s)
@@ -82,6 +85,7 @@ impl Subscriber {
             patterns,
             pubsub: None,
             connected: false,
+            reconnects: link.reconnect_counter(),
         }
     }
 
@@ -130,6 +134,9 @@ impl Subscriber {
             match self.open().await {
                 Ok(ps) => {
                     if self.connected {
+                        if let Some(c) = &self.reconnects {
+                            c.inc();
+                        }
                         tracing::warn!(
                             "pub/sub connection to {} restored after {:.1} s",
                             self.label,

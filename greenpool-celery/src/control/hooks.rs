@@ -6,7 +6,7 @@ use std::sync::PoisonError;
 use std::time::Duration;
 
 use greenpool::{JobId, Outcome, TerminateReason};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::node::Node;
 use super::requests::{Listed, Phase};
@@ -38,7 +38,9 @@ pub(crate) fn received(shared: &Shared, msg: &TaskMessage, tag: &str) -> Option<
         return None;
     }
     let node = &shared.control;
-    node.events.task("task-received", || ev::received(msg));
+    task_event(node, "task-received", &msg.headers.task, || {
+        ev::received(msg)
+    });
     Some(node.requests.insert(msg))
 }
 
@@ -59,10 +61,9 @@ pub(crate) fn still_wanted(shared: &Shared, msg: &TaskMessage, tag: &str) -> boo
             None,
         );
     }
-    shared
-        .control
-        .events
-        .task("task-revoked", || ev::revoked(id, false, None, false));
+    task_event(&shared.control, "task-revoked", &msg.headers.task, || {
+        ev::revoked(id, false, None, false)
+    });
     shared.ack(tag);
     false
 }
@@ -70,7 +71,7 @@ pub(crate) fn still_wanted(shared: &Shared, msg: &TaskMessage, tag: &str) -> boo
 /// An expired request was discarded: `task-revoked` with `expired`.
 pub(crate) fn expired(shared: &Shared, msg: &TaskMessage) {
     shared.control.count_processed();
-    shared.control.events.task("task-revoked", || {
+    task_event(&shared.control, "task-revoked", &msg.headers.task, || {
         ev::revoked(&msg.headers.id, false, None, true)
     });
 }
@@ -118,7 +119,7 @@ pub(crate) fn started(node: &Node, listed: &Listed, job: JobId, name: &str, id: 
         since: Timestamp::now().unix_seconds(),
     });
     node.count_accepted(name);
-    node.events.task("task-started", || ev::started(id));
+    task_event(node, "task-started", name, || ev::started(id));
 }
 
 /// Reports a job that ended revoked: terminated by `revoke(terminate=…)`
@@ -141,16 +142,18 @@ pub(crate) fn finish_revoked(
     let reason = match (terminated, outcome) {
         (Some(sig), _) => {
             tracing::warn!("Task {}[{id}] terminated (signal {sig})", msg.headers.task);
-            node.events
-                .task("task-revoked", || ev::revoked(id, true, Some(sig), false));
+            task_event(node, "task-revoked", &msg.headers.task, || {
+                ev::revoked(id, true, Some(sig), false)
+            });
             "terminated"
         }
         (None, Outcome::Completed(Output::Ran(Err(e), _)))
             if e.exc_type() == "TaskRevokedError" && node.revoked.contains(id) =>
         {
             tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
-            node.events
-                .task("task-revoked", || ev::revoked(id, false, None, false));
+            task_event(node, "task-revoked", &msg.headers.task, || {
+                ev::revoked(id, false, None, false)
+            });
             "revoked"
         }
         _ => return false,
@@ -179,8 +182,12 @@ pub(crate) fn finished(
 ) {
     let node = &shared.control;
     let id = &msg.headers.id;
+    let name = msg.headers.task.as_str();
     if state != TaskState::Retry {
         node.count_processed();
+    }
+    if let Outcome::Completed(Output::Ran(_, runtime)) = outcome {
+        node.metrics.tasks.runtime(name, *runtime);
     }
     match state {
         TaskState::Success => {
@@ -188,24 +195,42 @@ pub(crate) fn finished(
                 Outcome::Completed(Output::Ran(_, rt)) => *rt,
                 _ => Duration::ZERO,
             };
-            node.events
-                .task("task-succeeded", || ev::succeeded(id, result, runtime));
+            task_event(node, "task-succeeded", name, || {
+                ev::succeeded(id, result, runtime)
+            });
         }
-        TaskState::Failure => node
-            .events
-            .task("task-failed", || ev::failed(id, result, traceback)),
-        TaskState::Retry => node
-            .events
-            .task("task-retried", || ev::failed(id, result, traceback)),
+        TaskState::Failure => task_event(node, "task-failed", name, || {
+            ev::failed(id, result, traceback)
+        }),
+        TaskState::Retry => task_event(node, "task-retried", name, || {
+            ev::failed(id, result, traceback)
+        }),
         TaskState::Revoked => {
             let signum = outcome
                 .termination()
                 .filter(|t| t.reason == TerminateReason::Killed)
                 .and_then(|t| t.signal)
                 .map(greenpool::KillSignal::number);
-            node.events
-                .task("task-revoked", || ev::revoked(id, true, signum, false));
+            task_event(node, "task-revoked", name, || {
+                ev::revoked(id, true, signum, false)
+            });
         }
         _ => {}
     }
+}
+
+/// A request's message was rejected (the task raised `Reject` and its
+/// message was still unacked): `task-rejected` with `requeue`.
+pub(crate) fn rejected(shared: &Shared, msg: &TaskMessage, requeue: bool) {
+    task_event(&shared.control, "task-rejected", &msg.headers.task, || {
+        ev::rejected(&msg.headers.id, requeue)
+    });
+}
+
+/// Sends task event `kind` of a task named `name` (when task events are
+/// on) and counts it in the metrics (always): one place, so that the
+/// metrics agree with the events monitors see.
+fn task_event(node: &Node, kind: &str, name: &str, fields: impl FnOnce() -> Map<String, Value>) {
+    node.metrics.tasks.event(kind, name);
+    node.events.task(kind, fields);
 }

@@ -113,27 +113,10 @@ pub(crate) fn query_task(node: &Arc<Node>, args: &Args<'_>) -> Answer {
     ok(Value::Object(node.requests.query(&node.hostname, &ids)))
 }
 
-/// `active_queues`: kombu's `Queue.as_dict()` of each consumed queue.
+/// `active_queues`: kombu's `Queue.as_dict()` of each consumed queue,
+/// as changed by `add_consumer` and `cancel_consumer`.
 pub(crate) fn active_queues(node: &Arc<Node>, _: &Args<'_>) -> Answer {
-    let queues: Vec<Value> = node
-        .config
-        .queues
-        .iter()
-        .map(|q| {
-            json!({
-                "name": q,
-                "exchange": {"name": q, "type": "direct", "arguments": null, "durable": true,
-                    "passive": false, "auto_delete": false, "delivery_mode": null,
-                    "no_declare": false},
-                "routing_key": q,
-                "queue_arguments": null, "binding_arguments": null, "consumer_arguments": null,
-                "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false,
-                "alias": null, "bindings": [], "no_declare": null, "expires": null,
-                "message_ttl": null, "max_length": null, "max_length_bytes": null,
-                "max_priority": null,
-            })
-        })
-        .collect();
+    let queues: Vec<Value> = node.queues.snapshot().iter().map(|q| q.as_dict()).collect();
     ok(Value::Array(queues))
 }
 

@@ -15,10 +15,12 @@ use super::requests::Requests;
 use super::revoked::RevokedSet;
 use super::wire::NodeWire;
 use crate::backend::RedisBackend;
+use crate::broker::ActiveQueues;
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
 use crate::error::BrokerError;
 use crate::events::{EventDispatcher, LamportClock};
+use crate::metrics::{PoolSample, WorkerMetrics};
 use crate::protocol::TimeLimit;
 use crate::registry::TaskRegistry;
 
@@ -55,17 +57,25 @@ pub(crate) struct Node {
     /// Tasks that ended, and tasks accepted by name (`stats.total`).
     pub(crate) processed: AtomicU64,
     pub(crate) totals: Mutex<BTreeMap<String, u64>>,
+    /// The queues consumed (`active_queues`, `add_consumer`,
+    /// `cancel_consumer`); the Redis fetch reads the same set.
+    pub(crate) queues: Arc<ActiveQueues>,
+    /// The worker's Prometheus metrics.
+    pub(crate) metrics: Arc<WorkerMetrics>,
 }
 
 impl Node {
     /// Connects the node's own connection to the worker's broker (Redis
     /// or AMQP, by the URL): the mailbox, replies and events.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn connect(
         config: &WorkerConfig,
         registry: Arc<TaskRegistry>,
         pool: TaskPool,
         backend: Option<RedisBackend>,
         shutdown: CancellationToken,
+        queues: Arc<ActiveQueues>,
+        metrics: Arc<WorkerMetrics>,
     ) -> Result<Arc<Node>, BrokerError> {
         let settings = LinkSettings::from_config(config);
         let wire = match crate::broker::Transport::of(&config.broker_url)? {
@@ -73,14 +83,20 @@ impl Node {
                 let link = Arc::new(
                     Link::open("remote control", &config.broker_url, settings, None).await?,
                 );
+                link.count_reconnects(metrics.reconnects.counter("remote control"));
                 let db = link.client().get_connection_info().redis_settings().db();
                 NodeWire::Redis { link, db }
             }
             #[cfg(feature = "amqp")]
-            crate::broker::Transport::Amqp => NodeWire::Amqp(
-                crate::broker::amqp::node_link::AmqpNodeLink::open(&config.broker_url, settings)
-                    .await?,
-            ),
+            crate::broker::Transport::Amqp => {
+                let link = crate::broker::amqp::node_link::AmqpNodeLink::open(
+                    &config.broker_url,
+                    settings,
+                )
+                .await?;
+                link.count_reconnects(metrics.reconnects.counter("remote control"));
+                NodeWire::Amqp(link)
+            }
         };
         let clock = Arc::new(LamportClock::default());
         let events = EventDispatcher::spawn(
@@ -104,7 +120,7 @@ impl Node {
         let autoscaler = config
             .autoscale
             .map(|(max, min)| Autoscaler::new(max, min, super::autoscale::KEEPALIVE));
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             hostname: config.hostname.clone(),
             config: config.clone(),
             registry,
@@ -124,7 +140,25 @@ impl Node {
             started: Instant::now(),
             processed: AtomicU64::new(0),
             totals: Mutex::new(BTreeMap::new()),
-        }))
+            queues,
+            metrics,
+        });
+        let weak = Arc::downgrade(&node);
+        node.metrics
+            .pool
+            .watch(move || weak.upgrade().map(|n| n.pool_sample()));
+        Ok(node)
+    }
+
+    /// The pool gauges now.
+    fn pool_sample(&self) -> PoolSample {
+        let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        PoolSample {
+            limit: int(self.pool.limit()),
+            running: int(self.pool.running()),
+            free: i64::try_from(self.pool.free()).unwrap_or(i64::MAX),
+            prefetch: int(self.prefetch.size()),
+        }
     }
 
     /// Counts a task that started (`stats.total`).

@@ -7,7 +7,7 @@
 //! `clock`, `timestamp` and `type`. Worker events (`worker-online`,
 //! `worker-heartbeat` every 2 s, `worker-offline`) always go out, so
 //! monitors list the worker; task events (`task-received`, `-started`,
-//! `-succeeded`, `-failed`, `-retried`, `-revoked`) go out with `-E` or
+//! `-succeeded`, `-failed`, `-retried`, `-revoked`, `-rejected`) go out with `-E` or
 //! after `enable_events`.
 
 mod clock;

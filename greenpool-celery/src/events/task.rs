@@ -79,6 +79,12 @@ pub(crate) fn revoked(
     ])
 }
 
+/// `task-rejected`: the message was rejected, back on its queue when
+/// `requeue`.
+pub(crate) fn rejected(id: &str, requeue: bool) -> Map<String, Value> {
+    fields([("uuid", json!(id)), ("requeue", json!(requeue))])
+}
+
 /// Python's repr of the exception stored as `error` (Celery's
 /// `{"exc_type", "exc_message", "exc_module"}`): `ValueError('boom')`.
 pub(crate) fn exception_repr(error: &Value) -> String {

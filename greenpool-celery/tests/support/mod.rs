@@ -17,6 +17,7 @@ fn skip(what: &str) {
     eprintln!("\n*** SKIPPED: {what} (set GREENPOOL_REQUIRE_REDIS=1 to make this fail) ***\n");
 }
 
+pub mod metrics;
 pub mod proxy;
 pub mod rabbit;
 

@@ -164,3 +164,18 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `greenpool <args…> -b <server>` (inspect, control, call); (success,
+/// stdout), its stderr echoed.
+pub fn greenpool_cli(server: &RedisServer, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .args(args)
+        .args(["-b", &server.url(0)])
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 from celery import Celery
+from celery.utils import uuid
 from celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 URL = sys.argv[2]
@@ -218,7 +219,7 @@ def scenario_api(node):
     assert st["pool"]["max-concurrency"] == c0 and st["prefetch_count"] == p0, st
 
     # the read-only rest
-    assert insp.registered()[node] == ["greenpool.add", "greenpool.echo", "greenpool.fail", "greenpool.sleep"]
+    assert insp.registered()[node] == ["greenpool.add", "greenpool.echo", "greenpool.fail", "greenpool.reject", "greenpool.retry", "greenpool.sleep"]
     aq = insp.active_queues()[node]
     assert [q["name"] for q in aq] == ["celery"] and aq[0]["exchange"]["type"] == "direct", aq
     conf = insp.conf()[node]
@@ -266,8 +267,11 @@ def scenario_api(node):
         "error": "ValueError('Autoscale not enabled')"}
     assert one(app.control.broadcast("nosuchcmd", destination=[node], reply=True), node) == {
         "error": "KeyError('nosuchcmd')"}
-    assert "error" in one(app.control.add_consumer("foo", destination=[node], reply=True), node)
-    assert "error" in one(app.control.cancel_consumer("foo", destination=[node], reply=True), node)
+    assert one(app.control.broadcast("add_consumer", arguments={}, destination=[node], reply=True), node) == {
+        "error": "TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")"}
+    assert one(app.control.add_consumer("foo", destination=[node], reply=True), node) == {"ok": "add consumer foo"}
+    assert one(app.control.cancel_consumer("foo", destination=[node], reply=True), node) == {
+        "ok": "no longer consuming from foo"}
 
     # heartbeat on request; events off again
     assert one(app.control.heartbeat(destination=[node], reply=True), node) is None
@@ -432,6 +436,125 @@ def scenario_flower(node, port):
 
     status, body = post(f"/api/worker/shutdown/{node}")
     assert status == 200, body
+    print("OK")
+
+
+def rejection(result):
+    """The Reject a rejected task's get() raises (rebuilt by name)."""
+    try:
+        result.get(timeout=20)
+    except Exception as e:  # celery.exceptions.Reject, rebuilt from the result
+        assert type(e).__name__ == "Reject", repr(e)
+        return e
+    raise AssertionError(f"{result.id} was not rejected: {result.state}")
+
+
+def scenario_metrics(node):
+    """Tasks for tests/worker_metrics.rs: two adds succeed, a fail fails, a
+    retry retries once then succeeds, an echo is revoked before it runs,
+    a reject (acks late) is rejected without requeue."""
+    assert app.send_task("greenpool.add", (2, 3)).get(timeout=20) == 5
+    assert app.send_task("greenpool.add", (1, 1)).get(timeout=20) == 2
+    try:
+        app.send_task("greenpool.fail", ("boom",)).get(timeout=20)
+        raise AssertionError("fail succeeded")
+    except ValueError:
+        pass
+    assert app.send_task("greenpool.retry", (1,)).get(timeout=20) == 1
+    tid = uuid()
+    one(app.control.revoke(tid, destination=[node], reply=True), node)
+    assert revoked_error(app.send_task("greenpool.echo", (1,), task_id=tid)) == "revoked"
+    rejection(app.send_task("greenpool.reject", (False,)))
+    print("OK")
+
+
+def active_queues(node):
+    insp = app.control.inspect(destination=[node], timeout=2)
+    return {q["name"]: q for q in insp.active_queues()[node]}
+
+
+def scenario_consumers(node):
+    """add_consumer / cancel_consumer from app.control: replies, active_queues,
+    and which queue lists the worker pops. Prints the id of a task left in
+    q2 after the cancel (tests/celery_consumers.rs adds q2 again from Rust and
+    waits for it with scenario wait_result)."""
+    client = app.connection().default_channel.client
+    assert list(active_queues(node)) == ["celery"]
+    r = app.control.add_consumer("q2", destination=[node], reply=True)
+    assert one(r, node) == {"ok": "add consumer q2"}, r
+    qs = active_queues(node)
+    assert list(qs) == ["celery", "q2"], qs
+    assert qs["q2"]["exchange"]["name"] == "q2" and qs["q2"]["routing_key"] == "q2", qs
+    assert app.send_task("greenpool.add", (1, 2), queue="q2").get(timeout=20) == 3
+
+    r = app.control.cancel_consumer("q2", destination=[node], reply=True)
+    assert one(r, node) == {"ok": "no longer consuming from q2"}, r
+    assert list(active_queues(node)) == ["celery"]
+    left = app.send_task("greenpool.add", (2, 2), queue="q2")
+    # Every fetch reads all consumed queues at once: once a task sent to
+    # celery after `left` has run, a fetch after `left` was queued has
+    # happened, and it did not take `left`.
+    assert app.send_task("greenpool.add", (0, 0)).get(timeout=20) == 0
+    assert client.llen("q2") == 1, client.llen("q2")
+    assert left.state == "PENDING", left.state
+
+    # Exchange and routing key of add_consumer: bound, then routed there.
+    r = app.control.add_consumer("q3", exchange="ex3", exchange_type="direct",
+                                 routing_key="rk3", destination=[node], reply=True)
+    assert one(r, node) == {"ok": "add consumer q3"}, r
+    q3 = active_queues(node)["q3"]
+    assert q3["exchange"]["name"] == "ex3" and q3["routing_key"] == "rk3", q3
+    until("q3 bound to ex3", lambda: any(
+        m.endswith(b"q3") and m.startswith(b"rk3") for m in client.smembers("_kombu.binding.ex3")))
+    assert app.send_task("greenpool.add", (3, 3), exchange="ex3", routing_key="rk3").get(timeout=20) == 6
+    r = app.control.cancel_consumer("q3", destination=[node], reply=True)
+    assert one(r, node) == {"ok": "no longer consuming from q3"}, r
+    print(left.id)
+    print("OK")
+
+
+def scenario_wait_result(node, task_id, expected):
+    """Waits for task_id's result and checks the worker consumes q2."""
+    assert "q2" in active_queues(node)
+    got = app.AsyncResult(task_id).get(timeout=20)
+    assert got == json.loads(expected), got
+    print("OK")
+
+
+def scenario_rejected(node):
+    """task-rejected from a task that raises Reject (acks late), seen by a
+    stock EventReceiver, after task-failed as Celery sends them."""
+    ev = Events()
+    ev.wait("worker-heartbeat", lambda e: e["type"] == "worker-heartbeat")
+    j = app.send_task("greenpool.reject", (False,))
+    rejection(j)
+    hit = ev.wait("task-rejected", lambda e: e["type"] == "task-rejected" and e.get("uuid") == j.id)[0]
+    check_fields(hit, ["uuid", "requeue"])
+    assert hit["requeue"] is False and hit["hostname"] == node, hit
+    ev.barrier(node)
+    types = [e["type"] for e in ev.of(j.id)]
+    assert types == ["task-received", "task-started", "task-failed", "task-rejected"], types
+    failed = ev.of(j.id)[2]
+    assert failed["exception"] == "Reject('rejected by request', False)", failed
+    meta = app.backend.get_task_meta(j.id)
+    assert meta["status"] == "FAILURE", meta
+
+    # With requeue the message goes back to its queue and comes back: no
+    # failure, task-rejected(requeue=True) each time. The task rejects for
+    # ever (as in Celery), so the queue is cancelled after two rounds.
+    k = app.send_task("greenpool.reject", (True,))
+    ev.wait("two requeueing rejects", lambda e: e["type"] == "task-rejected" and e.get("uuid") == k.id
+            and len([x for x in ev.items if x["type"] == "task-rejected" and x.get("uuid") == k.id]) >= 2)
+    one(app.control.cancel_consumer("celery", destination=[node], reply=True), node)
+    ev.barrier(node)
+    mine = ev.of(k.id)
+    assert all(e["requeue"] is True for e in mine if e["type"] == "task-rejected"), mine
+    assert "task-failed" not in [e["type"] for e in mine], mine
+    received = [e for e in mine if e["type"] == "task-received"]
+    assert len(received) >= 2, mine
+    assert app.backend.get_task_meta(k.id)["status"] == "PENDING"
+    client = app.connection().default_channel.client
+    until("the rejected message back in its queue", lambda: client.llen("celery") == 1)
     print("OK")
 
 

@@ -91,7 +91,7 @@ impl AmqpClient {
             .unwrap_or_else(PoisonError::into_inner)
             .contains(queue);
         if fresh {
-            self.session.declare_queue(&live.publish, queue).await?;
+            self.ensure_queue(&live, queue).await?;
             self.declared
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -118,6 +118,35 @@ impl AmqpClient {
         Ok(())
     }
 
+    /// Makes sure `queue` exists before the first publish to it: a queue
+    /// that exists is used as it is (whatever arguments the workers
+    /// declared it with, `x-max-priority` or quorum: declaring it again
+    /// without them would be the broker's 406), a missing one is declared
+    /// as Celery's client declares it. The passive check runs on a channel
+    /// of its own, which the broker closes when the queue is missing.
+    async fn ensure_queue(&self, live: &Live, queue: &str) -> Result<(), BrokerError> {
+        let probe = live
+            .conn
+            .create_channel()
+            .await
+            .map_err(BrokerError::Amqp)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match probe
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(_) => {
+                let _ = probe.close(200, "queue exists".into()).await;
+                Ok(())
+            }
+            Err(e) if is_not_found(&e) => self.session.declare_queue(&live.publish, queue).await,
+            Err(e) => Err(BrokerError::Amqp(e)),
+        }
+    }
+
     /// A receiver of the replies for task `id` (the latest one).
     pub(crate) fn watch(&self, id: &str) -> watch::Receiver<Option<ResultMeta>> {
         self.inbox
@@ -127,6 +156,16 @@ impl AmqpClient {
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
     }
+}
+
+/// Whether `e` is the server's 404 NOT_FOUND.
+fn is_not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if *p.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
 }
 
 /// Declares the exclusive auto-delete reply queue `name` (a UUID, as

@@ -9,13 +9,13 @@
 //! connection that broke are dropped instead of acking an unrelated
 //! message on the next one: the broker requeued those messages itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use greenpool::TaskPool;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+use lapin::types::{FieldTable, ShortString};
 use tokio_util::task::TaskTracker;
 
 use super::outbox::AmqpOutbox;
@@ -46,6 +46,7 @@ pub(crate) async fn run(
     shutdown: ShutdownHandle,
     ready: Arc<tokio::sync::Notify>,
     stats: Arc<RedisStats>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 ) -> Result<WorkerReport, WorkerError> {
     let settings = LinkSettings::from_config(&config);
     let topology = Topology {
@@ -55,6 +56,7 @@ pub(crate) async fn run(
         prefetch: u16::try_from(config.prefetch_count()).unwrap_or(u16::MAX),
     };
     let session = Session::new(&config.broker_url, settings.clone(), topology)?;
+    session.count_reconnects(metrics.reconnects.counter("broker"));
     let mut live = session.connect(true).await?;
     // Results: rpc:// replies through the outbox, or a Redis backend
     // through a batcher the outbox flushes before its acks.
@@ -66,6 +68,7 @@ pub(crate) async fn run(
         Some(url) => {
             let link =
                 Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
+            link.count_reconnects(metrics.reconnects.counter("result backend"));
             let scripts = link
                 .call_until_done("loading the scripts", |mut conn| async move {
                     Scripts::load(&mut conn).await
@@ -100,12 +103,15 @@ pub(crate) async fn run(
         .build()
         .map_err(|e| WorkerError::Pool(e.to_string()))?;
     pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
+    let queues = Arc::new(crate::broker::ActiveQueues::new(&config.queues));
     let control = crate::control::Node::connect(
         &config,
         Arc::clone(&registry),
         pool.clone(),
         backend.as_ref().and_then(ResultStore::redis).cloned(),
         shutdown.warm.clone(),
+        Arc::clone(&queues),
+        metrics,
     )
     .await?;
     let shared = Arc::new(Shared {
@@ -230,33 +236,29 @@ async fn consume(
     if wanted != shared.config.prefetch_count() {
         set_window(live, wanted, qos).await?;
     }
-    let mut streams = Vec::new();
-    for q in &shared.config.queues {
-        let consumer = live
-            .consume
-            .basic_consume(
-                q.as_str().into(),
-                format!("{}-{}-{q}", shared.config.hostname, live.generation).into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(BrokerError::Amqp)?;
-        streams.push(consumer.map(move |d| d.map(|d| (d,))));
-    }
-    let mut all = futures::stream::select_all(streams);
+    // The consumed queues follow add_consumer / cancel_consumer.
+    let mut changes = shared.control.queues.watch();
+    changes.borrow_and_update();
+    let mut consuming: HashMap<String, ShortString> = HashMap::new();
+    let mut all = futures::stream::SelectAll::new();
+    follow_queues(live, shared, &mut consuming, &mut all).await?;
     loop {
         let next = tokio::select! {
-            n = all.next() => n,
+            n = all.next(), if !all.is_empty() => n,
             Ok(()) = window.changed() => {
                 let size = *window.borrow_and_update();
                 set_window(live, size, qos).await?;
                 continue;
             }
+            Ok(()) = changes.changed() => {
+                changes.borrow_and_update();
+                follow_queues(live, shared, &mut consuming, &mut all).await?;
+                continue;
+            }
             _ = shutdown.warm.cancelled() => return Ok(()),
         };
         let d = match next {
-            Some(Ok((d,))) => d,
+            Some(Ok(d)) => d,
             Some(Err(e)) => return Err(BrokerError::Amqp(e)),
             None => {
                 return Err(BrokerError::GaveUp(
@@ -311,4 +313,130 @@ async fn set_window(
         .basic_qos(count, qos)
         .await
         .map_err(BrokerError::Amqp)
+}
+
+/// Starts consuming the queues added to the node's set since the last
+/// call (declaring each with its exchange and binding) and cancels the
+/// consumers of queues taken out of it.
+async fn follow_queues(
+    live: &Live,
+    shared: &Arc<Shared>,
+    consuming: &mut HashMap<String, ShortString>,
+    all: &mut futures::stream::SelectAll<lapin::Consumer>,
+) -> Result<(), BrokerError> {
+    let wanted = shared.control.queues.snapshot();
+    let gone: Vec<String> = consuming
+        .keys()
+        .filter(|name| !wanted.iter().any(|q| &q.name == *name))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(tag) = consuming.remove(&name) {
+            live.consume
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+                .map_err(BrokerError::Amqp)?;
+            tracing::info!("consumer: no longer consuming from {name}");
+        }
+    }
+    for q in wanted.iter() {
+        if consuming.contains_key(&q.name) {
+            continue;
+        }
+        match declare_consumed(live, shared, q).await {
+            Ok(()) => {}
+            Err(e @ BrokerError::Precondition { .. }) => {
+                tracing::error!("consumer: not consuming from {}: {e}", q.name);
+                shared.control.queues.cancel(&q.name);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let tag = ShortString::from(format!(
+            "{}-{}-{}",
+            shared.config.hostname, live.generation, q.name
+        ));
+        let consumer = live
+            .consume
+            .basic_consume(
+                q.name.as_str().into(),
+                tag.clone(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Amqp)?;
+        all.push(consumer);
+        consuming.insert(q.name.clone(), tag);
+    }
+    Ok(())
+}
+
+/// Declares a queue added at run time as Celery's `add_task_queue` does:
+/// its exchange (of its type, durable), the durable queue with the
+/// worker's queue arguments, and the binding by its routing key. Queues
+/// named with `-Q` were declared with the connection.
+async fn declare_consumed(
+    live: &Live,
+    shared: &Arc<Shared>,
+    q: &crate::broker::ConsumedQueue,
+) -> Result<(), BrokerError> {
+    if shared.config.queues.contains(&q.name) {
+        return Ok(());
+    }
+    let kind = match q.exchange_type.as_str() {
+        "fanout" => lapin::ExchangeKind::Fanout,
+        "topic" => lapin::ExchangeKind::Topic,
+        "headers" => lapin::ExchangeKind::Headers,
+        _ => lapin::ExchangeKind::Direct,
+    };
+    let topology = Topology {
+        max_priority: shared.config.queue_max_priority,
+        quorum: shared.config.quorum_queues,
+        ..Topology::default()
+    };
+    // A channel of its own: a refused declaration (406) must not close
+    // the consumer's channel.
+    let ch = live
+        .conn
+        .create_channel()
+        .await
+        .map_err(BrokerError::Amqp)?;
+    let durable = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..lapin::options::ExchangeDeclareOptions::default()
+    };
+    if !q.exchange.is_empty() {
+        ch.exchange_declare(
+            q.exchange.as_str().into(),
+            kind,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| super::session::declare_error(format!("exchange {:?}", q.exchange), e))?;
+    }
+    ch.queue_declare(
+        q.name.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        },
+        topology.queue_arguments(),
+    )
+    .await
+    .map_err(|e| super::session::declare_error(format!("queue {:?}", q.name), e))?;
+    if !q.exchange.is_empty() {
+        ch.queue_bind(
+            q.name.as_str().into(),
+            q.exchange.as_str().into(),
+            q.routing_key.as_str().into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::Amqp)?;
+    }
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
 }

@@ -37,8 +37,10 @@
 //! * ETA on quorum queues is held unacked (as on classic queues); Celery
 //!   5.5's native delayed delivery (its `celery_delayed_*` exchanges) is not
 //!   declared or used.
-//! * A task cannot ask for `basic.reject` with requeue (Celery's `Reject`
-//!   exception); only warm shutdown rejects (what was not started).
+//! * A late-ack task that returns [`TaskError::reject`](crate::TaskError::reject)
+//!   with `requeue` gets `basic.reject` with requeue, as warm shutdown does
+//!   for what was not started; without `requeue` its message is acked (no
+//!   dead-letter exchange is declared, so a reject would drop it too).
 //! * RabbitMQ 4's choice of per-consumer QoS on classic queues (kombu
 //!   reads the server's version) is not made: the server's properties are
 //!   not exposed by lapin, and global QoS is still accepted there.
@@ -46,9 +48,11 @@
 //!   correlation id, then acked) as on Redis, but only after the broker
 //!   delivered it whole (the broker's own `max_message_size`, 128 MiB by
 //!   default, bounds that).
-//! * The Rust client declares the queues it sends to without arguments
-//!   (RabbitMQ accepts that for a queue declared with `x-max-priority` or
-//!   as a quorum queue: the tests send to both). Its rpc:// reply queue is
+//! * The Rust client uses a queue it sends to as it exists (a passive
+//!   declare first), so it sends to queues the workers declared with
+//!   `x-max-priority` or as quorum queues; a missing queue it declares
+//!   without arguments, as a client without those settings does. Its
+//!   rpc:// reply queue is
 //!   declared again, under the same name, when the client reconnects to
 //!   send; replies published while it was gone are lost, as with
 //!   Celery's rpc:// backend.

@@ -142,6 +142,11 @@ impl AmqpNodeLink {
         Ok(link)
     }
 
+    /// Counts the connection's reconnects on `counter` (metrics).
+    pub(crate) fn count_reconnects(&self, counter: prometheus_client::metrics::counter::Counter) {
+        self.session.count_reconnects(counter);
+    }
+
     /// The connection, with Celery's exchanges declared on it; connects
     /// again (with the settings' backoff) when it broke.
     pub(crate) async fn live(&self) -> Result<Arc<Live>, BrokerError> {

@@ -125,6 +125,8 @@ pub(crate) struct Session {
     topology: Topology,
     live: watch::Sender<Option<Arc<Live>>>,
     dead: std::sync::Mutex<Option<String>>,
+    /// Counts each connection made again after a loss (metrics).
+    reconnects: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Session {
@@ -146,7 +148,14 @@ impl Session {
             topology,
             live: watch::channel(None).0,
             dead: std::sync::Mutex::new(None),
+            reconnects: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Counts every connection made again after a loss on `counter` from
+    /// now on (the first connection, even retried, is not a reconnect).
+    pub(crate) fn count_reconnects(&self, counter: prometheus_client::metrics::counter::Counter) {
+        let _ = self.reconnects.set(counter);
     }
 
     /// The parsed URL (for the broker's description in `stats`).
@@ -217,6 +226,11 @@ impl Session {
             attempt = attempt.saturating_add(1);
             match self.open(previous + 1).await {
                 Ok(live) => {
+                    if !first {
+                        if let Some(c) = self.reconnects.get() {
+                            c.inc();
+                        }
+                    }
                     if attempt > 1 || !first {
                         tracing::warn!(
                             "{}: connected again after {attempt} attempt(s)",
