@@ -1,4 +1,4 @@
-//! The `/metrics` listener: a minimal HTTP/1.1 responder on a tokio
+//! The `/metrics` listener: hyper's HTTP/1.1 server on a tokio
 //! `TcpListener`. `GET /metrics` (or `HEAD`) answers the text exposition;
 //! other paths 404, other methods 405. One request per connection.
 
@@ -6,15 +6,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::convert::Infallible;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::WorkerMetrics;
 use crate::error::WorkerError;
-
-/// Longest request head read.
-const MAX_HEAD: usize = 8 * 1024;
 
 /// How long a client may take to send its request and read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,8 +69,8 @@ impl MetricsServer {
                     Ok((stream, _)) => {
                         let metrics = Arc::clone(&metrics);
                         tokio::spawn(async move {
-                            let _ = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &metrics))
-                                .await;
+                            let _ =
+                                tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, metrics)).await;
                         });
                     }
                     Err(e) => {
@@ -83,107 +88,81 @@ impl MetricsServer {
     }
 }
 
-/// Reads one request head from `stream` and answers it.
-async fn answer(mut stream: TcpStream, metrics: &WorkerMetrics) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
-        }
-    }
-    let (status, body) = route(&head);
-    let text;
-    let (body, content_type) = match body {
-        Route::Metrics { head_only } => {
-            text = metrics.render();
-            (
-                if head_only { "" } else { text.as_str() },
-                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-            )
-        }
-        Route::Text(t) => (t, "text/plain; charset=utf-8"),
+/// Serves the HTTP/1.1 connection `stream` (hyper), one request at a
+/// time.
+async fn answer(stream: TcpStream, metrics: Arc<WorkerMetrics>) -> Result<(), hyper::Error> {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let metrics = Arc::clone(&metrics);
+        async move { Ok::<_, Infallible>(respond(req.method(), req.uri().path(), &metrics)) }
+    });
+    http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+/// The answer to `method` on `path`: the exposition at `GET /metrics`
+/// (headers only for `HEAD`), 405 for other methods there, 404 elsewhere.
+fn respond(method: &Method, path: &str, metrics: &WorkerMetrics) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
     };
-    respond(&mut stream, status, content_type, body).await
-}
-
-/// What a request gets.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    /// The exposition (without body for `HEAD`).
-    Metrics { head_only: bool },
-    /// A short text.
-    Text(&'static str),
-}
-
-/// The status and answer of the request whose head is `head`.
-fn route(head: &[u8]) -> (&'static str, Route) {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
-        return ("400 Bad Request", Route::Text("bad request\n"));
+    if path != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(metrics.render())
     };
-    let path = target.split('?').next().unwrap_or_default();
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            Route::Metrics {
-                head_only: method == "HEAD",
-            },
-        ),
-        (_, "/metrics") => ("405 Method Not Allowed", Route::Text("only GET and HEAD\n")),
-        _ => (
-            "404 Not Found",
-            Route::Text("not found; metrics are at /metrics\n"),
-        ),
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
-    if !content_type.is_empty() {
-        out.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    out.push_str(body);
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+    );
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn routes_requests() {
+        let m = WorkerMetrics::new();
+        let got = respond(&Method::GET, "/metrics", &m);
+        assert_eq!(got.status(), StatusCode::OK);
         assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("200 OK", Route::Metrics { head_only: false })
+            got.headers()[header::CONTENT_TYPE],
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE
         );
         assert_eq!(
-            route(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            ("200 OK", Route::Metrics { head_only: true })
+            respond(&Method::HEAD, "/metrics", &m).status(),
+            StatusCode::OK
         );
+        let post = respond(&Method::POST, "/metrics", &m);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
         assert_eq!(
-            route(b"POST /metrics HTTP/1.1\r\n\r\n").0,
-            "405 Method Not Allowed"
+            respond(&Method::GET, "/", &m).status(),
+            StatusCode::NOT_FOUND
         );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n").0, "404 Not Found");
-        assert_eq!(route(b"\r\n\r\n").0, "400 Bad Request");
     }
 
     #[tokio::test]
