@@ -131,10 +131,23 @@ fn worker(node: &RabbitNode, backend: &str, args: &[&str]) -> Proc {
 
 /// Runs a scenario of tests/python/interop.py with `env`; returns stdout.
 fn py(python: &Path, node: &RabbitNode, env: &[(&str, &str)], args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
+    let url = node.url();
+    run_python(
+        python,
+        "interop.py",
+        &[&[url.as_str()][..], args].concat(),
+        env,
+    )
+}
+
+/// Runs tests/python/`script` with `args` and `env`; fails with its
+/// output unless it exits 0; returns stdout.
+fn run_python(python: &Path, script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = Command::new(python)
         .arg(script)
-        .arg(node.url())
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -148,6 +161,22 @@ fn py(python: &Path, node: &RabbitNode, env: &[(&str, &str)], args: &[&str]) -> 
     stdout
 }
 
+/// A RabbitMQ node and a redis-server for results, with the backend URL.
+fn servers() -> Option<(RabbitNode, RedisServer, String)> {
+    let node = RabbitNode::start()?;
+    let redis = RedisServer::start()?;
+    let backend = redis.url(0);
+    Some((node, redis, backend))
+}
+
+/// [`setup`] and a redis-server for results, with the backend URL.
+fn setup_with_results() -> Option<(RabbitNode, PathBuf, RedisServer, String)> {
+    let (node, python) = setup()?;
+    let redis = RedisServer::start()?;
+    let backend = redis.url(0);
+    Some((node, python, redis, backend))
+}
+
 fn setup() -> Option<(RabbitNode, PathBuf)> {
     let node = RabbitNode::start()?;
     let python = support::python()?;
@@ -156,13 +185,9 @@ fn setup() -> Option<(RabbitNode, PathBuf)> {
 
 #[test]
 fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [("INTEROP_BACKEND", backend.as_str())];
     let w = worker(&node, &backend, &["-c", "10"]);
     for scenario in [
@@ -184,23 +209,15 @@ fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
 /// Runs scenario `args[0]` of tests/python/control.py against the node,
 /// results read from `backend`; returns stdout.
 fn control_py(python: &Path, node: &RabbitNode, backend: &str, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/control.py");
     let (first, rest) = args.split_first().unwrap();
-    let out = Command::new(python)
-        .arg(script)
-        .arg(first)
-        .arg(node.url())
-        .args(rest)
-        .env("CONTROL_BACKEND", backend)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let url = node.url();
+    let script_args = [&[*first, url.as_str()][..], rest].concat();
+    run_python(
+        python,
+        "control.py",
+        &script_args,
+        &[("CONTROL_BACKEND", backend)],
+    )
 }
 
 /// `greenpool <args> --broker <node>`; its success and stdout.
@@ -218,19 +235,42 @@ fn greenpool(node: &RabbitNode, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `greenpool call <args>` through the node with results on `backend`;
+/// its success and its stdout and stderr together.
+fn call(node: &RabbitNode, backend: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .arg("call")
+        .args(args)
+        .args(["--broker", &node.url(), "--result-backend", backend])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// [`call`] that must succeed; its output.
+fn call_ok(node: &RabbitNode, backend: &str, args: &[&str]) -> String {
+    let (ok, out) = call(node, backend, args);
+    assert!(ok, "greenpool call {args:?}: {out}");
+    out
+}
+
 /// Every remote-control command through the stock `app.control` /
 /// `inspect()` over AMQP, and the task and worker events a stock
 /// `EventReceiver` sees on the `celeryev` topic exchange (the same
 /// scenario as on Redis), ending with a remote warm shutdown.
 #[test]
 fn stock_control_api_and_events_over_amqp() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let name = "api@amqp";
     let w = worker(&node, &backend, &["-c", "4", "-n", name]);
     assert!(control_py(&python, &node, &backend, &["api", name]).contains("OK"));
@@ -244,13 +284,9 @@ fn stock_control_api_and_events_over_amqp() {
 /// `basic.qos`), not only the number `stats` reports.
 #[test]
 fn greenpool_and_python_workers_answer_control_on_one_rabbitmq() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let (gp, pyn) = ("gp@amqp", "py@amqp");
     let w = worker(&node, &backend, &["-c", "10", "-E", "-n", gp]);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -320,13 +356,9 @@ fn rpc_backend_replies_reach_the_python_client() {
 
 #[test]
 fn higher_priority_runs_first_with_x_max_priority() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [
         ("INTEROP_BACKEND", backend.as_str()),
         ("INTEROP_MAX_PRIORITY", "10"),
@@ -378,13 +410,9 @@ fn a_queue_declared_with_other_arguments_is_a_clear_error() {
 
 #[test]
 fn quorum_queues_serve_python_clients() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [
         ("INTEROP_BACKEND", backend.as_str()),
         ("INTEROP_QUORUM", "1"),
@@ -408,30 +436,23 @@ fn quorum_queues_serve_python_clients() {
 
 /// `greenpool call greenpool.add [2, 3] --wait` to the `celery` queue.
 fn rust_client_adds(node: &RabbitNode, backend: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["call", "greenpool.add", "[2, 3]", "--priority", "7"])
-        .args(["--broker", &node.url(), "--result-backend", backend])
-        .args(["--wait", "--timeout", "60"])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains('5'),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "greenpool.add",
+        "[2, 3]",
+        "--priority",
+        "7",
+        "--wait",
+        "--timeout",
+        "60",
+    ];
+    assert!(call_ok(node, backend, &args).contains('5'));
 }
 
 #[test]
 fn warm_shutdown_finishes_running_and_returns_prefetched() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [("INTEROP_BACKEND", backend.as_str())];
     let w = worker(&node, &backend, &["-c", "1", "--prefetch-multiplier", "4"]);
     let sent: serde_json::Value = serde_json::from_str(&py(
@@ -527,13 +548,9 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
 
 #[test]
 fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [("INTEROP_BACKEND", backend.as_str())];
     let small = |name| ["-c", "2", "--prefetch-multiplier", "1", "-n", name];
     let a = worker(&node, &backend, &small("a@amqp"));
@@ -600,37 +617,24 @@ fn two_greenpool_workers_and_a_python_worker_share_one_queue() {
 /// the worker goes on with the next one.
 #[test]
 fn an_oversized_message_fails_visibly_and_is_acked() {
-    let Some(node) = RabbitNode::start() else {
+    let Some((node, _redis, backend)) = servers() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let w = worker(&node, &backend, &["-c", "2", "--max-message-size", "2000"]);
     let big = format!("[\"{}\"]", "x".repeat(5000));
-    let call = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-            .arg("call")
-            .args(args)
-            .args(["--broker", &node.url(), "--result-backend", &backend])
-            .args(["--wait", "--timeout", "60"])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
-    let (ok, out) = call(&["greenpool.echo", &big]);
+    let wait = ["--wait", "--timeout", "60"];
+    let (ok, out) = call(
+        &node,
+        &backend,
+        &[&["greenpool.echo", &big][..], &wait].concat(),
+    );
     assert!(!ok && out.contains("MessageTooLarge"), "{out}");
-    let (ok, out) = call(&["greenpool.add", "[2, 3]"]);
-    assert!(ok && out.contains('5'), "{out}");
+    let out = call_ok(
+        &node,
+        &backend,
+        &[&["greenpool.add", "[2, 3]"][..], &wait].concat(),
+    );
+    assert!(out.contains('5'), "{out}");
     assert_eq!(node.queue_counts("celery"), Some((0, 0)));
     let log = w.stop_and_log();
     assert_eq!(
@@ -648,37 +652,25 @@ fn an_oversized_message_fails_visibly_and_is_acked() {
 /// channel's `basic.qos` reads 2 meanwhile.
 #[test]
 fn an_eta_request_widens_the_window_while_it_waits() {
-    let Some(node) = RabbitNode::start() else {
+    let Some((node, _redis, backend)) = servers() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let w = worker(
         &node,
         &backend,
         &["-c", "1", "--prefetch-multiplier", "1", "-n", "eta@amqp"],
     );
-    let call = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-            .arg("call")
-            .args(args)
-            .args(["--broker", &node.url(), "--result-backend", &backend])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
-    call(&["greenpool.add", "[1, 1]", "--countdown", "600"]);
+    call_ok(
+        &node,
+        &backend,
+        &["greenpool.add", "[1, 1]", "--countdown", "600"],
+    );
     w.wait_for("received");
-    let out = call(&["greenpool.add", "[2, 3]", "--wait", "--timeout", "120"]);
+    let out = call_ok(
+        &node,
+        &backend,
+        &["greenpool.add", "[2, 3]", "--wait", "--timeout", "120"],
+    );
     assert!(out.contains('5'), "{out}");
     let qos = node
         .ctl(&["list_channels", "global_prefetch_count"])
@@ -695,13 +687,9 @@ fn an_eta_request_widens_the_window_while_it_waits() {
 fn metrics_count_tasks_over_amqp() {
     use support::metrics::{expected_counts, get, scrape, scrape_until, task_counts};
 
-    let Some((node, python)) = setup() else {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let env = [("INTEROP_BACKEND", backend.as_str())];
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -734,31 +722,11 @@ fn metrics_count_tasks_over_amqp() {
 /// cancel, messages sent there stay in the queue.
 #[test]
 fn add_and_cancel_consumer_over_amqp() {
-    let Some(node) = RabbitNode::start() else {
+    let Some((node, _redis, backend)) = servers() else {
         return;
     };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let backend = redis.url(0);
     let name = "consumers@amqp";
     let w = worker(&node, &backend, &["-c", "2", "-n", name]);
-    let call = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-            .arg("call")
-            .args(args)
-            .args(["--broker", &node.url(), "--result-backend", &backend])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
     let (ok, out) = greenpool(&node, &["control", "add_consumer", "q2", "-d", name]);
     assert!(ok && out.contains("add consumer q2"), "{out}");
     let (ok, out) = greenpool(&node, &["inspect", "active_queues", "-d", name, "-j"]);
@@ -771,7 +739,7 @@ fn add_and_cancel_consumer_over_amqp() {
         .filter_map(|q| q["name"].as_str())
         .collect();
     assert_eq!(names, ["celery", "q2"], "{v}");
-    let out = call(&[
+    let to_q2 = [
         "greenpool.add",
         "[2, 3]",
         "-Q",
@@ -779,14 +747,19 @@ fn add_and_cancel_consumer_over_amqp() {
         "--wait",
         "--timeout",
         "60",
-    ]);
+    ];
+    let out = call_ok(&node, &backend, &to_q2);
     assert!(out.contains('5'), "{out}");
 
     let (ok, out) = greenpool(&node, &["control", "cancel_consumer", "q2", "-d", name]);
     assert!(ok && out.contains("no longer consuming from q2"), "{out}");
     w.wait_for("no longer consuming from q2");
-    call(&["greenpool.add", "[1, 1]", "-Q", "q2"]);
-    let out = call(&["greenpool.add", "[4, 4]", "--wait", "--timeout", "60"]);
+    call_ok(&node, &backend, &["greenpool.add", "[1, 1]", "-Q", "q2"]);
+    let out = call_ok(
+        &node,
+        &backend,
+        &["greenpool.add", "[4, 4]", "--wait", "--timeout", "60"],
+    );
     assert!(out.contains('8'), "{out}");
     assert_eq!(node.queue_counts("q2"), Some((1, 0)), "left in q2");
     w.stop();
