@@ -8,7 +8,7 @@ pub(crate) mod keys;
 mod redis;
 
 pub(crate) use self::delivery::{Delivery, Fetched, Oversized};
-pub(crate) use self::redis::RedisBroker;
+pub(crate) use self::redis::{RedisBroker, LIVENESS_REFRESH};
 
 use crate::error::BrokerError;
 
