@@ -21,9 +21,12 @@ use redis::aio::MultiplexedConnection;
 /// step 2 did not run yet) is skipped: what is in flight is recorded
 /// before more is taken from it.
 ///
-/// The batch is moved with one `RPOP` (then `LPUSH`) and, for the rest,
-/// `SORT key BY nosort LIMIT 0 n DESC STORE` (the `n` messages a run of
-/// `RPOP` would give, in that order) and `LTRIM`: but for the first, the
+/// An in-flight list keeps its queue's order: the message `RPOP` would
+/// give first is on its right. A queue that fits the budget whole is
+/// renamed to the in-flight list (nothing is copied). Otherwise the batch
+/// is moved with one `RPOP` (then `RPUSH`) and, for the rest,
+/// `SORT key BY nosort LIMIT offset n STORE` (the `n` messages at the
+/// right end, in list order) and `LTRIM`: but for the first, the
 /// messages are copied by Redis itself and never become Lua strings,
 /// which is what made a fetch script expensive (about 11 instructions per
 /// byte for each string a script makes). The caller reads the in-flight
@@ -64,9 +67,13 @@ for i = 1, #KEYS, 2 do
   if n > 0 and redis.call('EXISTS', flight) == 0 then
     local take = math.min(n, want)
     want = want - take
-    if single then
+    if n <= take and not single then
+      -- The whole queue: the list itself becomes the in-flight list,
+      -- nothing is copied.
+      redis.call('RENAME', queue, flight)
+    elseif single then
       for j = 1, take do
-        redis.call('RPUSH', flight, redis.call('RPOP', queue))
+        redis.call('LPUSH', flight, redis.call('RPOP', queue))
       end
     else
       -- The first move is a pop: a write Redis does not refuse at
@@ -74,10 +81,10 @@ for i = 1, #KEYS, 2 do
       -- script could); the batch is then recorded, or refused, in step 2.
       local first = redis.call('RPOP', queue)
       if take > 1 then
-        redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', 0, take - 1, 'DESC', 'STORE', flight)
+        redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', n - take, take - 1, 'STORE', flight)
         redis.call('LTRIM', queue, 0, -take)
       end
-      redis.call('LPUSH', flight, first)
+      redis.call('RPUSH', flight, first)
     end
     if limit > 0 and redis.call('MEMORY', 'USAGE', flight, 'SAMPLES', '0') > limit then
       local items = redis.call('LRANGE', flight, 0, -1)
@@ -127,7 +134,7 @@ if not own and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local moved = 0
 for i = 4, #KEYS, 2 do
   while true do
-    local raw = redis.call('RPOP', KEYS[i + 1])
+    local raw = redis.call('LPOP', KEYS[i + 1])
     if not raw then break end
     redis.call('RPUSH', KEYS[i], raw)
     moved = moved + 1

@@ -600,7 +600,8 @@ impl RedisBroker {
         for t in taken {
             let queue = self.queues.get(t.queue).cloned().unwrap_or_default();
             let json = self.queue_json.get(t.queue).map_or("\"\"", String::as_str);
-            for raw in t.raws {
+            // The right end is where `RPOP` would have taken first.
+            for raw in t.raws.into_iter().rev() {
                 let d = Delivery::read(queue.clone(), raw);
                 if chunk.bytes >= RECORD_CHUNK_BYTES {
                     if let Err(e) = self.write(&mut chunk).await {
@@ -639,7 +640,9 @@ impl RedisBroker {
             pipe.add_command(done.zadd).ignore();
         }
         for (flight, n) in &done.trims {
-            pipe.cmd("LTRIM").arg(flight).arg(*n).arg(-1).ignore();
+            // Off the right end, where the chunk's messages were read.
+            let keep_to = -1 - i64::try_from(*n).unwrap_or(i64::MAX - 1);
+            pipe.cmd("LTRIM").arg(flight).arg(0).arg(keep_to).ignore();
         }
         self.stats.round_trip();
         self.link
@@ -854,7 +857,8 @@ struct Chunk {
     zadd: redis::Cmd,
     tags: usize,
     bytes: usize,
-    /// In-flight list -> how many of its first messages this chunk read.
+    /// In-flight list -> how many of its messages (from the right) this
+    /// chunk read.
     trims: Vec<(String, usize)>,
 }
 
