@@ -10,7 +10,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenpool_celery::TaskMessage;
@@ -24,6 +24,8 @@ const DEADLINE: Duration = Duration::from_secs(90);
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -47,15 +49,32 @@ impl Proc {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let all = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[worker] {line}");
+                all.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
-        let p = Proc { child, lines: rx };
+        let p = Proc {
+            child,
+            lines: rx,
+            log,
+        };
         p.wait_for(" ready.");
         p
+    }
+
+    /// How many lines so far contain `needle`.
+    fn lines_with(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     fn wait_for(&self, needle: &str) {
@@ -239,15 +258,19 @@ fn kill_9_between_take_and_record_loses_nothing() {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
     });
     let left = in_flight(&mut conn);
+    // Returned at start (before its first fetch), not found by chance.
+    let returned = again.lines_with(&format!("Returned {held} message(s) a previous run of"));
     drop(again);
     let done = results(&mut conn, &ids);
     println!(
         "kill -9 between take and record: {n} sent, {held} in flight at the kill, {done} results \
-         after a restart under the same name, {} lost, {left} left in flight",
+         after a restart under the same name (returned at start: {returned}), {} lost, {left} \
+         left in flight",
         n - done
     );
     assert_eq!(done, n);
     assert_eq!(left, 0);
+    assert_eq!(returned, 1);
 }
 
 /// A worker killed between the two steps of a fetch, whose liveness key
