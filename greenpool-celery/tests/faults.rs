@@ -454,7 +454,7 @@ async fn maxmemory_noeviction_never_acks_without_the_result() {
     // what is left of it stays queued: wait for either, then for the
     // refusal.
     let mut refused = 0;
-    let mut refusals = |conn: &mut redis::Connection| -> u64 {
+    let refusals = |conn: &mut redis::Connection| -> u64 {
         let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
         info.lines()
             .find_map(|l| l.strip_prefix("total_error_replies:"))
