@@ -46,8 +46,9 @@ pub struct WorkerConfig {
     pub restore_interval: Duration,
     /// Most messages taken in one fetch.
     pub fetch_batch: usize,
-    /// Pop one message at a time inside the fetch script, as on servers
-    /// before Redis 6.2 (no `RPOP key count`), even where the server has it.
+    /// Move one message at a time (`RPOP`, `LPUSH`) inside the take
+    /// script instead of `SORT … STORE` and `RENAME`, for servers where
+    /// `SORT` or `RENAME` is renamed or forbidden. Slower, as safe.
     pub legacy_fetch: bool,
     /// Store STARTED (`{"pid", "hostname"}`) when a task starts
     /// (`task_track_started`, default off).
@@ -307,7 +308,8 @@ impl WorkerConfig {
         self.autoscale.map_or(self.concurrency, |(_, min)| min)
     }
 
-    /// Chooses the one-at-a-time pop of servers before Redis 6.2.
+    /// Chooses the one-message-at-a-time move of the take script (for
+    /// servers where `SORT` or `RENAME` is renamed or forbidden).
     pub fn legacy_fetch(mut self, legacy: bool) -> Self {
         self.legacy_fetch = legacy;
         self

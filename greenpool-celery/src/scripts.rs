@@ -5,129 +5,146 @@
 
 use redis::aio::MultiplexedConnection;
 
-/// Pops up to `ARGV[1]` messages from the queue keys in the given order
-/// and records each in `unacked` / `unacked_index` in the same step, so
-/// that no message is ever out of both its queue and the unacked hash.
+/// Step 1 of a fetch: moves up to `ARGV[1]` messages from the queue keys,
+/// in the given order, each into its own in-flight list of this worker
+/// (see [`crate::broker::keys::inflight_key`]). Nothing is lost whatever
+/// happens next: a message is in its queue or in an in-flight list at
+/// every instant, and an in-flight list is recorded (step 2) or returned
+/// to its queue by [`RETURN`].
 ///
-/// KEYS: `unacked`, `unacked_index`, then the queue keys (priority-major).
-/// ARGV: max messages, delivery time (unix seconds), size limit in bytes
-/// (0: none), `"1"` when the server has `RPOP key count` (Redis 6.2+),
-/// then for each queue key its queue name as a JSON string.
+/// KEYS: pairs of (queue key, its in-flight list), priority-major.
+/// ARGV: max messages, size limit in bytes (0: none), `"1"` to move one
+/// message at a time with `RPOP`/`RPUSH` (for servers where `SORT` is
+/// renamed or forbidden).
 ///
-/// Returns a flat list of triples `queue index (1-based), raw, tag`:
-/// * a message is recorded under `tag`; `tag` is empty when no delivery
-///   tag could be found in it (it is not recorded: the caller logs it and
-///   it is gone);
-/// * a message over the size limit is not returned: its triple is
-///   `queue index, size in bytes (an integer), correlation id or ""`,
-///   and it is not recorded either.
+/// A queue key whose in-flight list still holds messages (a fetch whose
+/// step 2 did not run yet) is skipped: what is in flight is recorded
+/// before more is taken from it.
 ///
-/// The unacked entry is `[raw, "", queue]`: the default exchange and the
-/// queue the message was taken from, so a restore (ours or kombu's) puts
-/// it back where it came from whatever its envelope says.
+/// An in-flight list keeps its queue's order: the message `RPOP` would
+/// give first is on its right. A queue that fits the budget whole is
+/// renamed to the in-flight list (nothing is copied). Otherwise the batch
+/// is moved with one `RPOP` (then `RPUSH`) and, for the rest,
+/// `SORT key BY nosort LIMIT offset n STORE` (the `n` messages at the
+/// right end, in list order) and `LTRIM`: but for the first, the
+/// messages are copied by Redis itself and never become Lua strings,
+/// which is what made a fetch script expensive (about 11 instructions per
+/// byte for each string a script makes). The caller reads the in-flight
+/// lists with `LRANGE` in the same round trip.
 ///
-/// Its cost is mostly Lua's: every string the script makes (each popped
-/// message, each unacked entry) is copied and hashed into Lua's string
-/// table, so the script makes no string per message beyond those two and
-/// the tag, finds the tag with plain searches (one per usual spacing), and
-/// keeps its tables indexed by counters.
-pub(crate) const FETCH: &str = r#"
--- Fields are found with plain substring searches: decoding every envelope
--- with cjson costs more than all the other work together. A quote inside
--- a JSON string is escaped, so `"delivery_tag"` followed by `:` and a
--- quote only occurs as a key; the search starts at `"properties"`. The
--- two usual spacings (kombu's `": "` and the compact `":"`) are one plain
--- search each; any other spacing is matched by a pattern, and anything
--- unusual falls back to cjson.
-local find, sub, match = string.find, string.sub, string.match
-local function property(raw, spaced, compact, key, decode)
+/// The size limit costs one `MEMORY USAGE` of the moved batch: only when
+/// the whole batch is larger than the limit are its messages measured one
+/// by one; those over the limit are removed unread and reported.
+///
+/// Returns a flat list of triples `pair index (1-based), size in bytes,
+/// correlation id or ""`, one per message removed for its size.
+pub(crate) const TAKE: &str = r#"
+redis.replicate_commands()
+local want = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local single = ARGV[3] == '1'
+local out = {}
+-- The correlation id of a message too large to be read, by plain searches
+-- only (the point is not to work on it).
+local function correlation_id(raw)
+  local find, sub = string.find, string.sub
   local p = find(raw, '"properties"', 1, true)
-  if p then
-    local _, e = find(raw, spaced, p, true)
-    if not e then _, e = find(raw, compact, p, true) end
-    if e then
-      local q = find(raw, '"', e + 1, true)
-      if q and q > e + 1 then
-        local v = sub(raw, e + 1, q - 1)
-        if not find(v, '\\', 1, true) then return v end
-      end
-    end
-    local k = find(raw, key, p, true)
-    if k then
-      local _, q1 = find(raw, '^%s*:%s*"', k + #key)
-      if q1 then
-        local q2 = find(raw, '"', q1 + 1, true)
-        if q2 and q2 > q1 + 1 then
-          local v = sub(raw, q1 + 1, q2 - 1)
-          if not find(v, '\\', 1, true) then return v end
-        end
-      end
-    end
-  end
-  if not decode then return nil end
-  local ok, m = pcall(cjson.decode, raw)
-  if not (ok and type(m) == 'table' and type(m['properties']) == 'table') then return nil end
-  local v = m['properties'][decode]
-  if type(v) ~= 'string' or v == '' then return nil end
+  if not p then return '' end
+  local k = find(raw, '"correlation_id"', p, true)
+  if not k then return '' end
+  local _, q1 = find(raw, '^%s*:%s*"', k + 16)
+  if not q1 then return '' end
+  local q2 = find(raw, '"', q1 + 1, true)
+  if not q2 then return '' end
+  local v = sub(raw, q1 + 1, q2 - 1)
+  if find(v, '\\', 1, true) then return '' end
   return v
 end
-local want = tonumber(ARGV[1])
-local stamp = ARGV[2]
-local limit = tonumber(ARGV[3])
-local counted = ARGV[4] == '1'
-local out, zargs, hargs = {}, {}, {}
-local no, nz = 0, 0
-for i = 3, #KEYS do
+for i = 1, #KEYS, 2 do
   if want <= 0 then break end
-  local items
-  if counted then
-    items = redis.call('RPOP', KEYS[i], want)
-  else
-    items = {}
-    for j = 1, want do
-      local one = redis.call('RPOP', KEYS[i])
-      if not one then break end
-      items[j] = one
-    end
-  end
-  if items then
-    -- The unacked entry's tail: the default exchange and this queue.
-    local tail = ', "", ' .. ARGV[i + 2] .. ']'
-    for j = 1, #items do
-      local raw = items[j]
-      want = want - 1
-      out[no + 1] = i - 2
-      if limit > 0 and #raw > limit then
-        out[no + 2] = #raw
-        -- Searched, never decoded: the point is not to work on it.
-        out[no + 3] = property(raw, '"correlation_id": "', '"correlation_id":"', '"correlation_id"', false) or ''
-      else
-        local tag = property(raw, '"delivery_tag": "', '"delivery_tag":"', '"delivery_tag"', 'delivery_tag')
-        if tag then
-          zargs[nz + 1] = stamp
-          zargs[nz + 2] = tag
-          hargs[nz + 1] = tag
-          hargs[nz + 2] = '[' .. raw .. tail
-          nz = nz + 2
-        else
-          tag = ''
-        end
-        out[no + 2] = raw
-        out[no + 3] = tag
+  local queue, flight = KEYS[i], KEYS[i + 1]
+  local n = redis.call('LLEN', queue)
+  if n > 0 and redis.call('EXISTS', flight) == 0 then
+    local take = math.min(n, want)
+    want = want - take
+    if n <= take and not single then
+      -- The whole queue: the list itself becomes the in-flight list,
+      -- nothing is copied.
+      redis.call('RENAME', queue, flight)
+    elseif single then
+      for j = 1, take do
+        redis.call('LPUSH', flight, redis.call('RPOP', queue))
       end
-      no = no + 3
+    else
+      -- The first move is a pop: a write Redis does not refuse at
+      -- maxmemory, after which the script may finish (as a pop-and-record
+      -- script could); the batch is then recorded, or refused, in step 2.
+      local first = redis.call('RPOP', queue)
+      if take > 1 then
+        redis.call('SORT', queue, 'BY', 'nosort', 'LIMIT', n - take, take - 1, 'STORE', flight)
+        redis.call('LTRIM', queue, 0, -take)
+      end
+      redis.call('RPUSH', flight, first)
+    end
+    if limit > 0 and redis.call('MEMORY', 'USAGE', flight, 'SAMPLES', '0') > limit then
+      local items = redis.call('LRANGE', flight, 0, -1)
+      local keep, nk = {}, 0
+      for j = 1, #items do
+        local raw = items[j]
+        if #raw > limit then
+          out[#out + 1] = (i + 1) / 2
+          out[#out + 1] = #raw
+          out[#out + 1] = correlation_id(raw)
+        else
+          nk = nk + 1
+          keep[nk] = raw
+        end
+      end
+      if nk < #items then
+        redis.call('DEL', flight)
+        local j = 1
+        while j <= nk do
+          local last = math.min(j + 999, nk)
+          redis.call('RPUSH', flight, unpack(keep, j, last))
+          j = last + 1
+        end
+      end
     end
   end
-end
--- unpack() takes a bounded number of values: record in slices.
-local i = 1
-while i <= nz do
-  local j = math.min(i + 999, nz)
-  redis.call('ZADD', KEYS[2], unpack(zargs, i, j))
-  redis.call('HSET', KEYS[1], unpack(hargs, i, j))
-  i = j + 1
 end
 return out
+"#;
+
+/// Gives a worker's in-flight lists back to their queues, at the front
+/// (where `RPOP` takes next) and in the order they were taken, when the
+/// worker is dead (its liveness key is gone) or when `ARGV[2]` is `"1"`
+/// (a worker returning its own lists).
+///
+/// KEYS: the worker's liveness key, the set of workers, the worker's
+/// in-flight hash, then pairs of (queue key, in-flight list).
+/// ARGV: the worker's name, `"1"` to return whatever its liveness.
+///
+/// For a dead worker it also forgets the worker (set member and hash).
+/// Returns how many messages went back, or -1 when the worker is alive.
+/// Messages become Lua strings here, which is fine: this runs once per
+/// start and per dead worker, not per fetch.
+pub(crate) const RETURN: &str = r#"
+local own = ARGV[2] == '1'
+if not own and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local moved = 0
+for i = 4, #KEYS, 2 do
+  while true do
+    local raw = redis.call('LPOP', KEYS[i + 1])
+    if not raw then break end
+    redis.call('RPUSH', KEYS[i], raw)
+    moved = moved + 1
+  end
+end
+if not own then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3])
+end
+return moved
 "#;
 
 /// Writes a batch in one atomic step: results first, then follow-up
@@ -218,7 +235,8 @@ return 0
 /// SHA1 digests of the scripts, the same on every server.
 #[derive(Debug, Clone)]
 pub(crate) struct Scripts {
-    pub(crate) fetch: String,
+    pub(crate) take: String,
+    pub(crate) give_back: String,
     pub(crate) commit: String,
     pub(crate) restore: String,
     pub(crate) unlock: String,
@@ -228,13 +246,14 @@ impl Scripts {
     /// Loads every script (`SCRIPT LOAD` is idempotent), in one round trip.
     pub(crate) async fn load(conn: &mut MultiplexedConnection) -> redis::RedisResult<Self> {
         let mut pipe = redis::pipe();
-        for src in [FETCH, COMMIT, RESTORE, UNLOCK] {
+        for src in [TAKE, RETURN, COMMIT, RESTORE, UNLOCK] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(src);
         }
-        let (fetch, commit, restore, unlock): (String, String, String, String) =
+        let (take, give_back, commit, restore, unlock): (String, String, String, String, String) =
             pipe.query_async(conn).await?;
         Ok(Scripts {
-            fetch,
+            take,
+            give_back,
             commit,
             restore,
             unlock,

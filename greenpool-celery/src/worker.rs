@@ -353,6 +353,7 @@ impl Worker {
         let broker = Arc::new(
             RedisBroker::new(
                 Arc::clone(&broker_link),
+                config.hostname.clone(),
                 Arc::clone(&queues),
                 config.legacy_fetch,
                 config.max_message_size,
@@ -361,6 +362,7 @@ impl Worker {
             .await?,
         );
         broker.declare().await?;
+        broker.register().await?;
         let backend_link = match &config.result_backend {
             Some(url) if *url != config.broker_url => {
                 let link =
@@ -424,6 +426,7 @@ impl Worker {
             config.restore_interval,
             self.shutdown.warm.clone(),
         ));
+        let liveness = tokio::spawn(keep_alive(Arc::clone(&broker), self.shutdown.warm.clone()));
         // Refuse waiting requests the moment warm shutdown starts, even
         // while the consumer still waits for a fetch.
         let closer = {
@@ -463,6 +466,7 @@ impl Worker {
         shared.timer.stop();
         service.stop().await;
         let _ = sweeper.await;
+        let _ = liveness.await;
         // A cold shutdown still writes what it holds, but gives Redis at most
         // the command timeout from then on.
         let grace = config.command_timeout;
@@ -507,6 +511,16 @@ impl Worker {
         if restored > 0 {
             tracing::warn!("Restoring {restored} unacknowledged message(s)");
         }
+        if !gone {
+            // No fetch runs any more: forget this worker's in-flight lists
+            // (empty unless the last record failed; then they go back).
+            tokio::select! {
+                r = broker.unregister() => if let Err(e) = r {
+                    tracing::warn!("cannot unregister the worker's in-flight lists: {e}");
+                },
+                _ = cold_deadline() => {}
+            }
+        }
         tokio::select! {
             _ = acks.close() => {}
             _ = cold_deadline() => {}
@@ -546,9 +560,27 @@ async fn sweep(
             ),
             Err(e) => tracing::warn!("restore sweep failed: {e}"),
         }
+        if let Err(e) = broker.return_dead().await {
+            tracing::warn!("cannot return the in-flight messages of dead workers: {e}");
+        }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Refreshes the worker's liveness key until warm shutdown.
+async fn keep_alive(broker: Arc<RedisBroker>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(crate::broker::LIVENESS_REFRESH) => {}
+            _ = stop.cancelled() => return,
+        }
+        // A lost connection is logged by the link; the next refresh tries
+        // again, well within the key's lifetime.
+        if let Err(e) = broker.refresh_liveness().await {
+            tracing::debug!("cannot refresh the liveness key: {e}");
         }
     }
 }
@@ -597,12 +629,9 @@ async fn consume(
                     r = broker.link().recover() => r?,
                     _ = shutdown.warm.cancelled() => return Ok(()),
                 }
-                // The script may have run and its reply been lost: take
-                // what it recorded.
-                let lost = broker.reclaim(stamp).await?;
-                if !lost.deliveries.is_empty() {
-                    dispatch(shared, handlers, &prefetch, None, lost.deliveries);
-                }
+                // Whatever step 1 moved before its reply was lost stays
+                // in this worker's in-flight lists: the next fetch reads
+                // and records it first.
                 // A busy server (loading after a restart, say) answers at
                 // once: do not spin on it.
                 let pause = broker

@@ -367,22 +367,28 @@ async fn bad_bytes_are_one_bad_message_each() {
     assert_eq!(queued, 0);
 }
 
-/// Checks that no acks_late message left both its
-/// queue and `unacked` without its result. Returns (acked, with result).
+/// Checks that no acks_late message left its queue, the worker's
+/// in-flight list and `unacked` without its result. Returns (acked, with result).
 fn acked_have_results(conn: &mut redis::Connection, msgs: &[(String, String, String)]) -> usize {
     // Not MULTI (a server at maxmemory refuses that), but in an order that
     // is sound: a message absent from the queue and then from `unacked`
     // was acked before the EXISTS that follow, and its result, written
     // before its ack, must show.
+    // A message goes from the queue to the worker's in-flight list, then
+    // to `unacked`, then is acked: read in that order.
     let mut pipe = redis::pipe();
     pipe.cmd("LRANGE").arg("celery").arg(0).arg(-1);
+    pipe.cmd("LRANGE")
+        .arg("greenpool.inflight.celery@faults\x06\x16celery")
+        .arg(0)
+        .arg(-1);
     pipe.cmd("HKEYS").arg("unacked");
     for (id, _, _) in msgs {
         pipe.cmd("EXISTS").arg(format!("celery-task-meta-{id}"));
     }
     let mut reply: Vec<redis::Value> = pipe.query(conn).unwrap();
     let exists: Vec<bool> = reply
-        .split_off(2)
+        .split_off(3)
         .into_iter()
         .map(|v| redis::from_redis_value::<bool>(v).unwrap())
         .collect();
@@ -390,7 +396,9 @@ fn acked_have_results(conn: &mut redis::Connection, msgs: &[(String, String, Str
         .unwrap()
         .into_iter()
         .collect();
-    let queue: Vec<String> = redis::from_redis_value(reply.pop().unwrap()).unwrap();
+    let in_flight: Vec<String> = redis::from_redis_value(reply.pop().unwrap()).unwrap();
+    let mut queue: Vec<String> = redis::from_redis_value(reply.pop().unwrap()).unwrap();
+    queue.extend(in_flight);
     let mut acked = 0;
     for ((id, tag, _), has_result) in msgs.iter().zip(exists) {
         let queued = queue.iter().any(|m| m.contains(tag.as_str()));
@@ -442,22 +450,27 @@ async fn maxmemory_noeviction_never_acks_without_the_result() {
     // While the server refuses writes: every fetched message is either
     // unacked or acked with its result.
     let mut checks = 0;
-    until("the queue to be drained", || {
+    // The queue drains, or (the bookkeeping of a fetch is refused too)
+    // what is left of it stays queued: wait for either, then for the
+    // refusal.
+    let mut refused = 0;
+    let refusals = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(conn).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_error_replies:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    until("the queue to be drained or the worker refused", || {
         checks += 1;
         acked_have_results(&mut conn, &msgs);
-        conn.llen::<_, usize>("celery").unwrap() == 0
+        conn.llen::<_, usize>("celery").unwrap() == 0 || refusals(&mut conn) > 0
     })
     .await;
-    let mut refused = 0;
     until("the worker to be refused", || {
         checks += 1;
         acked_have_results(&mut conn, &msgs);
-        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn).unwrap();
-        refused = info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_error_replies:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        refused = refusals(&mut conn);
         refused > 0
     })
     .await;

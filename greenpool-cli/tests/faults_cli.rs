@@ -10,7 +10,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenpool_celery::TaskMessage;
@@ -24,15 +24,21 @@ const DEADLINE: Duration = Duration::from_secs(90);
 struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
     fn worker(url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::named(url, "faults@%h", args, env)
+    }
+
+    fn named(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_greenpool"))
             .arg("worker")
             .arg("--broker")
             .arg(url)
-            .args(["-n", "faults@%h", "--loglevel", "info"])
+            .args(["-n", name, "--loglevel", "info"])
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
@@ -43,15 +49,32 @@ impl Proc {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let all = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[worker] {line}");
+                all.lock().unwrap().push(line.clone());
                 let _ = tx.send(line);
             }
         });
-        let p = Proc { child, lines: rx };
+        let p = Proc {
+            child,
+            lines: rx,
+            log,
+        };
         p.wait_for(" ready.");
         p
+    }
+
+    /// How many lines so far contain `needle`.
+    fn lines_with(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     fn wait_for(&self, needle: &str) {
@@ -162,6 +185,141 @@ fn kill_9_under_load_with_late_acks_loses_nothing() {
          kill, {done} results after, {} lost",
         n - done
     );
+    assert_eq!(done, n);
+}
+
+/// The test hook that stops a worker between the two steps of a fetch.
+const HALT_AFTER_TAKE: (&str, &str) = ("GREENPOOL_FAULT_HALT_AFTER_TAKE", "1");
+
+/// Pushes `n` `greenpool.add` messages; returns their task ids.
+fn push_adds(conn: &mut redis::Connection, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let m = TaskMessage::new("greenpool.add", vec![json!(i), json!(1)], Map::new());
+        ids.push(m.headers.id.clone());
+        pipe.cmd("LPUSH")
+            .arg("celery")
+            .arg(m.encode().unwrap())
+            .ignore();
+    }
+    pipe.query::<()>(conn).unwrap();
+    ids
+}
+
+/// How many messages the in-flight lists of workers named `a@...` hold.
+fn in_flight(conn: &mut redis::Connection) -> usize {
+    let lists: Vec<String> = conn.keys("greenpool.inflight.a@*\x06\x16*").unwrap();
+    lists
+        .iter()
+        .map(|l| conn.llen::<_, usize>(l).unwrap())
+        .sum()
+}
+
+/// Starts worker `a@%h` with the halt hook and waits until it has taken a
+/// batch into its in-flight list and stopped before recording it; checks
+/// the batch is there, in the queue's order (not in `unacked`, not in the
+/// queue).
+fn halted_after_take(conn: &mut redis::Connection, url: &str) -> (Proc, usize) {
+    let queued_before: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    let a = Proc::named(url, "a@%h", &["-c", "50"], &[HALT_AFTER_TAKE]);
+    a.wait_for("halted between the take and the record");
+    let lists: Vec<String> = conn.keys("greenpool.inflight.a@*\x06\x16celery").unwrap();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    let mut now: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    let flight: Vec<String> = conn.lrange(&lists[0], 0, -1).unwrap();
+    let held = in_flight(conn);
+    let unacked: usize = conn.hlen("unacked").unwrap();
+    assert!(held > 0, "nothing in flight");
+    assert_eq!((held, unacked), (flight.len(), 0));
+    // The in-flight list is the right end of the queue, in its order.
+    now.extend(flight);
+    assert!(now == queued_before, "the take changed the order");
+    (a, held)
+}
+
+/// SIGKILL between the two steps of a fetch (moved to the in-flight list,
+/// not yet recorded in `unacked`): the worker started again under the
+/// same name returns its in-flight list to the queue, and every task is
+/// done.
+#[test]
+fn kill_9_between_take_and_record_loses_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let n = 500;
+    let mut conn = server.conn(0);
+    let ids = push_adds(&mut conn, n);
+    let (a, held) = halted_after_take(&mut conn, &server.url(0));
+    drop(a); // SIGKILL
+    let again = Proc::named(&server.url(0), "a@%h", &["-c", "50"], &[]);
+    until("every result", || results(&mut conn, &ids) == n);
+    until("an empty unacked hash", || {
+        conn.hlen::<_, usize>("unacked").unwrap() == 0
+    });
+    let left = in_flight(&mut conn);
+    // Returned at start (before its first fetch), not found by chance.
+    let returned = again.lines_with(&format!("Returned {held} message(s) a previous run of"));
+    drop(again);
+    let done = results(&mut conn, &ids);
+    println!(
+        "kill -9 between take and record: {n} sent, {held} in flight at the kill, {done} results \
+         after a restart under the same name (returned at start: {returned}), {} lost, {left} \
+         left in flight",
+        n - done
+    );
+    assert_eq!(done, n);
+    assert_eq!(left, 0);
+    assert_eq!(returned, 1);
+}
+
+/// A worker killed between the two steps of a fetch, whose liveness key
+/// is then gone: another worker (another name, on another queue) returns
+/// its in-flight list to the front of the queue, in order; a worker on
+/// the queue then runs every task. The key's expiry (60 s) is stood in
+/// for by deleting it once its expiry is seen to be set.
+#[test]
+fn a_dead_workers_in_flight_list_is_returned_by_another() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let n = 500;
+    let mut conn = server.conn(0);
+    let ids = push_adds(&mut conn, n);
+    let queued_before: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    let (a, held) = halted_after_take(&mut conn, &server.url(0));
+    drop(a); // SIGKILL
+    let alive: Vec<String> = conn.keys("greenpool.alive.a@*").unwrap();
+    assert_eq!(alive.len(), 1, "{alive:?}");
+    let ttl: i64 = conn.ttl(&alive[0]).unwrap();
+    assert!(ttl > 0, "the liveness key has no expiry ({ttl})");
+    let _: () = conn.del(&alive[0]).unwrap();
+    // B consumes another queue: what comes back to `celery` stays there.
+    let b = Proc::named(&server.url(0), "b@%h", &["-c", "50", "-Q", "other"], &[]);
+    until("the in-flight messages back on the queue", || {
+        conn.llen::<_, usize>("celery").unwrap() == n
+    });
+    let back: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
+    let left = in_flight(&mut conn);
+    let workers: Vec<String> = conn.smembers("greenpool.workers").unwrap();
+    drop(b);
+    let c = Proc::named(&server.url(0), "c@%h", &["-c", "50"], &[]);
+    until("every result", || results(&mut conn, &ids) == n);
+    until("an empty unacked hash", || {
+        conn.hlen::<_, usize>("unacked").unwrap() == 0
+    });
+    drop(c);
+    let done = results(&mut conn, &ids);
+    println!(
+        "dead worker's in-flight list: {n} sent, {held} in flight at the kill, returned by \
+         another worker in order: {}, {left} left in flight, workers registered after: \
+         {workers:?}; {done} results, {} lost",
+        back == queued_before,
+        n - done
+    );
+    assert!(back == queued_before, "returned out of order");
+    assert_eq!(left, 0);
+    assert!(workers.iter().all(|w| !w.starts_with("a@")), "{workers:?}");
     assert_eq!(done, n);
 }
 

@@ -22,9 +22,11 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Reads a popped message from its bytes. The bytes become the raw
-    /// text without a copy when they are UTF-8.
-    pub(crate) fn read(queue: String, bytes: Vec<u8>, tag: String) -> Self {
+    /// Reads a taken message from its bytes. The bytes become the raw
+    /// text without a copy when they are UTF-8; the delivery tag is the
+    /// envelope's `properties.delivery_tag` (a non-empty string), read by
+    /// the same parse that reads the rest.
+    pub(crate) fn read(queue: String, bytes: Vec<u8>) -> Self {
         let (raw, parsed) = match String::from_utf8(bytes) {
             Ok(raw) => {
                 let parsed = WireEnvelope::parse(raw.as_bytes());
@@ -41,10 +43,15 @@ impl Delivery {
                 )
             }
         };
+        let tag = parsed
+            .as_ref()
+            .ok()
+            .and_then(|w| w.properties.delivery_tag.clone())
+            .filter(|t| !t.is_empty());
         Delivery {
             queue,
             raw,
-            tag: (!tag.is_empty()).then_some(tag),
+            tag,
             parsed,
         }
     }
@@ -73,66 +80,30 @@ impl Fetched {
     pub(crate) fn is_empty(&self) -> bool {
         self.deliveries.is_empty() && self.oversized.is_empty()
     }
-
-    /// Reads the fetch script's reply (see [`crate::scripts::FETCH`]).
-    pub(crate) fn from_reply(reply: Vec<redis::Value>, queues: &[String]) -> Self {
-        use redis::Value;
-        let mut out = Fetched::default();
-        let mut it = reply.into_iter();
-        while let (Some(q), Some(body), Some(tag)) = (it.next(), it.next(), it.next()) {
-            let queue = match q {
-                Value::Int(i) => usize::try_from(i)
-                    .ok()
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| queues.get(i))
-                    .cloned()
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            let tag = match tag {
-                Value::BulkString(b) => String::from_utf8(b).unwrap_or_default(),
-                _ => String::new(),
-            };
-            match body {
-                Value::BulkString(bytes) => out.deliveries.push(Delivery::read(queue, bytes, tag)),
-                Value::Int(size) => out.oversized.push(Oversized {
-                    queue,
-                    size: u64::try_from(size).unwrap_or(0),
-                    id: (!tag.is_empty()).then_some(tag),
-                }),
-                other => tracing::error!("fetch script returned an unexpected value: {other:?}"),
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redis::Value;
 
     #[test]
-    fn reads_messages_bad_bytes_and_oversized_entries() {
-        let queues = vec!["a".to_owned(), "b".to_owned()];
-        let good = br#"{"body": "", "headers": {}, "properties": {"delivery_tag": "t1"}}"#;
-        let reply = vec![
-            Value::Int(2),
-            Value::BulkString(good.to_vec()),
-            Value::BulkString(b"t1".to_vec()),
-            Value::Int(1),
-            Value::BulkString(b"{\"body\": \"\xff\xfe\"}".to_vec()),
-            Value::BulkString(Vec::new()),
-            Value::Int(1),
-            Value::Int(99_000_000),
-            Value::BulkString(b"id-1".to_vec()),
-        ];
-        let f = Fetched::from_reply(reply, &queues);
-        assert_eq!(f.deliveries.len(), 2);
-        assert_eq!(f.deliveries[0].queue, "b");
-        assert_eq!(f.deliveries[0].tag.as_deref(), Some("t1"));
-        assert!(f.deliveries[0].parsed.is_ok());
-        let bad = &f.deliveries[1];
+    fn the_tag_is_read_from_the_properties_only() {
+        let good = br#"{"body": "", "headers": {"delivery_tag": "not-this"}, "properties": {"delivery_tag": "t1"}}"#;
+        let d = Delivery::read("a".to_owned(), good.to_vec());
+        assert_eq!(d.queue, "a");
+        assert_eq!(d.tag.as_deref(), Some("t1"));
+        assert!(d.parsed.is_ok());
+        // A "properties" key in the headers does not lend its tag.
+        let hostile = br#"{"body": "", "headers": {"properties": {"delivery_tag": "evil"}}, "properties": {"delivery_tag": "real"}}"#;
+        let d = Delivery::read("a".to_owned(), hostile.to_vec());
+        assert_eq!(d.tag.as_deref(), Some("real"));
+        let empty = br#"{"body": "", "properties": {"delivery_tag": ""}}"#;
+        assert_eq!(Delivery::read("a".to_owned(), empty.to_vec()).tag, None);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_one_bad_message() {
+        let bad = Delivery::read("b".to_owned(), b"{\"body\": \"\xff\xfe\"}".to_vec());
         assert_eq!(bad.tag, None);
         let why = bad
             .parsed
@@ -143,14 +114,6 @@ mod tests {
         assert!(
             why.contains("not UTF-8") && why.contains("offset 10"),
             "{why}"
-        );
-        assert_eq!(
-            f.oversized,
-            [Oversized {
-                queue: "a".to_owned(),
-                size: 99_000_000,
-                id: Some("id-1".to_owned())
-            }]
         );
     }
 }

@@ -14,6 +14,27 @@ pub(crate) const UNACKED_INDEX: &str = "unacked_index";
 /// The lock that lets one worker at a time run the restore sweep.
 pub(crate) const UNACKED_MUTEX: &str = "unacked_mutex";
 
+/// The set of workers that have in-flight lists (see [`inflight_key`]).
+pub(crate) const WORKERS: &str = "greenpool.workers";
+
+/// A worker's in-flight list for one queue key: where step 1 of a fetch
+/// moves messages until step 2 records them in `unacked`.
+pub(crate) fn inflight_key(worker: &str, queue_key: &str) -> String {
+    format!("greenpool.inflight.{worker}{SEP}{queue_key}")
+}
+
+/// A worker's hash of in-flight lists: queue key -> in-flight list, so
+/// that another worker can return them without knowing its queues.
+pub(crate) fn inflight_hash(worker: &str) -> String {
+    format!("greenpool.inflight.{worker}")
+}
+
+/// A worker's liveness key, set with an expiry and refreshed while it
+/// runs; once it is gone, another worker returns its in-flight lists.
+pub(crate) fn alive_key(worker: &str) -> String {
+    format!("greenpool.alive.{worker}")
+}
+
 /// The list key for `queue` at message priority `priority` (0–9, clamped).
 pub(crate) fn queue_key(queue: &str, priority: u8) -> String {
     let p = priority.min(9);
@@ -28,21 +49,6 @@ pub(crate) fn queue_key(queue: &str, priority: u8) -> String {
     } else {
         format!("{queue}{SEP}{step}")
     }
-}
-
-/// The keys a fetch reads, priority-major: every queue's plain key first,
-/// then every queue's step-3 key, and so on (kombu's order), each with the
-/// index of its queue in `queues`.
-pub(crate) fn fetch_keys(queues: &[String]) -> Vec<(String, usize)> {
-    PRIORITY_STEPS
-        .iter()
-        .flat_map(|step| {
-            queues
-                .iter()
-                .enumerate()
-                .map(move |(i, q)| (queue_key(q, *step), i))
-        })
-        .collect()
 }
 
 /// The binding table of an exchange.
@@ -75,31 +81,5 @@ mod tests {
         assert_eq!(keys[8], "q\x06\x166");
         assert_eq!(keys[9], "q\x06\x169");
         assert_eq!(keys[10], "q\x06\x169");
-    }
-
-    #[test]
-    fn fetch_order_is_priority_major() {
-        let keys: Vec<String> = fetch_keys(&["a".to_owned(), "b".to_owned()])
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                "a",
-                "b",
-                "a\x06\x163",
-                "b\x06\x163",
-                "a\x06\x166",
-                "b\x06\x166",
-                "a\x06\x169",
-                "b\x06\x169"
-            ]
-        );
-        let idx: Vec<usize> = fetch_keys(&["a".to_owned(), "b".to_owned()])
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect();
-        assert_eq!(idx, [0, 1, 0, 1, 0, 1, 0, 1]);
     }
 }

@@ -10,7 +10,7 @@ mod redis;
 
 pub(crate) use self::delivery::{Delivery, Fetched, Oversized};
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
-pub(crate) use self::redis::{bind, RedisBroker};
+pub(crate) use self::redis::{bind, RedisBroker, LIVENESS_REFRESH};
 
 use crate::error::BrokerError;
 

@@ -296,7 +296,10 @@ async fn consume(
             tag: &name,
         });
         stats.add_fetched(1);
-        let delivery = Delivery::read(queue, raw.into_bytes(), name);
+        let mut delivery = Delivery::read(queue, raw.into_bytes());
+        // Acked by the AMQP delivery tag of this channel, whatever the
+        // envelope says.
+        delivery.tag = Some(name);
         handlers.spawn(crate::request::handle(Arc::clone(shared), delivery, None));
     }
 }
