@@ -1,8 +1,9 @@
 //! Running user code without letting its panics escape: the one place
 //! where the pool catches panics.
 //!
-//! [`call`] runs a callback or a signal receiver; [`CatchPanic`] polls a
-//! job's future (and [`call_in_job`] builds it). Job code additionally gets
+//! [`call`] runs a callback or a signal receiver; [`call_in_job`] builds
+//! and polls a job's future (under time limits, [`CatchPanic`] polls it,
+//! with the same catch). Job code additionally gets
 //! its location and backtrace captured: a process-wide panic hook, installed
 //! once by the first pool built with capture on ([`install_hook`]), records
 //! them in a thread-local while a job is being polled on this thread, and
@@ -78,8 +79,8 @@ pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Sen
     catch(Code::Callback, f)
 }
 
-/// Runs the job's own code (building its future), with the capture of a
-/// job's poll.
+/// Runs the job's own code (building or polling its future), with the
+/// capture of a job's poll.
 pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
     catch(Code::Job, f).map_err(|p| captured_info(&*p))
 }
