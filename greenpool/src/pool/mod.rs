@@ -93,11 +93,19 @@ pub(crate) struct Config {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     waiting: AtomicUsize,
-    applied: AtomicU64,
+    /// Jobs that got an id and were then refused (a `close` raced their
+    /// apply). Applied jobs are the ids handed out minus these, so that an
+    /// admission counts nothing of its own.
+    refused: AtomicU64,
     pub(crate) ended: CachePadded<EndCounters>,
 }
 
 impl Counters {
+    /// Counts a job that got an id and was refused.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a result or accept callback that panicked.
     pub(crate) fn callback_panicked(&self) {
         self.ended.callback_panics.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +361,19 @@ impl TaskPool {
         self.inner.limiter.shrink(n)
     }
 
+    /// Jobs admitted so far: the ids handed out (they start at 1) minus
+    /// the refused ones. A statistic like the other counters: a job that
+    /// is being refused right now may count for a moment.
+    fn applied(&self) -> u64 {
+        let refused = self.inner.counters.refused.load(Ordering::Relaxed);
+        let handed_out = self
+            .inner
+            .next_job
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        handed_out.saturating_sub(refused)
+    }
+
     /// A snapshot in Celery's keys plus counters.
     pub fn info(&self) -> PoolInfo {
         let ledger = self.inner.limiter.ledger();
@@ -364,7 +385,7 @@ impl TaskPool {
             running_threads: ledger.running,
             state: self.state(),
             waiting: c.waiting.load(Ordering::Relaxed),
-            applied: c.applied.load(Ordering::Relaxed),
+            applied: self.applied(),
             completed: c.ended.completed.load(Ordering::Relaxed),
             panicked: c.ended.panicked.load(Ordering::Relaxed),
             terminated: c.ended.terminated.load(Ordering::Relaxed),
