@@ -236,12 +236,10 @@ impl JobMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::{BuildHasher, Hash};
+    use std::hash::BuildHasher;
 
     fn hash(id: u64) -> u64 {
-        let mut h = BuildHasherDefault::<IdHasher>::default().build_hasher();
-        JobId(id).hash(&mut h);
-        h.finish()
+        BuildHasherDefault::<IdHasher>::default().hash_one(JobId(id))
     }
 
     /// Ids of one shard, applied in turn, land in neighbouring buckets, with
