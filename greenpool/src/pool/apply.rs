@@ -192,7 +192,7 @@ impl TaskPool {
             runtime,
             _outcome: PhantomData,
         });
-        Ok(JobHandle::new(id, task, self.clone()))
+        Ok(JobHandle::new(id, task, inner.id))
     }
 }
 

@@ -40,9 +40,10 @@ mod state;
 
 pub use self::state::PoolState;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -74,6 +75,19 @@ impl fmt::Display for PoolId {
 }
 
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
+
+/// Every live pool by id, weakly: how a [`JobHandle`](crate::JobHandle)
+/// finds its pool without holding a reference of its own (which would cost
+/// two reference-count writes per job, on a line the workers share). Only
+/// kills through a handle look here; a pool enters when it is built and
+/// leaves when its last reference goes.
+static POOLS: std::sync::Mutex<BTreeMap<u64, Weak<Inner>>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn pools() -> std::sync::MutexGuard<'static, BTreeMap<u64, Weak<Inner>>> {
+    POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Checked options, from the builder.
 #[derive(Debug)]
@@ -196,6 +210,12 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        pools().remove(&self.id.0);
+    }
+}
+
 /// Celery's eventlet `TaskPool` on tokio: green jobs under a resizable
 /// limit, each killable by its [`JobId`](crate::JobId), with exactly-once callbacks.
 ///
@@ -264,7 +284,7 @@ impl TaskPool {
 
     pub(crate) fn from_config(config: Config) -> Self {
         let limit = config.limit;
-        TaskPool {
+        let pool = TaskPool {
             inner: Arc::new(Inner {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
                 limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
@@ -278,7 +298,19 @@ impl TaskPool {
                 counters: Counters::default(),
                 kill_epoch: CachePadded(AtomicU64::new(0)),
             }),
-        }
+        };
+        pools().insert(pool.inner.id.0, Arc::downgrade(&pool.inner));
+        pool
+    }
+
+    /// The live pool with this id, if there is one.
+    pub(crate) fn by_id(id: PoolId) -> Option<TaskPool> {
+        // The weak reference is upgraded after the lock is released: if
+        // the upgrade were the last reference, dropping it would end the
+        // pool, and `Inner::drop` takes this lock.
+        let weak = pools().get(&id.0).cloned();
+        weak.and_then(|w| w.upgrade())
+            .map(|inner| TaskPool { inner })
     }
 
     /// This pool's id, the sender of its signals.
