@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::job_id::JobId;
 use crate::kill::{KillResult, KillSignal};
 use crate::outcome::{Outcome, TerminateReason, Termination};
-use crate::pool::TaskPool;
+use crate::pool::{PoolId, TaskPool};
 
 /// The caller's side of an applied job: its id, a way to kill it, and a
 /// future of its [`Outcome`].
@@ -37,11 +37,14 @@ pub struct JobHandle<T> {
     task: JoinHandle<Outcome<T>>,
     /// Set once the outcome was taken.
     taken: bool,
-    pool: TaskPool,
+    /// The job's pool, found by id when the handle kills (no reference of
+    /// its own: while the job runs, its task keeps the pool alive, and a
+    /// pool that is gone has no job left to kill).
+    pool: PoolId,
 }
 
 impl<T> JobHandle<T> {
-    pub(crate) fn new(id: JobId, task: JoinHandle<Outcome<T>>, pool: TaskPool) -> Self {
+    pub(crate) fn new(id: JobId, task: JoinHandle<Outcome<T>>, pool: PoolId) -> Self {
         JobHandle {
             id,
             task,
@@ -66,7 +69,10 @@ impl<T> JobHandle<T> {
     ///
     /// As [`TaskPool::terminate_job`]: the kill goes on if this is dropped.
     pub async fn terminate(&self, signal: Option<KillSignal>) -> KillResult {
-        self.pool.terminate_job(self.id, signal).await
+        match TaskPool::by_id(self.pool) {
+            Some(pool) => pool.terminate_job(self.id, signal).await,
+            None => KillResult::AlreadyFinished,
+        }
     }
 
     /// Kills the job at its next `.await` (a KILL) without waiting, as
@@ -75,7 +81,9 @@ impl<T> JobHandle<T> {
     /// that already ended keeps its outcome.
     pub fn abort(&self) {
         // The request is complete when it returns; nothing to wait for.
-        let _ = self.pool.request_kill(self.id, Some(KillSignal::Kill));
+        if let Some(pool) = TaskPool::by_id(self.pool) {
+            let _ = pool.request_kill(self.id, Some(KillSignal::Kill));
+        }
     }
 }
 

@@ -163,10 +163,10 @@ pin_project_lite::pin_project! {
             accept: Option<A>,
             limits: Option<Box<TimeLimits>>,
         },
-        /// Running, no time limits.
+        /// Running, no time limits; polled under `unwind::call_in_job`.
         Running {
             #[pin]
-            fut: CatchPanic<Fut>,
+            fut: Fut,
         },
         /// Running under time limits.
         Limited {
@@ -189,20 +189,24 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<T>> {
         let mut this = self.project();
-        let inner = Arc::clone(&this.guard.inner);
         let id = this.guard.id;
-        let _current = Current::enter(inner.id, id);
+        // The guard's own handle on the pool, borrowed field by field (no
+        // reference count traffic per poll).
+        let _current = Current::enter(this.guard.inner.id, id);
         // A kill anywhere in the pool since this task last looked: is it
         // this job's? Before the start any kill request counts, after it
         // only a hard one.
-        let epoch = inner.kill_epoch.load(Ordering::SeqCst) & EPOCH;
+        let epoch = this.guard.inner.kill_epoch.load(Ordering::SeqCst) & EPOCH;
         if epoch != this.guard.state & EPOCH {
             this.guard.state = (this.guard.state & !EPOCH) | epoch;
             let started = !matches!(*this.stage, Stage::Start { .. });
-            let killed =
-                inner.jobs.shard(id).get(&id).is_some_and(|slot| {
-                    slot.switch.is_killed() || (!started && slot.kill.is_some())
-                });
+            let killed = this
+                .guard
+                .inner
+                .jobs
+                .shard(id)
+                .get(&id)
+                .is_some_and(|slot| slot.switch.is_killed() || (!started && slot.kill.is_some()));
             if killed {
                 return Poll::Ready(end(this.stage, this.guard, None));
             }
@@ -232,21 +236,29 @@ where
                             this.stage.set(Stage::Limited { fut });
                             continue;
                         }
-                        None => match unwind::call_in_job(move || target(ctx)) {
-                            Ok(fut) => {
-                                this.stage.set(Stage::Running {
-                                    fut: CatchPanic::new(fut),
-                                });
-                                continue;
+                        // Builds the job's future, stores it and polls it
+                        // for the first time under one catch. A panic while
+                        // building leaves the stage as it was, one while
+                        // polling leaves the future stored: either way
+                        // `end` drops what there is before the guard runs.
+                        None => {
+                            let mut stage = this.stage.as_mut();
+                            let cx = &mut *cx;
+                            match unwind::call_in_job(move || {
+                                stage.set(Stage::Running { fut: target(ctx) });
+                                stage.poll_running(cx)
+                            }) {
+                                Ok(Poll::Pending) => break,
+                                Ok(Poll::Ready(v)) => Outcome::Completed(v),
+                                Err(p) => Outcome::Panicked(p),
                             }
-                            // Building the job's future panicked.
-                            Err(p) => Outcome::Panicked(p),
-                        },
+                        }
                     }
                 }
-                StageProj::Running { fut } => match fut.poll(cx) {
-                    Poll::Ready(r) => into_outcome(r),
-                    Poll::Pending => break,
+                StageProj::Running { fut } => match unwind::call_in_job(|| fut.poll(cx)) {
+                    Ok(Poll::Pending) => break,
+                    Ok(Poll::Ready(v)) => Outcome::Completed(v),
+                    Err(p) => Outcome::Panicked(p),
                 },
                 StageProj::Limited { fut } => match fut.as_mut().poll(cx) {
                     Poll::Ready(o) => o,
@@ -264,7 +276,9 @@ where
         // carried out now.
         if this.guard.state & REGISTERED == 0 {
             this.guard.state |= REGISTERED;
-            let killed = inner
+            let killed = this
+                .guard
+                .inner
                 .jobs
                 .shard(id)
                 .get_mut(&id)
@@ -274,6 +288,20 @@ where
             }
         }
         Poll::Pending
+    }
+}
+
+impl<F, Fut: Future, T, A> Stage<F, Fut, T, A> {
+    /// Polls the future of the `Running` stage, which the caller has just
+    /// stored. No other stage can be found here (checked in debug builds).
+    fn poll_running(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        match self.project() {
+            StageProj::Running { fut } => fut.poll(cx),
+            _ => {
+                debug_assert!(false, "polled the job outside its running stage");
+                Poll::Pending
+            }
+        }
     }
 }
 

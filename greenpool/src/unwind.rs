@@ -1,8 +1,9 @@
 //! Running user code without letting its panics escape: the one place
 //! where the pool catches panics.
 //!
-//! [`call`] runs a callback or a signal receiver; [`CatchPanic`] polls a
-//! job's future (and [`call_in_job`] builds it). Job code additionally gets
+//! [`call`] runs a callback or a signal receiver; [`call_in_job`] builds
+//! and polls a job's future (under time limits, [`CatchPanic`] polls it,
+//! with the same catch). Job code additionally gets
 //! its location and backtrace captured: a process-wide panic hook, installed
 //! once by the first pool built with capture on ([`install_hook`]), records
 //! them in a thread-local while a job is being polled on this thread, and
@@ -21,9 +22,15 @@ use std::task::Poll;
 
 use crate::outcome::PanicInfo;
 
+/// [`JOB`] bit: a job is being polled on this thread.
+const IN_JOB: u8 = 1;
+/// [`JOB`] bit: [`CAPTURED`] holds something.
+const PENDING: u8 = 2;
+
 thread_local! {
-    /// True while a job is being polled on this thread.
-    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+    /// [`IN_JOB`] and [`PENDING`]: one cheap cell that every job poll
+    /// reads, so that the capture itself is only touched after a panic.
+    static JOB: Cell<u8> = const { Cell::new(0) };
     /// What the hook saw of the last job panic on this thread.
     static CAPTURED: RefCell<Option<(Option<String>, Backtrace)>> = const { RefCell::new(None) };
 }
@@ -36,10 +43,11 @@ pub(crate) fn install_hook() {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if IN_JOB.with(Cell::get) {
+            if JOB.with(Cell::get) & IN_JOB != 0 {
                 let location = info.location().map(|l| l.to_string());
                 let backtrace = Backtrace::force_capture();
                 CAPTURED.with(|c| *c.borrow_mut() = Some((location, backtrace)));
+                JOB.with(|j| j.set(j.get() | PENDING));
             }
             previous(info);
         }));
@@ -59,8 +67,7 @@ enum Code {
 fn catch<R>(code: Code, f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
     if code == Code::Job {
         // A capture left by a panic that the job caught itself must not be
-        // mistaken for this one's.
-        CAPTURED.with(|c| c.borrow_mut().take());
+        // mistaken for this one's (`enter` drops it).
         let _flag = InJob::enter();
         panic::catch_unwind(AssertUnwindSafe(f))
     } else {
@@ -78,8 +85,8 @@ pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Sen
     catch(Code::Callback, f)
 }
 
-/// Runs the job's own code (building its future), with the capture of a
-/// job's poll.
+/// Runs the job's own code (building or polling its future), with the
+/// capture of a job's poll.
 pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
     catch(Code::Job, f).map_err(|p| captured_info(&*p))
 }
@@ -117,24 +124,40 @@ impl<F: Future> Future for CatchPanic<F> {
 /// The [`PanicInfo`] of a payload, with what the hook captured for it.
 fn captured_info(payload: &(dyn Any + Send)) -> PanicInfo {
     let info = PanicInfo::from_payload(payload);
-    match CAPTURED.with(|c| c.borrow_mut().take()) {
+    match take_capture() {
         Some((location, backtrace)) => info.with_capture(location, Some(backtrace)),
         None => info,
     }
 }
 
-/// Resets the in-job flag even when the poll unwinds.
-struct InJob(bool);
+/// Takes what the hook captured, if anything.
+fn take_capture() -> Option<(Option<String>, Backtrace)> {
+    if JOB.with(Cell::get) & PENDING == 0 {
+        return None;
+    }
+    JOB.with(|j| j.set(j.get() & !PENDING));
+    CAPTURED.with(|c| c.borrow_mut().take())
+}
+
+/// Sets the in-job bit, dropping any capture left over, and resets the bit
+/// even when the poll unwinds (a capture made meanwhile stays, for
+/// [`captured_info`]).
+struct InJob(u8);
 
 impl InJob {
     fn enter() -> Self {
-        InJob(IN_JOB.with(|f| f.replace(true)))
+        let was = JOB.with(Cell::get);
+        if was & PENDING != 0 {
+            drop(take_capture());
+        }
+        JOB.with(|j| j.set(IN_JOB));
+        InJob(was & IN_JOB)
     }
 }
 
 impl Drop for InJob {
     fn drop(&mut self) {
         let was = self.0;
-        IN_JOB.with(|f| f.set(was));
+        JOB.with(|j| j.set((j.get() & PENDING) | was));
     }
 }

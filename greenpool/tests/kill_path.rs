@@ -343,3 +343,27 @@ async fn every_killer_returns_when_close_races_the_apply() {
         p.terminate().await.unwrap();
     }
 }
+
+/// A handle holds no reference to its pool: with every pool handle
+/// dropped, a running job still keeps the pool alive, so its handle still
+/// kills it; once the job ended and the pool is gone, the handle hears
+/// "already finished".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_kills_after_the_pool_handles_are_dropped() {
+    let p = pool(2);
+    let parked = p.spawn(std::future::pending::<()>()).await.unwrap();
+    let done = p.spawn(async { 7 }).await.unwrap();
+    drop(p);
+    assert_eq!(
+        parked.terminate(Some(KillSignal::Kill)).await,
+        KillResult::Killed
+    );
+    assert!(parked.is_finished());
+    assert!(matches!(parked.await, Outcome::Terminated(_)));
+    let mut done = done;
+    assert_eq!((&mut done).await.completed(), Some(7));
+    // Both jobs ended, so nothing keeps the pool: the handle cannot find
+    // it, and the answer is the one the pool would have given.
+    assert_eq!(done.terminate(None).await, KillResult::AlreadyFinished);
+    done.abort();
+}

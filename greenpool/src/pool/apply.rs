@@ -164,13 +164,14 @@ impl TaskPool {
             if let Some(killers) = slot.and_then(|s| s.into_killers()) {
                 killers.finish(End::Refused);
             }
+            inner.counters.refused();
             inner.release_slot();
             return Err(ApplyError::NotRunning {
                 state,
                 job: job.into_job(),
             });
         }
-        inner.counters.applied.fetch_add(1, Ordering::Relaxed);
+        // Counted as applied by its id alone (see `TaskPool::info`).
         // Sent once the job is surely admitted: a receiver may close the
         // pool, and the job still runs.
         if signals::APPLY.has_receivers() {
@@ -191,7 +192,7 @@ impl TaskPool {
             runtime,
             _outcome: PhantomData,
         });
-        Ok(JobHandle::new(id, task, self.clone()))
+        Ok(JobHandle::new(id, task, inner.id))
     }
 }
 

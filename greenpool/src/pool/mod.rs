@@ -40,9 +40,10 @@ mod state;
 
 pub use self::state::PoolState;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -75,6 +76,19 @@ impl fmt::Display for PoolId {
 
 static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
+/// Every live pool by id, weakly: how a [`JobHandle`](crate::JobHandle)
+/// finds its pool without holding a reference of its own (which would cost
+/// two reference-count writes per job, on a line the workers share). Only
+/// kills through a handle look here; a pool enters when it is built and
+/// leaves when its last reference goes.
+static POOLS: std::sync::Mutex<BTreeMap<u64, Weak<Inner>>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn pools() -> std::sync::MutexGuard<'static, BTreeMap<u64, Weak<Inner>>> {
+    POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Checked options, from the builder.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -93,11 +107,19 @@ pub(crate) struct Config {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     waiting: AtomicUsize,
-    applied: AtomicU64,
+    /// Jobs that got an id and were then refused (a `close` raced their
+    /// apply). Applied jobs are the ids handed out minus these, so that an
+    /// admission counts nothing of its own.
+    refused: AtomicU64,
     pub(crate) ended: CachePadded<EndCounters>,
 }
 
 impl Counters {
+    /// Counts a job that got an id and was refused.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a result or accept callback that panicked.
     pub(crate) fn callback_panicked(&self) {
         self.ended.callback_panics.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +210,12 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        pools().remove(&self.id.0);
+    }
+}
+
 /// Celery's eventlet `TaskPool` on tokio: green jobs under a resizable
 /// limit, each killable by its [`JobId`](crate::JobId), with exactly-once callbacks.
 ///
@@ -256,7 +284,7 @@ impl TaskPool {
 
     pub(crate) fn from_config(config: Config) -> Self {
         let limit = config.limit;
-        TaskPool {
+        let pool = TaskPool {
             inner: Arc::new(Inner {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
                 limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
@@ -270,7 +298,19 @@ impl TaskPool {
                 counters: Counters::default(),
                 kill_epoch: CachePadded(AtomicU64::new(0)),
             }),
-        }
+        };
+        pools().insert(pool.inner.id.0, Arc::downgrade(&pool.inner));
+        pool
+    }
+
+    /// The live pool with this id, if there is one.
+    pub(crate) fn by_id(id: PoolId) -> Option<TaskPool> {
+        // The weak reference is upgraded after the lock is released: if
+        // the upgrade were the last reference, dropping it would end the
+        // pool, and `Inner::drop` takes this lock.
+        let weak = pools().get(&id.0).cloned();
+        weak.and_then(|w| w.upgrade())
+            .map(|inner| TaskPool { inner })
     }
 
     /// This pool's id, the sender of its signals.
@@ -353,6 +393,19 @@ impl TaskPool {
         self.inner.limiter.shrink(n)
     }
 
+    /// Jobs admitted so far: the ids handed out (they start at 1) minus
+    /// the refused ones. A statistic like the other counters: a job that
+    /// is being refused right now may count for a moment.
+    fn applied(&self) -> u64 {
+        let refused = self.inner.counters.refused.load(Ordering::Relaxed);
+        let handed_out = self
+            .inner
+            .next_job
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        handed_out.saturating_sub(refused)
+    }
+
     /// A snapshot in Celery's keys plus counters.
     pub fn info(&self) -> PoolInfo {
         let ledger = self.inner.limiter.ledger();
@@ -364,7 +417,7 @@ impl TaskPool {
             running_threads: ledger.running,
             state: self.state(),
             waiting: c.waiting.load(Ordering::Relaxed),
-            applied: c.applied.load(Ordering::Relaxed),
+            applied: self.applied(),
             completed: c.ended.completed.load(Ordering::Relaxed),
             panicked: c.ended.panicked.load(Ordering::Relaxed),
             terminated: c.ended.terminated.load(Ordering::Relaxed),
