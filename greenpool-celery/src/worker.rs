@@ -3,9 +3,11 @@
 //!
 //! # A message's path
 //!
-//! 1. The consumer takes up to the free prefetch budget (concurrency ×
-//!    multiplier unacked messages) in one fetch; each message is in the
-//!    `unacked` hash from then on.
+//! 1. The broker's consumer (`broker/redis/consumer.rs` or
+//!    `broker/amqp/consumer.rs`) takes messages within the prefetch window
+//!    (concurrency × multiplier unacked messages): on Redis in one fetch,
+//!    each message in the `unacked` hash from then on; on AMQP as the
+//!    broker delivers them under `basic.qos`.
 //! 2. Its handler decodes it. A message that cannot run (unreadable,
 //!    out-of-range numbers, an unknown character set, an unknown task
 //!    name) is logged once and acked; where its task id can be read it
@@ -32,26 +34,20 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use greenpool::{TaskPool, Timer};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::backend::{RedisBackend, ResultMeta, TaskState};
-use crate::batch::{Batcher, Targets};
-use crate::broker::{ActiveQueues, Oversized, RedisBroker};
+use crate::backend::{ResultMeta, TaskState};
+use crate::broker::Oversized;
 use crate::config::WorkerConfig;
-use crate::conn::{Link, LinkSettings};
-use crate::error::{BrokerError, WorkerError};
+use crate::error::WorkerError;
 use crate::metrics::http::MetricsServer;
 use crate::metrics::WorkerMetrics;
 use crate::outbox::{Outbox, ResultStore};
 use crate::protocol::TaskMessage;
 use crate::registry::TaskRegistry;
-use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 use crate::task_error::TaskError;
 
@@ -105,7 +101,9 @@ pub struct WorkerReport {
     pub restored: u64,
 }
 
-/// A Celery worker on kombu's Redis transport.
+/// A Celery worker on kombu's Redis transport or on AMQP (chosen by the
+/// broker URL's scheme; the transports live in `broker/redis/` and
+/// `broker/amqp/`, this type and the request path are shared).
 ///
 /// ```no_run
 /// use greenpool_celery::{TaskContext, TaskError, TaskRegistry, Worker, WorkerConfig};
@@ -315,7 +313,17 @@ impl Worker {
             None => None,
         };
         let ran = match transport {
-            crate::broker::Transport::Redis => self.run_redis().await,
+            crate::broker::Transport::Redis => {
+                crate::broker::redis::consumer::run(
+                    self.config,
+                    self.registry,
+                    self.shutdown,
+                    self.ready,
+                    self.stats,
+                    self.metrics,
+                )
+                .await
+            }
             #[cfg(feature = "amqp")]
             crate::broker::Transport::Amqp => {
                 crate::broker::amqp::consumer::run(
@@ -334,354 +342,6 @@ impl Worker {
             let _ = serving.await;
         }
         ran
-    }
-
-    async fn run_redis(self) -> Result<WorkerReport, WorkerError> {
-        let config = self.config.clone();
-        let settings = LinkSettings::from_config(&config);
-        let broker_link = Arc::new(
-            Link::open(
-                "broker",
-                &config.broker_url,
-                settings.clone(),
-                Some(Scripts::hook()),
-            )
-            .await?,
-        );
-        broker_link.count_reconnects(self.metrics.reconnects.counter("broker"));
-        let queues = Arc::new(ActiveQueues::new(&config.queues));
-        let broker = Arc::new(
-            RedisBroker::new(
-                Arc::clone(&broker_link),
-                config.hostname.clone(),
-                Arc::clone(&queues),
-                config.legacy_fetch,
-                config.max_message_size,
-                Arc::clone(&self.stats),
-            )
-            .await?,
-        );
-        broker.declare().await?;
-        broker.register().await?;
-        let backend_link = match &config.result_backend {
-            Some(url) if *url != config.broker_url => {
-                let link =
-                    Link::open("result backend", url, settings, Some(Scripts::hook())).await?;
-                link.count_reconnects(self.metrics.reconnects.counter("result backend"));
-                Some(Arc::new(link))
-            }
-            _ => None,
-        };
-        let acks = Arc::new(Batcher::spawn(
-            Targets {
-                broker: broker_link,
-                backend: backend_link,
-                scripts: broker.scripts().clone(),
-                result_expires: config.result_expires.map_or(0, |d| d.as_secs()),
-            },
-            Arc::clone(&self.stats),
-        ));
-        let backend = config
-            .result_backend
-            .as_ref()
-            .map(|_| ResultStore::Redis(RedisBackend::with_batcher(Arc::clone(&acks))));
-        let pool = TaskPool::builder()
-            .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
-            .build()
-            .map_err(|e| WorkerError::Pool(e.to_string()))?;
-        pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
-        let control = crate::control::Node::connect(
-            &config,
-            Arc::clone(&self.registry),
-            pool.clone(),
-            backend.as_ref().and_then(ResultStore::redis).cloned(),
-            self.shutdown.warm.clone(),
-            queues,
-            Arc::clone(&self.metrics),
-        )
-        .await?;
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            registry: Arc::clone(&self.registry),
-            pool: pool.clone(),
-            acks: Outbox::Redis(Arc::clone(&acks)),
-            backend: backend.clone(),
-            outstanding: Mutex::new(HashSet::new()),
-            warm: self.shutdown.warm.clone(),
-            counters: Counters::default(),
-            timer: TaskPool::new_timer(),
-            control: Arc::clone(&control),
-        });
-        tracing::info!(
-            "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
-            config.broker_url,
-            config.hostname,
-            config.concurrency,
-            config.prefetch_count(),
-            config.queues.join(",")
-        );
-        let sweeper = tokio::spawn(sweep(
-            Arc::clone(&broker),
-            config.visibility_timeout,
-            config.restore_interval,
-            self.shutdown.warm.clone(),
-        ));
-        let liveness = tokio::spawn(keep_alive(Arc::clone(&broker), self.shutdown.warm.clone()));
-        // Refuse waiting requests the moment warm shutdown starts, even
-        // while the consumer still waits for a fetch.
-        let closer = {
-            let pool = pool.clone();
-            let warm = self.shutdown.warm.clone();
-            tokio::spawn(async move {
-                warm.cancelled().await;
-                tracing::warn!("worker: warm shutdown");
-                pool.close();
-            })
-        };
-        let service = crate::control::Service::start(&control).await;
-        self.ready.notify_waiters();
-        let handlers = TaskTracker::new();
-        let consumed = consume(&broker, &shared, &handlers, &self.shutdown).await;
-        if consumed.is_err() {
-            // The broker is gone for good: stop as a warm shutdown would,
-            // then report the error so that a supervisor restarts us.
-            self.shutdown.warm.cancel();
-        }
-
-        // Warm shutdown: refuse waiting requests, finish running jobs.
-        let _ = closer.await;
-        handlers.close();
-        tokio::select! {
-            _ = handlers.wait() => {}
-            _ = self.shutdown.cold.cancelled() => {}
-        }
-        tokio::select! {
-            r = pool.stop() => { let _ = r; }
-            _ = self.shutdown.cold.cancelled() => {
-                tracing::warn!("worker: cold shutdown");
-                let _ = pool.terminate().await;
-            }
-        }
-        handlers.wait().await;
-        shared.timer.stop();
-        service.stop().await;
-        let _ = sweeper.await;
-        let _ = liveness.await;
-        // A cold shutdown still writes what it holds, but gives Redis at most
-        // the command timeout from then on.
-        let grace = config.command_timeout;
-        let cold = self.shutdown.cold.clone();
-        let cold_deadline = || {
-            let cold = cold.clone();
-            async move {
-                cold.cancelled().await;
-                tokio::time::sleep(grace).await;
-            }
-        };
-        tokio::select! {
-            _ = acks.flush() => {}
-            _ = cold_deadline() => {
-                tracing::warn!("worker: cold shutdown; results and acks still held are not written");
-            }
-        }
-        // Give back whatever is still unacked: prefetched, ETA, or killed
-        // late-ack requests.
-        let left: Vec<String> = shared
-            .outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .collect();
-        let mut restored = 0u64;
-        let gone = consumed.is_err() || acks.failure().is_some();
-        for tag in left.iter().filter(|_| !gone) {
-            let r = tokio::select! {
-                r = broker.restore(tag, false) => r,
-                _ = cold_deadline() => break,
-            };
-            match r {
-                Ok(true) => restored += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!("cannot restore message {tag}: {e}");
-                    break;
-                }
-            }
-        }
-        if restored > 0 {
-            tracing::warn!("Restoring {restored} unacknowledged message(s)");
-        }
-        if !gone {
-            // No fetch runs any more: forget this worker's in-flight lists
-            // (empty unless the last record failed; then they go back).
-            tokio::select! {
-                r = broker.unregister() => if let Err(e) = r {
-                    tracing::warn!("cannot unregister the worker's in-flight lists: {e}");
-                },
-                _ = cold_deadline() => {}
-            }
-        }
-        tokio::select! {
-            _ = acks.close() => {}
-            _ = cold_deadline() => {}
-        }
-        consumed?;
-        if let Some(e) = acks.failure() {
-            return Err(WorkerError::Broker(e));
-        }
-        let c = &shared.counters;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        Ok(WorkerReport {
-            received: load(&c.received),
-            succeeded: load(&c.succeeded),
-            failed: load(&c.failed),
-            revoked: load(&c.revoked),
-            retried: load(&c.retried),
-            restored,
-        })
-    }
-}
-
-/// The restore sweep, at start and then every `interval`.
-async fn sweep(
-    broker: Arc<RedisBroker>,
-    visibility_timeout: Duration,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    loop {
-        match broker
-            .restore_visible(visibility_timeout.as_secs_f64())
-            .await
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(
-                "Restored {n} message(s) unacked for longer than the visibility timeout"
-            ),
-            Err(e) => tracing::warn!("restore sweep failed: {e}"),
-        }
-        if let Err(e) = broker.return_dead().await {
-            tracing::warn!("cannot return the in-flight messages of dead workers: {e}");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Refreshes the worker's liveness key until warm shutdown.
-async fn keep_alive(broker: Arc<RedisBroker>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(crate::broker::LIVENESS_REFRESH) => {}
-            _ = stop.cancelled() => return,
-        }
-        // A lost connection is logged by the link; the next refresh tries
-        // again, well within the key's lifetime.
-        if let Err(e) = broker.refresh_liveness().await {
-            tracing::debug!("cannot refresh the liveness key: {e}");
-        }
-    }
-}
-
-/// Longest sleep between fetches while every queue is empty.
-const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
-
-/// The consumer loop: fetch within the prefetch budget, hand each message
-/// to a handler, until warm shutdown. Returns an error when the broker
-/// link (or the batcher's) gave up.
-async fn consume(
-    broker: &RedisBroker,
-    shared: &Arc<Shared>,
-    handlers: &TaskTracker,
-    shutdown: &ShutdownHandle,
-) -> Result<(), BrokerError> {
-    let prefetch = shared.control.prefetch.semaphore();
-    let mut idle = Duration::ZERO;
-    let mut failures: u32 = 0;
-    loop {
-        let first = tokio::select! {
-            p = Arc::clone(&prefetch).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return Ok(()),
-            },
-            _ = shutdown.warm.cancelled() => return Ok(()),
-            _ = shared.acks.gave_up() => return Err(shared.acks.failure().unwrap_or_else(
-                || BrokerError::GaveUp("the batcher stopped".to_owned()))),
-        };
-        if shutdown.warm.is_cancelled() {
-            return Ok(());
-        }
-        let budget = 1 + prefetch
-            .available_permits()
-            .min(shared.config.fetch_batch.saturating_sub(1));
-        let stamp = RedisBroker::stamp();
-        let fetched = match broker.fetch(budget, stamp).await {
-            Ok(f) => f,
-            Err(e) => {
-                drop(first);
-                failures = failures.saturating_add(1);
-                if failures == 1 {
-                    tracing::error!("consumer: cannot fetch: {e}");
-                }
-                tokio::select! {
-                    r = broker.link().recover() => r?,
-                    _ = shutdown.warm.cancelled() => return Ok(()),
-                }
-                // Whatever step 1 moved before its reply was lost stays
-                // in this worker's in-flight lists: the next fetch reads
-                // and records it first.
-                // A busy server (loading after a restart, say) answers at
-                // once: do not spin on it.
-                let pause = broker
-                    .link()
-                    .settings()
-                    .backoff
-                    .delay(failures)
-                    .min(Duration::from_secs(1));
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => continue,
-                    _ = shutdown.warm.cancelled() => return Ok(()),
-                }
-            }
-        };
-        if failures > 0 {
-            tracing::warn!("consumer: fetching again after {failures} failed attempt(s)");
-            failures = 0;
-        }
-        if fetched.is_empty() {
-            drop(first);
-            idle = (idle * 2).clamp(Duration::from_millis(1), IDLE_POLL_MAX);
-            tokio::select! {
-                _ = tokio::time::sleep(idle) => continue,
-                _ = shutdown.warm.cancelled() => return Ok(()),
-            }
-        }
-        idle = Duration::ZERO;
-        for big in fetched.oversized {
-            refuse_oversized(shared, big, None);
-        }
-        dispatch(shared, handlers, &prefetch, Some(first), fetched.deliveries);
-    }
-}
-
-/// Hands each delivery to a handler with a prefetch permit when one is
-/// free.
-fn dispatch(
-    shared: &Arc<Shared>,
-    handlers: &TaskTracker,
-    prefetch: &Arc<Semaphore>,
-    first: Option<tokio::sync::OwnedSemaphorePermit>,
-    deliveries: Vec<crate::broker::Delivery>,
-) {
-    let mut first = first;
-    for d in deliveries {
-        let permit = first
-            .take()
-            .or_else(|| Arc::clone(prefetch).try_acquire_owned().ok());
-        let shared = Arc::clone(shared);
-        handlers.spawn(crate::request::handle(shared, d, permit));
     }
 }
 

@@ -6,11 +6,11 @@ pub(crate) mod amqp;
 mod delivery;
 pub(crate) mod keys;
 mod queues;
-mod redis;
+pub(crate) mod redis;
 
 pub(crate) use self::delivery::{Delivery, Fetched, Oversized};
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
-pub(crate) use self::redis::{bind, RedisBroker, LIVENESS_REFRESH};
+pub(crate) use self::redis::bind;
 
 use crate::error::BrokerError;
 

@@ -59,6 +59,8 @@
 //! visibility timeout), none is lost. Two workers started with the same
 //! name share their in-flight lists; each returns them at start.
 
+pub(crate) mod consumer;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
