@@ -155,6 +155,27 @@ struct EnvelopeRef<'a> {
     properties: Properties,
 }
 
+/// [`EnvelopeRef`] with the headers read in the same pass: the common
+/// case, tried first. Any failure falls back to [`EnvelopeRef`], whose
+/// result is the one reported.
+#[derive(Deserialize)]
+struct EnvelopeTyped<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient::cow_str")]
+    body: Option<Cow<'a, str>>,
+    #[serde(rename = "content-type", default, deserialize_with = "lenient::string")]
+    content_type: Option<String>,
+    #[serde(
+        rename = "content-encoding",
+        default,
+        deserialize_with = "lenient::string"
+    )]
+    content_encoding: Option<String>,
+    #[serde(default)]
+    headers: Option<super::headers::TaskHeaders>,
+    #[serde(default, deserialize_with = "lenient::object")]
+    properties: Properties,
+}
+
 impl WireEnvelope {
     /// Reads a queue entry.
     ///
@@ -169,6 +190,14 @@ impl WireEnvelope {
             return Err(ProtocolError::Envelope(serde::de::Error::custom(
                 "the entry is not a JSON object",
             )));
+        }
+        // UTF-8 text is checked once here rather than string by string.
+        if let Ok(text) = std::str::from_utf8(raw) {
+            // The headers straight into their fields; on any failure the
+            // entry is read again below, which decides the result.
+            if let Ok(t) = serde_json::from_str::<EnvelopeTyped<'_>>(text) {
+                return Ok(Self::own_typed(t, raw));
+            }
         }
         match serde_json::from_slice::<EnvelopeRef<'_>>(raw) {
             Ok(r) => Ok(Self::own(r, raw, None)),
@@ -186,9 +215,21 @@ impl WireEnvelope {
         }
     }
 
-    fn own(r: EnvelopeRef<'_>, raw: &[u8], problem: Option<ProtocolError>) -> Self {
+    fn own_typed(t: EnvelopeTyped<'_>, raw: &[u8]) -> Self {
+        WireEnvelope {
+            body: Self::body_text(t.body, raw),
+            content_type: t.content_type.unwrap_or_else(json_type),
+            content_encoding: t.content_encoding,
+            headers: t.headers.unwrap_or_default(),
+            properties: t.properties,
+            problem: None,
+        }
+    }
+
+    /// Where the body sits in `raw`, or its own text.
+    fn body_text(body: Option<Cow<'_, str>>, raw: &[u8]) -> Option<BodyText> {
         let base = raw.as_ptr() as usize;
-        let body = r.body.map(|b| match b {
+        body.map(|b| match b {
             Cow::Borrowed(s) => {
                 let at = (s.as_ptr() as usize).wrapping_sub(base);
                 if !raw.is_empty() && at <= raw.len() && raw.len() - at >= s.len() {
@@ -201,7 +242,11 @@ impl WireEnvelope {
                 }
             }
             Cow::Owned(s) => BodyText::Owned(s),
-        });
+        })
+    }
+
+    fn own(r: EnvelopeRef<'_>, raw: &[u8], problem: Option<ProtocolError>) -> Self {
+        let body = Self::body_text(r.body, raw);
         let (headers, header_problem) = match r.headers {
             None => (super::headers::TaskHeaders::default(), None),
             Some(h) => match serde_json::from_str(h.get()) {
@@ -278,5 +323,31 @@ mod tests {
         assert!(matches!(w.problem, Some(ProtocolError::NonFinite)));
         assert!(WireEnvelope::parse(b"NaN").is_err());
         assert!(WireEnvelope::parse(b"[1, 2]").is_err());
+    }
+}
+
+/// Instruction-count harness for the envelope read: run under
+/// `valgrind --tool=callgrind` with `GREENPOOL_PARSE_LOOPS` set (compare
+/// two loop counts to get the cost of one parse).
+#[cfg(test)]
+mod cost {
+    #[test]
+    #[ignore = "a profiling harness, not a test"]
+    fn parse_loop() {
+        let loops: usize = std::env::var("GREENPOOL_PARSE_LOOPS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000);
+        let msg = crate::TaskMessage::new(
+            "greenpool.add",
+            vec![serde_json::json!(12345), serde_json::json!(1)],
+            serde_json::Map::new(),
+        );
+        let raw = msg.encode().unwrap_or_default();
+        eprintln!("message: {} bytes", raw.len());
+        for _ in 0..loops {
+            let w = super::WireEnvelope::parse(std::hint::black_box(raw.as_bytes()));
+            assert!(std::hint::black_box(w).is_ok());
+        }
     }
 }

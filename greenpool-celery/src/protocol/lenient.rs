@@ -251,30 +251,97 @@ pub(crate) fn string_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String,
 
 /// Reads an optional flag: anything but a boolean reads as absent.
 pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    Ok(IgnoredOr::<bool>::deserialize(d)?.0)
-}
-
-/// A value of type `T`, or `None` for any other JSON value (buffered
-/// through [`Value`]; used only for small scalars).
-struct IgnoredOr<T>(Option<T>);
-
-impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for IgnoredOr<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Value::deserialize(d)?;
-        Ok(IgnoredOr(serde_json::from_value(v).ok()))
-    }
+    d.deserialize_any(Scalar(|v: Read<'_>| match v {
+        Read::Bool(b) => Some(b),
+        Read::Value(v) => v.as_bool(),
+        Read::U64(_) | Read::I64(_) | Read::Str(_) | Read::Null => None,
+    }))
 }
 
 /// Reads the priority property as kombu does (see [`kombu_priority`]).
 pub(crate) fn priority<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
-    let v = Value::deserialize(d)?;
-    Ok(kombu_priority(&v))
+    d.deserialize_any(Scalar(|v: Read<'_>| match v {
+        Read::Bool(b) => Some(u8::from(b)),
+        // In 0..=9 after the `min`, so the cast is exact.
+        Read::U64(n) => Some(n.min(MAX_PRIORITY as u64) as u8),
+        Read::I64(n) => Some(clamp(n)),
+        Read::Str(s) => priority_of_int_text(s.trim()),
+        Read::Null => None,
+        Read::Value(v) => kombu_priority(v),
+    }))
 }
 
 /// Reads `delivery_mode` (1 or 2); anything else reads as absent.
 pub(crate) fn delivery_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
-    let v = Value::deserialize(d)?;
-    Ok(v.as_u64().and_then(|m| u8::try_from(m).ok()))
+    d.deserialize_any(Scalar(|v: Read<'_>| {
+        let m = match v {
+            Read::U64(n) => Some(n),
+            Read::I64(n) => u64::try_from(n).ok(),
+            Read::Value(v) => v.as_u64(),
+            Read::Bool(_) | Read::Str(_) | Read::Null => None,
+        };
+        m.and_then(|m| u8::try_from(m).ok())
+    }))
+}
+
+/// One JSON value as [`Scalar`] hands it over: the plain scalars as they
+/// come from the deserializer, anything else read into a [`Value`].
+enum Read<'a> {
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    Str(&'a str),
+    Null,
+    Value(&'a Value),
+}
+
+/// Reads one JSON value for a function of [`Read`], without building a
+/// [`Value`] for the plain scalars (strings, booleans, null, integers
+/// that fit 64 bits). Arrays, objects, floats and the numbers that
+/// `arbitrary_precision` hands over as a map are read into a [`Value`]
+/// exactly as `Value::deserialize` reads them (same depth limit, same
+/// errors).
+struct Scalar<F>(F);
+
+impl<'de, T, F: FnOnce(Read<'_>) -> Option<T>> Visitor<'de> for Scalar<F> {
+    type Value = Option<T>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::Bool(b)))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::I64(n)))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::U64(n)))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+        let v = serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number);
+        Ok((self.0)(Read::Value(&v)))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::Str(s)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok((self.0)(Read::Null))
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok((self.0)(Read::Value(&v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+        Ok((self.0)(Read::Value(&v)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok((self.0)(Read::Value(&v)))
+    }
 }
 
 #[cfg(test)]
@@ -314,5 +381,72 @@ mod tests {
         assert_eq!(kombu_priority(&huge_neg), Some(0));
         let inf: Value = serde_json::from_str("1e400").unwrap();
         assert_eq!(kombu_priority(&inf), None);
+    }
+
+    #[test]
+    fn scalar_readers_match_the_value_readers() {
+        #[derive(Deserialize)]
+        struct P {
+            #[serde(deserialize_with = "priority")]
+            p: Option<u8>,
+            #[serde(deserialize_with = "delivery_mode")]
+            m: Option<u8>,
+            #[serde(deserialize_with = "flag")]
+            f: Option<bool>,
+        }
+        let values = [
+            "0",
+            "9",
+            "10",
+            "2",
+            "1",
+            "255",
+            "256",
+            "300",
+            "-1",
+            "-0",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "-123456789012345678901234567890",
+            "2.999",
+            "2.0",
+            "-0.5",
+            "1e300",
+            "1e400",
+            "1e0",
+            "\"4\"",
+            "\" 3 \"",
+            "\"-4\"",
+            "\"1_0\"",
+            "\"high\"",
+            "\"\"",
+            "\"\\u0033\"",
+            "true",
+            "false",
+            "null",
+            "[1]",
+            "[]",
+            "{}",
+            "{\"p\": 1}",
+        ];
+        for text in values {
+            let v: Value = serde_json::from_str(text).unwrap();
+            let old_m = v.as_u64().and_then(|m| u8::try_from(m).ok());
+            let old_f = serde_json::from_value::<bool>(v.clone()).ok();
+            let doc = format!(r#"{{"p": {text}, "m": {text}, "f": {text}}}"#);
+            let got: P = serde_json::from_str(&doc).unwrap();
+            assert_eq!(got.p, kombu_priority(&v), "priority {text}");
+            assert_eq!(got.m, old_m, "delivery_mode {text}");
+            assert_eq!(got.f, old_f, "flag {text}");
+            let got: P = serde_json::from_slice(doc.as_bytes()).unwrap();
+            assert_eq!(got.p, kombu_priority(&v), "priority {text}");
+        }
+        // The depth limit is the one `Value` has.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let doc = format!(r#"{{"p": {deep}, "m": 1, "f": true}}"#);
+        assert!(serde_json::from_str::<P>(&doc).is_err());
+        assert!(serde_json::from_str::<Value>(&format!("[{deep}]")).is_err());
     }
 }
