@@ -58,7 +58,10 @@ impl<T> JobHandle<T> {
         self.id
     }
 
-    /// True once the job has ended and its callback has run.
+    /// True once the job's task has completed: its callback has run and
+    /// its outcome is ready. On a multi-thread runtime this can lag, by the
+    /// task's own completion, behind a `terminate_job` that already
+    /// returned; awaiting the handle waits for it.
     pub fn is_finished(&self) -> bool {
         self.taken || self.task.is_finished()
     }

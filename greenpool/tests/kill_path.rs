@@ -358,7 +358,8 @@ async fn a_handle_kills_after_the_pool_handles_are_dropped() {
         parked.terminate(Some(KillSignal::Kill)).await,
         KillResult::Killed
     );
-    assert!(parked.is_finished());
+    // (`is_finished` may lag the kill by the task's own completion on a
+    // multi-thread runtime; awaiting the handle waits for it.)
     assert!(matches!(parked.await, Outcome::Terminated(_)));
     let mut done = done;
     assert_eq!((&mut done).await.completed(), Some(7));
