@@ -455,40 +455,45 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     };
     let env = [("INTEROP_BACKEND", backend.as_str())];
     let w = worker(&node, &backend, &["-c", "1", "--prefetch-multiplier", "4"]);
-    let sent: serde_json::Value = serde_json::from_str(&py(
+    // Handshakes on the broker. First the sleep alone, until it has
+    // started (it acks early, when it starts, so the queue reads (0, 0));
+    // it then holds the only slot for 15 s. Then three adds, until all
+    // three are delivered and unacked, waiting for that slot.
+    let wait_counts = |want: (u64, u64)| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = node.queue_counts("celery");
+            if got == Some(want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "want {want:?}, got {got:?}");
+            std::thread::yield_now();
+        }
+    };
+    let sleeps = py(
         &python,
         &node,
         &env,
-        &["send_sleep_and_adds", "10", "3"],
-    ))
-    .unwrap();
-    // Handshake on the broker: the sleep is acked (early ack), the three
-    // adds are delivered and unacked. The sleep holds the only slot for
-    // 10 s, so the adds cannot run before the stop below even when each
-    // `rabbitmqctl` call takes seconds on a loaded machine.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if node.queue_counts("celery") == Some((0, 3)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            node.queue_counts("celery")
-        );
-        std::thread::yield_now();
-    }
+        &["send_many", "greenpool.sleep", "1", "[15]"],
+    );
+    w.wait_for("Task greenpool.sleep[");
+    wait_counts((0, 0));
+    let adds = py(
+        &python,
+        &node,
+        &env,
+        &["send_many", "greenpool.add", "3", "[1, 1]"],
+    );
+    wait_counts((0, 3));
     w.stop();
     assert_eq!(
         node.queue_counts("celery"),
         Some((3, 0)),
         "prefetched given back"
     );
-    let sleeps = sent["sleep"].to_string();
-    let adds = sent["adds"].to_string();
-    assert!(py(&python, &node, &env, &["collect", &sleeps, "10.0"]).contains("OK"));
+    assert!(py(&python, &node, &env, &["collect", sleeps.trim(), "15.0"]).contains("OK"));
     let w2 = worker(&node, &backend, &["-c", "4"]);
-    assert!(py(&python, &node, &env, &["collect", &adds, "2"]).contains("OK"));
+    assert!(py(&python, &node, &env, &["collect", adds.trim(), "2"]).contains("OK"));
     w2.stop();
 }
 
