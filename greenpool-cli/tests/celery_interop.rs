@@ -347,32 +347,48 @@ fn warm_shutdown_finishes_running_and_returns_prefetched() {
     };
     let mut conn = server.conn(0);
     let w = worker(&server, &["-c", "1", "--prefetch-multiplier", "4"]);
-    // The adds follow the sleep within milliseconds; the sleep lasts 3 s.
-    let sent: serde_json::Value =
-        serde_json::from_str(&py(&python, &server, &["send_sleep_and_adds", "3", "3"])).unwrap();
-    let sleeps = sent["sleep"].to_string();
-    let adds = sent["adds"].to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        // early ack: the running sleep is acked, the three adds are not
-        let n: usize = conn.hlen("unacked").unwrap();
-        let running: usize = conn.llen("celery").unwrap();
-        if n == 3 && running == 0 {
-            break;
+    // Handshakes: the sleep alone first, until it runs (it acks early,
+    // when it starts: nothing left in the queue or in `unacked`); it then
+    // holds the only slot for 15 s. Then three adds, until all three are
+    // fetched and unacked, waiting for that slot.
+    let wait_held = |conn: &mut redis::Connection, want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: usize = conn.hlen("unacked").unwrap();
+            let queued: usize = conn.llen("celery").unwrap();
+            if n == want && queued == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker holds {n}, {queued} queued"
+            );
+            std::thread::yield_now();
         }
-        assert!(Instant::now() < deadline, "worker holds {n} messages");
-        std::thread::yield_now();
-    }
+    };
+    let sleeps = py(
+        &python,
+        &server,
+        &["send_many", "greenpool.sleep", "1", "[15]"],
+    );
+    w.wait_for("Task greenpool.sleep[");
+    wait_held(&mut conn, 0);
+    let adds = py(
+        &python,
+        &server,
+        &["send_many", "greenpool.add", "3", "[1, 1]"],
+    );
+    wait_held(&mut conn, 3);
     w.stop();
     let back: usize = conn.llen("celery").unwrap();
     assert_eq!(back, 3, "prefetched messages returned to the queue");
     let unacked: usize = conn.hlen("unacked").unwrap();
     assert_eq!(unacked, 0);
     // The running sleep finished and stored its result before exit.
-    assert!(py(&python, &server, &["collect", &sleeps, "3.0"]).contains("OK"));
+    assert!(py(&python, &server, &["collect", sleeps.trim(), "15.0"]).contains("OK"));
     // A new worker completes the rest: nothing lost.
     let w2 = worker(&server, &["-c", "4"]);
-    assert!(py(&python, &server, &["collect", &adds, "2"]).contains("OK"));
+    assert!(py(&python, &server, &["collect", adds.trim(), "2"]).contains("OK"));
     w2.stop();
 }
 

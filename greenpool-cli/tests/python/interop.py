@@ -214,13 +214,6 @@ def send_many(name, n, args):
     print(json.dumps(ids))
 
 
-def send_sleep_and_adds(secs, n):
-    """One sleep, then n adds of (1, 1), sent back to back; prints ids."""
-    sleep = app.send_task("greenpool.sleep", (float(secs),)).id
-    adds = [app.send_task("greenpool.add", (1, 1)).id for _ in range(int(n))]
-    print(json.dumps({"sleep": [sleep], "adds": adds}))
-
-
 def collect(ids, expect):
     for i in json.loads(ids):
         got = app.AsyncResult(i).get(timeout=T)
@@ -240,8 +233,7 @@ def collect(ids, expect):
     "check_priorities": check_priorities,
     "concurrency": concurrency,
     "send_many": send_many,
-    "send_sleep_and_adds": send_sleep_and_adds,
     "collect": collect,
 }[scenario](*rest)
-if scenario not in ("send_priorities", "send_priorities_amqp", "send_many", "send_sleep_and_adds"):
+if scenario not in ("send_priorities", "send_priorities_amqp", "send_many"):
     print("OK")
