@@ -418,8 +418,14 @@ def scenario_flower(node, port):
 
     r = app.send_task("greenpool.add", (20, 22))
     assert r.get(timeout=20) == 42
-    tasks = until("flower shows the task", lambda: get("/api/tasks").get(r.id))
-    assert tasks["state"] == "SUCCESS" and tasks["name"] == "greenpool.add" and tasks["worker"] == node, tasks
+    # Flower applies events as they come: the task shows STARTED first,
+    # SUCCESS once the task-succeeded event is in.
+    def succeeded():
+        t = get("/api/tasks").get(r.id)
+        return t if t and t["state"] == "SUCCESS" else None
+
+    tasks = until("flower shows the task succeeded", succeeded)
+    assert tasks["name"] == "greenpool.add" and tasks["worker"] == node, tasks
 
     status, body = post(f"/api/worker/pool/grow/{node}?n=2")
     assert status == 200, body
