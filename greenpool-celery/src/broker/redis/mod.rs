@@ -322,15 +322,7 @@ impl RedisBroker {
     /// many messages went back.
     pub(crate) async fn register(&self) -> Result<u64, BrokerError> {
         let hash = keys::inflight_hash(&self.worker);
-        self.stats.round_trip();
-        let earlier: Vec<(String, String)> = self
-            .link
-            .call_until_done("reading the in-flight lists", |mut conn| {
-                let hash = &hash;
-                async move { redis::cmd("HGETALL").arg(hash).query_async(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)?;
+        let earlier = self.registered_lists().await?;
         let (layout, _) = self.layout();
         let mut all: Vec<(String, String)> = layout
             .pairs
@@ -398,21 +390,25 @@ impl RedisBroker {
             .map_err(|e| BrokerError::Redis(e.error))
     }
 
-    /// At a clean stop, once no fetch runs: returns whatever is still in
-    /// this worker's in-flight lists (nothing, unless the last record
-    /// failed) and forgets the worker.
-    pub(crate) async fn unregister(&self) -> Result<(), BrokerError> {
-        // Every list registered, also those of queues cancelled since.
+    /// This worker's registered `(queue key, in-flight list)` pairs.
+    async fn registered_lists(&self) -> Result<Vec<(String, String)>, BrokerError> {
         let hash = keys::inflight_hash(&self.worker);
         self.stats.round_trip();
-        let all: Vec<(String, String)> = self
-            .link
+        self.link
             .call_until_done("reading the in-flight lists", |mut conn| {
                 let hash = &hash;
                 async move { redis::cmd("HGETALL").arg(hash).query_async(&mut conn).await }
             })
             .await?
-            .map_err(BrokerError::Redis)?;
+            .map_err(BrokerError::Redis)
+    }
+
+    /// At a clean stop, once no fetch runs: returns whatever is still in
+    /// this worker's in-flight lists (nothing, unless the last record
+    /// failed) and forgets the worker.
+    pub(crate) async fn unregister(&self) -> Result<(), BrokerError> {
+        // Every list registered, also those of queues cancelled since.
+        let all = self.registered_lists().await?;
         self.give_back(&self.worker, &all, true).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
