@@ -61,6 +61,20 @@ impl Proc {
         }
     }
 
+    /// Waits until, for each entry of `wanted`, a line containing all its
+    /// parts was logged (entries in any order).
+    fn wait_for_all(&self, wanted: &[&[&str]]) {
+        let mut left: Vec<&[&str]> = wanted.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !left.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(wait) {
+                Ok(line) => left.retain(|parts| !parts.iter().all(|p| line.contains(p))),
+                Err(e) => panic!("{}: no line with {left:?} ({e})", self.name),
+            }
+        }
+    }
+
     /// Every line logged so far that was not consumed yet.
     fn drain(&self) -> Vec<String> {
         self.lines.try_iter().collect()
@@ -532,11 +546,16 @@ fn broker_restart_mid_load_loses_nothing_with_acks_late() {
     );
     w.wait_for("succeeded");
     node.restart(Duration::from_millis(500));
-    w.wait_for("connected again");
+    // The consumer's and the remote control's connections come back each
+    // on its own backoff; the remote control's mailbox queue is declared
+    // again once its connection is back.
+    w.wait_for_all(&[
+        &["broker: amqp://", "connected again"],
+        &["remote control: amqp://", "connected again"],
+        &["listening on restart@amqp.celery.pidbox again"],
+    ]);
     assert!(py(&python, &node, &env, &["collect", ids.trim(), "0.05"]).contains("OK"));
-    // The remote control has its own connection, and it is back too (its
-    // mailbox queue declared again): a ping finds the node.
-    w.wait_for("listening on restart@amqp.celery.pidbox again");
+    // A ping finds the node through its new connection.
     let (ok, out) = greenpool(&node, &["inspect", "ping", "-d", "restart@amqp"]);
     assert!(ok && out.contains("restart@amqp: OK"), "{out}");
     // The consumer's and the remote control's connections each counted

@@ -38,7 +38,7 @@ impl AmqpClient {
         settings: LinkSettings,
         rpc: bool,
     ) -> Result<Self, BrokerError> {
-        let session = Session::new(url, settings, Topology::default())?;
+        let session = Session::new("broker", url, settings, Topology::default())?;
         let live = session.connect(true).await?;
         let inbox: Inbox = Arc::default();
         let reply_to = if rpc {

@@ -55,7 +55,7 @@ pub(crate) async fn run(
         quorum: config.quorum_queues,
         prefetch: u16::try_from(config.prefetch_count()).unwrap_or(u16::MAX),
     };
-    let session = Session::new(&config.broker_url, settings.clone(), topology)?;
+    let session = Session::new("broker", &config.broker_url, settings.clone(), topology)?;
     session.count_reconnects(metrics.reconnects.counter("broker"));
     let mut live = session.connect(true).await?;
     // Results: rpc:// replies through the outbox, or a Redis backend

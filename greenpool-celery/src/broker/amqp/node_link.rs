@@ -132,7 +132,7 @@ pub(crate) fn is_refusal(e: &BrokerError) -> bool {
 impl AmqpNodeLink {
     /// Connects to `url` (with the startup retry policy of `settings`).
     pub(crate) async fn open(url: &str, settings: LinkSettings) -> Result<Arc<Self>, BrokerError> {
-        let session = Session::new(url, settings, Topology::default())?;
+        let session = Session::new("remote control", url, settings, Topology::default())?;
         let link = Arc::new(AmqpNodeLink {
             session,
             reconnect: tokio::sync::Mutex::new(()),

@@ -119,6 +119,9 @@ pub(crate) fn precondition(e: &lapin::Error) -> Option<String> {
 /// A reconnecting AMQP connection shared by the consumer and the outbox.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// What the connection is for ("broker", "remote control"), first in
+    /// its log lines so an operator can tell the worker's links apart.
+    name: &'static str,
     uri: AMQPUri,
     label: String,
     settings: LinkSettings,
@@ -132,6 +135,7 @@ pub(crate) struct Session {
 impl Session {
     /// A session for `url`; nothing is connected before [`Session::connect`].
     pub(crate) fn new(
+        name: &'static str,
         url: &str,
         settings: LinkSettings,
         topology: Topology,
@@ -142,6 +146,7 @@ impl Session {
             uri.authority.host, uri.authority.port, uri.vhost
         );
         Ok(Arc::new(Session {
+            name,
             uri,
             label,
             settings,
@@ -233,7 +238,8 @@ impl Session {
                     }
                     if attempt > 1 || !first {
                         tracing::warn!(
-                            "{}: connected again after {attempt} attempt(s)",
+                            "{}: {}: connected again after {attempt} attempt(s)",
+                            self.name,
                             self.label
                         );
                     }
@@ -250,15 +256,16 @@ impl Session {
                         !retry || self.settings.max_retries.is_some_and(|max| attempt >= max);
                     if out_of_tries {
                         let why = format!(
-                            "cannot connect to {} after {attempt} attempt(s): {e}",
-                            self.label
+                            "{}: cannot connect to {} after {attempt} attempt(s): {e}",
+                            self.name, self.label
                         );
                         self.give_up(why.clone());
                         return Err(BrokerError::GaveUp(why));
                     }
                     let pause = self.settings.backoff.delay(attempt);
                     tracing::error!(
-                        "{}: cannot connect: {e}; trying again in {:.2}s ({attempt})",
+                        "{}: {}: cannot connect: {e}; trying again in {:.2}s ({attempt})",
+                        self.name,
                         self.label,
                         pause.as_secs_f64()
                     );
