@@ -7,9 +7,14 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::backend::{result_key, ResultMeta, TaskState};
+#[cfg(feature = "redis")]
+use crate::backend::result_key;
+use crate::backend::{ResultMeta, TaskState};
+#[cfg(feature = "redis")]
 use crate::broker::keys;
-use crate::conn::{Backoff, Link, LinkSettings, Subscriber, SubscriberEvent};
+use crate::conn::{Backoff, LinkSettings};
+#[cfg(feature = "redis")]
+use crate::conn::{Link, Subscriber, SubscriberEvent};
 use crate::error::{BrokerError, ResultError};
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
 use crate::task_error::TaskError;
@@ -112,11 +117,14 @@ impl SendOptions {
 #[derive(Debug, Clone)]
 pub struct Client {
     broker: ClientBroker,
+    /// The Redis result backend.
+    #[cfg(feature = "redis")]
     backend: Option<Arc<Link>>,
 }
 
 #[derive(Debug, Clone)]
 enum ClientBroker {
+    #[cfg(feature = "redis")]
     Redis(Arc<Link>),
     #[cfg(feature = "amqp")]
     Amqp(Arc<crate::broker::amqp::client::AmqpClient>),
@@ -143,30 +151,55 @@ impl Client {
         broker_url: &str,
         result_backend: Option<&str>,
     ) -> Result<Self, BrokerError> {
-        #[cfg(feature = "amqp")]
-        if crate::broker::Transport::of(broker_url)? == crate::broker::Transport::Amqp {
-            let rpc = result_backend.is_some_and(|u| {
-                u.starts_with("rpc://")
-                    || crate::broker::Transport::of(u)
-                        .is_ok_and(|t| t == crate::broker::Transport::Amqp)
-            });
-            let amqp = crate::broker::amqp::client::AmqpClient::connect(
-                broker_url,
-                client_settings(),
-                rpc,
-            )
-            .await?;
-            let backend = match result_backend {
-                Some(url) if !rpc => Some(Arc::new(
-                    Link::open("result backend", url, client_settings(), None).await?,
-                )),
-                _ => None,
-            };
-            return Ok(Client {
-                broker: ClientBroker::Amqp(Arc::new(amqp)),
-                backend,
-            });
+        match crate::broker::Transport::of(broker_url)? {
+            #[cfg(feature = "amqp")]
+            crate::broker::Transport::Amqp => Self::connect_amqp(broker_url, result_backend).await,
+            #[cfg(feature = "redis")]
+            crate::broker::Transport::Redis => {
+                Self::connect_redis(broker_url, result_backend).await
+            }
         }
+    }
+
+    /// Connects to an AMQP broker; results come by rpc:// or from a Redis
+    /// backend.
+    #[cfg(feature = "amqp")]
+    async fn connect_amqp(
+        broker_url: &str,
+        result_backend: Option<&str>,
+    ) -> Result<Self, BrokerError> {
+        let rpc = result_backend.is_some_and(|u| {
+            u.starts_with("rpc://")
+                || crate::broker::Transport::of(u)
+                    .is_ok_and(|t| t == crate::broker::Transport::Amqp)
+        });
+        #[cfg(not(feature = "redis"))]
+        if let Some(url) = result_backend.filter(|_| !rpc) {
+            return Err(crate::broker::backend_left_out(url));
+        }
+        let amqp =
+            crate::broker::amqp::client::AmqpClient::connect(broker_url, client_settings(), rpc)
+                .await?;
+        #[cfg(feature = "redis")]
+        let backend = match result_backend {
+            Some(url) if !rpc => Some(Arc::new(
+                Link::open("result backend", url, client_settings(), None).await?,
+            )),
+            _ => None,
+        };
+        Ok(Client {
+            broker: ClientBroker::Amqp(Arc::new(amqp)),
+            #[cfg(feature = "redis")]
+            backend,
+        })
+    }
+
+    /// Connects to a Redis broker and, if given, a Redis result backend.
+    #[cfg(feature = "redis")]
+    async fn connect_redis(
+        broker_url: &str,
+        result_backend: Option<&str>,
+    ) -> Result<Self, BrokerError> {
         let broker = Arc::new(Link::open("broker", broker_url, client_settings(), None).await?);
         let backend = match result_backend {
             Some(url) if url == broker_url => Some(Arc::clone(&broker)),
@@ -209,8 +242,9 @@ impl Client {
         let priority = options.priority.unwrap_or(0);
         msg.properties.priority = Some(priority);
         msg.properties.delivery_info.routing_key = options.queue.clone();
-        let broker = match &self.broker {
-            ClientBroker::Redis(link) => link,
+        match &self.broker {
+            #[cfg(feature = "redis")]
+            ClientBroker::Redis(link) => send_redis(link, &msg, &options.queue, priority).await?,
             #[cfg(feature = "amqp")]
             ClientBroker::Amqp(amqp) => {
                 msg.properties.reply_to = amqp.reply_to().map(str::to_owned);
@@ -221,26 +255,8 @@ impl Client {
                     BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
                 })?;
                 amqp.publish(&options.queue, out).await?;
-                return Ok(self.result(&msg.headers.id));
             }
-        };
-        let payload = msg.encode().map_err(|e| {
-            BrokerError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "cannot encode the task message",
-                e.to_string(),
-            )))
-        })?;
-        let key = keys::queue_key(&options.queue, priority);
-        let mut push = redis::cmd("LPUSH");
-        push.arg(key).arg(payload);
-        let _: i64 = broker
-            .call_until_done("sending a task", |mut conn| {
-                let push = &push;
-                async move { push.query_async(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)?;
+        }
         Ok(self.result(&msg.headers.id))
     }
 
@@ -248,6 +264,7 @@ impl Client {
     pub fn result(&self, id: &str) -> AsyncResult {
         AsyncResult {
             id: id.to_owned(),
+            #[cfg(feature = "redis")]
             backend: self.backend.clone(),
             #[cfg(feature = "amqp")]
             rpc: match &self.broker {
@@ -258,21 +275,58 @@ impl Client {
     }
 }
 
+/// LPUSHes `msg` on the list of `queue` for `priority`.
+#[cfg(feature = "redis")]
+async fn send_redis(
+    link: &Link,
+    msg: &TaskMessage,
+    queue: &str,
+    priority: u8,
+) -> Result<(), BrokerError> {
+    let payload = msg.encode().map_err(|e| {
+        BrokerError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "cannot encode the task message",
+            e.to_string(),
+        )))
+    })?;
+    let key = keys::queue_key(queue, priority);
+    let mut push = redis::cmd("LPUSH");
+    push.arg(key).arg(payload);
+    let _: i64 = link
+        .call_until_done("sending a task", |mut conn| {
+            let push = &push;
+            async move { push.query_async(&mut conn).await }
+        })
+        .await?
+        .map_err(BrokerError::Redis)?;
+    Ok(())
+}
+
 /// The result of a sent task, read from the result backend.
 #[derive(Debug, Clone)]
 pub struct AsyncResult {
     id: String,
+    /// The Redis result backend.
+    #[cfg(feature = "redis")]
     backend: Option<Arc<Link>>,
     /// The rpc:// replies for this task.
     #[cfg(feature = "amqp")]
     rpc: Option<tokio::sync::watch::Receiver<Option<ResultMeta>>>,
 }
 
+#[cfg(feature = "redis")]
 fn no_backend() -> ResultError {
     ResultError::Broker(BrokerError::Redis(redis::RedisError::from((
         redis::ErrorKind::Client,
         "no result backend configured; connect the client with a result backend URL",
     ))))
+}
+
+/// Without the `redis` feature only rpc:// results can be read.
+#[cfg(not(feature = "redis"))]
+fn no_backend() -> ResultError {
+    ResultError::Broker(BrokerError::NoBackend)
 }
 
 impl AsyncResult {
@@ -292,6 +346,12 @@ impl AsyncResult {
         if let Some(rx) = &self.rpc {
             return Ok(rx.borrow().clone());
         }
+        self.redis_meta().await
+    }
+
+    /// The meta stored in the Redis backend.
+    #[cfg(feature = "redis")]
+    async fn redis_meta(&self) -> Result<Option<ResultMeta>, ResultError> {
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
         let raw: Option<String> = link
@@ -303,6 +363,12 @@ impl AsyncResult {
             .map_err(|e| ResultError::Broker(BrokerError::Redis(e)))?;
         raw.map(|r| serde_json::from_str(&r).map_err(ResultError::Malformed))
             .transpose()
+    }
+
+    /// Without the `redis` feature there is no stored meta to read.
+    #[cfg(not(feature = "redis"))]
+    async fn redis_meta(&self) -> Result<Option<ResultMeta>, ResultError> {
+        Err(no_backend())
     }
 
     /// The current state (PENDING when nothing is stored).
@@ -344,6 +410,12 @@ impl AsyncResult {
             })?;
             return into_value(meta);
         }
+        self.redis_get(timeout).await
+    }
+
+    /// [`AsyncResult::get`] on the Redis backend.
+    #[cfg(feature = "redis")]
+    async fn redis_get(&self, timeout: Duration) -> Result<Value, ResultError> {
         let link = self.backend.as_ref().ok_or_else(no_backend)?;
         let key = result_key(&self.id);
         let deadline = tokio::time::Instant::now() + timeout.min(crate::seconds::MAX_DURATION);
@@ -355,7 +427,7 @@ impl AsyncResult {
         loop {
             if check {
                 check = false;
-                let meta = tokio::time::timeout_at(deadline, self.meta())
+                let meta = tokio::time::timeout_at(deadline, self.redis_meta())
                     .await
                     .map_err(|_| ResultError::Timeout(timeout))??;
                 if let Some(meta) = meta.filter(|m| m.status.is_ready()) {
@@ -380,6 +452,12 @@ impl AsyncResult {
                 }
             }
         }
+    }
+
+    /// Without the `redis` feature there is no stored result to wait for.
+    #[cfg(not(feature = "redis"))]
+    async fn redis_get(&self, _timeout: Duration) -> Result<Value, ResultError> {
+        Err(no_backend())
     }
 }
 

@@ -63,16 +63,22 @@ pub enum ProtocolError {
 }
 
 /// A failure to reach or use the broker (Redis or AMQP) or the result backend.
+///
+/// The variants that carry a Redis or AMQP error exist only with the
+/// cargo feature of that broker (`redis`, `amqp`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
     /// The URL does not parse.
+    #[cfg(feature = "redis")]
     #[error("invalid Redis URL: {0}; use redis://host:port/db")]
     Url(#[source] redis::RedisError),
     /// The server could not be reached.
+    #[cfg(feature = "redis")]
     #[error("cannot connect to Redis: {0}; is the server running?")]
     Connect(#[source] redis::RedisError),
-    /// A command failed.
+    /// A Redis command failed.
+    #[cfg(feature = "redis")]
     #[error("Redis command failed: {0}")]
     Redis(#[source] redis::RedisError),
     /// The connection was lost and reconnecting failed as often as
@@ -101,7 +107,27 @@ pub enum BrokerError {
         "unsupported broker URL {0:?}: use redis://, rediss://, amqp://, amqps:// or pyamqp://"
     )]
     Scheme(String),
-    /// The server is older than this worker needs.
+    /// The URL names a broker or result backend that this build leaves
+    /// out: greenpool-celery was compiled without the cargo feature that
+    /// brings it (`redis` for `redis://`, `rediss://` and `unix://`,
+    /// `amqp` for `amqp://`, `amqps://` and `pyamqp://`).
+    #[error(
+        "{scheme}:// URLs need the {feature:?} cargo feature, which this build of greenpool \
+         leaves out: rebuild with `--features {feature}`"
+    )]
+    NotCompiled {
+        /// The URL's scheme, without `://`.
+        scheme: String,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
+    /// The client has no result backend to read results from (builds
+    /// with the `redis` feature report this as a `Redis` client error, as
+    /// they always have).
+    #[error("no result backend configured; connect the client with a result backend URL")]
+    NoBackend,
+    /// The Redis server is older than this worker needs.
+    #[cfg(feature = "redis")]
     #[error("Redis {found} is too old: greenpool needs Redis {needed} or newer")]
     Version {
         /// The server's version.

@@ -29,6 +29,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod backend;
+#[cfg(feature = "redis")]
 mod batch;
 mod broker;
 mod canvas;
@@ -45,6 +46,7 @@ pub mod protocol;
 mod registry;
 mod repr;
 mod request;
+#[cfg(feature = "redis")]
 mod scripts;
 pub mod seconds;
 mod stats;

@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::backend::{RedisBackend, ResultMeta};
+#[cfg(feature = "redis")]
+use crate::backend::RedisBackend;
+use crate::backend::ResultMeta;
+#[cfg(feature = "redis")]
 use crate::batch::Batcher;
 #[cfg(feature = "amqp")]
 use crate::broker::amqp::AmqpOutbox;
@@ -15,6 +18,7 @@ use crate::error::BrokerError;
 #[derive(Debug, Clone)]
 pub(crate) enum Outbox {
     /// kombu's Redis transport.
+    #[cfg(feature = "redis")]
     Redis(Arc<Batcher>),
     /// AMQP.
     #[cfg(feature = "amqp")]
@@ -25,6 +29,7 @@ impl Outbox {
     /// Queues the ack of a delivery.
     pub(crate) fn ack(&self, tag: String) {
         match self {
+            #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.ack(tag),
             #[cfg(feature = "amqp")]
             Outbox::Amqp(o) => o.ack(tag),
@@ -36,6 +41,7 @@ impl Outbox {
     /// routing key and priority route it.
     pub(crate) fn push(&self, key: String, payload: String) {
         match self {
+            #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.push(key, payload),
             #[cfg(feature = "amqp")]
             Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&payload) {
@@ -46,8 +52,11 @@ impl Outbox {
     }
 
     /// Set once the writer gave up for good.
+    // Only the Redis consumer asks; the AMQP one sees a loss on its session.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn failure(&self) -> Option<BrokerError> {
         match self {
+            #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.failure(),
             #[cfg(feature = "amqp")]
             Outbox::Amqp(o) => o.failure(),
@@ -56,8 +65,10 @@ impl Outbox {
 
     /// Resolves when the writer gives up (never on AMQP, where the
     /// consumer sees the loss first).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) async fn gave_up(&self) {
         match self {
+            #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.gave_up().await,
             #[cfg(feature = "amqp")]
             Outbox::Amqp(_) => std::future::pending().await,
@@ -69,6 +80,7 @@ impl Outbox {
 #[derive(Debug, Clone)]
 pub(crate) enum ResultStore {
     /// Celery's Redis backend.
+    #[cfg(feature = "redis")]
     Redis(RedisBackend),
     /// Celery's rpc:// backend: a message to the client's `reply_to`.
     #[cfg(feature = "amqp")]
@@ -76,20 +88,12 @@ pub(crate) enum ResultStore {
 }
 
 impl ResultStore {
-    /// The Redis backend, when results go to Redis.
-    pub(crate) fn redis(&self) -> Option<&RedisBackend> {
-        match self {
-            ResultStore::Redis(b) => Some(b),
-            #[cfg(feature = "amqp")]
-            ResultStore::Rpc(_) => None,
-        }
-    }
-
     /// Queues `meta` for storing; `reply_to` is the request's reply queue
     /// (the rpc backend sends nothing without one, as Celery's does).
     #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
     pub(crate) fn store(&self, meta: &ResultMeta, reply_to: Option<&str>) {
         match self {
+            #[cfg(feature = "redis")]
             ResultStore::Redis(b) => b.store(meta),
             #[cfg(feature = "amqp")]
             ResultStore::Rpc(o) => match reply_to {

@@ -18,6 +18,7 @@ pub struct RedisStats {
 }
 
 impl RedisStats {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn round_trip(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
@@ -27,6 +28,7 @@ impl RedisStats {
     pub(crate) fn add_acked(&self, n: u64) {
         self.acked.fetch_add(n, Ordering::Relaxed);
     }
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn add_stored(&self, n: u64) {
         self.stored.fetch_add(n, Ordering::Relaxed);
     }

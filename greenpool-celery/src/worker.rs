@@ -179,6 +179,7 @@ impl Shared {
     /// reject): `payload` pushed on `key` and the delivery acked, in that
     /// order, on Redis (one atomic batch); `basic.reject` with requeue on
     /// AMQP.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) fn requeue(&self, tag: &str, key: String, payload: String) {
         let removed = self
             .outstanding
@@ -189,6 +190,7 @@ impl Shared {
             return;
         }
         match &self.acks {
+            #[cfg(feature = "redis")]
             Outbox::Redis(b) => {
                 b.push(key, payload);
                 b.ack(tag.to_owned());
@@ -313,6 +315,7 @@ impl Worker {
             None => None,
         };
         let ran = match transport {
+            #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
                 crate::broker::redis::consumer::run(
                     self.config,

@@ -69,12 +69,14 @@ pub(crate) struct Oversized {
 }
 
 /// What one fetch took.
+#[cfg(feature = "redis")]
 #[derive(Debug, Default)]
 pub(crate) struct Fetched {
     pub(crate) deliveries: Vec<Delivery>,
     pub(crate) oversized: Vec<Oversized>,
 }
 
+#[cfg(feature = "redis")]
 impl Fetched {
     /// Nothing was taken.
     pub(crate) fn is_empty(&self) -> bool {

@@ -1,4 +1,5 @@
-//! kombu's key names: priority lists, bindings, ack emulation.
+//! kombu's key names: priority lists, and (with the `redis` feature)
+//! bindings and ack emulation.
 
 /// Separator kombu puts between a queue name and its priority step, and
 /// between the parts of a binding entry.
@@ -8,29 +9,36 @@ pub(crate) const SEP: &str = "\x06\x16";
 pub(crate) const PRIORITY_STEPS: [u8; 4] = [0, 3, 6, 9];
 
 /// The hash of unacked messages: tag -> `[envelope, exchange, routing_key]`.
+#[cfg(feature = "redis")]
 pub(crate) const UNACKED: &str = "unacked";
 /// The zset of delivery times: tag -> unix seconds.
+#[cfg(feature = "redis")]
 pub(crate) const UNACKED_INDEX: &str = "unacked_index";
 /// The lock that lets one worker at a time run the restore sweep.
+#[cfg(feature = "redis")]
 pub(crate) const UNACKED_MUTEX: &str = "unacked_mutex";
 
 /// The set of workers that have in-flight lists (see [`inflight_key`]).
+#[cfg(feature = "redis")]
 pub(crate) const WORKERS: &str = "greenpool.workers";
 
 /// A worker's in-flight list for one queue key: where step 1 of a fetch
 /// moves messages until step 2 records them in `unacked`.
+#[cfg(feature = "redis")]
 pub(crate) fn inflight_key(worker: &str, queue_key: &str) -> String {
     format!("greenpool.inflight.{worker}{SEP}{queue_key}")
 }
 
 /// A worker's hash of in-flight lists: queue key -> in-flight list, so
 /// that another worker can return them without knowing its queues.
+#[cfg(feature = "redis")]
 pub(crate) fn inflight_hash(worker: &str) -> String {
     format!("greenpool.inflight.{worker}")
 }
 
 /// A worker's liveness key, set with an expiry and refreshed while it
 /// runs; once it is gone, another worker returns its in-flight lists.
+#[cfg(feature = "redis")]
 pub(crate) fn alive_key(worker: &str) -> String {
     format!("greenpool.alive.{worker}")
 }
@@ -52,16 +60,19 @@ pub(crate) fn queue_key(queue: &str, priority: u8) -> String {
 }
 
 /// The binding table of an exchange.
+#[cfg(feature = "redis")]
 pub(crate) fn binding_key(exchange: &str) -> String {
     format!("_kombu.binding.{exchange}")
 }
 
 /// The persistent copy of the binding table (kombu 5.6+).
+#[cfg(feature = "redis")]
 pub(crate) fn binding_permanent_key(exchange: &str) -> String {
     format!("_kombu.binding_permanent.{exchange}")
 }
 
 /// A binding table member: `routing_key SEP pattern SEP queue`.
+#[cfg(feature = "redis")]
 pub(crate) fn binding_member(routing_key: &str, queue: &str) -> String {
     format!("{routing_key}{SEP}{SEP}{queue}")
 }

@@ -10,8 +10,7 @@ use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2, TcpSettings};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
-use super::{Backoff, Fault};
-use crate::config::WorkerConfig;
+use super::{Fault, LinkSettings};
 use crate::error::BrokerError;
 
 /// Run on every new connection before it is used (e.g. loading scripts).
@@ -20,42 +19,6 @@ pub(crate) type StartHook = Box<
         + Send
         + Sync,
 >;
-
-/// How a link connects and when it gives up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LinkSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-    /// Reconnect after a loss.
-    pub(crate) retry: bool,
-    /// Retry the first connection.
-    pub(crate) retry_on_startup: bool,
-    /// Attempts before giving up; `None`: forever.
-    pub(crate) max_retries: Option<u32>,
-    pub(crate) backoff: Backoff,
-}
-
-impl LinkSettings {
-    /// The worker's settings.
-    pub(crate) fn from_config(c: &WorkerConfig) -> Self {
-        LinkSettings {
-            connect_timeout: c.broker_connection_timeout,
-            command_timeout: c.command_timeout,
-            retry: c.broker_connection_retry,
-            retry_on_startup: c.retry_on_startup(),
-            max_retries: c.broker_connection_max_retries,
-            backoff: Backoff {
-                first: c.reconnect_delay,
-                max: c.reconnect_delay_max,
-            },
-        }
-    }
-
-    /// A client's settings: Celery's defaults.
-    pub(crate) fn client() -> Self {
-        Self::from_config(&WorkerConfig::new(""))
-    }
-}
 
 /// Why a call on a link failed.
 #[derive(Debug)]
@@ -437,6 +400,7 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::Backoff;
 
     #[test]
     fn passwords_are_not_logged() {

@@ -2,6 +2,10 @@
 //! backend and the client goes through a [`Link`], which reconnects by
 //! itself.
 //!
+//! The links, their fault sorting and the subscriber need the `redis`
+//! feature; [`LinkSettings`] and [`Backoff`] are always built, since the
+//! AMQP sessions connect, retry and give up on the same policy.
+//!
 //! # What a link does
 //!
 //! * Opens one multiplexed connection with a connect timeout, TCP
@@ -38,12 +42,20 @@
 //! keeps nothing for absent subscribers).
 
 mod backoff;
+#[cfg(feature = "redis")]
 mod fault;
+#[cfg(feature = "redis")]
 pub(crate) mod link;
+mod settings;
+#[cfg(feature = "redis")]
 mod subscriber;
 
 pub(crate) use backoff::Backoff;
+#[cfg(feature = "redis")]
 pub(crate) use fault::Fault;
-pub(crate) use link::{Link, LinkSettings};
+#[cfg(feature = "redis")]
+pub(crate) use link::Link;
+pub(crate) use settings::LinkSettings;
+#[cfg(feature = "redis")]
 #[allow(unused_imports)] // used by the client's result waits and by remote control
 pub(crate) use subscriber::{Subscriber, SubscriberEvent};

@@ -4,18 +4,27 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+#[cfg(feature = "redis")]
 use super::envelope;
+#[cfg(feature = "redis")]
 use super::mailbox::EXCHANGE;
+#[cfg(feature = "redis")]
 use super::reply::binding_key;
 use super::wire::NodeWire;
+#[cfg(feature = "redis")]
 use crate::broker::keys::SEP;
-use crate::conn::{Link, LinkSettings};
+#[cfg(feature = "redis")]
+use crate::conn::Link;
+use crate::conn::LinkSettings;
 use crate::error::BrokerError;
-use crate::protocol::{Envelope, Timestamp};
+#[cfg(feature = "redis")]
+use crate::protocol::Envelope;
+use crate::protocol::Timestamp;
 
 /// The reply exchange of Celery's mailbox.
 const REPLY_EXCHANGE: &str = "reply.celery.pidbox";
@@ -97,6 +106,9 @@ pub type Replies = Vec<(String, Value)>;
 #[derive(Debug, Clone)]
 pub struct Control {
     wire: NodeWire,
+    /// The routing key Redis replies come back under (on AMQP each call
+    /// has a reply queue of its own).
+    #[cfg(feature = "redis")]
     oid: String,
 }
 
@@ -108,6 +120,7 @@ impl Control {
     /// [`BrokerError`] when the URL is invalid or Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         let wire = match crate::broker::Transport::of(url)? {
+            #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
                 let link = Link::open("remote control", url, LinkSettings::client(), None).await?;
                 let db = link.client().get_connection_info().redis_settings().db();
@@ -124,6 +137,7 @@ impl Control {
         };
         Ok(Control {
             wire,
+            #[cfg(feature = "redis")]
             oid: crate::uuid::uuid4(),
         })
     }
@@ -149,6 +163,7 @@ impl Control {
     ) -> Result<Replies, BrokerError> {
         let ticket = crate::uuid::uuid4();
         match &self.wire {
+            #[cfg(feature = "redis")]
             NodeWire::Redis { link, db } => {
                 call_redis(link, *db, &self.oid, method, arguments, &options, &ticket).await
             }
@@ -171,6 +186,7 @@ impl Control {
         let body = request(method, arguments, destination.as_ref(), None);
         let timeout = Duration::from_secs(1);
         match &self.wire {
+            #[cfg(feature = "redis")]
             NodeWire::Redis { link, db } => publish_redis(link, *db, &body, timeout).await,
             #[cfg(feature = "amqp")]
             NodeWire::Amqp(link) => link.publish(&[amqp_request(&body, timeout)]).await,
@@ -212,6 +228,7 @@ fn request_headers(timeout: Duration) -> Map<String, Value> {
 }
 
 /// Runs the command `make` builds, through the reconnecting link.
+#[cfg(feature = "redis")]
 async fn run<T: redis::FromRedisValue>(
     link: &Link,
     make: impl Fn() -> redis::Cmd,
@@ -225,6 +242,7 @@ async fn run<T: redis::FromRedisValue>(
 }
 
 /// PUBLISHes a request on the mailbox's fanout topic.
+#[cfg(feature = "redis")]
 async fn publish_redis(
     link: &Link,
     db: i64,
@@ -244,6 +262,7 @@ async fn publish_redis(
 
 /// A call on Redis: bind the caller's reply list, publish, BRPOP the
 /// answers, unbind.
+#[cfg(feature = "redis")]
 async fn call_redis(
     link: &Link,
     db: i64,
@@ -287,6 +306,7 @@ async fn call_redis(
 }
 
 /// BRPOPs the answers carrying `ticket` from `queue`.
+#[cfg(feature = "redis")]
 async fn collect_redis(
     link: &Link,
     queue: &str,
@@ -384,6 +404,7 @@ async fn call_amqp(
 
 /// The answers in a reply envelope carrying `ticket`; `None` for replies
 /// to other requests or unreadable ones.
+#[cfg(feature = "redis")]
 fn decode_reply(raw: &str, ticket: &str) -> Option<Replies> {
     let env: Envelope = serde_json::from_str(raw).ok()?;
     if env.headers.get("ticket").and_then(Value::as_str) != Some(ticket) {
@@ -399,7 +420,7 @@ fn decode_reply(raw: &str, ticket: &str) -> Option<Replies> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 

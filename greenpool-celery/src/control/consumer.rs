@@ -33,7 +33,10 @@ fn queue<'a>(command: &str, args: &'a Args<'_>) -> Result<&'a str, String> {
 /// `{"ok": "add consumer <queue>"}`, also when it is consumed already.
 // Without the `amqp` feature Redis is the only wire, and the `if let`
 // below always matches.
-#[cfg_attr(not(feature = "amqp"), allow(irrefutable_let_patterns))]
+#[cfg_attr(
+    all(feature = "redis", not(feature = "amqp")),
+    allow(irrefutable_let_patterns)
+)]
 pub(crate) fn add_consumer(node: &Arc<Node>, args: &Args<'_>) -> Answer {
     let name = queue("add_consumer", args)?;
     let q = ConsumedQueue::new(
@@ -46,6 +49,7 @@ pub(crate) fn add_consumer(node: &Arc<Node>, args: &Args<'_>) -> Answer {
         tracing::info!("Started consuming from {name}");
         // On AMQP the consumer declares and binds the queue itself when it
         // starts consuming it.
+        #[cfg(feature = "redis")]
         if let super::NodeWire::Redis { link, .. } = node.wire.clone() {
             tokio::spawn(async move {
                 if let Err(e) = crate::broker::bind(&link, std::slice::from_ref(&q)).await {

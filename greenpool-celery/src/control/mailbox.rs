@@ -9,10 +9,13 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "redis")]
+use super::envelope;
 use super::message::ControlRequest;
 use super::node::Node;
+use super::table;
 use super::wire::NodeWire;
-use super::{envelope, table};
+#[cfg(feature = "redis")]
 use crate::conn::{Link, Subscriber, SubscriberEvent};
 
 /// kombu's broadcast exchange of Celery's mailbox.
@@ -25,6 +28,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// dropped when the first attempt failed).
 pub(crate) async fn run(node: Arc<Node>, subscribed: oneshot::Sender<()>, stop: CancellationToken) {
     match node.wire.clone() {
+        #[cfg(feature = "redis")]
         NodeWire::Redis { link, db } => run_redis(node, &link, db, subscribed, stop).await,
         #[cfg(feature = "amqp")]
         NodeWire::Amqp(link) => run_amqp(node, &link, subscribed, stop).await,
@@ -34,6 +38,7 @@ pub(crate) async fn run(node: Arc<Node>, subscribed: oneshot::Sender<()>, stop: 
 /// On Redis, through the connection layer's reconnecting [`Subscriber`]
 /// (commands published while the connection is down are lost, as with
 /// kombu).
+#[cfg(feature = "redis")]
 async fn run_redis(
     node: Arc<Node>,
     link: &Arc<Link>,

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+#[cfg(feature = "redis")]
 use crate::protocol::Envelope;
 
 /// Where the caller waits for replies.
@@ -41,6 +42,7 @@ pub(crate) struct ControlRequest {
 }
 
 /// Why a pidbox message was not read.
+#[cfg(feature = "redis")]
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("not a kombu envelope: {0}")]
@@ -53,6 +55,7 @@ pub(crate) enum DecodeError {
 
 impl ControlRequest {
     /// Reads a published envelope; also returns its `clock` header.
+    #[cfg(feature = "redis")]
     pub(crate) fn decode(raw: &[u8]) -> Result<(ControlRequest, u64), DecodeError> {
         let env: Envelope = serde_json::from_slice(raw).map_err(DecodeError::Envelope)?;
         let body = match env.properties.body_encoding.as_deref() {
@@ -166,6 +169,7 @@ mod tests {
         assert!(glob("*", ""));
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn decodes_a_captured_request() {
         let body = json!({"method": "ping", "arguments": {}, "destination": ["w1@host"],

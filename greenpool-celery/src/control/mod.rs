@@ -31,6 +31,7 @@
 mod autoscale;
 mod client;
 mod consumer;
+#[cfg(feature = "redis")]
 pub(crate) mod envelope;
 mod events_cmd;
 pub(crate) mod hooks;
@@ -42,6 +43,7 @@ mod node;
 mod pool;
 mod prefetch;
 mod rate_limit;
+#[cfg(feature = "redis")]
 mod reply;
 mod requests;
 mod revoke;

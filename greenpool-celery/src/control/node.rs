@@ -14,13 +14,15 @@ use super::rate_limit::{parse_rate, RateLimits};
 use super::requests::Requests;
 use super::revoked::RevokedSet;
 use super::wire::NodeWire;
-use crate::backend::RedisBackend;
 use crate::broker::ActiveQueues;
 use crate::config::WorkerConfig;
-use crate::conn::{Link, LinkSettings};
+#[cfg(feature = "redis")]
+use crate::conn::Link;
+use crate::conn::LinkSettings;
 use crate::error::BrokerError;
 use crate::events::{EventDispatcher, LamportClock};
 use crate::metrics::{PoolSample, WorkerMetrics};
+use crate::outbox::ResultStore;
 use crate::protocol::TimeLimit;
 use crate::registry::TaskRegistry;
 
@@ -34,7 +36,10 @@ pub(crate) struct Node {
     pub(crate) config: WorkerConfig,
     pub(crate) registry: Arc<TaskRegistry>,
     pub(crate) pool: TaskPool,
-    pub(crate) backend: Option<RedisBackend>,
+    /// Where revoked tasks' REVOKED results go: the Redis backend only
+    /// (rpc:// results go to a request's `reply_to`, which a revoke by id
+    /// does not know).
+    pub(crate) backend: Option<ResultStore>,
     pub(crate) clock: Arc<LamportClock>,
     pub(crate) events: EventDispatcher,
     pub(crate) revoked: RevokedSet,
@@ -72,13 +77,14 @@ impl Node {
         config: &WorkerConfig,
         registry: Arc<TaskRegistry>,
         pool: TaskPool,
-        backend: Option<RedisBackend>,
+        backend: Option<ResultStore>,
         shutdown: CancellationToken,
         queues: Arc<ActiveQueues>,
         metrics: Arc<WorkerMetrics>,
     ) -> Result<Arc<Node>, BrokerError> {
         let settings = LinkSettings::from_config(config);
         let wire = match crate::broker::Transport::of(&config.broker_url)? {
+            #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
                 let link = Arc::new(
                     Link::open("remote control", &config.broker_url, settings, None).await?,

@@ -58,6 +58,7 @@ impl Prefetch {
     }
 
     /// The semaphore the consumer takes permits from.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn semaphore(&self) -> Arc<Semaphore> {
         Arc::clone(&self.permits)
     }

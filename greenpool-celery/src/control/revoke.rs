@@ -123,7 +123,7 @@ fn store_revoked(node: &Node, id: &str) {
             TaskState::Revoked,
             revoked_error("revoked").to_json(),
         );
-        backend.store(&meta);
+        backend.store(&meta, None);
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`NodeWire`]: how a node reaches its broker for remote control and
 //! events, on Redis (pub/sub and lists, through the connection layer's
-//! [`Link`]) or on AMQP (its own connection, see
+//! `Link`) or on AMQP (its own connection, see
 //! `broker/amqp/node_link.rs`).
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::message::ReplyTo;
+#[cfg(feature = "redis")]
 use crate::conn::Link;
 use crate::error::BrokerError;
 
@@ -17,6 +18,7 @@ pub(crate) enum NodeWire {
     /// kombu's Redis transport: requests by PSUBSCRIBE on
     /// `/{db}.celery.pidbox`, replies LPUSHed on the bound lists, events
     /// PUBLISHed on `/{db}.celeryev/<routing key>`.
+    #[cfg(feature = "redis")]
     Redis {
         /// The reconnecting link.
         link: Arc<Link>,
@@ -41,6 +43,7 @@ impl NodeWire {
         answer: Value,
     ) -> Result<(), BrokerError> {
         match self {
+            #[cfg(feature = "redis")]
             NodeWire::Redis { link, .. } => {
                 super::reply::send(link, to, ticket, clock, hostname, answer)
                     .await
@@ -76,6 +79,7 @@ impl NodeWire {
     /// kombu's `Connection.info()` of the broker (`stats.broker`).
     pub(crate) fn info(&self, connect_timeout: f64) -> Value {
         match self {
+            #[cfg(feature = "redis")]
             NodeWire::Redis { link, .. } => redis_info(link, connect_timeout),
             #[cfg(feature = "amqp")]
             NodeWire::Amqp(link) => link.info(connect_timeout),
@@ -85,6 +89,7 @@ impl NodeWire {
     /// Closes what needs closing when the node stops.
     pub(crate) async fn close(&self) {
         match self {
+            #[cfg(feature = "redis")]
             NodeWire::Redis { .. } => {}
             #[cfg(feature = "amqp")]
             NodeWire::Amqp(link) => link.close().await,
@@ -93,6 +98,7 @@ impl NodeWire {
 }
 
 /// kombu's `Connection.info()` for a Redis URL (password left out).
+#[cfg(feature = "redis")]
 fn redis_info(link: &Link, connect_timeout: f64) -> Value {
     let info = link.client().get_connection_info();
     let (host, port, ssl) = match info.addr() {

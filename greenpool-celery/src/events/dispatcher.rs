@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::LamportClock;
-use crate::control::{envelope, NodeWire};
+#[cfg(feature = "redis")]
+use crate::control::envelope;
+use crate::control::NodeWire;
 use crate::protocol::Timestamp;
 
 /// The exchange events go out on.
@@ -148,6 +150,7 @@ async fn publish(
     events: Vec<(String, Value, Map<String, Value>)>,
 ) -> Result<(), crate::error::BrokerError> {
     match wire {
+        #[cfg(feature = "redis")]
         NodeWire::Redis { link, db } => {
             let mut pipe = redis::pipe();
             for (routing_key, body, headers) in events {

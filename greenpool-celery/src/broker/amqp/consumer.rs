@@ -21,15 +21,12 @@ use tokio_util::task::TaskTracker;
 use super::outbox::AmqpOutbox;
 use super::session::{Live, Session, Topology};
 use super::wire::{envelope_from_amqp, Incoming};
-use crate::backend::RedisBackend;
-use crate::batch::{Batcher, Targets};
 use crate::broker::{Delivery, Oversized, Transport};
 use crate::config::WorkerConfig;
-use crate::conn::{Link, LinkSettings};
+use crate::conn::LinkSettings;
 use crate::error::{BrokerError, WorkerError};
 use crate::outbox::{Outbox, ResultStore};
 use crate::registry::TaskRegistry;
-use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 use crate::worker::{refuse_oversized, Counters, Shared, ShutdownHandle, WorkerReport};
 
@@ -66,24 +63,8 @@ pub(crate) async fn run(
         None => {}
         Some(url) if is_rpc(url) => rpc = true,
         Some(url) => {
-            let link =
-                Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
-            link.count_reconnects(metrics.reconnects.counter("result backend"));
-            let scripts = link
-                .call_until_done("loading the scripts", |mut conn| async move {
-                    Scripts::load(&mut conn).await
-                })
-                .await?
-                .map_err(BrokerError::Redis)?;
-            results_batcher = Some(Arc::new(Batcher::spawn(
-                Targets {
-                    broker: link,
-                    backend: None,
-                    scripts,
-                    result_expires: config.result_expires.map_or(0, |d| d.as_secs()),
-                },
-                Arc::clone(&stats),
-            )));
+            results_batcher =
+                Some(super::results::open(url, settings, &config, &stats, &metrics).await?);
         }
     }
     let outbox = Arc::new(AmqpOutbox::spawn(
@@ -94,9 +75,7 @@ pub(crate) async fn run(
     let backend = if rpc {
         Some(ResultStore::Rpc(Arc::clone(&outbox)))
     } else {
-        results_batcher
-            .as_ref()
-            .map(|b| ResultStore::Redis(RedisBackend::with_batcher(Arc::clone(b))))
+        results_batcher.as_ref().map(super::results::store)
     };
     let pool = TaskPool::builder()
         .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
@@ -108,7 +87,10 @@ pub(crate) async fn run(
         &config,
         Arc::clone(&registry),
         pool.clone(),
-        backend.as_ref().and_then(ResultStore::redis).cloned(),
+        // rpc:// results go to each request's reply_to only.
+        backend
+            .clone()
+            .filter(|b| !matches!(b, ResultStore::Rpc(_))),
         shutdown.warm.clone(),
         Arc::clone(&queues),
         metrics,

@@ -18,7 +18,9 @@
 //!   shutdown it rejects with requeue what it prefetched but did not start
 //!   ([`consumer`]).
 //! * What the worker publishes (follow-ups, rpc:// results) is confirmed by
-//!   the broker before the acks queued after it ([`outbox`]).
+//!   the broker before the acks queued after it ([`outbox`]); results in
+//!   a Redis backend (with the `redis` feature) are written before them
+//!   too ([`results`]).
 //! * The connection asks for heartbeats and reconnects with the same
 //!   backoff and retry settings as the Redis connection layer,
 //!   re-declaring the topology and consumers ([`session`]).
@@ -64,6 +66,7 @@ pub(crate) mod client;
 pub(crate) mod consumer;
 pub(crate) mod node_link;
 pub(crate) mod outbox;
+pub(crate) mod results;
 pub(crate) mod session;
 pub(crate) mod wire;
 

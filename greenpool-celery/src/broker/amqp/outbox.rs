@@ -24,9 +24,9 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::results::ResultsBatcher;
 use super::session::{Live, Session};
 use super::wire::Outgoing;
-use crate::batch::Batcher;
 use crate::error::BrokerError;
 use crate::stats::RedisStats;
 
@@ -59,7 +59,7 @@ impl AmqpOutbox {
     /// through `results` (flushed before each round's acks).
     pub(crate) fn spawn(
         session: Arc<Session>,
-        results: Option<Arc<Batcher>>,
+        results: Option<Arc<ResultsBatcher>>,
         stats: Arc<RedisStats>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -118,7 +118,7 @@ impl AmqpOutbox {
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     session: Arc<Session>,
-    results: Option<Arc<Batcher>>,
+    results: Option<Arc<ResultsBatcher>>,
     stats: Arc<RedisStats>,
 ) {
     let mut round = Vec::with_capacity(MAX_ROUND);
@@ -129,7 +129,7 @@ async fn run(
 
 async fn send_round(
     session: &Session,
-    results: Option<&Batcher>,
+    results: Option<&ResultsBatcher>,
     stats: &RedisStats,
     round: &mut Vec<Op>,
 ) {

@@ -90,7 +90,7 @@ pub(crate) async fn run(
         &config,
         Arc::clone(&registry),
         pool.clone(),
-        backend.as_ref().and_then(ResultStore::redis).cloned(),
+        backend.clone(),
         shutdown.warm.clone(),
         queues,
         Arc::clone(&metrics),

@@ -1,0 +1,99 @@
+//! Results of a worker on AMQP in a Redis result backend: a batcher on a
+//! link of its own, which the AMQP outbox flushes before each round's
+//! acks ([`outbox`](super::outbox)). Without the `redis` feature there is
+//! no such backend: a result backend URL other than rpc:// (or the
+//! broker's own) stops the worker with
+//! [`BrokerError::NotCompiled`](crate::BrokerError::NotCompiled).
+
+use std::sync::Arc;
+
+use crate::config::WorkerConfig;
+use crate::conn::LinkSettings;
+use crate::error::WorkerError;
+use crate::metrics::WorkerMetrics;
+use crate::outbox::ResultStore;
+use crate::stats::RedisStats;
+
+/// The Redis result backend's batcher.
+#[cfg(feature = "redis")]
+pub(crate) use crate::batch::Batcher as ResultsBatcher;
+
+/// Without the `redis` feature no Redis result backend, hence no batcher,
+/// can exist.
+#[cfg(not(feature = "redis"))]
+#[derive(Debug)]
+pub(crate) enum ResultsBatcher {}
+
+#[cfg(not(feature = "redis"))]
+impl ResultsBatcher {
+    /// Never runs: there is no value to call it on.
+    pub(crate) async fn flush(&self) {
+        match *self {}
+    }
+
+    /// Never runs: there is no value to call it on.
+    pub(crate) async fn close(&self) {
+        match *self {}
+    }
+}
+
+/// Opens the Redis result backend at `url`: its link (loading the
+/// scripts on every connection) and the batcher writing through it.
+#[cfg(feature = "redis")]
+pub(crate) async fn open(
+    url: &str,
+    settings: LinkSettings,
+    config: &WorkerConfig,
+    stats: &Arc<RedisStats>,
+    metrics: &WorkerMetrics,
+) -> Result<Arc<ResultsBatcher>, WorkerError> {
+    use crate::batch::Targets;
+    use crate::conn::Link;
+    use crate::error::BrokerError;
+    use crate::scripts::Scripts;
+
+    let link = Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
+    link.count_reconnects(metrics.reconnects.counter("result backend"));
+    let scripts = link
+        .call_until_done("loading the scripts", |mut conn| async move {
+            Scripts::load(&mut conn).await
+        })
+        .await?
+        .map_err(BrokerError::Redis)?;
+    Ok(Arc::new(ResultsBatcher::spawn(
+        Targets {
+            broker: link,
+            backend: None,
+            scripts,
+            result_expires: config.result_expires.map_or(0, |d| d.as_secs()),
+        },
+        Arc::clone(stats),
+    )))
+}
+
+/// Refuses the result backend at `url`: without the `redis` feature only
+/// rpc:// results exist.
+#[cfg(not(feature = "redis"))]
+pub(crate) async fn open(
+    url: &str,
+    _settings: LinkSettings,
+    _config: &WorkerConfig,
+    _stats: &Arc<RedisStats>,
+    _metrics: &WorkerMetrics,
+) -> Result<Arc<ResultsBatcher>, WorkerError> {
+    Err(crate::broker::backend_left_out(url).into())
+}
+
+/// The worker's result store writing through `batcher`.
+#[cfg(feature = "redis")]
+pub(crate) fn store(batcher: &Arc<ResultsBatcher>) -> ResultStore {
+    ResultStore::Redis(crate::backend::RedisBackend::with_batcher(Arc::clone(
+        batcher,
+    )))
+}
+
+/// Never runs: there is no batcher to call it with.
+#[cfg(not(feature = "redis"))]
+pub(crate) fn store(batcher: &Arc<ResultsBatcher>) -> ResultStore {
+    match **batcher {}
+}

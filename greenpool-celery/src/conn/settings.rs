@@ -1,0 +1,43 @@
+//! How a connection connects, retries and gives up: shared by the Redis
+//! links and the AMQP sessions.
+
+use std::time::Duration;
+
+use super::Backoff;
+use crate::config::WorkerConfig;
+
+/// How a link connects and when it gives up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    /// Reconnect after a loss.
+    pub(crate) retry: bool,
+    /// Retry the first connection.
+    pub(crate) retry_on_startup: bool,
+    /// Attempts before giving up; `None`: forever.
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) backoff: Backoff,
+}
+
+impl LinkSettings {
+    /// The worker's settings.
+    pub(crate) fn from_config(c: &WorkerConfig) -> Self {
+        LinkSettings {
+            connect_timeout: c.broker_connection_timeout,
+            command_timeout: c.command_timeout,
+            retry: c.broker_connection_retry,
+            retry_on_startup: c.retry_on_startup(),
+            max_retries: c.broker_connection_max_retries,
+            backoff: Backoff {
+                first: c.reconnect_delay,
+                max: c.reconnect_delay_max,
+            },
+        }
+    }
+
+    /// A client's settings: Celery's defaults.
+    pub(crate) fn client() -> Self {
+        Self::from_config(&WorkerConfig::new(""))
+    }
+}
