@@ -26,25 +26,45 @@
 //! * remote control: the worker answers Celery's pidbox commands
 //!   (`celery inspect`, `celery control`, Flower) and sends events;
 //!   [`Control`] is the client side.
+//!
+//! Each broker is a cargo feature, both on by default: `redis` (kombu's
+//! Redis transport, the Redis result backend, remote control and events
+//! over Redis) and `amqp` (AMQP 0-9-1 through lapin, and the rpc://
+//! result backend). A URL of a broker or result backend left out of the
+//! build is refused with [`BrokerError::NotCompiled`], naming the feature
+//! to rebuild with; with neither feature only the protocol and task layer
+//! ([`TaskMessage`], [`TaskRegistry`]) is built.
 #![doc(test(attr(deny(warnings))))]
+// Without a broker feature only the protocol and task layer is built (no
+// worker, client or remote control), and the broker-neutral parts they
+// share are left unused.
+#![cfg_attr(
+    not(any(feature = "redis", feature = "amqp")),
+    allow(dead_code, unused_imports)
+)]
 
 pub mod backend;
 #[cfg(feature = "redis")]
 mod batch;
 mod broker;
 mod canvas;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod client;
 mod config;
 mod conn;
 mod context;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod control;
 mod error;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod events;
 mod metrics;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod outbox;
 pub mod protocol;
 mod registry;
 mod repr;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod request;
 #[cfg(feature = "redis")]
 mod scripts;
@@ -52,13 +72,16 @@ pub mod seconds;
 mod stats;
 mod task_error;
 mod uuid;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 mod worker;
 
 pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
+#[cfg(any(feature = "redis", feature = "amqp"))]
 pub use client::{AsyncResult, Client, SendOptions};
 pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
 pub use context::TaskContext;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 pub use control::{Control, ControlOptions, Replies};
 pub use error::{BrokerError, ConfigError, ProtocolError, ResultError, WorkerError};
 pub use metrics::WorkerMetrics;
@@ -69,4 +92,5 @@ pub use protocol::{
 pub use registry::{RegisteredTask, TaskFn, TaskFuture, TaskOptions, TaskRegistry};
 pub use stats::RedisStats;
 pub use task_error::TaskError;
+#[cfg(any(feature = "redis", feature = "amqp"))]
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

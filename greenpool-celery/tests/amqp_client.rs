@@ -2,6 +2,7 @@
 //! its RabbitMQ node: its exclusive reply queue goes with the old
 //! connection and must be declared again before the next task is sent.
 
+#![cfg(feature = "amqp")] // the client and worker on AMQP
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

@@ -4,6 +4,7 @@
 //! after waiting for a slot. Every message either runs or gets a FAILURE
 //! (or REVOKED) a client can read, and nothing stays unacked.
 
+#![cfg(feature = "redis")] // the worker on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

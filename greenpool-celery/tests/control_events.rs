@@ -3,6 +3,7 @@
 //! `/0.celeryev/*` (including `task-retried`, which the built-in tasks of
 //! the CLI cannot produce).
 
+#![cfg(feature = "redis")] // the worker on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

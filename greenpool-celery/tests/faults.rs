@@ -2,6 +2,7 @@
 //! proxy that cuts and stalls its connections, hostile bytes in a queue,
 //! and a server out of memory. Each prints its counts.
 
+#![cfg(feature = "redis")] // the worker on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

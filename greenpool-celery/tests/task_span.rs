@@ -1,6 +1,7 @@
 //! Every log line of a task, its own and the worker's about it, carries
 //! the task's span: id, name, retries and queue.
 
+#![cfg(feature = "redis")] // the worker on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

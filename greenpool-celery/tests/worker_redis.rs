@@ -1,5 +1,6 @@
 //! The worker against a real redis-server, driven by the Rust client.
 
+#![cfg(feature = "redis")] // the worker on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod support;

@@ -157,7 +157,6 @@ fn class(p: &[char], at: usize, c: char) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn globs_like_fnmatch() {
@@ -172,6 +171,7 @@ mod tests {
     #[cfg(feature = "redis")]
     #[test]
     fn decodes_a_captured_request() {
+        use serde_json::json;
         let body = json!({"method": "ping", "arguments": {}, "destination": ["w1@host"],
             "pattern": null, "matcher": null, "ticket": "t1",
             "reply_to": {"exchange": "reply.celery.pidbox", "routing_key": "oid"}});
