@@ -19,6 +19,8 @@ mod tour;
 mod worker;
 mod worker_bench;
 mod worker_bench_amqp;
+#[cfg(feature = "redis")]
+mod worker_bench_redis;
 
 /// greenpool: Celery's eventlet TaskPool on tokio.
 #[derive(Debug, Parser)]

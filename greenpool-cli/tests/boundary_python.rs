@@ -4,6 +4,7 @@
 //! ETAs/expiries in local time (`enable_utc=False`). Each must give the
 //! exact answer or a failure `AsyncResult.get()` raises.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -5,6 +5,7 @@
 //! one is done, every bad one is logged exactly once (and gets a FAILURE
 //! when it names a task id), and the queue and `unacked` end empty.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

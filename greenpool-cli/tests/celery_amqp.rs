@@ -2,6 +2,7 @@
 //! client, each test on its own RabbitMQ node (and redis-server where the
 //! results go to Redis).
 
+#![cfg(all(feature = "amqp", feature = "redis"))] // on RabbitMQ, some results in Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -2,6 +2,7 @@
 //! the Rust CLI, and the `task-rejected` event a stock `EventReceiver`
 //! sees; each test on its own redis-server.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod control_support;

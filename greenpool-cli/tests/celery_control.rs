@@ -3,6 +3,7 @@
 //! the Rust `greenpool inspect`/`greenpool control`, each test on its own
 //! redis-server.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod control_support;

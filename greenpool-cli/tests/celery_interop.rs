@@ -2,6 +2,7 @@
 //! (and a Python worker driven by the Rust client), each test on its own
 //! redis-server.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -3,6 +3,7 @@
 //! a worker whose broker is gone for good exits non-zero. Each prints its
 //! counts.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -2,6 +2,7 @@
 //! `greenpool worker -E` with its pool and stats, shows its tasks, and
 //! its pool-grow, revoke and shutdown calls take effect.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod control_support;

@@ -2,6 +2,7 @@
 //! colour codes (the pool's structured warnings included), and a task
 //! name of 1 MiB cut instead of logged whole.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -4,6 +4,7 @@
 //! are counted, and a taken address is a clear error. Each test on its
 //! own redis-server.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 mod control_support;

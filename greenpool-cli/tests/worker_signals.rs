@@ -2,6 +2,7 @@
 //! the process, even when Redis stops answering, and a third signal is
 //! never swallowed.
 
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
 
 #[path = "../../greenpool-celery/tests/support/mod.rs"]

@@ -115,6 +115,7 @@ impl RedisServer {
     }
 
     /// A synchronous connection for inspecting keys.
+    #[cfg(feature = "redis")]
     pub fn conn(&self, db: u8) -> redis::Connection {
         redis::Client::open(self.url(db))
             .unwrap()

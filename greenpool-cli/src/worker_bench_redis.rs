@@ -1,0 +1,367 @@
+//! The Redis side of `greenpool bench worker` (see `worker_bench`): a
+//! private redis-server (or `--redis URL`), messages pre-enqueued with
+//! LPUSH, results counted with DBSIZE and the server's command counts read
+//! from `INFO commandstats`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use greenpool_celery::{TaskMessage, Worker, WorkerConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use redis::aio::MultiplexedConnection;
+use serde_json::{json, Map};
+
+use crate::worker_bench::{find_python, twin_dir, Run, WorkerBenchArgs};
+
+/// A redis-server owned by the bench, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> anyhow::Result<(Server, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start redis-server; install it (apt-get install redis-server) or pass --redis URL")?;
+    let stdout = child.stdout.take().context("redis-server has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("Ready to accept connections") => break,
+            Some(Ok(_)) => {}
+            _ => bail!("redis-server exited before it was ready"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok((Server(child), format!("redis://127.0.0.1:{port}")))
+}
+
+/// How long the bench waits for a reply. The redis crate's default (0.5 s)
+/// is shorter than one worker script of 1,024 messages can hold a loaded
+/// server, during which the bench's polls simply queue up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_TIMEOUT));
+    Ok(client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?)
+}
+
+/// Flushes both databases and pushes `n` `greenpool.add` messages.
+async fn enqueue(conn: &mut MultiplexedConnection, n: usize) -> anyhow::Result<()> {
+    redis::cmd("FLUSHALL").query_async::<()>(conn).await?;
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template("  enqueue {bar:40} {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut sent = 0;
+    while sent < n {
+        let chunk = (n - sent).min(1000);
+        let mut pipe = redis::pipe();
+        for i in sent..sent + chunk {
+            let msg = TaskMessage::new("greenpool.add", vec![json!(i), json!(1)], Map::new());
+            pipe.cmd("LPUSH").arg("celery").arg(msg.encode()?).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+        sent += chunk;
+        bar.set_position(sent as u64);
+    }
+    bar.finish_and_clear();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Waits until `n` results exist in `db`, with a progress bar.
+async fn wait_results(
+    results: &mut MultiplexedConnection,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(n as u64).with_style(
+        ProgressStyle::with_template(&format!("  {label} {{bar:40}} {{pos}}/{{len}} {{per_sec}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let done: usize = redis::cmd("DBSIZE").query_async(results).await?;
+        bar.set_position(done as u64);
+        if done >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Seconds from the first to the last `date_done` stored in `db`: the
+/// worker's own span, free of start-up and of the bench's polling.
+async fn result_span(results: &mut MultiplexedConnection) -> anyhow::Result<Duration> {
+    let mut cursor: u64 = 0;
+    let mut first = f64::INFINITY;
+    let mut last = f64::NEG_INFINITY;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("celery-task-meta-*")
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(results)
+            .await?;
+        if !keys.is_empty() {
+            let metas: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(results).await?;
+            for meta in metas.into_iter().flatten() {
+                let v: serde_json::Value = serde_json::from_str(&meta)?;
+                let done: greenpool_celery::Timestamp = v["date_done"]
+                    .as_str()
+                    .context("a stored result has no date_done")?
+                    .parse()?;
+                first = first.min(done.unix_seconds());
+                last = last.max(done.unix_seconds());
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    anyhow::ensure!(first.is_finite(), "no results stored");
+    Ok(Duration::from_secs_f64((last - first).max(1e-6)))
+}
+
+/// Commands run since the last reset, without the bench's own polling.
+async fn commandstats(
+    conn: &mut MultiplexedConnection,
+) -> anyhow::Result<(u64, Vec<(String, u64)>)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await?;
+    let mut per: Vec<(String, u64)> = Vec::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, fields)) = rest.split_once(':') else {
+            continue;
+        };
+        if matches!(
+            name,
+            "info" | "dbsize" | "config" | "select" | "client" | "hello" | "ping"
+        ) {
+            continue;
+        }
+        let calls = fields
+            .split(',')
+            .find_map(|f| f.strip_prefix("calls="))
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(0);
+        per.push((name.to_owned(), calls));
+    }
+    per.sort_by_key(|p| std::cmp::Reverse(p.1));
+    Ok((per.iter().map(|p| p.1).sum(), per))
+}
+
+async fn bench_greenpool(
+    url: &str,
+    results_url: &str,
+    args: &WorkerBenchArgs,
+) -> anyhow::Result<Run> {
+    let mut conn = connect(&format!("{url}/0")).await?;
+    let mut results = connect(results_url).await?;
+    enqueue(&mut conn, args.tasks).await?;
+    let config = WorkerConfig::new(format!("{url}/0"))
+        .result_backend(Some(results_url.to_owned()))
+        .concurrency(args.concurrency)
+        .hostname("bench@greenpool");
+    let worker = Worker::new(config, crate::builtin_tasks::registry())?;
+    let stop = worker.shutdown_handle();
+    let stats = worker.stats();
+    let ready = worker.ready();
+    let notified = ready.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let task = tokio::spawn(worker.run());
+    notified.await;
+    let trips_before = stats.round_trips();
+    wait_results(&mut results, args.tasks, "greenpool      ").await?;
+    let round_trips = stats.round_trips() - trips_before;
+    stop.warm();
+    task.await??;
+    let (commands, top) = commandstats(&mut conn).await?;
+    let elapsed = result_span(&mut results).await?;
+    Ok(Run {
+        name: "greenpool worker",
+        tasks: args.tasks,
+        elapsed,
+        commands,
+        round_trips: Some(round_trips),
+        top,
+    })
+}
+
+async fn bench_python(
+    python: &PathBuf,
+    url: &str,
+    results_url: &str,
+    args: &WorkerBenchArgs,
+) -> anyhow::Result<Run> {
+    let mut conn = connect(&format!("{url}/0")).await?;
+    let mut results = connect(results_url).await?;
+    enqueue(&mut conn, args.tasks).await?;
+    let mut child = Command::new(python)
+        .args([
+            "-m", "celery", "-A", "tasks", "worker", "-P", "eventlet", "-c",
+        ])
+        .arg(args.concurrency.to_string())
+        .args([
+            "-l",
+            "warning",
+            "-n",
+            "bench@python",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ])
+        .current_dir(twin_dir()?)
+        .env("GREENPOOL_BROKER_URL", format!("{url}/0"))
+        .env("GREENPOOL_RESULT_BACKEND", results_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the Python Celery worker")?;
+    let outcome = wait_results(&mut results, args.tasks, "celery eventlet").await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    outcome?;
+    let (commands, top) = commandstats(&mut conn).await?;
+    let elapsed = result_span(&mut results).await?;
+    Ok(Run {
+        name: "celery -P eventlet",
+        tasks: args.tasks,
+        elapsed,
+        commands,
+        round_trips: None,
+        top,
+    })
+}
+
+/// Runs both sides on Redis and prints the table.
+pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
+    let (_server, url) = match &args.redis {
+        Some(u) => (
+            None,
+            u.trim_end_matches('/').trim_end_matches("/0").to_owned(),
+        ),
+        None => {
+            let (s, u) = start_redis()?;
+            (Some(s), u)
+        }
+    };
+    // Results in db 1, as many deployments keep them, so DBSIZE counts them.
+    let results_url = format!("{url}/1");
+    println!(
+        "worker bench: {} greenpool.add messages pre-enqueued, -c {}, results in {results_url}",
+        args.tasks, args.concurrency
+    );
+    let mut runs = vec![bench_greenpool(&url, &results_url, args).await?];
+    match find_python(&args.python) {
+        Some(py) => runs.push(bench_python(&py, &url, &results_url, args).await?),
+        None => {
+            println!("  (no Python with celery + eventlet: baseline skipped; set GREENPOOL_PYTHON)")
+        }
+    }
+    let base = runs.last().map_or(1.0, Run::rate);
+    println!(
+        "\n{:<20} {:>7} {:>9} {:>11} {:>9} {:>13} {:>17}",
+        "worker", "tasks", "seconds", "tasks/s", "ratio", "redis cmds/t", "round trips/t"
+    );
+    for r in &runs {
+        println!(
+            "{:<20} {:>7} {:>9.3} {:>11.0} {:>8.1}x {:>13.2} {:>17}",
+            r.name,
+            r.tasks,
+            r.elapsed.as_secs_f64(),
+            r.rate(),
+            r.rate() / base,
+            r.commands as f64 / r.tasks as f64,
+            r.round_trips.map_or("n/a".to_owned(), |t| format!(
+                "{:.4}",
+                t as f64 / r.tasks as f64
+            )),
+        );
+    }
+    for r in &runs {
+        let top: Vec<String> = r
+            .top
+            .iter()
+            .take(8)
+            .map(|(n, c)| format!("{n} {:.2}", *c as f64 / r.tasks as f64))
+            .collect();
+        println!("  {} commands per task: {}", r.name, top.join(", "));
+    }
+    if runs.len() == 2 {
+        println!(
+            "\ngreenpool / celery eventlet: {:.1}x",
+            runs[0].rate() / runs[1].rate()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker script holding the server longer than the redis crate's
+    /// default reply timeout (0.5 s) must not fail the bench's polls.
+    #[tokio::test]
+    async fn polls_outlast_a_long_script() {
+        let (_server, url) = match start_redis() {
+            Ok(s) => s,
+            Err(e) if std::env::var_os("GREENPOOL_REQUIRE_REDIS").is_none() => {
+                eprintln!("SKIPPED: no redis-server ({e:#}); set GREENPOOL_REQUIRE_REDIS=1 to fail instead");
+                return;
+            }
+            Err(e) => panic!("GREENPOOL_REQUIRE_REDIS=1 but redis-server cannot start: {e:#}"),
+        };
+        let conn = connect(&url).await.unwrap();
+        // Busy for 0.8 s of the server's own clock, as a large fetch on a
+        // loaded machine can be.
+        let busy = "local t = redis.call('TIME') \
+                    local start = t[1] * 1000000 + t[2] \
+                    repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= 800000 \
+                    return 1";
+        let (mut a, mut b) = (conn.clone(), conn);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(busy).arg(0);
+        let dbsize = redis::cmd("DBSIZE");
+        let (held, size) = tokio::join!(
+            eval.query_async::<i64>(&mut a),
+            dbsize.query_async::<usize>(&mut b),
+        );
+        assert_eq!(held.unwrap(), 1);
+        assert_eq!(size.unwrap(), 0);
+    }
+}
