@@ -220,7 +220,7 @@ impl Client {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Redis`] if the push fails.
+    /// [`BrokerError`] if the push (Redis) or the publish (AMQP) fails.
     pub async fn send_task(
         &self,
         name: &str,
