@@ -8,6 +8,8 @@ pub(crate) mod keys;
 mod queues;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(any(feature = "redis", feature = "amqp"))]
+mod stopping;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::delivery::Fetched;
@@ -15,6 +17,8 @@ pub(crate) use self::delivery::{Delivery, Oversized};
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
 #[cfg(feature = "redis")]
 pub(crate) use self::redis::bind;
+#[cfg(any(feature = "redis", feature = "amqp"))]
+pub(crate) use self::stopping::{close_at_warm_shutdown, finish_tasks, report, take_outstanding};
 
 use crate::error::BrokerError;
 

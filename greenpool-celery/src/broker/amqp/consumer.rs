@@ -10,7 +10,7 @@
 //! message on the next one: the broker requeued those messages itself.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use greenpool::TaskPool;
@@ -116,15 +116,7 @@ pub(crate) async fn run(
         config.prefetch_count(),
         config.queues.join(",")
     );
-    let closer = {
-        let pool = pool.clone();
-        let warm = shutdown.warm.clone();
-        tokio::spawn(async move {
-            warm.cancelled().await;
-            tracing::warn!("worker: warm shutdown");
-            pool.close();
-        })
-    };
+    let closer = crate::broker::close_at_warm_shutdown(&pool, &shutdown);
     let service = crate::control::Service::start(&control).await;
     ready.notify_waiters();
     let handlers = TaskTracker::new();
@@ -147,31 +139,11 @@ pub(crate) async fn run(
     if consumed.is_err() {
         shutdown.warm.cancel();
     }
-    let _ = closer.await;
-    handlers.close();
-    tokio::select! {
-        _ = handlers.wait() => {}
-        _ = shutdown.cold.cancelled() => {}
-    }
-    tokio::select! {
-        r = pool.stop() => { let _ = r; }
-        _ = shutdown.cold.cancelled() => {
-            tracing::warn!("worker: cold shutdown");
-            let _ = pool.terminate().await;
-        }
-    }
-    handlers.wait().await;
-    shared.timer.stop();
-    service.stop().await;
+    crate::broker::finish_tasks(closer, &handlers, &pool, &shutdown, &shared, service).await;
     outbox.flush().await;
     // Give back whatever is still unacked: prefetched, ETA, or killed
     // late-ack requests.
-    let left: Vec<String> = shared
-        .outstanding
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain()
-        .collect();
+    let left = crate::broker::take_outstanding(&shared);
     let restored = left.len() as u64;
     for tag in left {
         outbox.reject(tag);
@@ -185,16 +157,7 @@ pub(crate) async fn run(
     }
     session.close().await;
     consumed?;
-    let c = &shared.counters;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(WorkerReport {
-        received: load(&c.received),
-        succeeded: load(&c.succeeded),
-        failed: load(&c.failed),
-        revoked: load(&c.revoked),
-        retried: load(&c.retried),
-        restored,
-    })
+    Ok(crate::broker::report(&shared, restored))
 }
 
 /// Consumes every queue on `live` until warm shutdown (`Ok`) or until the

@@ -4,7 +4,7 @@
 //! liveness key fresh, and give back what is left at shutdown.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use greenpool::TaskPool;
@@ -125,15 +125,7 @@ pub(crate) async fn run(
     let liveness = tokio::spawn(keep_alive(Arc::clone(&broker), shutdown.warm.clone()));
     // Refuse waiting requests the moment warm shutdown starts, even
     // while the consumer still waits for a fetch.
-    let closer = {
-        let pool = pool.clone();
-        let warm = shutdown.warm.clone();
-        tokio::spawn(async move {
-            warm.cancelled().await;
-            tracing::warn!("worker: warm shutdown");
-            pool.close();
-        })
-    };
+    let closer = crate::broker::close_at_warm_shutdown(&pool, &shutdown);
     let service = crate::control::Service::start(&control).await;
     ready.notify_waiters();
     let handlers = TaskTracker::new();
@@ -145,22 +137,7 @@ pub(crate) async fn run(
     }
 
     // Warm shutdown: refuse waiting requests, finish running jobs.
-    let _ = closer.await;
-    handlers.close();
-    tokio::select! {
-        _ = handlers.wait() => {}
-        _ = shutdown.cold.cancelled() => {}
-    }
-    tokio::select! {
-        r = pool.stop() => { let _ = r; }
-        _ = shutdown.cold.cancelled() => {
-            tracing::warn!("worker: cold shutdown");
-            let _ = pool.terminate().await;
-        }
-    }
-    handlers.wait().await;
-    shared.timer.stop();
-    service.stop().await;
+    crate::broker::finish_tasks(closer, &handlers, &pool, &shutdown, &shared, service).await;
     let _ = sweeper.await;
     let _ = liveness.await;
     // A cold shutdown still writes what it holds, but gives Redis at most
@@ -182,12 +159,7 @@ pub(crate) async fn run(
     }
     // Give back whatever is still unacked: prefetched, ETA, or killed
     // late-ack requests.
-    let left: Vec<String> = shared
-        .outstanding
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain()
-        .collect();
+    let left = crate::broker::take_outstanding(&shared);
     let mut restored = 0u64;
     let gone = consumed.is_err() || acks.failure().is_some();
     for tag in left.iter().filter(|_| !gone) {
@@ -225,16 +197,7 @@ pub(crate) async fn run(
     if let Some(e) = acks.failure() {
         return Err(WorkerError::Broker(e));
     }
-    let c = &shared.counters;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(WorkerReport {
-        received: load(&c.received),
-        succeeded: load(&c.succeeded),
-        failed: load(&c.failed),
-        revoked: load(&c.revoked),
-        retried: load(&c.retried),
-        restored,
-    })
+    Ok(crate::broker::report(&shared, restored))
 }
 
 /// The restore sweep, at start and then every `interval`.
