@@ -8,119 +8,14 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use support::process::Proc;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::rabbit::RabbitNode;
 use support::RedisServer;
-
-/// A child process whose stderr lines are echoed and can be waited for.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    name: &'static str,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            name,
-        }
-    }
-
-    /// Waits for a stderr line containing `needle` (a handshake on the
-    /// process's own log); returns the lines seen before it.
-    fn wait_for(&self, needle: &str) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return seen,
-                Ok(line) => seen.push(line),
-                Err(e) => panic!("{}: no line with {needle:?} ({e})", self.name),
-            }
-        }
-    }
-
-    /// Waits until, for each entry of `wanted`, a line containing all its
-    /// parts was logged (entries in any order).
-    fn wait_for_all(&self, wanted: &[&[&str]]) {
-        let mut left: Vec<&[&str]> = wanted.to_vec();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !left.is_empty() {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(wait) {
-                Ok(line) => left.retain(|parts| !parts.iter().all(|p| line.contains(p))),
-                Err(e) => panic!("{}: no line with {left:?} ({e})", self.name),
-            }
-        }
-    }
-
-    /// Every line logged so far that was not consumed yet.
-    fn drain(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// SIGTERM, wait for a clean exit, and return the lines not read yet
-    /// (the reader thread ends at the pipe's end, so nothing is missed).
-    fn stop_and_log(mut self) -> Vec<String> {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-        let (_, rx) = mpsc::channel();
-        let lines = std::mem::replace(&mut self.lines, rx);
-        lines.iter().collect()
-    }
-
-    /// Waits for the exit a remote `shutdown` asked for.
-    fn stop_after_remote_shutdown(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn spawn_worker(node: &RabbitNode, backend: &str, args: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
@@ -289,7 +184,8 @@ fn stock_control_api_and_events_over_amqp() {
     let name = "api@amqp";
     let w = worker(&node, &backend, &["-c", "4", "-n", name]);
     assert!(control_py(&python, &node, &backend, &["api", name]).contains("OK"));
-    w.stop_after_remote_shutdown();
+    let status = w.wait_exit();
+    assert!(status.success(), "the worker exited with {status}");
 }
 
 /// A greenpool worker and a Python worker on one RabbitMQ: a broadcast
@@ -408,10 +304,10 @@ fn a_queue_declared_with_other_arguments_is_a_clear_error() {
     let w = worker(&node, "none", &["-c", "2"]);
     w.stop();
     // The durable `celery` queue now exists without x-max-priority.
-    let mut other = spawn_worker(&node, "none", &["-c", "2", "--queue-max-priority", "5"]);
-    let status = other.child.wait().unwrap();
+    let other = spawn_worker(&node, "none", &["-c", "2", "--queue-max-priority", "5"]);
+    let (status, lines) = other.wait_exit_and_log();
     assert!(!status.success(), "the worker must stop, not serve");
-    let log = other.drain().join("\n");
+    let log = lines.join("\n");
     assert!(
         log.contains("PRECONDITION_FAILED") && log.contains("other arguments"),
         "{log}"

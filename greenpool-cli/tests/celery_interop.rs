@@ -8,10 +8,10 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
+use support::process::Proc;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
@@ -19,74 +19,6 @@ use support::RedisServer;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A child process whose stderr lines are echoed and can be waited for.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    name: &'static str,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            name,
-        }
-    }
-
-    /// Waits for a stderr line containing `needle` (a handshake on the
-    /// process's own log), failing after a generous deadline.
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(e) => panic!("{}: no line with {needle:?} ({e})", self.name),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn worker(server: &RedisServer, args: &[&str]) -> Proc {
@@ -410,8 +342,7 @@ fn second_signal_is_a_cold_shutdown_that_gives_late_acks_back() {
     w.wait_for("warm shutdown requested");
     // Running tasks hold up a warm shutdown; the second signal kills them.
     w.signal("-TERM");
-    let mut w = w;
-    let status = w.child.wait().unwrap();
+    let status = w.wait_exit();
     assert!(status.success(), "worker exited with {status}");
     let back: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
     assert_eq!(

@@ -9,9 +9,8 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use support::process::Proc;
+
 use std::time::{Duration, Instant};
 
 use greenpool_celery::TaskMessage;
@@ -21,94 +20,24 @@ use support::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// A worker process whose stderr lines can be waited for.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Every line so far.
-    log: Arc<Mutex<Vec<String>>>,
+/// A `greenpool worker` on `url` named `faults@%h`, waited until ready.
+fn worker(url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    named(url, "faults@%h", args, env)
 }
 
-impl Proc {
-    fn worker(url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        Proc::named(url, "faults@%h", args, env)
-    }
-
-    fn named(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-            .arg("worker")
-            .arg("--broker")
-            .arg(url)
-            .args(["-n", name, "--loglevel", "info"])
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let all = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[worker] {line}");
-                all.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let p = Proc {
-            child,
-            lines: rx,
-            log,
-        };
-        p.wait_for(" ready.");
-        p
-    }
-
-    /// How many lines so far contain `needle`.
-    fn lines_with(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(e) => panic!("worker: no line with {needle:?} ({e})"),
-            }
-        }
-    }
-
-    /// Waits for the process to exit by itself, failing after the deadline.
-    fn exit_status(mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the worker did not exit");
-            // The log is the handshake: wait for the next line or a tick.
-            let _ = self.lines.recv_timeout(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `greenpool worker` on `url` named `name`, waited until ready.
+fn named(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.arg("worker")
+        .arg("--broker")
+        .arg(url)
+        .args(["-n", name, "--loglevel", "info"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG");
+    let p = Proc::spawn("worker", cmd);
+    p.wait_for(" ready.");
+    p
 }
 
 fn results(conn: &mut redis::Connection, ids: &[String]) -> usize {
@@ -157,12 +86,12 @@ fn kill_9_under_load_with_late_acks_loses_nothing() {
             .ignore();
     }
     pipe.query::<()>(&mut conn).unwrap();
-    let a = Proc::worker(&server.url(0), &["-c", "20", "--acks-late"], &[]);
+    let a = worker(&server.url(0), &["-c", "20", "--acks-late"], &[]);
     until("200 results", || results(&mut conn, &ids) >= 200);
     drop(a); // SIGKILL
     let before = results(&mut conn, &ids);
     let held: usize = conn.hlen("unacked").unwrap();
-    let b = Proc::worker(
+    let b = worker(
         &server.url(0),
         &[
             "-c",
@@ -223,7 +152,7 @@ fn in_flight(conn: &mut redis::Connection) -> usize {
 /// queue).
 fn halted_after_take(conn: &mut redis::Connection, url: &str) -> (Proc, usize) {
     let queued_before: Vec<String> = conn.lrange("celery", 0, -1).unwrap();
-    let a = Proc::named(url, "a@%h", &["-c", "50"], &[HALT_AFTER_TAKE]);
+    let a = named(url, "a@%h", &["-c", "50"], &[HALT_AFTER_TAKE]);
     a.wait_for("halted between the take and the record");
     let lists: Vec<String> = conn.keys("greenpool.inflight.a@*\x06\x16celery").unwrap();
     assert_eq!(lists.len(), 1, "{lists:?}");
@@ -253,7 +182,7 @@ fn kill_9_between_take_and_record_loses_nothing() {
     let ids = push_adds(&mut conn, n);
     let (a, held) = halted_after_take(&mut conn, &server.url(0));
     drop(a); // SIGKILL
-    let again = Proc::named(&server.url(0), "a@%h", &["-c", "50"], &[]);
+    let again = named(&server.url(0), "a@%h", &["-c", "50"], &[]);
     until("every result", || results(&mut conn, &ids) == n);
     until("an empty unacked hash", || {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
@@ -296,7 +225,7 @@ fn a_dead_workers_in_flight_list_is_returned_by_another() {
     assert!(ttl > 0, "the liveness key has no expiry ({ttl})");
     let _: () = conn.del(&alive[0]).unwrap();
     // B consumes another queue: what comes back to `celery` stays there.
-    let b = Proc::named(&server.url(0), "b@%h", &["-c", "50", "-Q", "other"], &[]);
+    let b = named(&server.url(0), "b@%h", &["-c", "50", "-Q", "other"], &[]);
     until("the in-flight messages back on the queue", || {
         conn.llen::<_, usize>("celery").unwrap() == n
     });
@@ -304,7 +233,7 @@ fn a_dead_workers_in_flight_list_is_returned_by_another() {
     let left = in_flight(&mut conn);
     let workers: Vec<String> = conn.smembers("greenpool.workers").unwrap();
     drop(b);
-    let c = Proc::named(&server.url(0), "c@%h", &["-c", "50"], &[]);
+    let c = named(&server.url(0), "c@%h", &["-c", "50"], &[]);
     until("every result", || results(&mut conn, &ids) == n);
     until("an empty unacked hash", || {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
@@ -331,7 +260,7 @@ fn giving_up_after_max_retries_exits_non_zero() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let w = Proc::worker(
+    let w = worker(
         &server.url(0),
         &["-c", "4"],
         &[("GREENPOOL_BROKER_CONNECTION_MAX_RETRIES", "3")],
@@ -339,7 +268,7 @@ fn giving_up_after_max_retries_exits_non_zero() {
     let started = Instant::now();
     drop(server);
     w.wait_for("gave up");
-    let status = w.exit_status();
+    let status = w.wait_exit();
     println!(
         "broker gone: the worker exited with {status} {:.1} s later after 3 attempts",
         started.elapsed().as_secs_f64()

@@ -18,6 +18,7 @@ fn skip(what: &str) {
 }
 
 pub mod metrics;
+pub mod process;
 pub mod proxy;
 pub mod rabbit;
 

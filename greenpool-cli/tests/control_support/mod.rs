@@ -3,11 +3,8 @@
 //! Python scenarios of tests/python/control.py.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 #[path = "../../../greenpool-celery/tests/support/mod.rs"]
 pub mod support;
@@ -19,92 +16,7 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A child process whose output lines are echoed and can be waited for.
-pub struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    name: &'static str,
-}
-
-impl Proc {
-    /// Starts `cmd`, reading its stderr (and stdout) line by line.
-    pub fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        for out in [
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    eprintln!("[{name}] {line}");
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Proc {
-            child,
-            lines: rx,
-            name,
-        }
-    }
-
-    /// Waits for an output line containing `needle` (a handshake on the
-    /// process's own log), failing after a generous deadline.
-    pub fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(e) => panic!("{}: no line with {needle:?} ({e})", self.name),
-            }
-        }
-    }
-
-    /// Waits for the process to exit by itself (e.g. after a remote
-    /// shutdown), failing after a generous deadline.
-    pub fn wait_exit(mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            // Polling the exit of another process: there is no handshake
-            // to wait on across processes short of its exit status.
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The child's pid.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use support::process::Proc;
 
 /// `greenpool worker` on `server` with node name `node`, waited until
 /// ready.
