@@ -139,11 +139,41 @@ impl fmt::Display for Timestamp {
             micros += 1_000_000;
         }
         let whole = jiff::Timestamp::from_second(secs).unwrap_or(ts);
-        write!(
-            f,
-            "{}.{micros:06}+00:00",
-            whole.strftime("%Y-%m-%dT%H:%M:%S")
-        )
+        // Digits written by hand, not through `strftime` or padded
+        // `write!` arguments: every result and event carries a timestamp,
+        // and the formatting machinery cost more than the rest of a
+        // result's text.
+        let t = jiff::tz::Offset::UTC.to_datetime(whole);
+        let Ok(year) = u32::try_from(t.year()) else {
+            // Before year 0 (never on the wire): the slow path will do.
+            return write!(
+                f,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}+00:00",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            );
+        };
+        let mut text = *b"0000-00-00T00:00:00.000000+00:00";
+        let mut put = |at: usize, width: usize, value: u32| {
+            let mut v = value;
+            for i in (at..at + width).rev() {
+                // A digit: below 10, so the cast is exact.
+                text[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, u32::from(t.month().unsigned_abs()));
+        put(8, 2, u32::from(t.day().unsigned_abs()));
+        put(11, 2, u32::from(t.hour().unsigned_abs()));
+        put(14, 2, u32::from(t.minute().unsigned_abs()));
+        put(17, 2, u32::from(t.second().unsigned_abs()));
+        put(20, 6, micros.unsigned_abs());
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -176,6 +206,16 @@ mod tests {
         assert_eq!(ts("2026-11-24T17:52:29.209879+01:00"), base);
         assert_eq!(ts("2026-11-24T11:52:29.209879-0500"), base);
         assert_eq!(base.to_string(), "2026-11-24T16:52:29.209879+00:00");
+        let before_epoch = Timestamp::from_system_time(UNIX_EPOCH - Duration::from_millis(500));
+        assert_eq!(before_epoch.to_string(), "1969-12-31T23:59:59.500000+00:00");
+        assert_eq!(
+            ts("2024-02-29T00:00:07.000001").to_string(),
+            "2024-02-29T00:00:07.000001+00:00"
+        );
+        assert_eq!(
+            ts("0001-01-01").to_string(),
+            "0001-01-01T00:00:00.000000+00:00"
+        );
         assert_eq!(ts("1970-01-01T00:00:00").unix_seconds(), 0.0);
         assert_eq!(ts("2000-03-01").unix_seconds(), 951_868_800.0);
         // Python 3.11's fromisoformat reads an hour alone too.
