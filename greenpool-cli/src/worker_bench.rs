@@ -70,6 +70,61 @@ pub(crate) fn find_python(arg: &Option<String>) -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
+/// The broker-specific columns of the table: the rate's unit, what is
+/// counted per task, the round trips per task, and what a run without
+/// round trips shows.
+pub(crate) struct Columns {
+    pub(crate) rate: &'static str,
+    pub(crate) per_task: &'static str,
+    pub(crate) trips: &'static str,
+    pub(crate) no_trips: &'static str,
+}
+
+/// The Python for the baseline run, if one with Celery and eventlet is
+/// found; says on stdout that the baseline is skipped when none is.
+pub(crate) fn baseline_python(arg: &Option<String>) -> Option<PathBuf> {
+    let found = find_python(arg);
+    if found.is_none() {
+        println!("  (no Python with celery + eventlet: baseline skipped; set GREENPOOL_PYTHON)");
+    }
+    found
+}
+
+/// Prints one row per run, rates relative to the last run (the baseline).
+pub(crate) fn print_table(runs: &[Run], columns: &Columns) {
+    let base = runs.last().map_or(1.0, Run::rate);
+    println!(
+        "\n{:<20} {:>7} {:>9} {:>11} {:>9} {:>14} {:>20}",
+        "worker", "tasks", "seconds", columns.rate, "ratio", columns.per_task, columns.trips
+    );
+    for r in runs {
+        println!(
+            "{:<20} {:>7} {:>9.3} {:>11.0} {:>8.1}x {:>14.2} {:>20}",
+            r.name,
+            r.tasks,
+            r.elapsed.as_secs_f64(),
+            r.rate(),
+            r.rate() / base,
+            r.commands as f64 / r.tasks as f64,
+            r.round_trips
+                .map_or(columns.no_trips.to_owned(), |t| format!(
+                    "{:.4}",
+                    t as f64 / r.tasks as f64
+                )),
+        );
+    }
+}
+
+/// Prints greenpool's rate over the baseline's, when both ran.
+pub(crate) fn print_verdict(runs: &[Run]) {
+    if let [greenpool, python] = runs {
+        println!(
+            "\ngreenpool / celery eventlet: {:.1}x",
+            greenpool.rate() / python.rate()
+        );
+    }
+}
+
 pub(crate) fn twin_dir() -> anyhow::Result<PathBuf> {
     for base in [
         PathBuf::from("."),

@@ -18,7 +18,7 @@ use greenpool_celery::{AsyncResult, Client, SendOptions, Timestamp, Worker, Work
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map};
 
-use crate::worker_bench::{find_python, twin_dir, Run};
+use crate::worker_bench::{baseline_python, print_table, print_verdict, twin_dir, Columns, Run};
 
 fn bar(n: usize, label: &str) -> ProgressBar {
     ProgressBar::new(n as u64).with_style(
@@ -146,38 +146,18 @@ pub(crate) async fn run(
          starts, -c {concurrency}, results through rpc://"
     );
     let mut runs = vec![bench_greenpool(url, tasks, concurrency).await?];
-    match find_python(python) {
-        Some(py) => runs.push(bench_python(&py, url, tasks, concurrency).await?),
-        None => {
-            println!("  (no Python with celery + eventlet: baseline skipped; set GREENPOOL_PYTHON)")
-        }
+    if let Some(py) = baseline_python(python) {
+        runs.push(bench_python(&py, url, tasks, concurrency).await?);
     }
-    let base = runs.last().map_or(1.0, Run::rate);
-    println!(
-        "\n{:<20} {:>7} {:>9} {:>11} {:>9} {:>14} {:>20}",
-        "worker", "tasks", "seconds", "messages/s", "ratio", "replies/t", "confirm trips/t"
+    print_table(
+        &runs,
+        &Columns {
+            rate: "messages/s",
+            per_task: "replies/t",
+            trips: "confirm trips/t",
+            no_trips: "n/a (no confirms)",
+        },
     );
-    for r in &runs {
-        println!(
-            "{:<20} {:>7} {:>9.3} {:>11.0} {:>8.1}x {:>14.2} {:>20}",
-            r.name,
-            r.tasks,
-            r.elapsed.as_secs_f64(),
-            r.rate(),
-            r.rate() / base,
-            r.commands as f64 / r.tasks as f64,
-            r.round_trips
-                .map_or("n/a (no confirms)".to_owned(), |t| format!(
-                    "{:.4}",
-                    t as f64 / r.tasks as f64
-                )),
-        );
-    }
-    if runs.len() == 2 {
-        println!(
-            "\ngreenpool / celery eventlet: {:.1}x",
-            runs[0].rate() / runs[1].rate()
-        );
-    }
+    print_verdict(&runs);
     Ok(())
 }

@@ -14,7 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map};
 
-use crate::worker_bench::{find_python, twin_dir, Run, WorkerBenchArgs};
+use crate::worker_bench::{
+    baseline_python, print_table, print_verdict, twin_dir, Columns, Run, WorkerBenchArgs,
+};
 
 /// A redis-server owned by the bench, killed on drop.
 struct Server(Child);
@@ -286,32 +288,18 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
         args.tasks, args.concurrency
     );
     let mut runs = vec![bench_greenpool(&url, &results_url, args).await?];
-    match find_python(&args.python) {
-        Some(py) => runs.push(bench_python(&py, &url, &results_url, args).await?),
-        None => {
-            println!("  (no Python with celery + eventlet: baseline skipped; set GREENPOOL_PYTHON)")
-        }
+    if let Some(py) = baseline_python(&args.python) {
+        runs.push(bench_python(&py, &url, &results_url, args).await?);
     }
-    let base = runs.last().map_or(1.0, Run::rate);
-    println!(
-        "\n{:<20} {:>7} {:>9} {:>11} {:>9} {:>13} {:>17}",
-        "worker", "tasks", "seconds", "tasks/s", "ratio", "redis cmds/t", "round trips/t"
+    print_table(
+        &runs,
+        &Columns {
+            rate: "tasks/s",
+            per_task: "redis cmds/t",
+            trips: "round trips/t",
+            no_trips: "n/a",
+        },
     );
-    for r in &runs {
-        println!(
-            "{:<20} {:>7} {:>9.3} {:>11.0} {:>8.1}x {:>13.2} {:>17}",
-            r.name,
-            r.tasks,
-            r.elapsed.as_secs_f64(),
-            r.rate(),
-            r.rate() / base,
-            r.commands as f64 / r.tasks as f64,
-            r.round_trips.map_or("n/a".to_owned(), |t| format!(
-                "{:.4}",
-                t as f64 / r.tasks as f64
-            )),
-        );
-    }
     for r in &runs {
         let top: Vec<String> = r
             .top
@@ -321,12 +309,7 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
             .collect();
         println!("  {} commands per task: {}", r.name, top.join(", "));
     }
-    if runs.len() == 2 {
-        println!(
-            "\ngreenpool / celery eventlet: {:.1}x",
-            runs[0].rate() / runs[1].rate()
-        );
-    }
+    print_verdict(&runs);
     Ok(())
 }
 
