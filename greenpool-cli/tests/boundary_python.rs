@@ -10,12 +10,10 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use support::process::{stdout_of, Proc};
 use support::RedisServer;
 
 #[test]
@@ -26,45 +24,20 @@ fn python_client_gets_exact_answers_or_visible_failures() {
     let Some(python) = support::python() else {
         return;
     };
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["worker", "--broker", &server.url(0), "-c", "8"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.args(["worker", "--broker", &server.url(0), "-c", "8"])
         .args(["-n", "boundary@%h", "--loglevel", "info"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = worker.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[worker] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(" ready.") => break,
-            Ok(_) => {}
-            Err(e) => panic!("worker never ready ({e})"),
-        }
-    }
+        .env_remove("RUST_LOG");
+    let worker = Proc::spawn("worker", cmd);
+    worker.wait_for(" ready.");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/boundary.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(server.url(0))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let _ = worker.kill();
-    let _ = worker.wait();
+    let mut python_cmd = Command::new(python);
+    python_cmd.arg(script).arg(server.url(0));
+    let stdout = stdout_of(python_cmd, "python boundary.py");
+    drop(worker);
     assert!(
-        out.status.success() && stdout.trim_end().ends_with("OK"),
-        "python failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        stdout.trim_end().ends_with("OK"),
+        "python failed:\n{stdout}"
     );
     println!("{stdout}");
 }

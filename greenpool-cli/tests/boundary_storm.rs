@@ -12,15 +12,14 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use greenpool_celery::TaskMessage;
 use redis::Commands;
 use serde_json::{json, Map, Value};
+use support::process::Proc;
 use support::RedisServer;
 
 const BAD: usize = 2_000;
@@ -256,41 +255,12 @@ fn count_marker(line: &str, seen: &mut HashMap<String, usize>) {
     }
 }
 
-struct Worker {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_worker(server: &RedisServer) -> Worker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["worker", "--broker", &server.url(0), "-c", "50"])
+fn start_worker(server: &RedisServer) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.args(["worker", "--broker", &server.url(0), "-c", "50"])
         .args(["-n", "storm@%h", "--loglevel", "info"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Read raw bytes: a line with colour codes or a cut in the middle
-        // of a character must show up, not stop the reader.
-        let mut reader = BufReader::new(stderr);
-        let mut buf = Vec::new();
-        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-            let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
-            buf.clear();
-        }
-    });
-    Worker { child, lines }
+        .env_remove("RUST_LOG");
+    Proc::spawn("worker", cmd)
 }
 
 #[test]
@@ -299,14 +269,9 @@ fn storm_of_malformed_messages() {
         return;
     };
     let mut conn = server.conn(0);
-    let mut worker = start_worker(&server);
+    let worker = start_worker(&server);
     let deadline = Instant::now() + Duration::from_secs(120);
-    let next_line = |w: &Worker| {
-        let left = deadline.saturating_duration_since(Instant::now());
-        w.lines
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("worker log ended or stalled: {e}"))
-    };
+    let next_line = |w: &Proc| w.next_line_before(deadline);
     let mut log = Vec::new();
     loop {
         let line = next_line(&worker);
@@ -365,16 +330,9 @@ fn storm_of_malformed_messages() {
 
     // Stop it (warm): anything still unacked would be put back on the
     // queue, so an empty queue afterwards means every message was acked.
-    let ok = Command::new("kill")
-        .args(["-TERM", &worker.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = worker.child.wait().unwrap();
-    assert!(status.success(), "worker exited with {status}");
-    // The process has exited: its log ends once the pipe is drained.
-    while let Ok(line) = worker.lines.recv_timeout(Duration::from_secs(10)) {
+    // The process has exited once this returns: its log ends with the
+    // pipes.
+    for line in worker.stop_and_log() {
         if line.contains("] succeeded in ") {
             succeeded += 1;
         }

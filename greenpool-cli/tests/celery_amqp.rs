@@ -56,19 +56,9 @@ fn run_python(python: &Path, script: &str, args: &[&str], env: &[(&str, &str)]) 
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let mut cmd = Command::new(python);
+    cmd.arg(script).args(args).envs(env.iter().copied());
+    support::process::stdout_of(cmd, &format!("python {args:?}"))
 }
 
 /// A RabbitMQ node and a redis-server for results, with the backend URL.

@@ -40,19 +40,9 @@ fn worker(server: &RedisServer, args: &[&str]) -> Proc {
 /// Runs a scenario of tests/python/interop.py; returns its stdout.
 fn py(python: &Path, server: &RedisServer, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/interop.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(server.url(0))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(server.url(0)).args(args);
+    support::process::stdout_of(cmd, &format!("python {args:?}"))
 }
 
 fn setup() -> Option<(RedisServer, PathBuf)> {

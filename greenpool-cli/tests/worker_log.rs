@@ -8,14 +8,12 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use greenpool_celery::TaskMessage;
 use redis::Commands;
 use serde_json::{json, Map};
+use support::process::Proc;
 use support::RedisServer;
 
 #[test]
@@ -23,56 +21,28 @@ fn log_to_a_pipe_is_plain_and_bounded() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["worker", "--broker", &server.url(0), "-c", "4"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.args(["worker", "--broker", &server.url(0), "-c", "4"])
         .args(["-n", "log@%h", "--loglevel", "info"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let mut buf = Vec::new();
-        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-            let _ = tx.send(std::mem::take(&mut buf));
-        }
-    });
-    let mut log: Vec<Vec<u8>> = Vec::new();
-    let mut wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no log line with {needle:?} ({e})"));
-            let hit = String::from_utf8_lossy(&line).contains(needle);
-            log.push(line);
-            if hit {
-                return;
-            }
-        }
-    };
-    wait_for(" ready.");
+        .env_remove("RUST_LOG");
+    let worker = Proc::spawn("worker", cmd);
+    worker.wait_for(" ready.");
     let mut conn = server.conn(0);
     // A task killed by its hard time limit: the pool logs a structured
     // warning (with fields, which a colouring formatter would italicise).
     let mut slow = TaskMessage::new("greenpool.sleep", vec![json!(30)], Map::new());
     slow.headers.timelimit.hard = Some(0.05);
     let _: () = conn.lpush("celery", slow.encode().unwrap()).unwrap();
-    wait_for("hard time limit");
+    worker.wait_for("hard time limit");
     // A task name of 1 MiB.
     let name = format!("huge.{}", "n".repeat(1 << 20));
     let huge = TaskMessage::new(&name, vec![], Map::new());
     let _: () = conn.lpush("celery", huge.encode().unwrap()).unwrap();
-    wait_for("Received unregistered task");
-    let _ = child.kill();
-    let _ = child.wait();
-    let longest = log.iter().map(Vec::len).max().unwrap_or(0);
-    let escapes = log.iter().filter(|l| l.contains(&0x1b)).count();
+    worker.wait_for("Received unregistered task");
+    let log = worker.log();
+    drop(worker);
+    let longest = log.iter().map(String::len).max().unwrap_or(0);
+    let escapes = log.iter().filter(|l| l.contains('\u{1b}')).count();
     println!(
         "worker log: {} lines, longest {longest} bytes, {escapes} with colour codes",
         log.len()

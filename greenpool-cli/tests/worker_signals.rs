@@ -8,11 +8,10 @@
 #[path = "../../greenpool-celery/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use support::process::Proc;
 use support::RedisServer;
 
 fn kill(sig: &str, pid: u32) {
@@ -29,61 +28,27 @@ fn third_signal_ends_a_worker_whose_redis_hangs() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["worker", "--broker", &server.url(0), "-c", "4"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.args(["worker", "--broker", &server.url(0), "-c", "4"])
         .args(["-n", "signals@%h", "--loglevel", "info"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[worker] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return,
-                Ok(_) => {}
-                Err(e) => panic!("no log line with {needle:?} ({e})"),
-            }
-        }
-    };
-    wait_for(" ready.");
+        .env_remove("RUST_LOG");
+    let mut worker = Proc::spawn("worker", cmd);
+    worker.wait_for(" ready.");
     // Redis stops answering (without closing its connections): the
     // worker's shutdown would wait on it forever.
     kill("-STOP", server.pid());
-    let pid = child.id();
-    kill("-TERM", pid);
-    wait_for("warm shutdown requested");
-    kill("-TERM", pid);
-    wait_for("cold shutdown requested");
-    kill("-TERM", pid);
+    worker.signal("-TERM");
+    worker.wait_for("warm shutdown requested");
+    worker.signal("-TERM");
+    worker.wait_for("cold shutdown requested");
+    worker.signal("-TERM");
     // Well before the cold-shutdown grace (30 s) runs out, so it is the
     // third signal that ends the process.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            kill("-CONT", server.pid());
-            panic!("the third SIGTERM was swallowed: the worker is still running");
-        }
-        // Polls an exit status, no synchronisation on another thread.
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = worker.exit_within(Duration::from_secs(15), &mut Vec::new());
     kill("-CONT", server.pid());
+    let Some(status) = status else {
+        panic!("the third SIGTERM was swallowed: the worker is still running");
+    };
     assert_eq!(status.code(), Some(1), "a forced exit says so: {status}");
     println!("third SIGTERM: worker exited with {status} while Redis hung");
 }

@@ -44,7 +44,15 @@ impl Proc {
         for out in outputs.into_iter().flatten() {
             let (tx, all) = (tx.clone(), Arc::clone(&log));
             std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // Raw bytes, read as text leniently: a line that is not
+                // UTF-8 (a cut in the middle of a character) must show up,
+                // not stop the reader.
+                let mut reader = BufReader::new(out);
+                let mut buf = Vec::new();
+                while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+                    let text = String::from_utf8_lossy(&buf);
+                    let line = text.trim_end_matches(['\n', '\r']).to_owned();
+                    buf.clear();
                     eprintln!("[{name}] {line}");
                     all.lock().unwrap().push(line.clone());
                     let _ = tx.send(line);
@@ -74,6 +82,14 @@ impl Proc {
         }
     }
 
+    /// The next line, waiting for it until `deadline`.
+    pub fn next_line_before(&self, deadline: Instant) -> String {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{}: log ended or stalled ({e})", self.name))
+    }
+
     /// Waits until, for each entry of `wanted`, a line containing all its
     /// parts was read (entries in any order).
     pub fn wait_for_all(&self, wanted: &[&[&str]]) {
@@ -101,6 +117,11 @@ impl Proc {
             .iter()
             .filter(|l| l.contains(needle))
             .count()
+    }
+
+    /// Every line so far, read by a wait or not.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The child's pid.
@@ -144,23 +165,48 @@ impl Proc {
     /// [`Proc::wait_exit`], and every line it logged that no wait read
     /// (the readers end with the pipes, so nothing is missed).
     pub fn wait_exit_and_log(mut self) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + DEADLINE;
         let mut lines = Vec::new();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            // Its output is the handshake: the next line, or a tick when
-            // it has nothing more to say (an exit is not a line).
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
-                lines.push(line);
-            }
+        let Some(status) = self.exit_within(DEADLINE, &mut lines) else {
+            panic!("{} did not exit", self.name);
         };
         let (_, none) = mpsc::channel();
         lines.extend(std::mem::replace(&mut self.lines, none).iter());
         (status, lines)
     }
+
+    /// Waits up to `limit` for the process to exit by itself; the lines
+    /// read meanwhile go to `lines`. `None` if it still runs.
+    pub fn exit_within(&mut self, limit: Duration, lines: &mut Vec<String>) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Its output is the handshake: the next line, or a tick when
+            // it has nothing more to say (an exit is not a line).
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(20)) {
+                lines.push(line);
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to its end and returns its stdout; fails the test, showing
+/// both outputs, when it exits non-zero.
+pub fn stdout_of(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 impl Drop for Proc {

@@ -52,20 +52,9 @@ pub fn python_worker(python: &Path, server: &RedisServer, node: &str, args: &[&s
 pub fn scenario(python: &Path, server: &RedisServer, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/control.py");
     let (first, rest) = args.split_first().unwrap();
-    let out = Command::new(python)
-        .arg(script)
-        .arg(first)
-        .arg(server.url(0))
-        .args(rest)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(first).arg(server.url(0)).args(rest);
+    support::process::stdout_of(cmd, &format!("python {args:?}"))
 }
 
 /// A free loopback port.
