@@ -2,6 +2,8 @@
 //! the worker sends the matching task event (`control/hooks.rs`), whether
 //! task events are on or not.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -26,60 +28,84 @@ fn runtime_buckets() -> Histogram {
 
 type Runtimes = Family<TaskLabel, Histogram, fn() -> Histogram>;
 
+/// The label of task `name`.
+fn label(name: &str) -> TaskLabel {
+    TaskLabel {
+        task: name.to_owned(),
+    }
+}
+
+/// The task events that are counted, in the order of
+/// [`TaskMetrics::counters`].
+const COUNTED: [&str; 6] = [
+    "task-received",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-rejected",
+];
+
+/// One task name's series, each looked up in its family the first time
+/// it is used and kept: counting then takes no label (no string to
+/// allocate) and no family lookup.
+#[derive(Debug, Default)]
+struct Named {
+    counters: [OnceLock<Counter>; COUNTED.len()],
+    runtime: OnceLock<Histogram>,
+}
+
 /// Counters of task events and the run-time histogram.
 #[derive(Debug)]
 pub(crate) struct TaskMetrics {
-    received: Family<TaskLabel, Counter>,
-    succeeded: Family<TaskLabel, Counter>,
-    failed: Family<TaskLabel, Counter>,
-    retried: Family<TaskLabel, Counter>,
-    revoked: Family<TaskLabel, Counter>,
-    rejected: Family<TaskLabel, Counter>,
+    /// received, succeeded, failed, retried, revoked, rejected
+    /// ([`COUNTED`]).
+    counters: [Family<TaskLabel, Counter>; COUNTED.len()],
     runtime: Runtimes,
+    /// The series found so far, by task name (as many as the families
+    /// hold: one per name seen).
+    named: RwLock<HashMap<String, Arc<Named>>>,
 }
 
 impl TaskMetrics {
     /// The families, registered in `registry`.
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = TaskMetrics {
-            received: Family::default(),
-            succeeded: Family::default(),
-            failed: Family::default(),
-            retried: Family::default(),
-            revoked: Family::default(),
-            rejected: Family::default(),
+            counters: Default::default(),
             runtime: Family::new_with_constructor(runtime_buckets),
+            named: RwLock::default(),
         };
+        let [received, succeeded, failed, retried, revoked, rejected] = &m.counters;
         for (name, help, family) in [
             (
                 "tasks_received",
                 "Task requests received (task-received events)",
-                &m.received,
+                received,
             ),
             (
                 "tasks_succeeded",
                 "Tasks that returned a value (task-succeeded events)",
-                &m.succeeded,
+                succeeded,
             ),
             (
                 "tasks_failed",
                 "Tasks that failed (task-failed events)",
-                &m.failed,
+                failed,
             ),
             (
                 "tasks_retried",
                 "Retries asked for by tasks (task-retried events)",
-                &m.retried,
+                retried,
             ),
             (
                 "tasks_revoked",
                 "Tasks revoked, expired or terminated (task-revoked events)",
-                &m.revoked,
+                revoked,
             ),
             (
                 "tasks_rejected",
                 "Task messages rejected (task-rejected events)",
-                &m.rejected,
+                rejected,
             ),
         ] {
             registry.register(name, help, family.clone());
@@ -96,28 +122,41 @@ impl TaskMetrics {
     /// Counts task event `kind` (`task-received`, …) of task `name`;
     /// other kinds (`task-started`) count nothing.
     pub(crate) fn event(&self, kind: &str, name: &str) {
-        let family = match kind {
-            "task-received" => &self.received,
-            "task-succeeded" => &self.succeeded,
-            "task-failed" => &self.failed,
-            "task-retried" => &self.retried,
-            "task-revoked" => &self.revoked,
-            "task-rejected" => &self.rejected,
-            _ => return,
+        let Some(i) = COUNTED.iter().position(|k| *k == kind) else {
+            return;
         };
-        family
-            .get_or_create(&TaskLabel {
-                task: name.to_owned(),
-            })
+        let named = self.named(name);
+        let (Some(cell), Some(family)) = (named.counters.get(i), self.counters.get(i)) else {
+            return;
+        };
+        cell.get_or_init(|| family.get_or_create(&label(name)).clone())
             .inc();
     }
 
     /// Records that a run of task `name` took `took`.
     pub(crate) fn runtime(&self, name: &str, took: Duration) {
-        self.runtime
-            .get_or_create(&TaskLabel {
-                task: name.to_owned(),
-            })
+        self.named(name)
+            .runtime
+            .get_or_init(|| self.runtime.get_or_create(&label(name)).clone())
             .observe(took.as_secs_f64());
+    }
+
+    /// The series of task `name`, made the first time the name is seen.
+    fn named(&self, name: &str) -> Arc<Named> {
+        let known = self
+            .named
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        known.unwrap_or_else(|| {
+            Arc::clone(
+                self.named
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(name.to_owned())
+                    .or_default(),
+            )
+        })
     }
 }
