@@ -125,6 +125,45 @@ pub(crate) fn print_verdict(runs: &[Run]) {
     }
 }
 
+/// Starts the baseline: `celery -A tasks worker -P eventlet` of
+/// bench/python on `broker` with results in `backend`.
+pub(crate) fn start_python_worker(
+    python: &std::path::Path,
+    concurrency: usize,
+    broker: &str,
+    backend: &str,
+) -> anyhow::Result<std::process::Child> {
+    Command::new(python)
+        .args([
+            "-m", "celery", "-A", "tasks", "worker", "-P", "eventlet", "-c",
+        ])
+        .arg(concurrency.to_string())
+        .args([
+            "-l",
+            "warning",
+            "-n",
+            "bench@python",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ])
+        .current_dir(twin_dir()?)
+        .env("GREENPOOL_BROKER_URL", broker)
+        .env("GREENPOOL_RESULT_BACKEND", backend)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start the Python Celery worker")
+}
+
+/// Stops the baseline worker (SIGTERM, then waits for it).
+pub(crate) fn stop_python_worker(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
 pub(crate) fn twin_dir() -> anyhow::Result<PathBuf> {
     for base in [
         PathBuf::from("."),

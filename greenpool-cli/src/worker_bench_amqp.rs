@@ -10,7 +10,6 @@
 //! the Python worker publishes without confirms.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,7 +17,10 @@ use greenpool_celery::{AsyncResult, Client, SendOptions, Timestamp, Worker, Work
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map};
 
-use crate::worker_bench::{baseline_python, print_table, print_verdict, twin_dir, Columns, Run};
+use crate::worker_bench::{
+    baseline_python, print_table, print_verdict, start_python_worker, stop_python_worker, Columns,
+    Run,
+};
 
 fn bar(n: usize, label: &str) -> ProgressBar {
     ProgressBar::new(n as u64).with_style(
@@ -98,32 +100,9 @@ async fn bench_python(
 ) -> anyhow::Result<Run> {
     let client = Client::connect(url, Some("rpc://")).await?;
     let results = enqueue(&client, tasks).await?;
-    let mut child = Command::new(python)
-        .args([
-            "-m", "celery", "-A", "tasks", "worker", "-P", "eventlet", "-c",
-        ])
-        .arg(concurrency.to_string())
-        .args([
-            "-l",
-            "warning",
-            "-n",
-            "bench@python",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ])
-        .current_dir(twin_dir()?)
-        .env("GREENPOOL_BROKER_URL", url)
-        .env("GREENPOOL_RESULT_BACKEND", "rpc://")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the Python Celery worker")?;
+    let child = start_python_worker(python, concurrency, url, "rpc://")?;
     let outcome = wait_all(&results, "celery eventlet").await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    stop_python_worker(child);
     Ok(Run {
         name: "celery -P eventlet",
         tasks,

@@ -4,7 +4,7 @@
 //! from `INFO commandstats`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,7 +15,8 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{json, Map};
 
 use crate::worker_bench::{
-    baseline_python, print_table, print_verdict, twin_dir, Columns, Run, WorkerBenchArgs,
+    baseline_python, print_table, print_verdict, start_python_worker, stop_python_worker, Columns,
+    Run, WorkerBenchArgs,
 };
 
 /// A redis-server owned by the bench, killed on drop.
@@ -222,7 +223,7 @@ async fn bench_greenpool(
 }
 
 async fn bench_python(
-    python: &PathBuf,
+    python: &Path,
     url: &str,
     results_url: &str,
     args: &WorkerBenchArgs,
@@ -230,32 +231,9 @@ async fn bench_python(
     let mut conn = connect(&format!("{url}/0")).await?;
     let mut results = connect(results_url).await?;
     enqueue(&mut conn, args.tasks).await?;
-    let mut child = Command::new(python)
-        .args([
-            "-m", "celery", "-A", "tasks", "worker", "-P", "eventlet", "-c",
-        ])
-        .arg(args.concurrency.to_string())
-        .args([
-            "-l",
-            "warning",
-            "-n",
-            "bench@python",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ])
-        .current_dir(twin_dir()?)
-        .env("GREENPOOL_BROKER_URL", format!("{url}/0"))
-        .env("GREENPOOL_RESULT_BACKEND", results_url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the Python Celery worker")?;
+    let child = start_python_worker(python, args.concurrency, &format!("{url}/0"), results_url)?;
     let outcome = wait_results(&mut results, args.tasks, "celery eventlet").await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    stop_python_worker(child);
     outcome?;
     let (commands, top) = commandstats(&mut conn).await?;
     let elapsed = result_span(&mut results).await?;
