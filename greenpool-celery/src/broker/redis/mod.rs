@@ -359,13 +359,7 @@ impl RedisBroker {
         pipe.add_command(hset).ignore();
         pipe.cmd("SADD").arg(WORKERS).arg(&self.worker).ignore();
         self.stats.round_trip();
-        self.link
-            .call_until_done("registering the worker", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)?;
+        write_pipe(&self.link, "registering the worker", &pipe).await?;
         Ok(back)
     }
 
@@ -693,13 +687,7 @@ impl RedisBroker {
             pipe.cmd("LTRIM").arg(flight).arg(0).arg(keep_to).ignore();
         }
         self.stats.round_trip();
-        self.link
-            .call_until_done("recording a fetch", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async::<()>(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)
+        write_pipe(&self.link, "recording a fetch", &pipe).await
     }
 
     /// A fresh delivery time for [`RedisBroker::fetch`].
@@ -957,9 +945,14 @@ pub(crate) async fn bind(link: &Link, queues: &[ConsumedQueue]) -> Result<(), Br
     if queues.is_empty() {
         return Ok(());
     }
-    link.call_until_done("declaring the queues", |mut conn| {
-        let pipe = &pipe;
-        async move { pipe.query_async::<()>(&mut conn).await }
+    write_pipe(link, "declaring the queues", &pipe).await
+}
+
+/// Sends `pipe` (its replies ignored) through `link`, again after each
+/// reconnection until it went through; `what` names it in the log.
+async fn write_pipe(link: &Link, what: &str, pipe: &redis::Pipeline) -> Result<(), BrokerError> {
+    link.call_until_done(what, |mut conn| async move {
+        pipe.query_async::<()>(&mut conn).await
     })
     .await?
     .map_err(BrokerError::Redis)
