@@ -164,6 +164,31 @@ pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
 }
 
 impl Shared {
+    /// The state of a worker that has not taken a message yet: no tag
+    /// outstanding, counters at zero, a timer of its own.
+    pub(crate) fn new(
+        config: WorkerConfig,
+        registry: Arc<TaskRegistry>,
+        pool: TaskPool,
+        acks: Outbox,
+        backend: Option<ResultStore>,
+        shutdown: &ShutdownHandle,
+        control: Arc<crate::control::Node>,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            config,
+            registry,
+            pool,
+            acks,
+            backend,
+            outstanding: Mutex::new(HashSet::new()),
+            warm: shutdown.warm.clone(),
+            counters: Counters::default(),
+            timer: TaskPool::new_timer(),
+            control,
+        })
+    }
+
     pub(crate) fn ack(&self, tag: &str) {
         let removed = self
             .outstanding

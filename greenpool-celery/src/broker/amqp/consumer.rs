@@ -9,8 +9,8 @@
 //! connection that broke are dropped instead of acking an unrelated
 //! message on the next one: the broker requeued those messages itself.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use greenpool::TaskPool;
@@ -28,7 +28,7 @@ use crate::error::{BrokerError, WorkerError};
 use crate::outbox::{Outbox, ResultStore};
 use crate::registry::TaskRegistry;
 use crate::stats::RedisStats;
-use crate::worker::{refuse_oversized, Counters, Shared, ShutdownHandle, WorkerReport};
+use crate::worker::{refuse_oversized, Shared, ShutdownHandle, WorkerReport};
 
 /// Whether `url` names the rpc:// backend (or the AMQP broker itself,
 /// which Celery reads the same way).
@@ -96,18 +96,15 @@ pub(crate) async fn run(
         metrics,
     )
     .await?;
-    let shared = Arc::new(Shared {
-        config: config.clone(),
+    let shared = Shared::new(
+        config.clone(),
         registry,
-        pool: pool.clone(),
-        acks: Outbox::Amqp(Arc::clone(&outbox)),
+        pool.clone(),
+        Outbox::Amqp(Arc::clone(&outbox)),
         backend,
-        outstanding: Mutex::new(HashSet::new()),
-        warm: shutdown.warm.clone(),
-        counters: Counters::default(),
-        timer: TaskPool::new_timer(),
-        control: Arc::clone(&control),
-    });
+        &shutdown,
+        Arc::clone(&control),
+    );
     tracing::info!(
         "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
         session.label(),

@@ -3,8 +3,7 @@
 //! shared request path, sweep the visibility timeout, keep the worker's
 //! liveness key fresh, and give back what is left at shutdown.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use greenpool::TaskPool;
@@ -24,7 +23,7 @@ use crate::outbox::{Outbox, ResultStore};
 use crate::registry::TaskRegistry;
 use crate::scripts::Scripts;
 use crate::stats::RedisStats;
-use crate::worker::{refuse_oversized, Counters, Shared, ShutdownHandle, WorkerReport};
+use crate::worker::{refuse_oversized, Shared, ShutdownHandle, WorkerReport};
 
 /// Runs a worker on the Redis broker of `config` until shut down.
 pub(crate) async fn run(
@@ -96,18 +95,15 @@ pub(crate) async fn run(
         Arc::clone(&metrics),
     )
     .await?;
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        registry: Arc::clone(&registry),
-        pool: pool.clone(),
-        acks: Outbox::Redis(Arc::clone(&acks)),
-        backend: backend.clone(),
-        outstanding: Mutex::new(HashSet::new()),
-        warm: shutdown.warm.clone(),
-        counters: Counters::default(),
-        timer: TaskPool::new_timer(),
-        control: Arc::clone(&control),
-    });
+    let shared = Shared::new(
+        config.clone(),
+        Arc::clone(&registry),
+        pool.clone(),
+        Outbox::Redis(Arc::clone(&acks)),
+        backend.clone(),
+        &shutdown,
+        Arc::clone(&control),
+    );
     tracing::info!(
         "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
         config.broker_url,
