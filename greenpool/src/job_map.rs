@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::task::Waker;
 
 use tokio::sync::Notify;
@@ -208,9 +210,7 @@ impl JobMap {
     /// The shard that holds `id`, locked.
     pub(crate) fn shard(&self, id: JobId) -> MutexGuard<'_, Shard> {
         let i = (id.0 as usize) & (SHARDS - 1);
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shards[i].lock()
     }
 
     /// Applies a kill to every entry, a shard at a time; returns the wakers
@@ -218,7 +218,7 @@ impl JobMap {
     pub(crate) fn kill_all(&self, mut f: impl FnMut(&mut Slot) -> Option<Waker>) -> Vec<Waker> {
         let mut wakers = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut shard = shard.lock();
             wakers.extend(shard.values_mut().filter_map(&mut f));
         }
         wakers
@@ -226,10 +226,7 @@ impl JobMap {
 
     /// How many jobs are in the map.
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 

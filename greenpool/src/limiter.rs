@@ -28,8 +28,6 @@
 //!
 //! [`Semaphore`]: tokio::sync::Semaphore
 
-use std::sync::PoisonError;
-
 use std::sync::atomic::Ordering;
 
 use crate::error::ResizeError;
@@ -114,8 +112,16 @@ impl<P: Permits> Limiter<P> {
         &self.permits
     }
 
+    #[cfg(not(all(test, loom)))]
     fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
-        self.books.lock().unwrap_or_else(PoisonError::into_inner)
+        self.books.lock()
+    }
+
+    #[cfg(all(test, loom))]
+    fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
+        self.books
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A snapshot of limit, debt and running.
@@ -130,7 +136,10 @@ impl<P: Permits> Limiter<P> {
 
     /// Like [`Limiter::ledger`], but `None` instead of waiting for the lock.
     pub(crate) fn try_ledger(&self) -> Option<Ledger> {
+        #[cfg(all(test, loom))]
         let books = self.books.try_lock().ok()?;
+        #[cfg(not(all(test, loom)))]
+        let books = self.books.try_lock()?;
         Some(Ledger {
             limit: books.limit,
             debt: books.debt,
