@@ -37,28 +37,31 @@ use crate::pool::Inner;
 use crate::unwind::{self, CatchPanic};
 
 thread_local! {
-    /// The pool and job whose task is being polled on this thread.
-    static CURRENT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    /// The pool and job whose task is being polled on this thread; pool 0
+    /// ([`PoolId::ANONYMOUS`](crate::PoolId::ANONYMOUS), never a pool's id)
+    /// when none is.
+    static CURRENT: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 /// The job of `pool` being polled on this thread, if any: how a job that
 /// kills itself or stops its own pool is recognised.
 pub(crate) fn current_job(pool: crate::PoolId) -> Option<JobId> {
-    CURRENT
-        .with(Cell::get)
-        .and_then(|(p, j)| (p == pool.as_u64()).then_some(JobId(j)))
+    let (p, j) = CURRENT.with(Cell::get);
+    (p != 0 && p == pool.as_u64()).then_some(JobId(j))
 }
 
 /// Marks this thread as polling a job, until dropped (also on unwind).
-struct Current(Option<(u64, u64)>);
+struct Current((u64, u64));
 
 impl Current {
+    #[inline]
     fn enter(pool: crate::PoolId, job: JobId) -> Self {
-        Current(CURRENT.with(|c| c.replace(Some((pool.as_u64(), job.0)))))
+        Current(CURRENT.with(|c| c.replace((pool.as_u64(), job.0))))
     }
 }
 
 impl Drop for Current {
+    #[inline]
     fn drop(&mut self) {
         let was = self.0;
         CURRENT.with(|c| c.set(was));

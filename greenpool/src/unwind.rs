@@ -64,6 +64,7 @@ enum Code {
 }
 
 /// The one catcher: runs `f`, and returns its panic payload if it panics.
+#[inline]
 fn catch<R>(code: Code, f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
     if code == Code::Job {
         // A capture left by a panic that the job caught itself must not be
@@ -76,17 +77,20 @@ fn catch<R>(code: Code, f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>>
 }
 
 /// Runs a callback or receiver, turning a panic into [`PanicInfo`].
+#[inline]
 pub(crate) fn call<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
     catch(Code::Callback, f).map_err(|p| PanicInfo::from_payload(&*p))
 }
 
 /// Like [`call`], but keeps the payload so that it can be raised again.
+#[inline]
 pub(crate) fn call_keep<R>(f: impl FnOnce() -> R) -> Result<R, Box<dyn Any + Send>> {
     catch(Code::Callback, f)
 }
 
 /// Runs the job's own code (building or polling its future), with the
 /// capture of a job's poll.
+#[inline]
 pub(crate) fn call_in_job<R>(f: impl FnOnce() -> R) -> Result<R, PanicInfo> {
     catch(Code::Job, f).map_err(|p| captured_info(&*p))
 }
@@ -145,17 +149,26 @@ fn take_capture() -> Option<(Option<String>, Backtrace)> {
 struct InJob(u8);
 
 impl InJob {
+    #[inline]
     fn enter() -> Self {
         let was = JOB.with(Cell::get);
         if was & PENDING != 0 {
-            drop(take_capture());
+            drop_capture();
         }
         JOB.with(|j| j.set(IN_JOB));
         InJob(was & IN_JOB)
     }
 }
 
+/// Drops a capture left over by a panic that a job caught itself.
+#[cold]
+#[inline(never)]
+fn drop_capture() {
+    drop(take_capture());
+}
+
 impl Drop for InJob {
+    #[inline]
     fn drop(&mut self) {
         let was = self.0;
         JOB.with(|j| j.set((j.get() & PENDING) | was));
