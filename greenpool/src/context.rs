@@ -27,6 +27,7 @@ impl fmt::Debug for JobContext {
 }
 
 impl JobContext {
+    #[inline]
     pub(crate) fn new(id: JobId, inner: Arc<Inner>) -> Self {
         JobContext {
             id,

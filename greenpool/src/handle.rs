@@ -44,6 +44,7 @@ pub struct JobHandle<T> {
 }
 
 impl<T> JobHandle<T> {
+    #[inline]
     pub(crate) fn new(id: JobId, task: JoinHandle<Outcome<T>>, pool: PoolId) -> Self {
         JobHandle {
             id,

@@ -88,6 +88,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    #[inline]
     pub(crate) fn new() -> Self {
         Slot {
             switch: KillSwitch::new(),
@@ -112,6 +113,7 @@ impl Slot {
     }
 
     /// The killers of a job that is leaving the map.
+    #[inline]
     pub(crate) fn into_killers(self) -> Option<Arc<Killers>> {
         self.kill.and_then(|k| k.killers)
     }
@@ -161,6 +163,7 @@ pub(crate) struct IdHasher(u64);
 const TAG_BITS: u64 = 0x7F << 57;
 
 impl Hasher for IdHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
@@ -171,6 +174,7 @@ impl Hasher for IdHasher {
         }
     }
 
+    #[inline]
     fn write_u64(&mut self, n: u64) {
         let in_shard = n >> SHARDS.trailing_zeros();
         // Eight taken buckets, then a gap (no overflow: `in_shard` is
@@ -208,6 +212,7 @@ impl JobMap {
     }
 
     /// The shard that holds `id`, locked.
+    #[inline]
     pub(crate) fn shard(&self, id: JobId) -> MutexGuard<'_, Shard> {
         let i = (id.0 as usize) & (SHARDS - 1);
         self.shards[i].lock()

@@ -21,6 +21,7 @@ pub(crate) struct KillSwitch<W> {
 
 impl<W> KillSwitch<W> {
     /// A switch for a task that has not waited yet.
+    #[inline]
     pub(crate) fn new() -> Self {
         KillSwitch {
             waker: None,

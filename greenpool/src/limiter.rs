@@ -37,12 +37,14 @@ use crate::loom::sync::{AtomicUsize, Mutex};
 /// counter in the loom models.
 pub(crate) trait Permits {
     /// Returns `n` permits.
+    #[inline]
     fn add(&self, n: usize);
     /// Forgets up to `n` free permits; returns how many it forgot.
     fn forget(&self, n: usize) -> usize;
 }
 
 impl Permits for tokio::sync::Semaphore {
+    #[inline]
     fn add(&self, n: usize) {
         self.add_permits(n);
     }
@@ -108,16 +110,19 @@ impl<P: Permits> Limiter<P> {
     }
 
     /// The permit source, for acquiring.
+    #[inline]
     pub(crate) fn permits(&self) -> &P {
         &self.permits
     }
 
     #[cfg(not(all(test, loom)))]
+    #[inline]
     fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
         self.books.lock()
     }
 
     #[cfg(all(test, loom))]
+    #[inline]
     fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
         self.books
             .lock()
@@ -152,6 +157,7 @@ impl<P: Permits> Limiter<P> {
     ///
     /// No lock: between the semaphore handing out the permit and this count
     /// the permit is simply in flight (`admitting` in the invariant).
+    #[inline]
     pub(crate) fn admit(&self) {
         // SeqCst: the pool's state check after admission and `stop`'s check
         // of this count after closing must not both miss each other.
@@ -159,12 +165,14 @@ impl<P: Permits> Limiter<P> {
     }
 
     /// Jobs admitted and not yet released.
+    #[inline]
     pub(crate) fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
     }
 
     /// Gives back the slot of a job that ended: to the debt if there is one,
     /// else to the semaphore.
+    #[inline]
     pub(crate) fn release(&self) {
         let mut books = self.lock();
         let was = self.running.fetch_sub(1, Ordering::SeqCst);
@@ -344,6 +352,7 @@ mod loom_limiter {
     }
 
     impl Permits for Counter {
+        #[inline]
         fn add(&self, n: usize) {
             self.0.fetch_add(n, SeqCst);
         }

@@ -248,6 +248,7 @@ impl<A: 'static, R: 'static> Signal<A, R> {
     }
 
     /// True if a receiver may be connected (cheap; no lock).
+    #[inline]
     pub(crate) fn has_receivers(&self) -> bool {
         self.any.load(Ordering::Acquire)
     }

@@ -187,6 +187,7 @@ impl Inner {
         from
     }
 
+    #[inline]
     fn state(&self) -> PoolState {
         PoolState::from_u8(self.state.load(Ordering::SeqCst))
     }
@@ -199,6 +200,7 @@ impl Inner {
 
     /// Gives an admitted job's slot back, and wakes `stop` if it was the
     /// last one out of a closed pool.
+    #[inline]
     pub(crate) fn release_slot(&self) {
         self.limiter.release();
         // SeqCst pairs with the state store in `close`/`terminate` and the

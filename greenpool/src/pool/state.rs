@@ -26,6 +26,7 @@ pub enum PoolState {
 }
 
 impl PoolState {
+    #[inline]
     pub(super) fn from_u8(v: u8) -> Self {
         match v {
             1 => PoolState::Run,
