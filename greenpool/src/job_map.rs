@@ -9,11 +9,11 @@
 //! killers (made by the first one). A job's outcome travels in its task's
 //! own output, so there is no other per-job allocation.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 use std::task::Waker;
 
@@ -186,7 +186,80 @@ impl Hasher for IdHasher {
     }
 }
 
-type Shard = HashMap<JobId, Slot, BuildHasherDefault<IdHasher>>;
+/// Where an id's entry sits in its shard's table (see [`IdHasher`]).
+#[inline]
+fn hash(id: JobId) -> u64 {
+    let mut h = IdHasher::default();
+    h.write_u64(id.0);
+    h.finish()
+}
+
+/// One shard: a hash table of entries by id.
+///
+/// A `hashbrown` table rather than a `HashMap`: ids are unique, so an
+/// entry goes in without first looking for one with the same id.
+#[derive(Default)]
+pub(crate) struct Shard {
+    table: HashTable<(JobId, Slot)>,
+}
+
+impl Shard {
+    fn with_capacity(n: usize) -> Self {
+        Shard {
+            table: HashTable::with_capacity(n),
+        }
+    }
+
+    /// Puts in the entry of a new job. Ids are never reused, so there is no
+    /// entry for `id` yet (checked in debug builds).
+    #[inline]
+    pub(crate) fn insert(&mut self, id: JobId, slot: Slot) {
+        debug_assert!(self.get(&id).is_none(), "{id} is already in the map");
+        self.table
+            .insert_unique(hash(id), (id, slot), |(k, _)| hash(*k));
+    }
+
+    /// The entry of `id`, if it is in the map.
+    #[inline]
+    pub(crate) fn get(&self, id: &JobId) -> Option<&Slot> {
+        self.table
+            .find(hash(*id), |(k, _)| k == id)
+            .map(|(_, slot)| slot)
+    }
+
+    /// The entry of `id`, if it is in the map, to change.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Slot> {
+        self.table
+            .find_mut(hash(*id), |(k, _)| k == id)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Takes the entry of `id` out of the map.
+    #[inline]
+    pub(crate) fn remove(&mut self, id: &JobId) -> Option<Slot> {
+        match self.table.find_entry(hash(*id), |(k, _)| k == id) {
+            Ok(entry) => Some(entry.remove().0 .1),
+            Err(_) => None,
+        }
+    }
+
+    /// Every entry, to change.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.table.iter_mut().map(|(_, slot)| slot)
+    }
+
+    /// How many entries there are.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("len", &self.len()).finish()
+    }
+}
 
 /// The sharded map.
 #[derive(Debug)]
@@ -201,12 +274,7 @@ impl JobMap {
         let per_shard = limit.min(MAX_RESERVED) / SHARDS;
         JobMap {
             shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard::with_capacity_and_hasher(
-                        per_shard,
-                        Default::default(),
-                    ))
-                })
+                .map(|_| Mutex::new(Shard::with_capacity(per_shard)))
                 .collect(),
         }
     }
@@ -238,10 +306,9 @@ impl JobMap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::BuildHasher;
 
     fn hash(id: u64) -> u64 {
-        BuildHasherDefault::<IdHasher>::default().hash_one(JobId(id))
+        super::hash(JobId(id))
     }
 
     /// Ids of one shard, applied in turn, land in neighbouring buckets, with

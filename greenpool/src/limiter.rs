@@ -37,7 +37,6 @@ use crate::loom::sync::{AtomicUsize, Mutex};
 /// counter in the loom models.
 pub(crate) trait Permits {
     /// Returns `n` permits.
-    #[inline]
     fn add(&self, n: usize);
     /// Forgets up to `n` free permits; returns how many it forgot.
     fn forget(&self, n: usize) -> usize;
