@@ -113,7 +113,7 @@ impl Slot {
     }
 
     /// The killers of a job that is leaving the map.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn into_killers(self) -> Option<Arc<Killers>> {
         self.kill.and_then(|k| k.killers)
     }
