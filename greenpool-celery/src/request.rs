@@ -102,7 +102,8 @@ pub(crate) async fn handle(
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
-    let raw: Arc<str> = Arc::from(raw);
+    // Shared with the listing and the retry path (the text is not copied).
+    let raw = Arc::new(raw);
     let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag, &id, &raw) else {
         return;
     };
@@ -127,7 +128,9 @@ pub(crate) async fn handle(
     let span = crate::control::hooks::task_span(&msg, &queue);
     let (job_span, done_span) = (span.clone(), span);
     let expires = msg.headers.expires;
-    let mut msg = msg;
+    // Boxed: the job's callbacks own it, and the job is moved several
+    // times before it runs.
+    let mut msg = Box::new(msg);
     // The job owns the arguments; a copy stays only for result_extended.
     let (args, kwargs) = if shared.config.result_extended {
         (msg.args.clone(), msg.kwargs.clone())
@@ -688,7 +691,7 @@ fn follow_up(
 /// What a retry or a requeueing reject needs: the message as received,
 /// the task's limit, and the queue it came from.
 struct RetryInfo {
-    raw: Arc<str>,
+    raw: Arc<String>,
     max_retries: Option<u32>,
     queue: String,
 }

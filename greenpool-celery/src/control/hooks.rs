@@ -39,7 +39,7 @@ pub(crate) fn received(
     msg: &TaskMessage,
     tag: &str,
     id: &Arc<str>,
-    raw: &Arc<str>,
+    raw: &Arc<String>,
 ) -> Option<Listed> {
     if !still_wanted(shared, msg, tag) {
         return None;

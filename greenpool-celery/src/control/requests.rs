@@ -41,7 +41,7 @@ impl Phase {
 #[derive(Debug, Clone)]
 struct Held {
     id: Arc<str>,
-    raw: Arc<str>,
+    raw: Arc<String>,
     eta: Option<Timestamp>,
     phase: Phase,
 }
@@ -133,7 +133,7 @@ impl Requests {
     pub(crate) fn insert(
         self: &Arc<Self>,
         id: &Arc<str>,
-        raw: &Arc<str>,
+        raw: &Arc<String>,
         eta: Option<Timestamp>,
     ) -> Listed {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +247,7 @@ mod tests {
         let mut msg = TaskMessage::new("t.add", vec![json!(1), json!("x")], Map::new());
         msg.properties.delivery_info.routing_key = "q1".into();
         msg.properties.priority = Some(3);
-        let raw: Arc<str> = Arc::from(msg.encode().unwrap());
+        let raw = Arc::new(msg.encode().unwrap());
         let id: Arc<str> = Arc::from(msg.headers.id.as_str());
         let g = r.insert(&id, &raw, None);
         let reserved = r.reserved("n");
