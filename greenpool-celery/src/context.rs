@@ -1,5 +1,7 @@
 //! What a running task knows about its request.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Timestamp;
@@ -7,15 +9,15 @@ use crate::protocol::Timestamp;
 /// The request a task is running for, handed to every task function.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    pub(crate) id: String,
-    pub(crate) name: String,
+    pub(crate) id: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub(crate) retries: u32,
     pub(crate) eta: Option<Timestamp>,
     pub(crate) expires: Option<Timestamp>,
     pub(crate) parent_id: Option<String>,
     pub(crate) root_id: Option<String>,
     pub(crate) queue: String,
-    pub(crate) hostname: String,
+    pub(crate) hostname: Arc<str>,
     pub(crate) token: CancellationToken,
 }
 
@@ -30,15 +32,15 @@ impl TaskContext {
     /// ```
     pub fn local(name: &str) -> Self {
         TaskContext {
-            id: crate::uuid::uuid4(),
-            name: name.to_owned(),
+            id: Arc::from(crate::uuid::uuid4()),
+            name: Arc::from(name),
             retries: 0,
             eta: None,
             expires: None,
             parent_id: None,
             root_id: None,
             queue: String::new(),
-            hostname: String::new(),
+            hostname: Arc::from(""),
             token: CancellationToken::new(),
         }
     }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use greenpool::{Job, JobContext, Outcome, TerminateReason};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::TaskState;
@@ -67,16 +66,17 @@ pub(crate) async fn handle(
         }
     };
     let Some(tag) = tag else { return };
-    let name = msg.headers.task.clone();
-    let id = msg.headers.id.clone();
-    let shown = cut(&name, LOG_NAME_MAX).into_owned();
-    let shown_id = cut(&id, LOG_NAME_MAX).into_owned();
+    // Id and name are shared (not copied) by the context, the listing and
+    // the callbacks; log lines show them cut.
+    let id: Arc<str> = Arc::from(msg.headers.id.as_str());
+    let name: Arc<str> = Arc::from(msg.headers.task.as_str());
     let Some(task) = shared.registry.get(&name).cloned() else {
         tracing::error!(
-            "Received unregistered task of type '{shown}'. The message has been ignored and discarded."
+            "Received unregistered task of type '{}'. The message has been ignored and discarded.",
+            cut(&name, LOG_NAME_MAX)
         );
         bump(&shared.counters.failed);
-        let err = TaskError::new("NotRegistered", name.clone()).with_module("celery.exceptions");
+        let err = TaskError::new("NotRegistered", &*name).with_module("celery.exceptions");
         if !msg.headers.ignore_result {
             shared.store(&msg, TaskState::Failure, err.to_json(), None);
         }
@@ -94,11 +94,17 @@ pub(crate) async fn handle(
             return;
         }
     };
-    tracing::info!("Task {shown}[{shown_id}] received");
+    tracing::info!(
+        "Task {}[{}] received",
+        cut(&name, LOG_NAME_MAX),
+        cut(&id, LOG_NAME_MAX)
+    );
     if revoke_if_expired(&shared, &msg, &tag) {
         return;
     }
-    let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag) else {
+    // Shared with the listing and the retry path (the text is not copied).
+    let raw = Arc::new(raw);
+    let Some(listed) = crate::control::hooks::received(&shared, &msg, &tag, &id, &raw) else {
         return;
     };
     let mut permit = permit;
@@ -122,19 +128,9 @@ pub(crate) async fn handle(
     let span = crate::control::hooks::task_span(&msg, &queue);
     let (job_span, done_span) = (span.clone(), span);
     let expires = msg.headers.expires;
-    let ctx = TaskContext {
-        id: id.clone(),
-        name: name.clone(),
-        retries: msg.headers.retries,
-        eta: msg.headers.eta,
-        expires,
-        parent_id: msg.headers.parent_id.clone(),
-        root_id: msg.headers.root_id.clone(),
-        queue,
-        hostname: shared.config.hostname.clone(),
-        token: CancellationToken::new(),
-    };
-    let mut msg = msg;
+    // Boxed: the job's callbacks own it, and the job is moved several
+    // times before it runs.
+    let mut msg = Box::new(msg);
     // The job owns the arguments; a copy stays only for result_extended.
     let (args, kwargs) = if shared.config.result_extended {
         (msg.args.clone(), msg.kwargs.clone())
@@ -144,9 +140,31 @@ pub(crate) async fn handle(
             std::mem::take(&mut msg.kwargs),
         )
     };
-    let early_ack = (!acks_late).then(|| (Arc::clone(&shared), tag.clone(), permit.take()));
+    let retry = RetryInfo {
+        raw,
+        max_retries: task.options.max_retries,
+        queue: queue.clone(),
+    };
+    // The context is made when the job starts, with the job's own token.
+    let ctx = (
+        Arc::clone(&id),
+        Arc::clone(&name),
+        msg.headers.retries,
+        msg.headers.eta,
+        msg.headers.parent_id.clone(),
+        msg.headers.root_id.clone(),
+        queue,
+        Arc::clone(&shared.hostname),
+    );
+    // The tag goes to whichever side acks: the accept callback (early
+    // ack) or the outcome callback (late ack).
+    let (early_tag, late_tag) = if acks_late {
+        (None, Some(tag))
+    } else {
+        (Some(tag), None)
+    };
+    let early_ack = early_tag.map(|tag| (Arc::clone(&shared), tag, permit.take()));
     let done = Arc::clone(&shared);
-    let late_tag = tag.clone();
     let reply_to = msg.properties.reply_to.clone();
     let started_meta = (shared.config.track_started && !ignore_result).then(|| {
         let meta = shared.meta(
@@ -157,29 +175,29 @@ pub(crate) async fn handle(
         );
         (Arc::clone(&shared), meta)
     });
-    let retry = RetryInfo {
-        raw,
-        max_retries: task.options.max_retries,
-        queue: ctx.queue.clone(),
-    };
-    let started_label =
-        tracing::enabled!(tracing::Level::DEBUG).then(|| format!("{shown}[{shown_id}]"));
-    let args_repr = cut(
-        msg.headers.argsrepr.as_deref().unwrap_or_default(),
-        LOG_REPR_MAX,
-    )
-    .into_owned();
+    let debug_start = tracing::enabled!(tracing::Level::DEBUG);
     let gate = Arc::clone(&shared);
     let listed = Arc::new(listed);
     let on_start = (
         Arc::clone(&shared),
         Arc::clone(&listed),
-        name.clone(),
-        id.clone(),
+        Arc::clone(&name),
+        Arc::clone(&id),
     );
     let job = Job::new(move |jctx: JobContext| {
-        let mut ctx = ctx;
-        ctx.token = jctx.token().clone();
+        let (id, name, retries, eta, parent_id, root_id, queue, hostname) = ctx;
+        let ctx = TaskContext {
+            id,
+            name,
+            retries,
+            eta,
+            expires,
+            parent_id,
+            root_id,
+            queue,
+            hostname,
+            token: jctx.token().clone(),
+        };
         // Checked again now that the request has a slot: it may have
         // waited for one past its expiry, or been revoked meanwhile.
         let expired = expires.filter(|e| e.is_past());
@@ -197,35 +215,51 @@ pub(crate) async fn handle(
             }
         }
         .instrument(job_span)
-    })
-    .name(shown.clone())
-    .args_repr(args_repr)
-    .accept_callback(move |job_id, _| {
-        let (s, l, n, i) = on_start;
-        crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
-        if let Some(label) = started_label {
-            tracing::debug!("Task {label} started");
-        }
-        if let Some((shared, meta)) = started_meta {
-            if let Some(backend) = &shared.backend {
-                backend.store(&meta, reply_to.as_deref());
-            }
-        }
-        if let Some((shared, tag, permit)) = early_ack {
-            shared.ack(&tag);
-            drop(permit);
-        }
-    })
-    .callback(move |outcome: &Outcome<TaskOutput>| {
-        let _in_task = done_span.enter();
-        let unacked = acks_late.then_some(late_tag.as_str());
-        let settled = finish(&done, &msg, outcome, ignore_result, &retry, unacked);
-        if acks_late && !settled {
-            done.ack(&late_tag);
-        }
-        drop(permit);
-        drop(listed);
     });
+    // The job's name and arguments are only read by the pool's apply
+    // signal: made for it when it has receivers.
+    let job = if greenpool::signals::APPLY.has_receivers() {
+        job.name(cut(&name, LOG_NAME_MAX).into_owned()).args_repr(
+            cut(
+                msg.headers.argsrepr.as_deref().unwrap_or_default(),
+                LOG_REPR_MAX,
+            )
+            .into_owned(),
+        )
+    } else {
+        job
+    };
+    let job = job
+        .accept_callback(move |job_id, _| {
+            let (s, l, n, i) = on_start;
+            crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
+            if debug_start {
+                tracing::debug!(
+                    "Task {}[{}] started",
+                    cut(&n, LOG_NAME_MAX),
+                    cut(&i, LOG_NAME_MAX)
+                );
+            }
+            if let Some((shared, meta)) = started_meta {
+                if let Some(backend) = &shared.backend {
+                    backend.store(&meta, reply_to.as_deref());
+                }
+            }
+            if let Some((shared, tag, permit)) = early_ack {
+                shared.ack(&tag);
+                drop(permit);
+            }
+        })
+        .callback(move |outcome: &Outcome<TaskOutput>| {
+            let _in_task = done_span.enter();
+            let unacked = late_tag.as_deref();
+            let settled = finish(&done, &msg, outcome, ignore_result, &retry, unacked);
+            if let (Some(tag), false) = (&late_tag, settled) {
+                done.ack(tag);
+            }
+            drop(permit);
+            drop(listed);
+        });
     let (hard, soft) = limits;
     let job = match hard {
         Some(hard) => job.timeout(hard),
@@ -239,7 +273,11 @@ pub(crate) async fn handle(
     if let Err(e) = shared.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
-        tracing::debug!("Task {shown}[{shown_id}] not started: {e}");
+        tracing::debug!(
+            "Task {}[{}] not started: {e}",
+            cut(&name, LOG_NAME_MAX),
+            cut(&id, LOG_NAME_MAX)
+        );
     }
 }
 
@@ -653,7 +691,7 @@ fn follow_up(
 /// What a retry or a requeueing reject needs: the message as received,
 /// the task's limit, and the queue it came from.
 struct RetryInfo {
-    raw: String,
+    raw: Arc<String>,
     max_retries: Option<u32>,
     queue: String,
 }

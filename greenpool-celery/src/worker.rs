@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     pub(crate) timer: Timer,
     /// The node remote control and events see.
     pub(crate) control: Arc<crate::control::Node>,
+    /// The node name, shared by every task's context.
+    pub(crate) hostname: Arc<str>,
 }
 
 pub(crate) fn bump(c: &std::sync::atomic::AtomicU64) {
@@ -176,6 +178,7 @@ impl Shared {
         control: Arc<crate::control::Node>,
     ) -> Arc<Self> {
         Arc::new(Shared {
+            hostname: Arc::from(config.hostname.as_str()),
             config,
             registry,
             pool,
@@ -190,13 +193,14 @@ impl Shared {
     }
 
     pub(crate) fn ack(&self, tag: &str) {
-        let removed = self
+        // The tag held in the set goes on to the ack: no copy.
+        let held = self
             .outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(tag);
-        if removed {
-            self.acks.ack(tag.to_owned());
+            .take(tag);
+        if let Some(tag) = held {
+            self.acks.ack(tag);
         }
     }
 

@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use greenpool_celery::{
-    Client, ResultError, SendOptions, TaskContext, TaskError, TaskRegistry, TaskState, Timestamp,
-    Worker, WorkerConfig,
+    AsyncResult, Client, ResultError, SendOptions, TaskContext, TaskError, TaskRegistry, TaskState,
+    Timestamp, Worker, WorkerConfig,
 };
 use redis::Commands;
 use serde_json::{json, Map, Value};
@@ -83,6 +83,14 @@ async fn start(config: WorkerConfig) -> Running {
     let task = tokio::spawn(worker.run());
     notified.await;
     Running { stop, task }
+}
+
+/// Sends task `name` with positional `args` (the tests' only kind).
+async fn send(client: &Client, name: &str, args: Vec<Value>, options: SendOptions) -> AsyncResult {
+    client
+        .send_task(name, args, Map::new(), options)
+        .await
+        .unwrap()
 }
 
 fn config(server: &RedisServer) -> WorkerConfig {
@@ -211,25 +219,21 @@ async fn success_is_never_overwritten_and_expired_is_revoked() {
         .set("celery-task-meta-fixed", stored.to_string())
         .unwrap();
     let w = start(config(&server)).await;
-    let again = client
-        .send_task(
-            "t.fail",
-            vec![json!("x")],
-            Map::new(),
-            SendOptions::default().task_id("fixed"),
-        )
-        .await
-        .unwrap();
+    let again = send(
+        &client,
+        "t.fail",
+        vec![json!("x")],
+        SendOptions::default().task_id("fixed"),
+    )
+    .await;
     let past: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
-    let expired = client
-        .send_task(
-            "t.add",
-            vec![json!(1), json!(2)],
-            Map::new(),
-            SendOptions::default().expires(past),
-        )
-        .await
-        .unwrap();
+    let expired = send(
+        &client,
+        "t.add",
+        vec![json!(1), json!(2)],
+        SendOptions::default().expires(past),
+    )
+    .await;
     match expired.get(WAIT).await {
         Err(ResultError::Revoked(e)) => {
             assert_eq!(e.exc_type(), "TaskRevokedError");
@@ -238,15 +242,13 @@ async fn success_is_never_overwritten_and_expired_is_revoked() {
         other => panic!("{other:?}"),
     }
     // A later task on the same single queue proves the failing one ran.
-    let after = client
-        .send_task(
-            "t.add",
-            vec![json!(1), json!(2)],
-            Map::new(),
-            SendOptions::default(),
-        )
-        .await
-        .unwrap();
+    let after = send(
+        &client,
+        "t.add",
+        vec![json!(1), json!(2)],
+        SendOptions::default(),
+    )
+    .await;
     assert_eq!(after.get(WAIT).await.unwrap(), json!(3));
     w.stop.warm();
     let report = w.task.await.unwrap().unwrap();
@@ -264,15 +266,13 @@ async fn warm_shutdown_gives_back_waiting_messages() {
         .await
         .unwrap();
     // An ETA far ahead: fetched, waiting on the timer, unacked.
-    let eta = client
-        .send_task(
-            "t.add",
-            vec![json!(1), json!(1)],
-            Map::new(),
-            SendOptions::default().countdown(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
+    let eta = send(
+        &client,
+        "t.add",
+        vec![json!(1), json!(1)],
+        SendOptions::default().countdown(Duration::from_secs(3600)),
+    )
+    .await;
     let w = start(config(&server)).await;
     // Wait until the worker holds it in `unacked` (a handshake on Redis state).
     let mut conn = server.conn(0);
@@ -308,26 +308,22 @@ async fn ignore_result_and_result_expires_are_honoured() {
     let client = Client::connect(&server.url(0), Some(&server.url(1)))
         .await
         .unwrap();
-    let ignored = client
-        .send_task(
-            "t.add",
-            vec![json!(1), json!(1)],
-            Map::new(),
-            SendOptions::default().ignore_result(true),
-        )
-        .await
-        .unwrap();
+    let ignored = send(
+        &client,
+        "t.add",
+        vec![json!(1), json!(1)],
+        SendOptions::default().ignore_result(true),
+    )
+    .await;
     // One slot, one queue: the next task's result is stored after the
     // ignored one ran.
-    let kept = client
-        .send_task(
-            "t.add",
-            vec![json!(2), json!(2)],
-            Map::new(),
-            SendOptions::default(),
-        )
-        .await
-        .unwrap();
+    let kept = send(
+        &client,
+        "t.add",
+        vec![json!(2), json!(2)],
+        SendOptions::default(),
+    )
+    .await;
     assert_eq!(kept.get(WAIT).await.unwrap(), json!(4));
     w.stop.warm();
     let report = w.task.await.unwrap().unwrap();
@@ -383,19 +379,13 @@ async fn retries_come_back_until_they_succeed_or_run_out() {
     let client = Client::connect(&server.url(0), Some(&server.url(1)))
         .await
         .unwrap();
-    let flaky = client
-        .send_task("t.flaky", vec![], Map::new(), SendOptions::default())
-        .await
-        .unwrap();
+    let flaky = send(&client, "t.flaky", vec![], SendOptions::default()).await;
     assert_eq!(
         flaky.get(WAIT).await.unwrap(),
         json!(2),
         "succeeded on the 2nd retry"
     );
-    let hopeless = client
-        .send_task("t.hopeless", vec![], Map::new(), SendOptions::default())
-        .await
-        .unwrap();
+    let hopeless = send(&client, "t.hopeless", vec![], SendOptions::default()).await;
     match hopeless.get(WAIT).await {
         Err(ResultError::Failed(e)) => {
             assert_eq!(e.exc_type(), "ValueError");
@@ -438,15 +428,13 @@ async fn track_started_publishes_started_before_success() {
     let client = Client::connect(&server.url(0), Some(&server.url(1)))
         .await
         .unwrap();
-    client
-        .send_task(
-            "t.gated",
-            vec![],
-            Map::new(),
-            SendOptions::default().task_id(id),
-        )
-        .await
-        .unwrap();
+    send(
+        &client,
+        "t.gated",
+        vec![],
+        SendOptions::default().task_id(id),
+    )
+    .await;
     let mut messages = pubsub.on_message();
     use futures::StreamExt;
     let first: String = messages.next().await.unwrap().get_payload().unwrap();

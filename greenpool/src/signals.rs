@@ -247,9 +247,20 @@ impl<A: 'static, R: 'static> Signal<A, R> {
             .collect()
     }
 
-    /// True if a receiver may be connected (cheap; no lock).
+    /// True if a receiver may be connected (cheap; no lock): a sender can
+    /// skip building arguments nobody reads. A receiver connected after
+    /// this returned false does not see that send.
+    ///
+    /// ```
+    /// use greenpool::signals::Signal;
+    ///
+    /// static PING: Signal<u32> = Signal::new("ping");
+    /// assert!(!PING.has_receivers());
+    /// PING.connect(|_sender, n: &u32| assert!(*n > 0));
+    /// assert!(PING.has_receivers());
+    /// ```
     #[inline]
-    pub(crate) fn has_receivers(&self) -> bool {
+    pub fn has_receivers(&self) -> bool {
         self.any.load(Ordering::Acquire)
     }
 }

@@ -2,7 +2,7 @@
 //! registry of held requests, rate and time limits, task events. Kept
 //! here so the request path only gains one-line calls.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use greenpool::{JobId, Outcome, TerminateReason};
@@ -32,8 +32,15 @@ pub(crate) fn task_span(msg: &TaskMessage, queue: &str) -> tracing::Span {
 
 /// A request was decoded and its task is known. Discards it when its id
 /// is revoked (REVOKED stored, `task-revoked` sent, acked) and returns
-/// `None`; otherwise sends `task-received` and lists it as reserved.
-pub(crate) fn received(shared: &Shared, msg: &TaskMessage, tag: &str) -> Option<Listed> {
+/// `None`; otherwise sends `task-received` and lists it as reserved
+/// (under its id, with the envelope text `raw` it came in).
+pub(crate) fn received(
+    shared: &Shared,
+    msg: &TaskMessage,
+    tag: &str,
+    id: &Arc<str>,
+    raw: &Arc<String>,
+) -> Option<Listed> {
     if !still_wanted(shared, msg, tag) {
         return None;
     }
@@ -41,7 +48,7 @@ pub(crate) fn received(shared: &Shared, msg: &TaskMessage, tag: &str) -> Option<
     task_event(node, "task-received", &msg.headers.task, || {
         ev::received(msg)
     });
-    Some(node.requests.insert(msg))
+    Some(node.requests.insert(id, raw, msg.headers.eta))
 }
 
 /// False (after discarding it as revoked) when `msg`'s id was revoked.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use greenpool::JobId;
 use serde_json::{json, Value};
 
-use crate::protocol::{TaskMessage, Timestamp};
+use crate::protocol::{TaskMessage, Timestamp, WireEnvelope};
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,17 +33,15 @@ impl Phase {
     }
 }
 
-/// One held request: what `Request.info()` shows, and its phase.
-#[derive(Debug)]
+/// One held request: its id, its message as received, and its phase.
+///
+/// What `Request.info()` shows is read again from the message when a
+/// monitor asks (rarely), so that listing a request costs two reference
+/// counts rather than a copy of its id, name and arguments.
+#[derive(Debug, Clone)]
 struct Held {
-    id: String,
-    name: String,
-    args: Value,
-    kwargs: Value,
-    exchange: String,
-    routing_key: String,
-    priority: u8,
-    redelivered: bool,
+    id: Arc<str>,
+    raw: Arc<String>,
     eta: Option<Timestamp>,
     phase: Phase,
 }
@@ -55,21 +53,38 @@ impl Held {
             Phase::Active { job, since } => (json!(since), json!(job.as_u64()), true),
             _ => (Value::Null, Value::Null, false),
         };
+        // The message decoded when it was received, so it decodes again;
+        // should it not, the request is still shown, without arguments.
+        let msg = WireEnvelope::parse(self.raw.as_bytes())
+            .ok()
+            .and_then(|wire| TaskMessage::from_wire(wire, self.raw.as_bytes()).ok());
+        let (name, args, kwargs, delivery) = match &msg {
+            Some(m) => {
+                let info = &m.properties.delivery_info;
+                (
+                    m.headers.task.as_str(),
+                    Value::Array(m.args.clone()),
+                    Value::Object(m.kwargs.clone()),
+                    json!({
+                        "exchange": info.exchange,
+                        "routing_key": info.routing_key,
+                        "priority": m.properties.priority.unwrap_or(0),
+                        "redelivered": info.redelivered.unwrap_or(false),
+                    }),
+                )
+            }
+            None => ("", json!([]), json!({}), Value::Null),
+        };
         json!({
-            "id": self.id,
-            "name": self.name,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "type": self.name,
+            "id": &*self.id,
+            "name": name,
+            "args": args,
+            "kwargs": kwargs,
+            "type": name,
             "hostname": hostname,
             "time_start": time_start,
             "acknowledged": acknowledged,
-            "delivery_info": {
-                "exchange": self.exchange,
-                "routing_key": self.routing_key,
-                "priority": self.priority,
-                "redelivered": self.redelivered,
-            },
+            "delivery_info": delivery,
             "worker_pid": worker_pid,
         })
     }
@@ -112,20 +127,20 @@ impl Requests {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Lists `msg` as reserved until the returned guard drops.
-    pub(crate) fn insert(self: &Arc<Self>, msg: &TaskMessage) -> Listed {
+    /// Lists a request as reserved until the returned guard drops: its
+    /// task id, the envelope text it came in (read again for `info`) and
+    /// its ETA.
+    pub(crate) fn insert(
+        self: &Arc<Self>,
+        id: &Arc<str>,
+        raw: &Arc<String>,
+        eta: Option<Timestamp>,
+    ) -> Listed {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let info = &msg.properties.delivery_info;
         let held = Held {
-            id: msg.headers.id.clone(),
-            name: msg.headers.task.clone(),
-            args: Value::Array(msg.args.clone()),
-            kwargs: Value::Object(msg.kwargs.clone()),
-            exchange: info.exchange.clone(),
-            routing_key: info.routing_key.clone(),
-            priority: msg.properties.priority.unwrap_or(0),
-            redelivered: info.redelivered.unwrap_or(false),
-            eta: msg.headers.eta,
+            id: Arc::clone(id),
+            raw: Arc::clone(raw),
+            eta,
             phase: Phase::Reserved,
         };
         self.lock().insert(key, held);
@@ -135,11 +150,17 @@ impl Requests {
         }
     }
 
+    /// The requests matching `pick`, copied out of the lock (two
+    /// reference counts each): their `info` decodes the message again,
+    /// which is not done while the request path waits for the lock.
+    fn picked(&self, pick: impl Fn(&Held) -> bool) -> Vec<Held> {
+        self.lock().values().filter(|h| pick(h)).cloned().collect()
+    }
+
     /// `Request.info()` of every request in phases matching `pick`.
     fn infos(&self, hostname: &str, pick: impl Fn(Phase) -> bool) -> Vec<Value> {
-        self.lock()
-            .values()
-            .filter(|h| pick(h.phase))
+        self.picked(|h| pick(h.phase))
+            .iter()
             .map(|h| h.info(hostname))
             .collect()
     }
@@ -156,9 +177,8 @@ impl Requests {
 
     /// `inspect scheduled`: `{"eta", "priority": 6, "request"}` each.
     pub(crate) fn scheduled(&self, hostname: &str) -> Vec<Value> {
-        self.lock()
-            .values()
-            .filter(|h| h.phase == Phase::Scheduled)
+        self.picked(|h| h.phase == Phase::Scheduled)
+            .iter()
             .map(|h| {
                 json!({
                     "eta": h.eta.map(|t| t.to_string()),
@@ -171,10 +191,9 @@ impl Requests {
 
     /// `query_task`: `{id: [phase, info]}` for the held ones of `ids`.
     pub(crate) fn query(&self, hostname: &str, ids: &[String]) -> serde_json::Map<String, Value> {
-        self.lock()
-            .values()
-            .filter(|h| ids.contains(&h.id))
-            .map(|h| (h.id.clone(), json!([h.phase.name(), h.info(hostname)])))
+        self.picked(|h| ids.iter().any(|i| **i == *h.id))
+            .iter()
+            .map(|h| (h.id.to_string(), json!([h.phase.name(), h.info(hostname)])))
             .collect()
     }
 
@@ -182,7 +201,7 @@ impl Requests {
     pub(crate) fn jobs_of(&self, id: &str) -> Vec<JobId> {
         self.lock()
             .values()
-            .filter(|h| h.id == id)
+            .filter(|h| &*h.id == id)
             .filter_map(|h| match h.phase {
                 Phase::Active { job, .. } => Some(job),
                 _ => None,
@@ -192,7 +211,7 @@ impl Requests {
 
     /// Whether task `id` is held in any phase.
     pub(crate) fn holds(&self, id: &str) -> bool {
-        self.lock().values().any(|h| h.id == id)
+        self.lock().values().any(|h| &*h.id == id)
     }
 
     /// Requests running now.
@@ -225,9 +244,22 @@ mod tests {
     #[test]
     fn phases_and_guard() {
         let r = Arc::new(Requests::default());
-        let msg = TaskMessage::new("t.add", vec![json!(1)], Map::new());
-        let g = r.insert(&msg);
-        assert_eq!(r.reserved("n").len(), 1);
+        let mut msg = TaskMessage::new("t.add", vec![json!(1), json!("x")], Map::new());
+        msg.properties.delivery_info.routing_key = "q1".into();
+        msg.properties.priority = Some(3);
+        let raw = Arc::new(msg.encode().unwrap());
+        let id: Arc<str> = Arc::from(msg.headers.id.as_str());
+        let g = r.insert(&id, &raw, None);
+        let reserved = r.reserved("n");
+        assert_eq!(reserved.len(), 1);
+        // The info is read back from the message as it came in.
+        assert_eq!(reserved[0]["name"], json!("t.add"));
+        assert_eq!(reserved[0]["type"], json!("t.add"));
+        assert_eq!(reserved[0]["args"], json!([1, "x"]));
+        assert_eq!(reserved[0]["kwargs"], json!({}));
+        assert_eq!(reserved[0]["delivery_info"]["routing_key"], json!("q1"));
+        assert_eq!(reserved[0]["delivery_info"]["priority"], json!(3));
+        assert_eq!(reserved[0]["hostname"], json!("n"));
         g.set_phase(Phase::Active {
             job: JobId::from_u64(7),
             since: 1.0,

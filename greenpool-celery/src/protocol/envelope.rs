@@ -136,9 +136,13 @@ pub(crate) struct WireEnvelope {
     pub(crate) problem: Option<ProtocolError>,
 }
 
-/// The envelope borrowed from the raw entry.
+/// The envelope borrowed from the raw entry, its headers read as `H`:
+/// typed in the same pass ([`EnvelopeTyped`], the common case, tried
+/// first) or left as raw JSON ([`EnvelopeRef`], read when anything in the
+/// typed pass fails; its result is the one reported).
 #[derive(Deserialize)]
-struct EnvelopeRef<'a> {
+#[serde(bound(deserialize = "'de: 'a, H: Deserialize<'de>"))]
+struct EnvelopeOf<'a, H> {
     #[serde(borrow, default, deserialize_with = "lenient::cow_str")]
     body: Option<Cow<'a, str>>,
     #[serde(rename = "content-type", default, deserialize_with = "lenient::string")]
@@ -149,31 +153,20 @@ struct EnvelopeRef<'a> {
         deserialize_with = "lenient::string"
     )]
     content_encoding: Option<String>,
-    #[serde(borrow, default)]
-    headers: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    headers: Option<H>,
     #[serde(default, deserialize_with = "lenient::object")]
     properties: Properties,
 }
 
-/// [`EnvelopeRef`] with the headers read in the same pass: the common
-/// case, tried first. Any failure falls back to [`EnvelopeRef`], whose
-/// result is the one reported.
-#[derive(Deserialize)]
-struct EnvelopeTyped<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient::cow_str")]
-    body: Option<Cow<'a, str>>,
-    #[serde(rename = "content-type", default, deserialize_with = "lenient::string")]
-    content_type: Option<String>,
-    #[serde(
-        rename = "content-encoding",
-        default,
-        deserialize_with = "lenient::string"
-    )]
-    content_encoding: Option<String>,
-    #[serde(default)]
-    headers: Option<super::headers::TaskHeaders>,
-    #[serde(default, deserialize_with = "lenient::object")]
-    properties: Properties,
+/// Headers left as raw JSON, read on their own afterwards.
+type EnvelopeRef<'a> = EnvelopeOf<'a, &'a RawValue>;
+
+/// Headers typed in the same pass as the envelope.
+type EnvelopeTyped<'a> = EnvelopeOf<'a, super::headers::TaskHeaders>;
+
+fn none<H>() -> Option<H> {
+    None
 }
 
 impl WireEnvelope {
