@@ -20,6 +20,7 @@ use std::task::Waker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache_padded::CachePadded;
 use crate::job_id::JobId;
 use crate::kill_switch::KillSwitch;
 use crate::outcome::Termination;
@@ -264,7 +265,9 @@ impl std::fmt::Debug for Shard {
 /// The sharded map.
 #[derive(Debug)]
 pub(crate) struct JobMap {
-    shards: Box<[Mutex<Shard>]>,
+    /// Each on lines of its own: the thread applying a job and the one
+    /// ending another lock neighbouring shards at the same time.
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
 }
 
 impl JobMap {
@@ -274,7 +277,7 @@ impl JobMap {
         let per_shard = limit.min(MAX_RESERVED) / SHARDS;
         JobMap {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard::with_capacity(per_shard)))
+                .map(|_| CachePadded::new(Mutex::new(Shard::with_capacity(per_shard))))
                 .collect(),
         }
     }

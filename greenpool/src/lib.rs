@@ -71,6 +71,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod builder;
+mod cache_padded;
 mod context;
 mod error;
 mod guard;

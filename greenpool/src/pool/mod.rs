@@ -49,6 +49,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
+use crate::cache_padded::CachePadded;
 use crate::error::ResizeError;
 use crate::info::PoolInfo;
 use crate::job_map::JobMap;
@@ -134,19 +135,12 @@ pub(crate) struct EndCounters {
     pub(crate) callback_panics: AtomicU64,
 }
 
-/// Keeps its value on a cache line (pair) of its own.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct CachePadded<T>(T);
-
-impl<T> std::ops::Deref for CachePadded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 /// What every handle of one pool shares.
+///
+/// Aligned to 128 bytes, so that in its `Arc` the reference counts (which
+/// the thread applying a job and the one ending another both change, per
+/// job) sit on lines of their own, apart from the fields both read.
+#[repr(align(128))]
 pub(crate) struct Inner {
     pub(crate) id: PoolId,
     pub(crate) config: Config,
@@ -298,7 +292,7 @@ impl TaskPool {
                 next_job: AtomicU64::new(1),
                 runtime: OnceLock::new(),
                 counters: Counters::default(),
-                kill_epoch: CachePadded(AtomicU64::new(0)),
+                kill_epoch: CachePadded::new(AtomicU64::new(0)),
             }),
         };
         pools().insert(pool.inner.id.0, Arc::downgrade(&pool.inner));
