@@ -117,13 +117,13 @@ mod loom_kill {
             let killer = {
                 let slot = slot.clone();
                 thread::spawn(move || {
-                    let waker = slot.lock().unwrap().kill();
+                    let waker = slot.lock().kill();
                     if let Some(w) = waker {
                         w.wake();
                     }
                 })
             };
-            let saw_kill = slot.lock().unwrap().register(|| Counted(wakes.clone()));
+            let saw_kill = slot.lock().register(|| Counted(wakes.clone()));
             killer.join().unwrap();
             assert_eq!(saw_kill as usize + wakes.load(SeqCst), 1);
         });
@@ -143,19 +143,19 @@ mod loom_kill {
                 return false;
             }
             *seen = now;
-            slot.lock().unwrap().is_killed()
+            slot.lock().is_killed()
         }
 
         loom::model(|| {
             let wakes = Arc::new(AtomicUsize::new(0));
             let epoch = Arc::new(AtomicU64::new(0));
             let slot = Arc::new(Mutex::new(KillSwitch::<Counted>::new()));
-            assert!(!slot.lock().unwrap().register(|| Counted(wakes.clone())));
+            assert!(!slot.lock().register(|| Counted(wakes.clone())));
             let killer = {
                 let (slot, epoch) = (slot.clone(), epoch.clone());
                 thread::spawn(move || {
                     let waker = {
-                        let mut switch = slot.lock().unwrap();
+                        let mut switch = slot.lock();
                         let waker = switch.kill();
                         epoch.fetch_add(1, SeqCst);
                         waker

@@ -114,18 +114,9 @@ impl<P: Permits> Limiter<P> {
         &self.permits
     }
 
-    #[cfg(not(all(test, loom)))]
     #[inline]
     fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
         self.books.lock()
-    }
-
-    #[cfg(all(test, loom))]
-    #[inline]
-    fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
-        self.books
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A snapshot of limit, debt and running.
@@ -140,9 +131,6 @@ impl<P: Permits> Limiter<P> {
 
     /// Like [`Limiter::ledger`], but `None` instead of waiting for the lock.
     pub(crate) fn try_ledger(&self) -> Option<Ledger> {
-        #[cfg(all(test, loom))]
-        let books = self.books.try_lock().ok()?;
-        #[cfg(not(all(test, loom)))]
         let books = self.books.try_lock()?;
         Some(Ledger {
             limit: books.limit,
