@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use greenpool::JobId;
 use serde_json::{json, Value};
 
-use crate::protocol::{TaskMessage, Timestamp, WireEnvelope};
+use crate::protocol::{TaskMessage, Timestamp};
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,9 +55,7 @@ impl Held {
         };
         // The message decoded when it was received, so it decodes again;
         // should it not, the request is still shown, without arguments.
-        let msg = WireEnvelope::parse(self.raw.as_bytes())
-            .ok()
-            .and_then(|wire| TaskMessage::from_wire(wire, self.raw.as_bytes()).ok());
+        let msg = TaskMessage::decode(&self.raw).ok();
         let (name, args, kwargs, delivery) = match &msg {
             Some(m) => {
                 let info = &m.properties.delivery_info;
