@@ -175,7 +175,6 @@ pub(crate) async fn handle(
         );
         (Arc::clone(&shared), meta)
     });
-    let debug_start = tracing::enabled!(tracing::Level::DEBUG);
     let gate = Arc::clone(&shared);
     let listed = Arc::new(listed);
     let on_start = (
@@ -233,13 +232,11 @@ pub(crate) async fn handle(
         .accept_callback(move |job_id, _| {
             let (s, l, n, i) = on_start;
             crate::control::hooks::started(&s.control, &l, job_id, &n, &i);
-            if debug_start {
-                tracing::debug!(
-                    "Task {}[{}] started",
-                    cut(&n, LOG_NAME_MAX),
-                    cut(&i, LOG_NAME_MAX)
-                );
-            }
+            tracing::debug!(
+                "Task {}[{}] started",
+                cut(&n, LOG_NAME_MAX),
+                cut(&i, LOG_NAME_MAX)
+            );
             if let Some((shared, meta)) = started_meta {
                 if let Some(backend) = &shared.backend {
                     backend.store(&meta, reply_to.as_deref());
