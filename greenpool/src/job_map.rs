@@ -9,7 +9,6 @@
 //! killers (made by the first one). A job's outcome travels in its task's
 //! own output, so there is no other per-job allocation.
 
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -143,72 +142,56 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-/// Hashes ids, which are already unique integers, keeping their order.
-///
-/// hashbrown picks a key's bucket from the low bits of its hash and a
-/// one-byte tag from the top seven. The low bits here follow the id's place
-/// in its shard (`id / SHARDS`), so that jobs applied one after the other
-/// sit in neighbouring buckets: a run of applies, or of jobs first waiting
-/// or ending in turn, walks the table in order instead of touching a new
-/// cache line and page per job (which, with a million parked jobs, is most
-/// of what the map costs). One bucket in every nine is skipped: jobs
-/// mostly end in the order they came, and hashbrown must leave a tombstone
-/// for a removed key inside a run of sixteen or more taken buckets, which a
-/// gap-free run would produce at every removal (and, with them, a rehash
-/// every few dozen inserts). The top seven bits are a multiplicative mix of
-/// the id's place in its shard, so that tags still tell neighbours apart.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-/// The bits of a hash that hashbrown uses as the tag.
-const TAG_BITS: u64 = 0x7F << 57;
-
-impl Hasher for IdHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        let in_shard = n >> SHARDS.trailing_zeros();
-        // Eight taken buckets, then a gap (no overflow: `in_shard` is
-        // below 2^60).
-        let bucket = in_shard + (in_shard >> 3);
-        // Fibonacci hashing: neighbouring ids get tags spread over the
-        // whole byte, so the ids sharing a probe group rarely share one.
-        self.0 = bucket ^ (in_shard.wrapping_mul(0x9E37_79B9_7F4A_7C15) & TAG_BITS);
-    }
-}
-
-/// Where an id's entry sits in its shard's table (see [`IdHasher`]).
+/// Where an id sits in its shard: its place among the shard's ids (ids are
+/// handed out in order and dealt to the shards in turn).
 #[inline]
-fn hash(id: JobId) -> u64 {
-    let mut h = IdHasher::default();
-    h.write_u64(id.0);
-    h.finish()
+fn place(id: JobId) -> usize {
+    // Truncation on 32-bit targets only folds far-apart ids together, which
+    // the ring tells apart by the id it keeps.
+    (id.0 >> SHARDS.trailing_zeros()) as usize
 }
 
-/// One shard: a hash table of entries by id.
+/// The spill's hash: a multiplicative mix of the id's place, folded so that
+/// both the low bits (the bucket) and the top seven (the tag) vary.
+#[inline]
+fn spill_hash(id: JobId) -> u64 {
+    let h = (id.0 >> SHARDS.trailing_zeros()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+/// One shard: a ring of entries indexed by the id's place, and a spill
+/// table for the few that find their place taken.
 ///
-/// A `hashbrown` table rather than a `HashMap`: ids are unique, so an
-/// entry goes in without first looking for one with the same id.
-#[derive(Default)]
+/// Jobs mostly end in about the order they came, so the ids alive at one
+/// time form a window a little wider than the limit: with a ring as long
+/// as that window, each id has its own place (`place(id)` modulo the
+/// length), found without hashing or probing, and applying and ending a
+/// job walk the ring in order. A job that outlives a full turn of the ring
+/// keeps its place, and a newer id that comes to it goes to the spill, a
+/// hash table. When the spill holds a sixteenth of the ring while the ring
+/// is at least half full, the ring doubles and every entry is placed again.
 pub(crate) struct Shard {
-    table: HashTable<(JobId, Slot)>,
+    /// `ring[place(id) & (len - 1)]`; the length is a power of two.
+    ring: Box<[Option<(JobId, Slot)>]>,
+    /// How many entries the ring holds.
+    in_ring: usize,
+    /// Entries whose place in the ring was taken.
+    spill: HashTable<(JobId, Slot)>,
 }
 
 impl Shard {
+    /// A shard whose ring has room for a window of `n` ids.
     fn with_capacity(n: usize) -> Self {
         Shard {
-            table: HashTable::with_capacity(n),
+            ring: empty_ring(n.max(MIN_RING).next_power_of_two()),
+            in_ring: 0,
+            spill: HashTable::new(),
         }
+    }
+
+    #[inline]
+    fn index(&self, id: JobId) -> usize {
+        place(id) & (self.ring.len() - 1)
     }
 
     /// Puts in the entry of a new job. Ids are never reused, so there is no
@@ -216,30 +199,93 @@ impl Shard {
     #[inline]
     pub(crate) fn insert(&mut self, id: JobId, slot: Slot) {
         debug_assert!(self.get(&id).is_none(), "{id} is already in the map");
-        self.table
-            .insert_unique(hash(id), (id, slot), |(k, _)| hash(*k));
+        let i = self.index(id);
+        match &mut self.ring[i] {
+            place @ None => {
+                *place = Some((id, slot));
+                self.in_ring += 1;
+            }
+            Some(_) => self.insert_cold(id, slot),
+        }
+    }
+
+    /// The place of `id` was taken: grows the ring if the spill is getting
+    /// large, and puts the entry wherever it then fits.
+    #[cold]
+    #[inline(never)]
+    fn insert_cold(&mut self, id: JobId, slot: Slot) {
+        let len = self.ring.len();
+        if self.spill.len() >= len / 16 && self.len() >= len / 2 {
+            self.grow();
+            let i = self.index(id);
+            if self.ring[i].is_none() {
+                self.ring[i] = Some((id, slot));
+                self.in_ring += 1;
+                return;
+            }
+        }
+        self.spill
+            .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
+    }
+
+    /// Doubles the ring and places every entry again.
+    fn grow(&mut self) {
+        let doubled = empty_ring(self.ring.len() * 2);
+        let old = std::mem::replace(&mut self.ring, doubled);
+        let spilled = std::mem::take(&mut self.spill);
+        self.in_ring = 0;
+        for (id, slot) in old.into_vec().into_iter().flatten().chain(spilled) {
+            let i = self.index(id);
+            if self.ring[i].is_none() {
+                self.ring[i] = Some((id, slot));
+                self.in_ring += 1;
+            } else {
+                self.spill
+                    .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
+            }
+        }
     }
 
     /// The entry of `id`, if it is in the map.
     #[inline]
     pub(crate) fn get(&self, id: &JobId) -> Option<&Slot> {
-        self.table
-            .find(hash(*id), |(k, _)| k == id)
-            .map(|(_, slot)| slot)
+        match &self.ring[self.index(*id)] {
+            Some((k, slot)) if k == id => Some(slot),
+            _ if self.spill.is_empty() => None,
+            _ => self
+                .spill
+                .find(spill_hash(*id), |(k, _)| k == id)
+                .map(|(_, slot)| slot),
+        }
     }
 
     /// The entry of `id`, if it is in the map, to change.
     #[inline]
     pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Slot> {
-        self.table
-            .find_mut(hash(*id), |(k, _)| k == id)
-            .map(|(_, slot)| slot)
+        let i = self.index(*id);
+        match &mut self.ring[i] {
+            Some((k, slot)) if k == id => Some(slot),
+            _ if self.spill.is_empty() => None,
+            _ => self
+                .spill
+                .find_mut(spill_hash(*id), |(k, _)| k == id)
+                .map(|(_, slot)| slot),
+        }
     }
 
     /// Takes the entry of `id` out of the map.
     #[inline]
     pub(crate) fn remove(&mut self, id: &JobId) -> Option<Slot> {
-        match self.table.find_entry(hash(*id), |(k, _)| k == id) {
+        let i = self.index(*id);
+        let place = &mut self.ring[i];
+        if place.as_ref().is_some_and(|(k, _)| k == id) {
+            self.in_ring -= 1;
+            return place.take().map(|(_, slot)| slot);
+        }
+        if self.spill.is_empty() {
+            return None;
+        }
+        match self.spill.find_entry(spill_hash(*id), |(k, _)| k == id) {
             Ok(entry) => Some(entry.remove().0 .1),
             Err(_) => None,
         }
@@ -247,18 +293,33 @@ impl Shard {
 
     /// Every entry, to change.
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
-        self.table.iter_mut().map(|(_, slot)| slot)
+        self.ring
+            .iter_mut()
+            .flatten()
+            .chain(self.spill.iter_mut())
+            .map(|(_, slot)| slot)
     }
 
     /// How many entries there are.
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.in_ring + self.spill.len()
     }
+}
+
+/// The smallest ring a shard has.
+const MIN_RING: usize = 16;
+
+fn empty_ring(len: usize) -> Box<[Option<(JobId, Slot)>]> {
+    std::iter::repeat_with(|| None).take(len).collect()
 }
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("len", &self.len()).finish()
+        f.debug_struct("Shard")
+            .field("len", &self.len())
+            .field("ring", &self.ring.len())
+            .field("spilled", &self.spill.len())
+            .finish()
     }
 }
 
@@ -309,33 +370,12 @@ impl JobMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
 
-    fn hash(id: u64) -> u64 {
-        super::hash(JobId(id))
-    }
-
-    /// Ids of one shard, applied in turn, land in neighbouring buckets, with
-    /// a gap after every eight; their tags (the top seven bits) differ.
-    #[test]
-    fn ids_of_a_shard_keep_their_order_and_get_mixed_tags() {
-        let ids: Vec<u64> = (0..64u64).map(|k| 3 + k * SHARDS as u64).collect();
-        let low = |h: u64| h & !TAG_BITS;
-        let steps: Vec<u64> = ids
-            .windows(2)
-            .map(|pair| low(hash(pair[1])) - low(hash(pair[0])))
-            .collect();
-        assert!(steps.iter().all(|&d| d == 1 || d == 2), "{steps:?}");
-        for run in steps.windows(8) {
-            assert!(run.contains(&2), "no gap in nine buckets: {steps:?}");
-        }
-        // The largest ids hash without overflow.
-        let _ = hash(u64::MAX);
-        // Any 16 neighbours (a probe group) have 16 different tags.
-        for group in ids.windows(16) {
-            let tags: std::collections::HashSet<u64> =
-                group.iter().map(|&i| hash(i) >> 57).collect();
-            assert_eq!(tags.len(), 16, "neighbours share a tag");
-        }
+    /// The ids of shard 3, in the order they are handed out.
+    fn ids(n: u64) -> impl Iterator<Item = JobId> {
+        (0..n).map(|k| JobId(3 + k * SHARDS as u64))
     }
 
     #[test]
@@ -350,5 +390,128 @@ mod tests {
             assert!(map.shard(JobId(id)).get(&JobId(id)).is_none());
         }
         assert!(map.shard(JobId(2)).get(&JobId(2)).is_some());
+    }
+
+    /// A window of ids as long as the ring, ending in order: every entry
+    /// has its own place, nothing spills and the ring never grows.
+    #[test]
+    fn ids_ending_in_order_never_spill() {
+        let mut shard = Shard::with_capacity(64);
+        let all: Vec<JobId> = ids(10_000).collect();
+        for (k, &id) in all.iter().enumerate() {
+            if k >= 64 {
+                assert!(shard.remove(&all[k - 64]).is_some());
+            }
+            shard.insert(id, Slot::new());
+        }
+        assert_eq!(
+            (shard.ring.len(), shard.spill.len(), shard.len()),
+            (64, 0, 64)
+        );
+    }
+
+    /// A job that outlives many turns of the ring keeps its place; the ids
+    /// that come to it spill, and are found there.
+    #[test]
+    fn a_long_job_keeps_its_place_and_newer_ids_spill() {
+        let mut shard = Shard::with_capacity(16);
+        let all: Vec<JobId> = ids(1_000).collect();
+        shard.insert(all[0], Slot::new());
+        for (k, &id) in all.iter().enumerate().skip(1) {
+            shard.insert(id, Slot::new());
+            assert!(shard.get(&id).is_some());
+            if k > 1 {
+                assert!(shard.remove(&all[k - 1]).is_some());
+            }
+        }
+        assert!(shard.get(&all[0]).is_some());
+        assert_eq!(shard.ring.len(), 16, "two live entries never grow the ring");
+        assert!(shard.remove(&all[0]).is_some());
+        assert!(shard.remove(&all[999]).is_some());
+        assert_eq!(shard.len(), 0);
+    }
+
+    /// A window far wider than the ring grows it.
+    #[test]
+    fn a_wide_window_grows_the_ring() {
+        let mut shard = Shard::with_capacity(16);
+        for id in ids(1_000) {
+            shard.insert(id, Slot::new());
+        }
+        assert_eq!(shard.len(), 1_000);
+        assert!(shard.ring.len() >= 1_024, "ring of {}", shard.ring.len());
+        assert!(ids(1_000).all(|id| shard.get(&id).is_some()));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Applies the next id.
+        Insert,
+        /// Ends the live job at this position (modulo how many there are).
+        Remove(usize),
+        /// Marks the live job at this position as killed.
+        Mark(usize),
+        /// Looks up an id that ended or was never applied.
+        Miss(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => Just(Op::Insert),
+            // Mostly the oldest jobs end: the usual order.
+            3 => (0usize..4).prop_map(Op::Remove),
+            2 => any::<usize>().prop_map(Op::Remove),
+            1 => any::<usize>().prop_map(Op::Mark),
+            1 => any::<u64>().prop_map(Op::Miss),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of inserts (ids in order, as the pool hands them
+        /// out), removals in any order, and lookups agrees with a set.
+        #[test]
+        fn a_shard_agrees_with_a_set(ring in 0usize..40, ops in prop::collection::vec(op(), 1..600)) {
+            let mut shard = Shard::with_capacity(ring);
+            let mut live = BTreeSet::new();
+            let mut marked = BTreeSet::new();
+            let mut next = ids(u64::MAX >> 5);
+            for op in ops {
+                match op {
+                    Op::Insert => {
+                        let id = next.next().ok_or_else(|| TestCaseError::fail("ids ran out"))?;
+                        shard.insert(id, Slot::new());
+                        live.insert(id);
+                    }
+                    Op::Remove(k) if !live.is_empty() => {
+                        let id = *live.iter().nth(k % live.len()).ok_or_else(|| TestCaseError::fail("no id"))?;
+                        let slot = shard.remove(&id);
+                        prop_assert!(slot.is_some(), "{id} not found");
+                        prop_assert_eq!(slot.is_some_and(|s| s.switch.is_killed()), marked.remove(&id));
+                        prop_assert!(shard.get(&id).is_none());
+                        live.remove(&id);
+                    }
+                    Op::Mark(k) if !live.is_empty() => {
+                        let id = *live.iter().nth(k % live.len()).ok_or_else(|| TestCaseError::fail("no id"))?;
+                        let slot = shard.get_mut(&id);
+                        prop_assert!(slot.is_some(), "{id} not found");
+                        if let Some(slot) = slot {
+                            let _ = slot.switch.kill();
+                        }
+                        marked.insert(id);
+                    }
+                    Op::Miss(raw) => {
+                        let id = JobId(raw);
+                        prop_assert_eq!(shard.get(&id).is_some(), live.contains(&id));
+                    }
+                    Op::Remove(_) | Op::Mark(_) => {}
+                }
+                prop_assert_eq!(shard.len(), live.len());
+                prop_assert!(shard.ring.len().is_power_of_two());
+            }
+            for id in &live {
+                prop_assert_eq!(shard.get(id).map(|s| s.switch.is_killed()), Some(marked.contains(id)));
+            }
+            prop_assert_eq!(shard.values_mut().count(), live.len());
+        }
     }
 }
