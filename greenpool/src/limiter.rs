@@ -3,12 +3,11 @@
 //! A tokio [`Semaphore`] holds the free slots, so that waiting applies queue
 //! fairly and wake when a slot frees. A job takes one permit when it is
 //! admitted and `forget`s it at once; the slot is given back by
-//! [`Limiter::release`] when the job ends, which either returns the permit to
-//! the semaphore or, while the limit is in debt, keeps it to pay the debt.
+//! [`Limiter::release`] when the job ends.
 //!
 //! Shrinking cannot take permits away from jobs that are already running, so
 //! whatever `shrink` cannot forget from the semaphore is recorded as *debt*,
-//! paid off by the next jobs to finish (or by a later `grow`).
+//! paid off by the next slots to free (or by a later `grow`).
 //!
 //! # Invariants
 //!
@@ -17,14 +16,20 @@
 //!
 //! * `available + running + admitting = limit + debt`;
 //! * `free() = limit - running` (negative while the limit is in debt);
-//! * `debt > 0` only while `available = 0`: debt is created only when the
-//!   semaphore has no permit left to forget, and every permit that comes back
-//!   pays the debt before it reaches the semaphore.
+//! * a permit pays the debt, one unit, whenever it finds one: a freed slot
+//!   before it goes back to the semaphore ([`Limiter::release`]), and a
+//!   permit just taken from it before it admits a job ([`Limiter::admit`]).
+//!   So no job is admitted while the limit is in debt.
 //!
-//! The release decision and the debt update happen in one critical section
-//! (the lock on the limit and the debt). Were they apart, a permit released while `shrink`
-//! raises the debt could go back to a waiter, and the shrink would quietly
-//! fail to hold.
+//! The debt is an atomic, so that releasing and admitting take no lock; the
+//! lock orders `grow` and `shrink` only. Both sides look at the debt
+//! because neither alone sees every shrink: a slot released just as a
+//! shrink forgets the free permits and records its debt may reach the
+//! semaphore unpaid, and is then caught by whoever takes it. A taker that
+//! misses the debt too took the permit before the shrink recorded it, and
+//! is admitted before the shrink in every respect: the shrink found no
+//! permit to forget, which is also what it would have found after that
+//! admission.
 //!
 //! [`Semaphore`]: tokio::sync::Semaphore
 
@@ -64,13 +69,6 @@ pub(crate) struct Ledger {
     pub(crate) running: usize,
 }
 
-/// What the lock guards: the limit and the debt.
-#[derive(Debug)]
-struct Books {
-    limit: usize,
-    debt: usize,
-}
-
 impl Ledger {
     /// Free slots; negative while more jobs run than the limit allows.
     pub(crate) fn free(&self) -> isize {
@@ -87,9 +85,11 @@ fn to_isize(n: usize) -> isize {
 pub(crate) struct Limiter<P> {
     /// The free permits.
     permits: P,
-    /// limit and debt, changed only under this lock, which also orders
-    /// every release against grow and shrink.
-    books: Mutex<Books>,
+    /// The limit, changed only under this lock, which orders grow and
+    /// shrink.
+    limit: Mutex<usize>,
+    /// Permits owed (see the invariants).
+    debt: AtomicUsize,
     /// Jobs admitted and not yet released. Counted outside the lock so that
     /// admitting a job takes no lock; it is only ever read for reports.
     running: AtomicUsize,
@@ -102,7 +102,8 @@ impl<P: Permits> Limiter<P> {
     pub(crate) fn new(permits: P, limit: usize, max: usize) -> Self {
         Limiter {
             permits,
-            books: Mutex::new(Books { limit, debt: 0 }),
+            limit: Mutex::new(limit),
+            debt: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             max,
         }
@@ -114,41 +115,74 @@ impl<P: Permits> Limiter<P> {
         &self.permits
     }
 
-    #[inline]
-    fn lock(&self) -> crate::loom::sync::MutexGuard<'_, Books> {
-        self.books.lock()
-    }
-
     /// A snapshot of limit, debt and running.
     pub(crate) fn ledger(&self) -> Ledger {
-        let books = self.lock();
-        Ledger {
-            limit: books.limit,
-            debt: books.debt,
-            running: self.running.load(Ordering::Relaxed),
-        }
+        let limit = self.limit.lock();
+        self.ledger_at(*limit)
     }
 
     /// Like [`Limiter::ledger`], but `None` instead of waiting for the lock.
     pub(crate) fn try_ledger(&self) -> Option<Ledger> {
-        let books = self.books.try_lock()?;
-        Some(Ledger {
-            limit: books.limit,
-            debt: books.debt,
+        let limit = self.limit.try_lock()?;
+        Some(self.ledger_at(*limit))
+    }
+
+    fn ledger_at(&self, limit: usize) -> Ledger {
+        Ledger {
+            limit,
+            debt: self.debt.load(Ordering::SeqCst),
             running: self.running.load(Ordering::Relaxed),
-        })
+        }
+    }
+
+    /// Pays one unit of debt, if there is any; true if it did.
+    #[inline]
+    fn pay_debt(&self) -> bool {
+        let mut debt = self.debt.load(Ordering::SeqCst);
+        while debt > 0 {
+            match self
+                .debt
+                .compare_exchange(debt, debt - 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => debt = now,
+            }
+        }
+        false
+    }
+
+    /// Pays up to `n` units of debt; returns how many it paid.
+    fn pay_debt_up_to(&self, n: usize) -> usize {
+        let mut debt = self.debt.load(Ordering::SeqCst);
+        loop {
+            let paid = debt.min(n);
+            match self
+                .debt
+                .compare_exchange(debt, debt - paid, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return paid,
+                Err(now) => debt = now,
+            }
+        }
     }
 
     /// Counts a job whose permit was just taken from the semaphore (and
-    /// forgotten, so that only [`Limiter::release`] gives it back).
+    /// forgotten, so that only [`Limiter::release`] gives it back) — unless
+    /// the limit is in debt: then the permit pays one unit of it instead,
+    /// and the caller, told `false`, asks the semaphore for another.
     ///
     /// No lock: between the semaphore handing out the permit and this count
     /// the permit is simply in flight (`admitting` in the invariant).
     #[inline]
-    pub(crate) fn admit(&self) {
+    #[must_use = "false means the permit paid a debt and no job may start on it"]
+    pub(crate) fn admit(&self) -> bool {
+        if self.debt.load(Ordering::SeqCst) > 0 && self.pay_debt() {
+            return false;
+        }
         // SeqCst: the pool's state check after admission and `stop`'s check
         // of this count after closing must not both miss each other.
         self.running.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Jobs admitted and not yet released.
@@ -161,50 +195,46 @@ impl<P: Permits> Limiter<P> {
     /// else to the semaphore.
     #[inline]
     pub(crate) fn release(&self) {
-        let mut books = self.lock();
         let was = self.running.fetch_sub(1, Ordering::SeqCst);
         debug_assert!(was > 0, "release without a matching admit");
-        if books.debt > 0 {
-            books.debt -= 1;
-        } else {
+        if !self.pay_debt() {
             self.permits.add(1);
         }
     }
 
     /// Raises the limit by `n`, paying any debt first.
     pub(crate) fn grow(&self, n: usize) -> Result<usize, ResizeError> {
-        let mut books = self.lock();
-        let limit = books
-            .limit
-            .checked_add(n)
-            .filter(|l| *l <= self.max)
-            .ok_or(ResizeError::TooLarge {
-                by: n,
-                limit: books.limit,
-                max: self.max,
-            })?;
-        let paid = books.debt.min(n);
-        books.debt -= paid;
-        books.limit = limit;
+        let mut limit = self.limit.lock();
+        let grown =
+            limit
+                .checked_add(n)
+                .filter(|l| *l <= self.max)
+                .ok_or(ResizeError::TooLarge {
+                    by: n,
+                    limit: *limit,
+                    max: self.max,
+                })?;
+        let paid = self.pay_debt_up_to(n);
+        *limit = grown;
         if n > paid {
             self.permits.add(n - paid);
         }
-        Ok(limit)
+        Ok(grown)
     }
 
     /// Lowers the limit by `n`; running jobs are never interrupted.
     pub(crate) fn shrink(&self, n: usize) -> Result<usize, ResizeError> {
-        let mut books = self.lock();
-        if n > books.limit {
+        let mut limit = self.limit.lock();
+        if n > *limit {
             return Err(ResizeError::BelowZero {
                 by: n,
-                limit: books.limit,
+                limit: *limit,
             });
         }
         let forgotten = self.permits.forget(n);
-        books.debt += n - forgotten;
-        books.limit -= n;
-        Ok(books.limit)
+        self.debt.fetch_add(n - forgotten, Ordering::SeqCst);
+        *limit -= n;
+        Ok(*limit)
     }
 }
 
@@ -217,15 +247,16 @@ mod tests {
         Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS)
     }
 
+    /// Admits a job as the pool does: permits that pay a debt are taken
+    /// until one admits or none is left.
     fn admit(l: &Limiter<Semaphore>) -> bool {
-        match l.permits().try_acquire() {
-            Ok(p) => {
-                p.forget();
-                l.admit();
-                true
+        while let Ok(p) = l.permits().try_acquire() {
+            p.forget();
+            if l.admit() {
+                return true;
             }
-            Err(_) => false,
         }
+        false
     }
 
     fn check(l: &Limiter<Semaphore>, case: &str) {
@@ -364,20 +395,31 @@ mod loom_limiter {
     }
 
     fn admit(l: &Limiter<Counter>) -> bool {
-        if l.permits().try_take() {
-            l.admit();
-            true
-        } else {
-            false
+        while l.permits().try_take() {
+            if l.admit() {
+                return true;
+            }
         }
+        false
     }
 
+    /// The totals add up, and a job can start exactly when the limit leaves
+    /// room for one: taking permits until one admits (or none is left)
+    /// admits only while `free > 0` (that job is released again), and
+    /// leaves no debt beside a free permit.
     fn settled(l: &Limiter<Counter>) {
         let ledger = l.ledger();
         assert_eq!(
             l.permits().get() + ledger.running,
             ledger.limit + ledger.debt
         );
+        let free = ledger.free();
+        let admitted = admit(l);
+        assert_eq!(admitted, free > 0, "admission with {free} free");
+        if admitted {
+            l.release();
+        }
+        let ledger = l.ledger();
         assert!(ledger.debt == 0 || l.permits().get() == 0);
     }
 
@@ -397,15 +439,14 @@ mod loom_limiter {
             };
             a.join().unwrap();
             assert!(b.join().unwrap());
-            settled(&l);
             let ledger = l.ledger();
             assert_eq!(ledger.limit, 0);
             assert_eq!(ledger.running, 0);
-            assert_eq!(
-                l.permits().get(),
-                0,
-                "the freed slot must not be handed out"
-            );
+            // The freed slot is not handed out: it paid the debt, or it
+            // pays it when taken.
+            settled(&l);
+            assert_eq!(l.permits().get(), 0);
+            assert_eq!(l.ledger().debt, 0);
         });
     }
 

@@ -35,7 +35,7 @@ pub(crate) mod sync {
     }
 
     #[cfg(not(all(test, loom)))]
-    pub(crate) use parking_lot::{Mutex, MutexGuard};
+    pub(crate) use parking_lot::Mutex;
 
     #[cfg(all(test, loom))]
     pub(crate) use loom::sync::atomic::AtomicUsize;

@@ -54,20 +54,29 @@ impl TaskPool {
         if !self.inner.config.putlocks {
             return self.try_apply_async(job);
         }
-        // A free slot needs no waiting, and no waiting count.
-        if let Ok(permit) = self.inner.limiter.permits().try_acquire() {
-            return self.admit(permit, job);
-        }
-        let acquired = {
-            let _waiting = Waiting::enter(&self.inner.counters.waiting);
-            self.inner.limiter.permits().acquire().await
-        };
-        match acquired {
-            Ok(permit) => self.admit(permit, job),
-            Err(_) => Err(ApplyError::NotRunning {
-                state: self.inner.state(),
-                job: job.into_job(),
-            }),
+        loop {
+            // A free slot needs no waiting, and no waiting count.
+            let permit = match self.inner.limiter.permits().try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let acquired = {
+                        let _waiting = Waiting::enter(&self.inner.counters.waiting);
+                        self.inner.limiter.permits().acquire().await
+                    };
+                    match acquired {
+                        Ok(permit) => permit,
+                        Err(_) => {
+                            return Err(ApplyError::NotRunning {
+                                state: self.inner.state(),
+                                job: job.into_job(),
+                            })
+                        }
+                    }
+                }
+            };
+            if self.take_slot(permit) {
+                return self.admit(job);
+            }
         }
     }
 
@@ -121,28 +130,43 @@ impl TaskPool {
                 job: job.into_job(),
             });
         }
-        match self.inner.limiter.permits().try_acquire() {
-            Ok(permit) => self.admit(permit, job),
-            Err(TryAcquireError::NoPermits) => Err(ApplyError::Full(job.into_job())),
-            Err(TryAcquireError::Closed) => Err(ApplyError::NotRunning {
-                state: self.inner.state(),
-                job: job.into_job(),
-            }),
+        loop {
+            match self.inner.limiter.permits().try_acquire() {
+                Ok(permit) => {
+                    if self.take_slot(permit) {
+                        return self.admit(job);
+                    }
+                }
+                Err(TryAcquireError::NoPermits) => return Err(ApplyError::Full(job.into_job())),
+                Err(TryAcquireError::Closed) => {
+                    return Err(ApplyError::NotRunning {
+                        state: self.inner.state(),
+                        job: job.into_job(),
+                    })
+                }
+            }
         }
     }
 
-    /// Admits a job on the permit it was given and spawns it.
+    /// Makes a permit taken from the semaphore a job's slot; false when it
+    /// paid a debt left by a shrink instead, and the caller must take
+    /// another (see `limiter.rs`).
+    #[inline]
+    fn take_slot(&self, permit: SemaphorePermit<'_>) -> bool {
+        // The slot now belongs to the job until `release_slot`.
+        permit.forget();
+        self.inner.limiter.admit()
+    }
+
+    /// Admits a job on the slot it was given and spawns it.
     #[allow(clippy::result_large_err)]
     #[inline]
-    fn admit<T, J>(&self, permit: SemaphorePermit<'_>, job: J) -> Applied<T>
+    fn admit<T, J>(&self, job: J) -> Applied<T>
     where
         T: Send + 'static,
         J: IntoJob<T>,
     {
         let inner = &self.inner;
-        // The slot now belongs to the job until `release_slot`.
-        permit.forget();
-        inner.limiter.admit();
         let Some(runtime) = inner.runtime.get() else {
             inner.release_slot();
             return Err(ApplyError::NotRunning {

@@ -94,7 +94,10 @@ impl Pool {
         if self.state.load(SeqCst) != RUN || !self.limiter.permits().try_take() {
             return false;
         }
-        self.limiter.admit();
+        if !self.limiter.admit() {
+            // The permit paid a debt (none here: the model never shrinks).
+            return false;
+        }
         let cell = Arc::new(Cell::default());
         *self.map.lock().unwrap() = Some(cell.clone());
         fence(SeqCst);
