@@ -232,9 +232,23 @@ where
                         debug_assert!(false, "a job starts once");
                         return Poll::Ready(end(this.stage, this.guard, None));
                     };
-                    let ctx = JobContext::new(guard.id, Arc::clone(&guard.inner));
                     match limits.take() {
                         Some(limits) => {
+                            // The soft limit cancels the job's token: found
+                            // now, under the shard lock, rather than through
+                            // the pool registry.
+                            let token = guard
+                                .inner
+                                .jobs
+                                .shard(guard.id)
+                                .get_mut(&guard.id)
+                                .map(|slot| slot.token());
+                            let ctx = match token {
+                                Some(token) => {
+                                    JobContext::with_token(guard.id, guard.inner.id, token)
+                                }
+                                None => JobContext::new(guard.id, guard.inner.id),
+                            };
                             let fut: LimitedJob<T> = Box::pin(run_limited(target, ctx, *limits));
                             this.stage.set(Stage::Limited { fut });
                             continue;
@@ -245,6 +259,7 @@ where
                         // polling leaves the future stored: either way
                         // `end` drops what there is before the guard runs.
                         None => {
+                            let ctx = JobContext::new(guard.id, guard.inner.id);
                             let mut stage = this.stage.as_mut();
                             let cx = &mut *cx;
                             match unwind::call_in_job(move || {

@@ -309,6 +309,18 @@ impl TaskPool {
             .map(|inner| TaskPool { inner })
     }
 
+    /// The cancellation token of a job in the map, made on first use.
+    pub(crate) fn job_token(
+        &self,
+        id: crate::JobId,
+    ) -> Option<tokio_util::sync::CancellationToken> {
+        self.inner
+            .jobs
+            .shard(id)
+            .get_mut(&id)
+            .map(|slot| slot.token())
+    }
+
     /// This pool's id, the sender of its signals.
     pub fn id(&self) -> PoolId {
         self.inner.id
