@@ -145,8 +145,9 @@ pub(crate) struct Inner {
     pub(crate) id: PoolId,
     pub(crate) config: Config,
     /// The free slots; closed when the pool closes, so that waiting applies
-    /// give their jobs back at once.
-    limiter: Limiter<Semaphore>,
+    /// give their jobs back at once. Written per job by the applying and
+    /// the ending side: lines of its own, apart from the fields both read.
+    limiter: CachePadded<Limiter<Semaphore>>,
     /// JobId -> kill switch and shared cell.
     pub(crate) jobs: JobMap,
     /// The lifecycle state; see the invariants for its ordering.
@@ -155,8 +156,9 @@ pub(crate) struct Inner {
     lifecycle: std::sync::Mutex<()>,
     /// Woken when the last job ends after the pool left `Run`.
     drained: tokio::sync::Notify,
-    /// Next job id; ids start at 1 and are never reused.
-    next_job: AtomicU64,
+    /// Next job id; ids start at 1 and are never reused. Written per job by
+    /// the applying side: a line of its own.
+    next_job: CachePadded<AtomicU64>,
     /// The runtime jobs are spawned on, set by `start`.
     runtime: OnceLock<Handle>,
     pub(crate) counters: Counters,
@@ -283,13 +285,17 @@ impl TaskPool {
         let pool = TaskPool {
             inner: Arc::new(Inner {
                 id: PoolId(NEXT_POOL.fetch_add(1, Ordering::Relaxed)),
-                limiter: Limiter::new(Semaphore::new(limit), limit, Semaphore::MAX_PERMITS),
+                limiter: CachePadded::new(Limiter::new(
+                    Semaphore::new(limit),
+                    limit,
+                    Semaphore::MAX_PERMITS,
+                )),
                 config,
                 jobs: JobMap::new(limit),
                 state: AtomicU8::new(PoolState::NotStarted as u8),
                 lifecycle: std::sync::Mutex::new(()),
                 drained: tokio::sync::Notify::new(),
-                next_job: AtomicU64::new(1),
+                next_job: CachePadded::new(AtomicU64::new(1)),
                 runtime: OnceLock::new(),
                 counters: Counters::default(),
                 kill_epoch: CachePadded::new(AtomicU64::new(0)),
