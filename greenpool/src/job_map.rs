@@ -169,10 +169,14 @@ fn spill_hash(id: JobId) -> u64 {
 /// job walk the ring in order. A job that outlives a full turn of the ring
 /// keeps its place, and a newer id that comes to it goes to the spill, a
 /// hash table. When the spill holds a sixteenth of the ring while the ring
-/// is at least half full, the ring doubles and every entry is placed again.
+/// is at least half full, the ring doubles: each entry stays or moves half
+/// the new length on, and the spilled ones are placed again.
+///
+/// The room a shard reserves (see [`JobMap::new`]) is allocated up front
+/// but written, and so made resident, only as the ring grows into it.
 pub(crate) struct Shard {
     /// `ring[place(id) & (len - 1)]`; the length is a power of two.
-    ring: Box<[Option<(JobId, Slot)>]>,
+    ring: Vec<Option<(JobId, Slot)>>,
     /// How many entries the ring holds.
     in_ring: usize,
     /// Entries whose place in the ring was taken.
@@ -180,10 +184,13 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// A shard whose ring has room for a window of `n` ids.
+    /// A shard with room reserved for a window of `n` ids.
     fn with_capacity(n: usize) -> Self {
+        let reserved = n.max(MIN_RING).next_power_of_two();
+        let mut ring = Vec::with_capacity(reserved);
+        ring.resize_with(reserved.min(FIRST_RING), || None);
         Shard {
-            ring: empty_ring(n.max(MIN_RING).next_power_of_two()),
+            ring,
             in_ring: 0,
             spill: HashTable::new(),
         }
@@ -228,13 +235,22 @@ impl Shard {
             .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
     }
 
-    /// Doubles the ring and places every entry again.
+    /// Doubles the ring, within the room reserved if it can.
     fn grow(&mut self) {
-        let doubled = empty_ring(self.ring.len() * 2);
-        let old = std::mem::replace(&mut self.ring, doubled);
-        let spilled = std::mem::take(&mut self.spill);
-        self.in_ring = 0;
-        for (id, slot) in old.into_vec().into_iter().flatten().chain(spilled) {
+        let half = self.ring.len();
+        self.ring.resize_with(half * 2, || None);
+        // In the doubled ring an entry's place is where it was, or `half`
+        // further on (which is free): one more bit of its place counts.
+        for i in 0..half {
+            if self.ring[i]
+                .as_ref()
+                .is_some_and(|(id, _)| place(*id) & half != 0)
+            {
+                let entry = self.ring[i].take();
+                self.ring[i + half] = entry;
+            }
+        }
+        for (id, slot) in std::mem::take(&mut self.spill) {
             let i = self.index(id);
             if self.ring[i].is_none() {
                 self.ring[i] = Some((id, slot));
@@ -309,9 +325,9 @@ impl Shard {
 /// The smallest ring a shard has.
 const MIN_RING: usize = 16;
 
-fn empty_ring(len: usize) -> Box<[Option<(JobId, Slot)>]> {
-    std::iter::repeat_with(|| None).take(len).collect()
-}
+/// The longest ring a new shard starts with; it grows into the rest of the
+/// room reserved.
+const FIRST_RING: usize = 256;
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -333,7 +349,7 @@ pub(crate) struct JobMap {
 
 impl JobMap {
     /// A map with room for `limit` jobs reserved (up to a cap), so that a
-    /// pool with a large limit does not rehash its shards as it fills.
+    /// pool with a large limit does not move its rings as they grow.
     pub(crate) fn new(limit: usize) -> Self {
         let per_shard = limit.min(MAX_RESERVED) / SHARDS;
         JobMap {
@@ -440,7 +456,27 @@ mod tests {
         }
         assert_eq!(shard.len(), 1_000);
         assert!(shard.ring.len() >= 1_024, "ring of {}", shard.ring.len());
+        assert!(shard.spill.len() <= shard.ring.len() / 16);
         assert!(ids(1_000).all(|id| shard.get(&id).is_some()));
+    }
+
+    /// A large reservation starts short and grows into its room without
+    /// moving: a window as wide as the room ends in one place per id.
+    #[test]
+    fn a_shard_grows_into_the_room_it_reserved() {
+        let mut shard = Shard::with_capacity(1 << 14);
+        assert_eq!(shard.ring.len(), FIRST_RING);
+        let room = shard.ring.as_ptr();
+        for id in ids(1 << 14) {
+            shard.insert(id, Slot::new());
+        }
+        assert_eq!(shard.ring.len(), 1 << 14);
+        assert_eq!(shard.ring.as_ptr(), room, "the ring moved");
+        assert!(ids(1 << 14).all(|id| shard.get(&id).is_some()));
+        for id in ids(1 << 14) {
+            assert!(shard.remove(&id).is_some());
+        }
+        assert_eq!((shard.len(), shard.in_ring), (0, 0));
     }
 
     #[derive(Debug, Clone)]
