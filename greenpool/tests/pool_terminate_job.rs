@@ -233,3 +233,53 @@ fn kill_signals_map_to_and_from_numbers() {
     assert_eq!(KillSignal::from(1), KillSignal::Other(1));
     assert!(KillSignal::Term.is_graceful() && !KillSignal::Kill.is_graceful());
 }
+
+/// Jobs that outlive many turns of the job map's rings keep their places,
+/// and the newer jobs that come to those places are kept aside: every
+/// parked job, old or new, is still found and killed by id, and the map
+/// ends empty.
+#[tokio::test]
+async fn kills_find_jobs_whose_place_an_older_job_holds() {
+    let p = pool(100_000);
+    let gate = Gate::new();
+    let drops = DropCounter::default();
+    let mut parked_ids = Vec::new();
+    for _ in 0..3 {
+        // Parked jobs, then enough short ones (a few alive at a time, so
+        // that the rings need not grow) to wind every ring round several
+        // times; the next parked ones land on taken places.
+        for _ in 0..500 {
+            let token = drops.token();
+            let gate = gate.clone();
+            let h = p
+                .apply_async(job(async move {
+                    let _token = token;
+                    gate.wait().await;
+                }))
+                .await
+                .unwrap();
+            parked_ids.push(h.id());
+        }
+        for _ in 0..20_000 / 16 {
+            let mut quick = Vec::new();
+            for _ in 0..16 {
+                quick.push(p.apply_async(job(async {})).await.unwrap());
+            }
+            for h in quick {
+                assert!(h.await.is_completed());
+            }
+        }
+    }
+    assert_eq!(p.job_count(), 1_500);
+    for id in &parked_ids {
+        assert_eq!(
+            p.terminate_job(*id, Some(KillSignal::Kill)).await,
+            KillResult::Killed,
+            "{id}"
+        );
+    }
+    assert_eq!(drops.get(), 1_500);
+    assert_eq!(p.job_count(), 0);
+    assert_eq!(p.info().terminated, 1_500);
+    assert_eq!(p.free(), 100_000);
+}
