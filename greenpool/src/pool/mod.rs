@@ -29,8 +29,8 @@
 //!   guard gives its slot back as its last step, and the last one to do so
 //!   after the pool has closed wakes `stop`. (The slot count doubles as the
 //!   count of jobs in flight, so no separate tracker is kept per job.)
-//! * The limiter's own invariants are in `limiter.rs`; `free = limit -
-//!   running` holds at every lock boundary.
+//! * The limiter's own invariants are in `limiter.rs`; `free` is `limit -
+//!   running`, negative while a shrink's debt is still being paid.
 
 mod apply;
 mod killing;
