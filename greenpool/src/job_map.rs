@@ -224,15 +224,21 @@ impl Shard {
         let len = self.ring.len();
         if self.spill.len() >= len / 16 && self.len() >= len / 2 {
             self.grow();
-            let i = self.index(id);
-            if self.ring[i].is_none() {
-                self.ring[i] = Some((id, slot));
-                self.in_ring += 1;
-                return;
-            }
         }
-        self.spill
-            .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
+        self.place_or_spill(id, slot);
+    }
+
+    /// Puts an entry in its place in the ring if that is free, else in the
+    /// spill.
+    fn place_or_spill(&mut self, id: JobId, slot: Slot) {
+        let i = self.index(id);
+        if self.ring[i].is_none() {
+            self.ring[i] = Some((id, slot));
+            self.in_ring += 1;
+        } else {
+            self.spill
+                .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
+        }
     }
 
     /// Doubles the ring, within the room reserved if it can.
@@ -251,14 +257,7 @@ impl Shard {
             }
         }
         for (id, slot) in std::mem::take(&mut self.spill) {
-            let i = self.index(id);
-            if self.ring[i].is_none() {
-                self.ring[i] = Some((id, slot));
-                self.in_ring += 1;
-            } else {
-                self.spill
-                    .insert_unique(spill_hash(id), (id, slot), |(k, _)| spill_hash(*k));
-            }
+            self.place_or_spill(id, slot);
         }
     }
 

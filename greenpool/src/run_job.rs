@@ -237,13 +237,7 @@ where
                             // The soft limit cancels the job's token: found
                             // now, under the shard lock, rather than through
                             // the pool registry.
-                            let token = guard
-                                .inner
-                                .jobs
-                                .shard(guard.id)
-                                .get_mut(&guard.id)
-                                .map(|slot| slot.token());
-                            let ctx = match token {
+                            let ctx = match guard.inner.job_token(guard.id) {
                                 Some(token) => {
                                     JobContext::with_token(guard.id, guard.inner.id, token)
                                 }

@@ -188,6 +188,14 @@ impl Inner {
         PoolState::from_u8(self.state.load(Ordering::SeqCst))
     }
 
+    /// The cancellation token of a job in the map, made on first use.
+    pub(crate) fn job_token(
+        &self,
+        id: crate::JobId,
+    ) -> Option<tokio_util::sync::CancellationToken> {
+        self.jobs.shard(id).get_mut(&id).map(|slot| slot.token())
+    }
+
     /// Moves the kill epoch; called after a kill is marked and before the
     /// job's task is woken.
     pub(crate) fn bump_kill_epoch(&self) {
@@ -320,11 +328,7 @@ impl TaskPool {
         &self,
         id: crate::JobId,
     ) -> Option<tokio_util::sync::CancellationToken> {
-        self.inner
-            .jobs
-            .shard(id)
-            .get_mut(&id)
-            .map(|slot| slot.token())
+        self.inner.job_token(id)
     }
 
     /// This pool's id, the sender of its signals.
