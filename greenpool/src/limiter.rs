@@ -138,23 +138,15 @@ impl<P: Permits> Limiter<P> {
     /// Pays one unit of debt, if there is any; true if it did.
     #[inline]
     fn pay_debt(&self) -> bool {
-        let mut debt = self.debt.load(Ordering::SeqCst);
-        while debt > 0 {
-            match self
-                .debt
-                .compare_exchange(debt, debt - 1, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return true,
-                Err(now) => debt = now,
-            }
-        }
-        false
+        self.pay_debt_up_to(1) == 1
     }
 
-    /// Pays up to `n` units of debt; returns how many it paid.
+    /// Pays up to `n` units of debt; returns how many it paid. No write
+    /// when there is no debt (the usual case, on every release).
+    #[inline]
     fn pay_debt_up_to(&self, n: usize) -> usize {
         let mut debt = self.debt.load(Ordering::SeqCst);
-        loop {
+        while debt > 0 {
             let paid = debt.min(n);
             match self
                 .debt
@@ -164,6 +156,7 @@ impl<P: Permits> Limiter<P> {
                 Err(now) => debt = now,
             }
         }
+        0
     }
 
     /// Counts a job whose permit was just taken from the semaphore (and
