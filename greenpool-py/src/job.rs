@@ -449,7 +449,7 @@ impl PyJob {
     /// Waits until `ready()`, or `timeout` seconds; returns `ready()`.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
-        let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        let t = crate::seconds::timeout(timeout);
         let job = Arc::clone(&self.job);
         py.detach(move || job.wait_reported(t))
     }

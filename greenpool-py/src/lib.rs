@@ -40,6 +40,7 @@ mod error;
 mod hooks;
 mod job;
 mod pool;
+mod seconds;
 mod threads;
 mod timer;
 

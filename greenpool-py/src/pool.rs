@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::core::{Core, KillEnd, Shared};
 use crate::hooks::Hooks;
 use crate::job::{Calls, JobShared, KillHow, PyJob, Stats};
+use crate::seconds;
 use crate::threads::Threads;
 
 /// SIGUSR1: raises `SoftTimeLimitExceeded` in the task, as the prefork pool does.
@@ -76,11 +77,6 @@ pub(crate) struct Pool {
     inner: Arc<PoolInner>,
 }
 
-fn secs(v: Option<f64>) -> Option<Duration> {
-    v.filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-}
-
 #[pymethods]
 impl Pool {
     #[new]
@@ -93,7 +89,7 @@ impl Pool {
     ) -> PyResult<Self> {
         let hooks = Arc::new(Hooks::new(hooks)?);
         let stats = Arc::new(Stats::default());
-        let idle = secs(Some(idle_timeout)).unwrap_or(Duration::from_secs(30));
+        let idle = seconds::limit(Some(idle_timeout)).unwrap_or(Duration::from_secs(30));
         let threads = Threads::new(
             Arc::clone(&hooks),
             Arc::clone(&stats),
@@ -150,7 +146,11 @@ impl Pool {
             accept_callback: accept_callback.filter(|c| !c.is_none(py)),
             timeout_callback: timeout_callback.filter(|c| !c.is_none(py)),
         };
-        let job = Arc::new(JobShared::new(calls, secs(soft_timeout), secs(timeout)));
+        let job = Arc::new(JobShared::new(
+            calls,
+            seconds::limit(soft_timeout),
+            seconds::limit(timeout),
+        ));
         if let Err(e) = self.inner.core.submit(Arc::clone(&job)) {
             job.mark_dropped();
             return Err(e.into());

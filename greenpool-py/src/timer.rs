@@ -47,13 +47,7 @@ fn now_timestamp() -> f64 {
 
 /// A delay in seconds, clamped at zero; NaN or infinite is an error.
 fn delay(secs: f64) -> PyResult<Duration> {
-    if !secs.is_finite() {
-        return Err(PyValueError::new_err(format!(
-            "a delay must be a finite number of seconds, got {secs}"
-        )));
-    }
-    Duration::try_from_secs_f64(secs.max(0.0))
-        .map_err(|e| PyValueError::new_err(format!("delay of {secs} s: {e}")))
+    crate::seconds::delay(secs).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// An eta (a `time.time()` timestamp or a datetime) as a delay from now.

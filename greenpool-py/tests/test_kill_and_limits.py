@@ -298,3 +298,14 @@ def test_stop_in_a_worker_leaves_queued_jobs_unstarted():
     assert first.calls == [("released",)]
     assert ran.calls == [] and out.calls == []
     assert all(q.ready() for q in queued)
+
+
+def test_seconds_that_cannot_be_durations_never_panic(pool):
+    """Limits and timeouts too large, infinite or NaN go through one checked
+    helper: no limit (or wait for ever), never a panic in the pool."""
+    out = Recorder()
+    for limit in (1e20, float("inf"), float("nan"), 1e300, -1.0):
+        h = pool.apply_async(lambda: "ok", callback=out, timeout=limit, soft_timeout=limit)
+        assert h.wait(float("inf"))
+        assert h.wait(1e300) and h.wait(float("nan")) and h.wait(-1)
+    assert out.calls == [("ok",)] * 5

@@ -230,3 +230,20 @@ def test_warm_shutdown_loses_nothing(app, redis_url):
         assert [r.get(timeout=WAIT) for r in rs] == [0.3] * 20
     finally:
         assert w2.stop() == 0, w2.output()
+
+
+def test_absurd_time_limits_never_crash_the_worker(app, worker):
+    """A message's limits are hostile input. Values that cannot be a
+    duration (1e20 s, infinite, NaN, an integer beyond a float) mean no
+    limit, as in the core; one that is not a number fails that task with
+    the reason. The worker keeps serving throughout."""
+    absurd = [(1e20, None), (None, 1e20), (1e300, 1e300), (float("inf"), None),
+              (None, float("nan")), (10 ** 400, None), (-5, -5)]
+    for hard, soft in absurd:
+        res = app.add.apply_async((1, 2), time_limit=hard, soft_time_limit=soft)
+        assert res.get(timeout=WAIT) == 3, (hard, soft)
+    res = app.add.apply_async((1, 2), time_limit="soon")
+    with pytest.raises(ValueError, match="not a number"):
+        res.get(timeout=WAIT)
+    assert worker.proc.poll() is None, worker.output()
+    assert app.add.delay(2, 2).get(timeout=WAIT) == 4

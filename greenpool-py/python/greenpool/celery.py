@@ -148,6 +148,27 @@ def _signum(signal):
     return _signals.signum(signal)
 
 
+def _seconds(value, what):
+    """A time limit as float seconds, or None (no limit). Raises ValueError
+    when it is not a number; an integer too large for a float is no limit.
+    Infinite, NaN, zero, negative and too-large values are no limit too:
+    the native pool turns every seconds value into a duration through one
+    checked helper."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} is not a number of seconds")
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _raise(exc):
+    """The target of a task whose message cannot be run as sent."""
+    raise exc
+
+
 def _env_number(name, default, cast):
     raw = os.environ.get(name)
     if not raw:
@@ -228,7 +249,13 @@ class TaskPool(BasePool):
                  timeout_callback=None, soft_timeout=None, timeout=None, **_):
         if pool_apply.receivers:
             pool_apply.send(sender=self, target=target, args=args, kwargs=kwargs)
-        timeout, soft_timeout = self._time_limits(args, timeout, soft_timeout)
+        try:
+            timeout, soft_timeout = self._time_limits(args, timeout, soft_timeout)
+        except ValueError as exc:
+            # A limit that is not a number fails the task, with the reason,
+            # through the pool's ordinary path (accepted, then FAILURE).
+            target, args, kwargs = _raise, (exc,), None
+            timeout = soft_timeout = None
         return self._pool.apply(
             target,
             args,
@@ -242,8 +269,10 @@ class TaskPool(BasePool):
         )
 
     def _time_limits(self, args, timeout, soft_timeout):
-        """The limits of one task: the message's, else the task's *current*
-        ones, else the worker's (task_time_limit, task_soft_time_limit).
+        """The limits of one task in seconds: the message's, else the task's
+        *current* ones, else the worker's (task_time_limit,
+        task_soft_time_limit). Raises ValueError for a limit that is not a
+        number; a limit too far away to be waited for is no limit.
 
         Celery's worker passes the task's limits as they were when the
         worker started, so that ``celery control time_limit`` would not
@@ -255,11 +284,14 @@ class TaskPool(BasePool):
             task = app.tasks.get(args[0])
             if task is not None:
                 limits = args[2].get("timelimit") or (None, None)
+                if not isinstance(limits, (list, tuple)):
+                    raise ValueError(
+                        f"the message's timelimit {limits!r} is not a [hard, soft] pair")
                 hard, soft = (tuple(limits) + (None, None))[:2]
                 timeout = hard or task.time_limit
                 soft_timeout = soft or task.soft_time_limit
-        return (timeout or self._default_timeout,
-                soft_timeout or self._default_soft_timeout)
+        return (_seconds(timeout or self._default_timeout, "time limit"),
+                _seconds(soft_timeout or self._default_soft_timeout, "soft time limit"))
 
     # ----- resizing and killing ----------------------------------------------
 
