@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
 use crate::hooks::Hooks;
-use crate::job::{JobShared, KillHow, Stats};
-use crate::threads::{Threads, WorkItem};
+use crate::job::{JobShared, KillHow, Stats, WorkItem};
+use crate::loops::Loops;
+use crate::threads::Threads;
 
 /// SIGKILL: what a kill without a signal reports.
 const SIGKILL: i32 = 9;
@@ -26,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) threads: Threads,
+    /// The event loops of coroutine jobs.
+    pub(crate) loops: Loops,
     /// Admitted jobs by pid, for `terminate_job`.
     pub(crate) jobs: Mutex<HashMap<u64, Arc<JobShared>>>,
 }
@@ -312,7 +315,7 @@ async fn apply_one(
     let run = {
         let shared = Arc::clone(shared);
         let job = Arc::clone(&job);
-        move |ctx: JobContext| run_on_thread(shared, job, ctx.id().as_u64())
+        move |ctx: JobContext| run_job(shared, job, ctx.id().as_u64())
     };
     let mut core = Job::new(run).name("python-task").callback(on_end);
     if let Some(hard) = job.hard {
@@ -346,16 +349,22 @@ async fn apply_one(
     }
 }
 
-/// The core job's future: hands the task to a thread and waits (without
-/// any thread waiting) until the thread is done with it.
-async fn run_on_thread(shared: Arc<Shared>, job: Arc<JobShared>, pid: u64) {
+/// The core job's future: hands the task to its runner (a thread, or an
+/// event loop for a coroutine) and waits (without any thread waiting) until
+/// the runner is done with it.
+async fn run_job(shared: Arc<Shared>, job: Arc<JobShared>, pid: u64) {
     job.set_pid(pid);
     shared.jobs().insert(pid, Arc::clone(&job));
     if job.is_killed() {
         return;
     }
     let (done, finished) = oneshot::channel();
-    shared.threads.submit(WorkItem { job, done });
+    let item = WorkItem { job, done };
+    if item.job.green {
+        shared.loops.submit(item);
+    } else {
+        shared.threads.submit(item);
+    }
     let _ = finished.await;
 }
 

@@ -27,6 +27,9 @@ pub(crate) enum Error {
         "could not start the pool's runtime: {0} (check the process's thread limit, ulimit -u)"
     )]
     Runtime(String),
+    /// An event loop for coroutine tasks could not start.
+    #[error("could not start the pool's event loop: {0} (check GREENPOOL_LOOP; uvloop must be installed to be chosen)")]
+    Loop(String),
     /// The pool was started twice.
     #[error("the pool was already started")]
     AlreadyStarted,
@@ -36,7 +39,7 @@ impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
             Error::Limit(_) => PyValueError::new_err(e.to_string()),
-            Error::Runtime(_) => PyRuntimeError::new_err(e.to_string()),
+            Error::Runtime(_) | Error::Loop(_) => PyRuntimeError::new_err(e.to_string()),
             Error::NotRunning | Error::AlreadyStarted => PoolError::new_err(e.to_string()),
         }
     }

@@ -77,6 +77,29 @@ impl Hooks {
         self.call(py, "get_ident", ())?.extract(py)
     }
 
+    /// Whether the job whose accept callback is `accept` must be skipped:
+    /// Celery revoked its request while it waited for a slot (Celery's
+    /// `Request.revoked()` then announced it: REVOKED stored, event, ack).
+    /// A failing check runs the job.
+    pub(crate) fn revoked(&self, py: Python<'_>, accept: &Py<PyAny>) -> bool {
+        match self
+            .call(py, "revoked", (accept.clone_ref(py),))
+            .and_then(|r| r.is_truthy(py))
+        {
+            Ok(revoked) => revoked,
+            Err(e) => {
+                e.write_unraisable(py, Some(self.obj.bind(py)));
+                false
+            }
+        }
+    }
+
+    /// Runs one event loop on the calling thread until it is stopped
+    /// (`greenpool._loop.run_loop`); `handle` is the loop's native half.
+    pub(crate) fn run_loop(&self, py: Python<'_>, handle: Py<PyAny>) -> PyResult<()> {
+        self.call(py, "run_loop", (handle,)).map(drop)
+    }
+
     /// `time.monotonic()`.
     pub(crate) fn monotonic(&self, py: Python<'_>) -> f64 {
         self.call(py, "monotonic", ())

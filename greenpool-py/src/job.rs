@@ -1,16 +1,19 @@
 //! One applied Python task: its calls, its state machine, and the `Job`
 //! handle Python gets back from `Pool.apply`.
 //!
-//! Exactly one report per job is settled here. The thread running the job
-//! and anything that kills it (a `terminate_job`, the hard time limit, a
-//! pool `terminate`, a handle's `terminate`) race through [`Phase`] under the
-//! job's lock: the thread claims the report by moving `Running` to
-//! `Reporting` after the target returned; a kill claims it by moving any
-//! earlier phase to `Killed`. Only the claimer reports. An exception is
-//! raised into the thread only while it is `Running`, under the same lock,
-//! and the thread clears any exception not yet taken before it leaves
-//! `Running`: so no exception meant for a task ever lands in a callback or
-//! in another task.
+//! Exactly one report per job is settled here. The runner of the job (a
+//! thread, or an event loop for a coroutine) and anything that kills it (a
+//! `terminate_job`, the hard time limit, a pool `terminate`, a handle's
+//! `terminate`) race through [`Phase`] under the job's lock: the runner
+//! claims the report by moving `Running` to `Reporting` once the target (or
+//! the task's coroutine) returned; a kill claims it by moving any earlier
+//! phase to `Killed`. Only the claimer reports. On a thread, an exception is
+//! raised into it only while it is `Running`, under the same lock, and the
+//! thread clears any exception not yet taken before it leaves `Running`: so
+//! no exception meant for a task ever lands in a callback or in another
+//! task. On a loop, a kill cancels the coroutine's asyncio task (the
+//! cancellation lands at its current `await`) and the soft limit throws
+//! `SoftTimeLimitExceeded` there; the loop side is `green.rs`.
 //!
 //! Lock order: a job's lock, then the GIL. Threads holding the GIL take the
 //! lock with `lock_py_attached`, which lets the GIL go while it waits.
@@ -22,6 +25,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 use pyo3::types::{PyDict, PyTuple};
+use tokio::sync::oneshot;
 
 use crate::hooks::{Hooks, Raise};
 
@@ -32,12 +36,29 @@ pub(crate) enum Phase {
     Waiting,
     /// Its accept callback is running on a thread.
     Accepting,
-    /// Its target is running on the thread with this `threading.get_ident()`.
-    Running(u64),
+    /// Its target is running.
+    Running(Runner),
     /// The target returned; the thread reports the result.
     Reporting,
     /// A kill claimed the job; the kill reports it.
     Killed,
+}
+
+/// Where a running job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runner {
+    /// On the OS thread with this `threading.get_ident()`.
+    Thread(u64),
+    /// As a coroutine on one of the pool's event loops.
+    Loop,
+}
+
+/// A job handed to its runner (a thread or a loop), and how the runner says
+/// it is done with it.
+#[derive(Debug)]
+pub(crate) struct WorkItem {
+    pub(crate) job: Arc<JobShared>,
+    pub(crate) done: oneshot::Sender<()>,
 }
 
 /// A job's mutable state.
@@ -58,6 +79,11 @@ pub(crate) struct JobState {
     /// SIGUSR1 was delivered (Celery sends it twice: `terminate_job`, then
     /// the handle's `terminate`; the task gets one).
     pub(crate) usr1: bool,
+    /// A loop job's driver (`greenpool._loop.Driver`), whose thread-safe
+    /// `kill()` and `soft()` reach its coroutine, while it runs.
+    pub(crate) driver: Option<Py<PyAny>>,
+    /// A kill cancelled the job's coroutine, which has not ended yet.
+    pub(crate) cancelling: bool,
 }
 
 /// The Python calls of one job.
@@ -84,6 +110,13 @@ pub(crate) struct Stats {
     pub(crate) soft_raised: AtomicU64,
     /// Kills raised into running tasks.
     pub(crate) kills_raised: AtomicU64,
+    /// Coroutines cancelled by a kill that have not ended yet (their slot
+    /// is already free).
+    pub(crate) cancelling: AtomicUsize,
+    /// Coroutines ever cancelled by a kill.
+    pub(crate) cancelled_total: AtomicU64,
+    /// Coroutine tasks running now (begun, not finished).
+    pub(crate) coroutines: AtomicUsize,
 }
 
 /// How a kill ended a job, for its report.
@@ -103,6 +136,10 @@ pub(crate) struct JobShared {
     pub(crate) calls: Calls,
     pub(crate) soft: Option<Duration>,
     pub(crate) hard: Option<Duration>,
+    /// Runs as a coroutine on an event loop instead of on a thread.
+    pub(crate) green: bool,
+    /// What names the job in logs (Celery's task name and id), if known.
+    pub(crate) label: Option<Py<PyAny>>,
 }
 
 impl JobShared {
@@ -116,12 +153,23 @@ impl JobShared {
                 reported: false,
                 raised: false,
                 usr1: false,
+                driver: None,
+                cancelling: false,
             }),
             reported: Condvar::new(),
             calls,
             soft,
             hard,
+            green: false,
+            label: None,
         }
+    }
+
+    /// Makes the job a coroutine task, named by `label` in logs.
+    pub(crate) fn on_loop(mut self, label: Option<Py<PyAny>>) -> Self {
+        self.green = true;
+        self.label = label;
+        self
     }
 
     /// Locks the state without the GIL (never wait for the GIL with it held
@@ -201,26 +249,8 @@ impl JobShared {
     /// target, then the report. Returns false when the job was killed while
     /// its target ran: the thread is abandoned and must not run other jobs.
     pub(crate) fn run(&self, py: Python<'_>, hooks: &Hooks, ident: u64, stats: &Stats) -> bool {
-        let pid = {
-            let mut st = self.lock_py(py);
-            if st.phase != Phase::Waiting {
-                return true;
-            }
-            st.phase = Phase::Accepting;
-            st.pid.unwrap_or_default()
-        };
-        if let Some(accept) = &self.calls.accept_callback {
-            let now = hooks.monotonic(py);
-            if let Err(e) = accept.call1(py, (pid, now)) {
-                e.write_unraisable(py, Some(accept.bind(py)));
-            }
-        }
-        {
-            let mut st = self.lock_py(py);
-            if st.phase == Phase::Killed {
-                return true;
-            }
-            st.phase = Phase::Running(ident);
+        if !self.begin(py, hooks, Runner::Thread(ident), None) {
+            return true;
         }
         let kwargs = self.calls.kwargs.as_ref().map(|k| k.bind(py));
         let result = self
@@ -243,6 +273,99 @@ impl JobShared {
             }
             st.phase = Phase::Reporting;
         }
+        self.report(py, hooks, result);
+        true
+    }
+
+    /// Starts the job on its runner: skips a request Celery revoked while
+    /// it waited for its slot (Celery announces it), else calls the accept
+    /// callback and moves to `Running`. Returns false when the job must not
+    /// run (revoked, or killed meanwhile; the kill reports it).
+    pub(crate) fn begin(
+        &self,
+        py: Python<'_>,
+        hooks: &Hooks,
+        runner: Runner,
+        driver: Option<Py<PyAny>>,
+    ) -> bool {
+        let pid = {
+            let mut st = self.lock_py(py);
+            if st.phase != Phase::Waiting {
+                return false;
+            }
+            st.phase = Phase::Accepting;
+            st.pid.unwrap_or_default()
+        };
+        if let Some(accept) = &self.calls.accept_callback {
+            if hooks.revoked(py, accept) {
+                let mut st = self.lock_py(py);
+                if st.phase == Phase::Accepting {
+                    st.phase = Phase::Killed;
+                    st.reported = true;
+                    drop(st);
+                    self.reported.notify_all();
+                }
+                return false;
+            }
+            let now = hooks.monotonic(py);
+            if let Err(e) = accept.call1(py, (pid, now)) {
+                e.write_unraisable(py, Some(accept.bind(py)));
+            }
+        }
+        let mut st = self.lock_py(py);
+        if st.phase == Phase::Killed {
+            return false;
+        }
+        st.phase = Phase::Running(runner);
+        st.driver = driver;
+        true
+    }
+
+    /// The coroutine of a loop job returned or raised: claims the report
+    /// (`Running` to `Reporting`), so a later kill finds it ended. Returns
+    /// false when a kill claimed it first (the coroutine's outcome is
+    /// dropped).
+    pub(crate) fn settle(&self, py: Python<'_>) -> bool {
+        let mut st = self.lock_py(py);
+        match st.phase {
+            Phase::Running(Runner::Loop) => {
+                st.phase = Phase::Reporting;
+                st.driver = None;
+                true
+            }
+            Phase::Reporting => true,
+            _ => false,
+        }
+    }
+
+    /// The driver of a loop job ended with `result`: reports it, unless a
+    /// kill claimed the job (then the outcome is dropped).
+    pub(crate) fn finish(
+        &self,
+        py: Python<'_>,
+        hooks: &Hooks,
+        stats: &Stats,
+        result: PyResult<Py<PyAny>>,
+    ) {
+        {
+            let mut st = self.lock_py(py);
+            st.driver = None;
+            if st.cancelling {
+                st.cancelling = false;
+                stats.cancelling.fetch_sub(1, Ordering::Relaxed);
+            }
+            match st.phase {
+                Phase::Running(_) => st.phase = Phase::Reporting,
+                Phase::Reporting => {}
+                Phase::Waiting | Phase::Accepting | Phase::Killed => return,
+            }
+        }
+        self.report(py, hooks, result);
+    }
+
+    /// Reports the target's result or failure: the one report of a job
+    /// whose runner claimed it.
+    fn report(&self, py: Python<'_>, hooks: &Hooks, result: PyResult<Py<PyAny>>) {
         match result {
             Ok(value) => call_reporting(py, self.calls.callback.as_ref(), value),
             Err(err) => match hooks.failure(py, err) {
@@ -251,7 +374,6 @@ impl JobShared {
             },
         }
         self.mark_reported(py);
-        true
     }
 
     /// Routes a failure record: the error callback, else the result callback
@@ -278,7 +400,17 @@ impl JobShared {
                 st.phase = Phase::Killed;
                 true
             }
-            Phase::Running(ident) => {
+            Phase::Running(Runner::Loop) => {
+                st.phase = Phase::Killed;
+                st.cancelling = true;
+                stats.cancelling.fetch_add(1, Ordering::Relaxed);
+                stats.cancelled_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(driver) = st.driver.take() {
+                    Python::attach(|py| call_driver(py, &driver, "kill"));
+                }
+                true
+            }
+            Phase::Running(Runner::Thread(ident)) => {
                 st.phase = Phase::Killed;
                 st.raised = true;
                 stats.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -360,13 +492,22 @@ impl JobShared {
     /// task if its target is running. Call without the GIL held.
     pub(crate) fn raise_soft(&self, hooks: &Hooks, stats: &Stats) -> bool {
         let mut st = self.lock();
-        if let Phase::Running(ident) = st.phase {
-            st.raised = true;
-            stats.soft_raised.fetch_add(1, Ordering::Relaxed);
-            Python::attach(|py| hooks.raise_in(py, ident, Raise::Soft));
-            true
-        } else {
-            false
+        match st.phase {
+            Phase::Running(Runner::Thread(ident)) => {
+                st.raised = true;
+                stats.soft_raised.fetch_add(1, Ordering::Relaxed);
+                Python::attach(|py| hooks.raise_in(py, ident, Raise::Soft));
+                true
+            }
+            Phase::Running(Runner::Loop) => match &st.driver {
+                Some(driver) => {
+                    stats.soft_raised.fetch_add(1, Ordering::Relaxed);
+                    Python::attach(|py| call_driver(py, driver, "soft"));
+                    true
+                }
+                None => false,
+            },
+            _ => false,
         }
     }
 
@@ -411,6 +552,14 @@ impl JobShared {
     /// The signal recorded for a kill, if any.
     pub(crate) fn kill_signal(&self) -> Option<i32> {
         self.lock().kill_signal
+    }
+}
+
+/// Calls a loop job's driver's thread-safe `kill()` or `soft()`; a failure
+/// is reported as unraisable.
+fn call_driver(py: Python<'_>, driver: &Py<PyAny>, method: &str) {
+    if let Err(e) = driver.call_method0(py, method) {
+        e.write_unraisable(py, Some(driver.bind(py)));
     }
 }
 

@@ -37,8 +37,10 @@
 
 mod core;
 mod error;
+mod green;
 mod hooks;
 mod job;
+mod loops;
 mod pool;
 mod seconds;
 mod threads;
@@ -51,6 +53,8 @@ use pyo3::prelude::*;
 fn _greenpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::Pool>()?;
     m.add_class::<job::PyJob>()?;
+    m.add_class::<green::GreenJob>()?;
+    m.add_class::<loops::LoopHandle>()?;
     m.add_class::<timer::Timer>()?;
     m.add_class::<timer::PyTimerRef>()?;
     m.add("PoolError", m.py().get_type::<error::PoolError>())?;

@@ -11,6 +11,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::core::{Core, KillEnd, Shared};
 use crate::hooks::Hooks;
 use crate::job::{Calls, JobShared, KillHow, PyJob, Stats};
+use crate::loops::Loops;
 use crate::seconds;
 use crate::threads::Threads;
 
@@ -24,6 +25,8 @@ const SIGTERM: i32 = 15;
 pub(crate) struct PoolInner {
     core: Core,
     shared: Arc<Shared>,
+    /// How many event loops run coroutine jobs.
+    loops: usize,
 }
 
 impl PoolInner {
@@ -80,12 +83,13 @@ pub(crate) struct Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (limit, hooks, stack_size=1 << 20, idle_timeout=30.0))]
+    #[pyo3(signature = (limit, hooks, stack_size=1 << 20, idle_timeout=30.0, loops=1))]
     fn new(
         limit: i64,
         hooks: Bound<'_, PyAny>,
         stack_size: usize,
         idle_timeout: f64,
+        loops: usize,
     ) -> PyResult<Self> {
         let hooks = Arc::new(Hooks::new(hooks)?);
         let stats = Arc::new(Stats::default());
@@ -100,23 +104,36 @@ impl Pool {
             hooks,
             stats,
             threads,
+            loops: Loops::default(),
             jobs: Mutex::new(HashMap::new()),
         });
         let core = Core::new(limit, Arc::clone(&shared))?;
         Ok(Pool {
-            inner: Arc::new(PoolInner { core, shared }),
+            inner: Arc::new(PoolInner {
+                core,
+                shared,
+                loops,
+            }),
         })
     }
 
-    /// Starts the pool.
-    fn start(&self) -> PyResult<()> {
-        Ok(self.inner.core.start()?)
+    /// Starts the pool, its event loops first (an error when one cannot
+    /// start, e.g. uvloop chosen and not installed).
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        let loops = py.detach(|| inner.shared.loops.start(inner.loops, &inner.shared));
+        if let Err(e) = loops {
+            py.detach(|| inner.shared.loops.close(Duration::from_secs(5)));
+            return Err(e.into());
+        }
+        Ok(inner.core.start()?)
     }
 
     /// Applies `target(*args, **kwargs)`; returns its `Job` handle at once
     /// (the job waits for a slot in the pool, not in the caller).
     #[pyo3(signature = (target, args=None, kwargs=None, callback=None, error_callback=None,
-                        accept_callback=None, timeout_callback=None, soft_timeout=None, timeout=None))]
+                        accept_callback=None, timeout_callback=None, soft_timeout=None, timeout=None,
+                        green=false, label=None))]
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
@@ -130,6 +147,8 @@ impl Pool {
         timeout_callback: Option<Py<PyAny>>,
         soft_timeout: Option<f64>,
         timeout: Option<f64>,
+        green: bool,
+        label: Option<Py<PyAny>>,
     ) -> PyResult<PyJob> {
         let args = match args {
             Some(a) if !a.is_none() => {
@@ -146,11 +165,11 @@ impl Pool {
             accept_callback: accept_callback.filter(|c| !c.is_none(py)),
             timeout_callback: timeout_callback.filter(|c| !c.is_none(py)),
         };
-        let job = Arc::new(JobShared::new(
-            calls,
-            seconds::limit(soft_timeout),
-            seconds::limit(timeout),
-        ));
+        let mut job = JobShared::new(calls, seconds::limit(soft_timeout), seconds::limit(timeout));
+        if green {
+            job = job.on_loop(label);
+        }
+        let job = Arc::new(job);
         if let Err(e) = self.inner.core.submit(Arc::clone(&job)) {
             job.mark_dropped();
             return Err(e.into());
@@ -209,6 +228,7 @@ impl Pool {
         let inner = &self.inner;
         py.detach(|| {
             inner.core.stop(drop_queued);
+            inner.shared.loops.close(Duration::from_secs(5));
             inner.shared.threads.close(Duration::from_secs(5));
         });
     }
@@ -218,6 +238,7 @@ impl Pool {
         let inner = &self.inner;
         py.detach(|| {
             inner.core.terminate();
+            inner.shared.loops.close(Duration::from_secs(5));
             inner.shared.threads.close(Duration::from_secs(5));
         });
     }
@@ -254,6 +275,16 @@ impl Pool {
         )?;
         d.set_item("kills-raised", s.kills_raised.load(Ordering::Relaxed))?;
         d.set_item("soft-raised", s.soft_raised.load(Ordering::Relaxed))?;
+        d.set_item("loops", self.inner.shared.loops.count())?;
+        d.set_item("coroutines", s.coroutines.load(Ordering::Relaxed))?;
+        d.set_item(
+            "coroutines-cancelling",
+            s.cancelling.load(Ordering::Relaxed),
+        )?;
+        d.set_item(
+            "coroutines-cancelled-total",
+            s.cancelled_total.load(Ordering::Relaxed),
+        )?;
         Ok(d)
     }
 }

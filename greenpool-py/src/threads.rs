@@ -13,17 +13,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use tokio::sync::oneshot;
 
 use crate::hooks::Hooks;
-use crate::job::{JobShared, Stats};
-
-/// A job handed to a thread, and how the thread says it is done with it.
-#[derive(Debug)]
-pub(crate) struct WorkItem {
-    pub(crate) job: Arc<JobShared>,
-    pub(crate) done: oneshot::Sender<()>,
-}
+use crate::job::{Stats, WorkItem};
 
 #[derive(Debug, Default)]
 struct Queue {

@@ -33,6 +33,7 @@ environment): ``GREENPOOL_THREAD_STACK_SIZE`` (bytes, default 1 MiB),
 ``GREENPOOL_THREAD_IDLE_TIMEOUT`` (seconds, default 30).
 """
 import ctypes
+import inspect
 import os
 import threading
 import time
@@ -43,6 +44,7 @@ from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.dispatch import Signal
 
+from . import _loop
 from ._greenpool import Pool, Timer
 
 __all__ = (
@@ -50,6 +52,8 @@ __all__ = (
     "Timer",
     "Hooks",
     "JobKilled",
+    "SUPPORTED_CELERY",
+    "check_celery_version",
     "pool_started",
     "pool_preshutdown",
     "pool_postshutdown",
@@ -89,13 +93,67 @@ def _raised(exc):
         return _einfo(e)
 
 
+#: The Celery versions this pool runs on: 5.3 up to (not including) 6.
+SUPPORTED_CELERY = ((5, 3), (6, 0))
+
+
+def check_celery_version(version=None):
+    """Raises RuntimeError unless ``version`` (Celery's ``VERSION``, by
+    default the installed one) is in :data:`SUPPORTED_CELERY`: the pool
+    relies on Celery's tracer, request and local stack as they are there."""
+    import celery
+
+    version = tuple(celery.VERSION if version is None else version)
+    (lo, hi) = SUPPORTED_CELERY
+    if not lo <= tuple(version[:2]) < hi:
+        shown = ".".join(str(part) for part in version[:3])
+        raise RuntimeError(
+            f"greenpool.celery:TaskPool supports Celery 5.3 to 5.x; this is Celery "
+            f"{shown} (pip install 'celery>=5.3,<6')")
+
+
+def _check_request_locals():
+    """``self.request`` of a coroutine task is its own only when Celery's
+    request stack is local to each greenlet (Celery's default when greenlet
+    is installed, unless USE_FAST_LOCALS is set)."""
+    from celery.utils import threads
+    from greenlet import getcurrent
+
+    if threads.LocalStack is not threads._LocalStack or threads.get_ident is not getcurrent:
+        raise RuntimeError(
+            "async tasks need Celery's greenlet-local request stack: unset "
+            "USE_FAST_LOCALS (it makes self.request one per thread, shared by "
+            "every coroutine of a loop)")
+
+
+def _bridge_task(task):
+    """Makes an ``async def`` Celery task run its coroutine in the pool's
+    loop when Celery's tracer calls it (see ``_loop.bridge``). Returns
+    whether the task is async. With ``autoretry_for``, Celery's retrying
+    wrapper stays outside and the async function it wraps is bridged, so
+    the wrapper sees the coroutine's exceptions."""
+    if getattr(task, "_greenpool_async", False):
+        return True
+    inner = getattr(task, "_orig_run", None)
+    attr = "_orig_run" if inspect.iscoroutinefunction(inner) else "run"
+    fn = getattr(task, attr, None)
+    if not inspect.iscoroutinefunction(fn):
+        return False
+    setattr(task, attr, _loop.bridge(fn))
+    task._greenpool_async = True
+    return True
+
+
 class Hooks:
     """What the native pool calls back into Python for: raising into a
-    thread (``PyThreadState_SetAsyncExc`` via ctypes) and building Celery's
-    exception records. ``hub`` is the worker's event loop, if any."""
+    thread (``PyThreadState_SetAsyncExc`` via ctypes), building Celery's
+    exception records, and running an event loop. ``hub`` is the worker's
+    event loop, if any."""
 
-    def __init__(self):
+    def __init__(self, loop_settings=None):
         self.hub = None
+        self.loop_settings = loop_settings or _loop.LoopSettings()
+        self.watchdog = _loop.Watchdog()
 
     get_ident = staticmethod(threading.get_ident)
     monotonic = staticmethod(time.monotonic)
@@ -129,6 +187,19 @@ class Hooks:
     @staticmethod
     def lost(why):
         return _raised(WorkerLostError(why))
+
+    @staticmethod
+    def revoked(accept):
+        """Whether the Celery request whose accept callback is ``accept`` was
+        revoked while it waited for a slot; Celery's ``Request.revoked()``
+        then announces it (REVOKED, event, ack) and the job is skipped."""
+        from celery.worker.request import Request
+
+        request = getattr(accept, "__self__", None)
+        return isinstance(request, Request) and request.revoked()
+
+    def run_loop(self, handle):
+        _loop.run_loop(handle, self.loop_settings, self.watchdog, SoftTimeLimitExceeded)
 
     def defer(self, fun, arg):
         hub = self.hub
@@ -201,7 +272,14 @@ class TaskPool(BasePool):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._hooks = Hooks()
+        self._loops = _env_number("GREENPOOL_LOOPS", 1, int)
+        if not 1 <= self._loops <= 64:
+            raise ValueError(f"GREENPOOL_LOOPS={self._loops}: between 1 and 64 event loops")
+        self._hooks = Hooks(_loop.LoopSettings(
+            kind=os.environ.get("GREENPOOL_LOOP") or "asyncio",
+            block_threshold=_env_number("GREENPOOL_LOOP_BLOCK_THRESHOLD", 0.25, float),
+        ))
+        self._async_tasks = {}
         self._default_timeout = self.options.get("timeout")
         self._default_soft_timeout = self.options.get("soft_timeout")
         self._stack_size = _env_number("GREENPOOL_THREAD_STACK_SIZE", 1 << 20, int)
@@ -210,11 +288,16 @@ class TaskPool(BasePool):
     # ----- lifecycle ---------------------------------------------------------
 
     def on_start(self):
+        check_celery_version()
+        if self.app is not None:
+            if any([_bridge_task(task) for task in list(self.app.tasks.values())]):
+                _check_request_locals()
         self._pool = Pool(
             self.limit or 0,
             self._hooks,
             stack_size=self._stack_size,
             idle_timeout=self._idle_timeout,
+            loops=self._loops,
         )
         self._pool.start()
         pool_started.send(sender=self)
@@ -227,6 +310,7 @@ class TaskPool(BasePool):
             # and go back to the broker (eventlet never took them: its
             # on_apply blocks while the pool is full).
             self._pool.stop(drop_queued=self.app is not None)
+        self._hooks.watchdog.close()
         pool_postshutdown.send(sender=self)
 
     def on_close(self):
@@ -236,6 +320,7 @@ class TaskPool(BasePool):
     def on_terminate(self):
         if self._pool is not None:
             self._pool.terminate()
+        self._hooks.watchdog.close()
 
     def register_with_event_loop(self, loop):
         # Kill reports go through the loop, after Celery has announced the
@@ -249,13 +334,21 @@ class TaskPool(BasePool):
                  timeout_callback=None, soft_timeout=None, timeout=None, **_):
         if pool_apply.receivers:
             pool_apply.send(sender=self, target=target, args=args, kwargs=kwargs)
+        task = self._task_of(args)
+        green, label = False, None
+        if task is not None:
+            label = (args[0], args[1])
+            green = self._is_async(task)
+        elif inspect.iscoroutinefunction(target):
+            green = True
         try:
-            timeout, soft_timeout = self._time_limits(args, timeout, soft_timeout)
+            timeout, soft_timeout = self._time_limits(task, args, timeout, soft_timeout)
         except ValueError as exc:
             # A limit that is not a number fails the task, with the reason,
             # through the pool's ordinary path (accepted, then FAILURE).
             target, args, kwargs = _raise, (exc,), None
             timeout = soft_timeout = None
+            green = False
         return self._pool.apply(
             target,
             args,
@@ -266,9 +359,28 @@ class TaskPool(BasePool):
             timeout_callback=timeout_callback,
             soft_timeout=soft_timeout,
             timeout=timeout,
+            green=green,
+            label=label,
         )
 
-    def _time_limits(self, args, timeout, soft_timeout):
+    def _task_of(self, args):
+        """The Celery task a tracer's args name (name, id, request, ...), or
+        None when the target is not Celery's tracer."""
+        app = self.app
+        if (app is not None and args and len(args) >= 3
+                and isinstance(args[0], str) and isinstance(args[2], dict)):
+            return app.tasks.get(args[0])
+        return None
+
+    def _is_async(self, task):
+        """Whether ``task`` runs as a coroutine (bridged at start, or now for
+        a task registered later)."""
+        known = self._async_tasks.get(task.name)
+        if known is None:
+            known = self._async_tasks[task.name] = _bridge_task(task)
+        return known
+
+    def _time_limits(self, task, args, timeout, soft_timeout):
         """The limits of one task in seconds: the message's, else the task's
         *current* ones, else the worker's (task_time_limit,
         task_soft_time_limit). Raises ValueError for a limit that is not a
@@ -278,18 +390,14 @@ class TaskPool(BasePool):
         worker started, so that ``celery control time_limit`` would not
         reach the pool; for Celery's tracer (args: name, id, request dict,
         ...) the task's attributes are read here at apply time instead."""
-        app = self.app
-        if (app is not None and args and len(args) >= 3
-                and isinstance(args[0], str) and isinstance(args[2], dict)):
-            task = app.tasks.get(args[0])
-            if task is not None:
-                limits = args[2].get("timelimit") or (None, None)
-                if not isinstance(limits, (list, tuple)):
-                    raise ValueError(
-                        f"the message's timelimit {limits!r} is not a [hard, soft] pair")
-                hard, soft = (tuple(limits) + (None, None))[:2]
-                timeout = hard or task.time_limit
-                soft_timeout = soft or task.soft_time_limit
+        if task is not None:
+            limits = args[2].get("timelimit") or (None, None)
+            if not isinstance(limits, (list, tuple)):
+                raise ValueError(
+                    f"the message's timelimit {limits!r} is not a [hard, soft] pair")
+            hard, soft = (tuple(limits) + (None, None))[:2]
+            timeout = hard or task.time_limit
+            soft_timeout = soft or task.soft_time_limit
         return (_seconds(timeout or self._default_timeout, "time limit"),
                 _seconds(soft_timeout or self._default_soft_timeout, "soft time limit"))
 
@@ -325,6 +433,7 @@ class TaskPool(BasePool):
             })
         else:
             info.update(self._pool.info())
+        info.update(self._hooks.watchdog.info())
         return info
 
     @property
