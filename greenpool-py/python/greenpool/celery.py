@@ -43,6 +43,7 @@ from billiard.exceptions import Terminated, WorkerLostError
 from celery.concurrency.base import BasePool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.dispatch import Signal
+from celery.worker.request import Request as _Request
 
 from . import _loop
 from ._greenpool import Pool, Timer
@@ -193,10 +194,8 @@ class Hooks:
         """Whether the Celery request whose accept callback is ``accept`` was
         revoked while it waited for a slot; Celery's ``Request.revoked()``
         then announces it (REVOKED, event, ack) and the job is skipped."""
-        from celery.worker.request import Request
-
         request = getattr(accept, "__self__", None)
-        return isinstance(request, Request) and request.revoked()
+        return isinstance(request, _Request) and request.revoked()
 
     def run_loop(self, handle):
         _loop.run_loop(handle, self.loop_settings, self.watchdog, SoftTimeLimitExceeded)
