@@ -1,28 +1,47 @@
 #!/usr/bin/env python3
-"""One Celery app under four worker pools, measured in one run:
-``-P custom`` (greenpool.celery:TaskPool), ``-P eventlet``, ``-P gevent``
-and ``-P threads``.
+"""One Celery app under several worker pools, measured in one run:
+``-P custom`` (greenpool.celery:TaskPool), ``-P eventlet``, ``-P gevent``,
+``-P threads`` and, for the ``async def`` workloads only, celery-aio-pool
+(``-P custom`` with celery_aio_pool.pool:AsyncIOPool) as a baseline.
 
 Workloads (each on a fresh worker, queue preloaded, then opened with
 ``add_consumer`` so that start-up is not timed):
 
-* trivial:  20,000 trivial tasks drained at -c 100 (tasks/s);
-* sleepers: 10,000 tasks that sleep 1 s at -c 1000 (wall time, worker
-  peak RSS);
-* revoke:   ``revoke(terminate=True)`` of a task blocked in ``time.sleep``,
-  at -c 1: time until the slot runs the next task (the kill's latency);
-* features: terminate, soft limit, hard limit, resize, each measured.
+* trivial:           20,000 trivial tasks drained at -c 100 (tasks/s);
+* async-trivial:     the same with an ``async def`` task, on the pools that
+                     run coroutines (tasks/s);
+* sleepers:          10,000 tasks that sleep 1 s at -c 1000 (wall time,
+                     worker peak RSS);
+* async-sleepers:    10,000 tasks that sleep 1 s at -c 10000 (threads:
+                     -c 1000): ``await asyncio.sleep(1)`` on the pools that
+                     run coroutines, ``time.sleep(1)`` on the others (wall
+                     time, worker peak RSS);
+* async-round-trips: 10,000 tasks that each GET a key from the bench's
+                     Redis, at the concurrency of async-sleepers:
+                     ``redis.asyncio`` on the pools that run coroutines,
+                     redis-py on the others (wall time, worker peak RSS);
+* features:          terminate, soft limit, hard limit, resize, each
+                     measured, and the revoke latency: time until the slot
+                     of a task blocked in ``time.sleep`` and revoked with
+                     ``terminate=True`` runs the next task, at -c 1.
 
-Usage (a venv with celery[redis], eventlet, gevent and greenpool installed;
-redis-server on PATH)::
+celery-aio-pool runs only the three async workloads. A pool whose package
+is not installed gets a row that says so. A drain is given up when it is
+not done by --timeout, or when after 30 s its rate so far could not finish
+it by then; its cell shows how many tasks were done.
 
-    python bench/python/worker_pools.py            # full sizes, about 5 minutes
+Usage (a venv with celery[redis], eventlet, gevent, greenpool and
+optionally celery-aio-pool installed; redis-server on PATH)::
+
+    python bench/python/worker_pools.py            # full sizes
     python bench/python/worker_pools.py --quick    # a tenth of the sizes
     python bench/python/worker_pools.py --pools custom,threads --json out.json
+    python bench/python/worker_pools.py --workloads async-sleepers,async-round-trips
 
-Prints progress to stderr and a Markdown table to stdout.
+Prints progress to stderr and Markdown tables to stdout.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -33,9 +52,33 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import NamedTuple, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-POOLS = ("custom", "eventlet", "gevent", "threads")
+
+
+class Pool(NamedTuple):
+    """How ``celery worker`` is started on a pool, and what it can run."""
+
+    option: str                 #: the ``-P`` value
+    custom: Optional[str]       #: CELERY_CUSTOM_WORKER_POOL for ``-P custom``
+    package: Optional[str]      #: the package it needs, None if Celery's own
+    coroutines: bool            #: runs ``async def`` tasks
+    async_only: bool = False    #: a baseline for the async workloads only
+
+
+POOLS = {
+    "custom": Pool("custom", "greenpool.celery:TaskPool", "greenpool", coroutines=True),
+    "eventlet": Pool("eventlet", None, "eventlet", coroutines=False),
+    "gevent": Pool("gevent", None, "gevent", coroutines=False),
+    "threads": Pool("threads", None, None, coroutines=False),
+    "celery-aio-pool": Pool("custom", "celery_aio_pool.pool:AsyncIOPool", "celery_aio_pool",
+                            coroutines=True, async_only=True),
+}
+WORKLOADS = ("trivial", "async-trivial", "sleepers", "async-sleepers", "async-round-trips",
+             "features")
+#: A drain is judged on its rate once this many seconds have passed.
+JUDGE_AFTER = 30.0
 
 
 def log(msg):
@@ -62,14 +105,14 @@ class Worker:
     def __init__(self, mod, url, pool, concurrency, queue):
         env = dict(os.environ, GREENPOOL_BENCH_REDIS=url,
                    PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        args = ["-P", pool]
-        if pool == "custom":
-            env["CELERY_CUSTOM_WORKER_POOL"] = "greenpool.celery:TaskPool"
+        spec = POOLS[pool]
+        if spec.custom:
+            env["CELERY_CUSTOM_WORKER_POOL"] = spec.custom
         self.name = f"{pool}-{uuid.uuid4().hex[:6]}@bench"
         self.logf = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{pool}-", suffix=".log",
                                                 delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker_pools_app", "worker", *args,
+            [sys.executable, "-m", "celery", "-A", "worker_pools_app", "worker", "-P", spec.option,
              "-c", str(concurrency), "-n", self.name, "-Q", queue, "--loglevel=WARNING",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             env=env, cwd=HERE, stdout=self.logf, stderr=subprocess.STDOUT)
@@ -112,19 +155,37 @@ def preload(mod, task, n, queue, args=()):
             task.apply_async(args, queue=queue, producer=producer)
 
 
-def drain(mod, url, pool, task, n, concurrency, args=(), timeout=600):
-    """Preloads ``n`` tasks, starts a worker, opens the queue; returns
-    (seconds to drain or None, (rss, peak rss))."""
+class Drained(NamedTuple):
+    """What one drain measured."""
+
+    wall: Optional[float]   #: seconds from opening the queue to the last task, None if given up
+    done: int               #: tasks counted when the watch ended
+    after: float            #: seconds from opening the queue to the end of the watch
+    peak_rss: Optional[float]  #: the worker's VmHWM then, MiB
+
+
+def drain(mod, url, pool, task, n, concurrency, args=(), timeout=600, prepare=None):
+    """Preloads ``n`` tasks, starts a worker, opens the queue and watches the
+    tasks' count in Redis db 2 (``prepare``, if given, runs after the flush).
+    The watch ends when all are counted, at ``timeout`` seconds, or once
+    JUDGE_AFTER seconds have passed and the rate so far would not count
+    them all by ``timeout``."""
     mod.r().flushall()
+    if prepare is not None:
+        prepare()
     queue = "q-" + uuid.uuid4().hex[:8]
     preload(mod, task, n, queue, args)
     w = Worker(mod, url, pool, concurrency, "idle-" + queue)
     try:
         t0 = time.monotonic()
         w.consume(queue)
-        took = until(lambda: int(mod.r().get("done") or 0) >= n, timeout, 0.05)
-        wall = None if took is None else time.monotonic() - t0
-        return wall, w.rss()
+        while True:
+            done = int(mod.r().get("done") or 0)
+            after = time.monotonic() - t0
+            if done >= n or after > timeout or (after > JUDGE_AFTER and done * timeout < n * after):
+                break
+            time.sleep(0.05)
+        return Drained(after if done >= n else None, done, after, w.rss()[1])
     finally:
         w.stop()
 
@@ -209,20 +270,165 @@ def fmt(v, unit=""):
     return f"{v}{unit}"
 
 
+def applies(pool, workload):
+    """Whether ``workload`` runs on ``pool``: the async workloads run on
+    every pool (the sync twin of the task where the pool runs no
+    coroutines) except async-trivial, which needs coroutines; the others
+    run on every pool that is not a baseline for the async ones only."""
+    spec = POOLS[pool]
+    if workload == "async-trivial":
+        return spec.coroutines
+    return workload.startswith("async-") or not spec.async_only
+
+
+def run_pool(mod, url, pool, a, workloads):
+    """Runs the selected workloads that apply to ``pool``; returns its row.
+    A drain that is given up leaves its figure None and the count reached
+    under "<workload> unfinished"; a worker that does not start leaves its
+    log's name under "<workload> error"."""
+    spec = POOLS[pool]
+    if spec.package and importlib.util.find_spec(spec.package) is None:
+        log(f"{pool}: {spec.package} is not installed, skipped")
+        return {"not installed": spec.package}
+    row = {}
+    wide = a.threads_concurrency if pool == "threads" else a.async_concurrency
+    if any(w in workloads for w in ("async-sleepers", "async-round-trips")):
+        row["async task"] = "async def" if spec.coroutines else "def"
+        row["async -c"] = wide
+
+    def drained(workload, res, n):
+        if res.wall is None:
+            row[f"{workload} unfinished"] = {"done": res.done, "of": n, "after s": res.after}
+            log(f"{pool}: {workload} given up, {res.done} of {n} done in {res.after:.1f} s")
+        return res
+
+    for workload in workloads:
+        if not applies(pool, workload):
+            continue
+        try:
+            if workload in ("trivial", "async-trivial"):
+                task = mod.trivial if workload == "trivial" else mod.async_trivial
+                log(f"{pool}: {a.trivial} {workload} tasks at -c {a.trivial_concurrency}")
+                res = drained(workload, drain(mod, url, pool, task, a.trivial,
+                                              a.trivial_concurrency, timeout=a.timeout), a.trivial)
+                key = "trivial tasks/s" if workload == "trivial" else "async trivial tasks/s"
+                row[key] = None if res.wall is None else a.trivial / res.wall
+            elif workload == "sleepers":
+                log(f"{pool}: {a.sleepers} x sleep(1 s) at -c {a.sleep_concurrency}")
+                res = drained(workload, drain(mod, url, pool, mod.sleeper, a.sleepers,
+                                              a.sleep_concurrency, args=(1.0,),
+                                              timeout=a.timeout), a.sleepers)
+                row["sleepers wall s"] = res.wall
+                row["sleepers peak RSS MiB"] = res.peak_rss
+            elif workload == "async-sleepers":
+                task = mod.async_sleeper if spec.coroutines else mod.sleeper
+                log(f"{pool}: {a.sleepers} x {row['async task']} sleep(1 s) at -c {wide}")
+                res = drained(workload, drain(mod, url, pool, task, a.sleepers, wide,
+                                              args=(1.0,), timeout=a.timeout), a.sleepers)
+                row["async sleepers wall s"] = res.wall
+                row["async sleepers peak RSS MiB"] = res.peak_rss
+            elif workload == "async-round-trips":
+                task = mod.async_round_trip if spec.coroutines else mod.round_trip
+                log(f"{pool}: {a.round_trips} x {row['async task']} GET at -c {wide}")
+                res = drained(workload, drain(
+                    mod, url, pool, task, a.round_trips, wide, timeout=a.timeout,
+                    prepare=lambda: mod.r().set(mod.PAYLOAD_KEY, b"x" * 100)), a.round_trips)
+                row["round trips wall s"] = res.wall
+                row["round trips peak RSS MiB"] = res.peak_rss
+            else:
+                log(f"{pool}: features and revoke latency")
+                row.update(features(mod, url, pool))
+        except RuntimeError as e:  # the worker did not start
+            log(f"{pool}: {workload}: {e}")
+            row[f"{workload} error"] = str(e)
+    log(f"{pool}: {row}")
+    return row
+
+
+def tables(a):
+    """The report's two tables, each a list of columns: (the workloads that
+    fill it, its key in a row, its heading)."""
+    both = ("async-sleepers", "async-round-trips")
+    return [
+        [(("trivial",), "trivial tasks/s", f"{a.trivial:,} trivial (tasks/s)"),
+         (("async-trivial",), "async trivial tasks/s", f"{a.trivial:,} async trivial (tasks/s)"),
+         (("sleepers",), "sleepers wall s", f"{a.sleepers:,} × sleep 1 s wall (s)"),
+         (("sleepers",), "sleepers peak RSS MiB", "peak RSS (MiB)"),
+         (("features",), "revoke latency", "revoke-terminate latency (ms)"),
+         (("features",), "terminate", "terminate"),
+         (("features",), "soft limit", "soft limit"),
+         (("features",), "hard limit", "hard limit"),
+         (("features",), "resize", "resize")],
+        [(both, "async task", "task"),
+         (both, "async -c", "-c"),
+         (("async-sleepers",), "async sleepers wall s", f"{a.sleepers:,} × sleep 1 s wall (s)"),
+         (("async-sleepers",), "async sleepers peak RSS MiB", "peak RSS (MiB)"),
+         (("async-round-trips",), "round trips wall s", f"{a.round_trips:,} round trips wall (s)"),
+         (("async-round-trips",), "round trips peak RSS MiB", "peak RSS (MiB)")],
+    ]
+
+
+def cell(pool, row, workload, key):
+    """One table cell: the figure, or why there is none."""
+    if "not installed" in row:
+        return "not installed"
+    if not applies(pool, workload):
+        return "n/a"
+    if row.get(key) is not None:
+        return fmt(row[key])
+    if f"{workload} error" in row:
+        return "worker did not start"
+    left = row.get(f"{workload} unfinished")
+    if left:
+        return f"given up: {left['done']:,} of {left['of']:,} in {left['after s']:.0f} s"
+    return "–"
+
+
+def print_tables(a, workloads, rows):
+    """Prints each table that has a selected workload, with the pools it
+    applies to, as Markdown."""
+    for columns in tables(a):
+        columns = [(next(w for w in ws if w in workloads), key, head)
+                   for ws, key, head in columns if any(w in workloads for w in ws)]
+        pools = [p for p in rows if any(applies(p, w) for w, _, _ in columns)]
+        if not columns or not pools:
+            continue
+        print("| pool | " + " | ".join(head for _, _, head in columns) + " |")
+        print("|---|" + "---|" * len(columns))
+        for pool in pools:
+            print(f"| {pool} | "
+                  + " | ".join(cell(pool, rows[pool], w, key) for w, key, _ in columns) + " |")
+        print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a tenth of the sizes")
-    ap.add_argument("--pools", default=",".join(POOLS))
+    ap.add_argument("--pools", default=",".join(POOLS), help="comma-separated, of: "
+                    + ", ".join(POOLS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: "
+                    + ", ".join(WORKLOADS))
     ap.add_argument("--trivial", type=int, default=20000)
     ap.add_argument("--sleepers", type=int, default=10000)
+    ap.add_argument("--round-trips", type=int, default=10000)
     ap.add_argument("--trivial-concurrency", type=int, default=100)
     ap.add_argument("--sleep-concurrency", type=int, default=1000)
+    ap.add_argument("--async-concurrency", type=int, default=10000,
+                    help="-c of async-sleepers and async-round-trips (but -P threads)")
+    ap.add_argument("--threads-concurrency", type=int, default=1000,
+                    help="-c of -P threads in async-sleepers and async-round-trips")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per drain at most")
     ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
     if a.quick:
         a.trivial //= 10
         a.sleepers //= 10
+        a.round_trips //= 10
     pools = [p for p in a.pools.split(",") if p]
+    workloads = [w for w in WORKLOADS if w in a.workloads.split(",")]
+    unknown = (set(pools) - set(POOLS)) | (set(a.workloads.split(",")) - set(WORKLOADS) - {""})
+    if unknown:
+        sys.exit(f"unknown pools or workloads: {', '.join(sorted(unknown))}")
 
     exe = shutil.which("redis-server")
     if exe is None:
@@ -231,8 +437,9 @@ def main():
     url = f"redis://127.0.0.1:{port}"
     os.environ["GREENPOOL_BENCH_REDIS"] = url
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    redis_proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--dir", workdir],
-                                  stdout=subprocess.DEVNULL)
+    # room for a connection per task at -c 10000, besides the broker's
+    redis_proc = subprocess.Popen([exe, "--port", str(port), "--save", "", "--dir", workdir,
+                                   "--maxclients", "16000"], stdout=subprocess.DEVNULL)
     sys.path.insert(0, HERE)
     import worker_pools_app as mod
 
@@ -240,18 +447,7 @@ def main():
     rows = {}
     try:
         for pool in pools:
-            row = rows[pool] = {}
-            log(f"{pool}: {a.trivial} trivial tasks at -c {a.trivial_concurrency}")
-            wall, _ = drain(mod, url, pool, mod.trivial, a.trivial, a.trivial_concurrency)
-            row["trivial tasks/s"] = None if wall is None else a.trivial / wall
-            log(f"{pool}: {a.sleepers} x sleep(1 s) at -c {a.sleep_concurrency}")
-            wall, (rss, peak) = drain(mod, url, pool, mod.sleeper, a.sleepers,
-                                      a.sleep_concurrency, args=(1.0,))
-            row["sleepers wall s"] = wall
-            row["sleepers peak RSS MiB"] = peak
-            log(f"{pool}: features and revoke latency")
-            row.update(features(mod, url, pool))
-            log(f"{pool}: {row}")
+            rows[pool] = run_pool(mod, url, pool, a, workloads)
     finally:
         import gc
 
@@ -260,15 +456,7 @@ def main():
         redis_proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    cols = ["trivial tasks/s", "sleepers wall s", "sleepers peak RSS MiB", "revoke latency",
-            "terminate", "soft limit", "hard limit", "resize"]
-    heads = [f"{a.trivial:,} trivial (tasks/s)", f"{a.sleepers:,} × sleep 1 s wall (s)",
-             "peak RSS (MiB)", "revoke-terminate latency (ms)", "terminate", "soft limit",
-             "hard limit", "resize"]
-    print("| pool | " + " | ".join(heads) + " |")
-    print("|---|" + "---|" * len(heads))
-    for pool, row in rows.items():
-        print(f"| {pool} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
+    print_tables(a, workloads, rows)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -1,11 +1,17 @@
 """The Celery app of bench/python/worker_pools.py: one app, run by
 ``celery worker`` under each pool. Broker and backend: the Redis at
 GREENPOOL_BENCH_REDIS. Tasks count themselves in Redis so the driver
-can watch a queue drain without a result per task."""
+can watch a queue drain without a result per task.
+
+The ``async def`` tasks are for pools that run coroutines (greenpool's
+pool, celery-aio-pool); each has a plain-``def`` twin for the others."""
+import asyncio
 import os
 import time
+import weakref
 
 import redis
+import redis.asyncio
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -31,15 +37,57 @@ def r():
     return _r
 
 
+#: The payload that the round-trip tasks GET (the driver stores it).
+PAYLOAD_KEY = "payload"
+
+_ar = weakref.WeakKeyDictionary()
+
+
+def ar():
+    """The ``redis.asyncio`` client of the running event loop, made on its
+    first use in that loop: an asyncio connection belongs to the loop that
+    opened it, so a pool that runs several loops needs a client for each."""
+    loop = asyncio.get_running_loop()
+    client = _ar.get(loop)
+    if client is None:
+        client = _ar[loop] = redis.asyncio.Redis.from_url(URL + "/2")
+    return client
+
+
 @app.task(ignore_result=True)
 def trivial():
     r().incr("done")
 
 
 @app.task(ignore_result=True)
+async def async_trivial():
+    await ar().incr("done")
+
+
+@app.task(ignore_result=True)
 def sleeper(secs):
     time.sleep(secs)
     r().incr("done")
+
+
+@app.task(ignore_result=True)
+async def async_sleeper(secs):
+    await asyncio.sleep(secs)
+    await ar().incr("done")
+
+
+@app.task(ignore_result=True)
+def round_trip():
+    """One GET of the payload, then the count."""
+    r().get(PAYLOAD_KEY)
+    r().incr("done")
+
+
+@app.task(ignore_result=True)
+async def async_round_trip():
+    """One GET of the payload through ``redis.asyncio``, then the count."""
+    await ar().get(PAYLOAD_KEY)
+    await ar().incr("done")
 
 
 @app.task

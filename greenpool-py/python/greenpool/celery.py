@@ -432,7 +432,7 @@ class TaskPool(BasePool):
             })
         else:
             info.update(self._pool.info())
-        info.update(self._hooks.watchdog.info())
+            info.update(self._hooks.watchdog.info())
         return info
 
     @property
