@@ -22,6 +22,26 @@ def exc(einfo):
     return einfo.exception.exc
 
 
+def _uvloop_missing():
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def apool(request, monkeypatch):
+    """A started pool of 4 on each kind of loop (uvloop when installed)."""
+    if request.param == "uvloop" and _uvloop_missing():
+        pytest.skip("uvloop is not installed")
+    monkeypatch.setenv("GREENPOOL_LOOP", request.param)
+    p = TaskPool(limit=4)
+    p.start()
+    yield p
+    p.terminate()
+
+
 async def until(event):
     while not event.is_set():
         await asyncio.sleep(0.001)
@@ -63,7 +83,7 @@ def test_coroutines_run_at_once_on_one_loop_and_no_thread():
     p.stop()
 
 
-def test_results_failures_and_order_of_callbacks(pool):
+def test_results_failures_and_order_of_callbacks(apool):
     order = []
 
     async def ok(x, y=0):
@@ -76,12 +96,12 @@ def test_results_failures_and_order_of_callbacks(pool):
         raise KeyError("k")
 
     out = Recorder()
-    h = pool.apply_async(ok, args=(2,), kwargs={"y": 3}, callback=out,
+    h = apool.apply_async(ok, args=(2,), kwargs={"y": 3}, callback=out,
                          accept_callback=lambda pid, t: order.append("accept"))
     assert h.wait(WAIT) and out.calls == [(5,)]
     assert order == ["accept", "target"]
     errors = Recorder()
-    assert pool.apply_async(bad, error_callback=errors).wait(WAIT)
+    assert apool.apply_async(bad, error_callback=errors).wait(WAIT)
     assert isinstance(exc(errors.calls[0][0]), KeyError)
 
 
@@ -110,7 +130,7 @@ def test_sync_and_async_jobs_share_one_limit():
     p.stop()
 
 
-def test_kill_cancels_at_the_await_runs_finally_and_reports_once(pool):
+def test_kill_cancels_at_the_await_runs_finally_and_reports_once(apool):
     started, cleaned = threading.Event(), []
 
     class Resource:
@@ -130,19 +150,19 @@ def test_kill_cancels_at_the_await_runs_finally_and_reports_once(pool):
         return "not killed"
 
     out = Recorder()
-    h = pool.apply_async(target, callback=out, error_callback=out)
+    h = apool.apply_async(target, callback=out, error_callback=out)
     assert started.wait(WAIT)
-    assert pool.terminate_job(h.pid, "SIGTERM") == "killed"
+    assert apool.terminate_job(h.pid, "SIGTERM") == "killed"
     assert exc(out.calls[0][0]).args == (-15,)
-    wait_for(lambda: pool._get_info()["coroutines"] == 0, "the coroutine to unwind")
+    wait_for(lambda: apool._get_info()["coroutines"] == 0, "the coroutine to unwind")
     assert cleaned == ["finally", "aexit"]
     assert len(out.calls) == 1 and isinstance(exc(out.calls[0][0]), Terminated)
-    assert pool._get_info()["coroutines-cancelled-total"] == 1
+    assert apool._get_info()["coroutines-cancelled-total"] == 1
     # The slot is free again.
-    assert pool.apply_async(lambda: 1).wait(WAIT)
+    assert apool.apply_async(lambda: 1).wait(WAIT)
 
 
-def test_a_coroutine_that_swallows_its_cancellation_gets_no_second_report(pool):
+def test_a_coroutine_that_swallows_its_cancellation_gets_no_second_report(apool):
     started, release = threading.Event(), threading.Event()
 
     async def stubborn():
@@ -154,17 +174,17 @@ def test_a_coroutine_that_swallows_its_cancellation_gets_no_second_report(pool):
             return "swallowed"
 
     out = Recorder()
-    h = pool.apply_async(stubborn, callback=out, error_callback=out)
+    h = apool.apply_async(stubborn, callback=out, error_callback=out)
     assert started.wait(WAIT)
-    pool.terminate_job(h.pid, 9)
-    info = pool._get_info()
+    apool.terminate_job(h.pid, 9)
+    info = apool._get_info()
     assert info["coroutines-cancelling"] == 1 and info["running-threads"] == 0
     release.set()
-    wait_for(lambda: pool._get_info()["coroutines-cancelling"] == 0, "the coroutine to end")
+    wait_for(lambda: apool._get_info()["coroutines-cancelling"] == 0, "the coroutine to end")
     assert len(out.calls) == 1 and isinstance(exc(out.calls[0][0]), Terminated)
 
 
-def test_sigusr1_and_soft_limit_raise_soft_time_limit_at_the_await(pool):
+def test_sigusr1_and_soft_limit_raise_soft_time_limit_at_the_await(apool):
     started = threading.Event()
 
     async def soft_aware():
@@ -176,14 +196,14 @@ def test_sigusr1_and_soft_limit_raise_soft_time_limit_at_the_await(pool):
             return "cleaned up"
 
     out = Recorder()
-    h = pool.apply_async(soft_aware, callback=out, error_callback=out)
+    h = apool.apply_async(soft_aware, callback=out, error_callback=out)
     assert started.wait(WAIT)
-    assert pool.terminate_job(h.pid, 10) == "signalled"
+    assert apool.terminate_job(h.pid, 10) == "signalled"
     assert out.wait() == [("cleaned up",)]
 
     seen, out2 = Recorder(), Recorder()
     started.clear()
-    pool.apply_async(soft_aware, callback=out2, soft_timeout=0.05, timeout_callback=seen)
+    apool.apply_async(soft_aware, callback=out2, soft_timeout=0.05, timeout_callback=seen)
     assert out2.wait() == [("cleaned up",)]
     assert seen.calls == [(True, 0.05)]
 
@@ -249,16 +269,16 @@ def test_exactly_one_report_when_kills_race_completions():
     assert p._get_info()["coroutines"] == 0
 
 
-def test_a_blocking_step_is_detected_and_counted(pool, caplog):
+def test_a_blocking_step_is_detected_and_counted(apool, caplog):
     async def blocks():
         await asyncio.sleep(0)
         threading.Event().wait(0.6)  # a sync call inside async code
         return "done"
 
     out = Recorder()
-    with caplog.at_level("WARNING", logger="greenpool.celery"):
-        assert pool.apply_async(blocks, callback=out).wait(WAIT)
-    info = pool._get_info()
+    with caplog.at_level("WARNING", logger="greenapool.celery"):
+        assert apool.apply_async(blocks, callback=out).wait(WAIT)
+    info = apool._get_info()
     assert info["loop-blocks"] == 1
     assert info["loop-blocked-seconds"] >= 0.5
     assert info["loop-lag-p99-ms"] > 0
@@ -267,7 +287,7 @@ def test_a_blocking_step_is_detected_and_counted(pool, caplog):
     assert "in blocks" in logged[0]  # the stack names the blocking function
 
 
-def test_contextvars_of_the_loop_reach_the_task_and_stay_its_own(pool):
+def test_contextvars_of_the_loop_reach_the_task_and_stay_its_own(apool):
     var = contextvars.ContextVar("var", default="unset")
 
     async def sets(v):
@@ -276,7 +296,7 @@ def test_contextvars_of_the_loop_reach_the_task_and_stay_its_own(pool):
         return var.get()
 
     out = Recorder()
-    hs = [pool.apply_async(sets, args=(i,), callback=out) for i in range(20)]
+    hs = [apool.apply_async(sets, args=(i,), callback=out) for i in range(20)]
     assert all(h.wait(WAIT) for h in hs)
     assert sorted(c[0] for c in out.calls) == list(range(20))
 
