@@ -1,28 +1,38 @@
-"""``greenpool.celery.TaskPool``: a Celery pool whose tasks run on OS threads
-owned by the greenpool core (Rust), with the eventlet pool's API and the
-behaviour the eventlet pool lacks.
+"""``greenpool.celery.TaskPool``: a Celery pool whose tasks run under the
+greenpool core's limiter (Rust): ``async def`` tasks as coroutines on the
+pool's event loops, every other task on an OS thread of its own, with the
+eventlet pool's API and the behaviour the eventlet pool lacks.
 
-Each task runs on a thread of its own (threads are created up to the pool's
-limit and leave when idle; the GIL is released whenever Rust waits), so
-blocking, I/O-bound tasks (``requests``, database drivers, ``time.sleep``)
-run concurrently without monkey-patching. On top of that:
+Coroutines: an ``async def`` task (with or without ``bind=True``) runs on an
+asyncio loop (or uvloop) owned by the pool, thousands at once; Celery's own
+tracer runs around it in a greenlet, so signals, ``self.request``, retries,
+results and chains behave as for a sync task. See :mod:`greenpool._loop`.
+
+Threads: threads are created up to the pool's limit and leave when idle;
+the GIL is released whenever Rust waits, so blocking, I/O-bound tasks
+(``requests``, database drivers, ``time.sleep``) run concurrently without
+monkey-patching.
+
+Both count against one limit, and:
 
 * ``terminate_job(pid, signal)`` / ``revoke(terminate=True)`` end the task at
   once: its slot is freed, it is reported as terminated (Celery's
-  ``Terminated``), and an exception is raised in its thread at the next
-  Python bytecode. SIGUSR1 raises ``SoftTimeLimitExceeded`` instead, as the
-  prefork pool does.
+  ``Terminated``); a thread gets an exception at its next Python bytecode,
+  a coroutine is cancelled at its current ``await``. SIGUSR1 raises
+  ``SoftTimeLimitExceeded`` instead, as the prefork pool does.
 * Soft time limits raise ``SoftTimeLimitExceeded`` in the task; hard limits
   end it as ``TimeLimitExceeded`` on time.
 * ``grow``/``shrink`` (``pool_grow``, ``pool_shrink``, autoscale) act at once;
   shrinking below the running count leaves a debt (``free-threads`` < 0).
-* pids are unique and never reused; each task gets exactly one report.
+* pids are unique and never reused; each task gets exactly one report; a
+  request revoked while it waited for a slot never starts.
 
 A thread blocked in a C call (``time.sleep``, a socket read) cannot take an
 exception until the call returns. A kill or hard limit still ends the job at
 once; the thread is *abandoned* (``abandoned-threads`` in
 ``celery inspect stats``) and leaves when the call returns, its late result
-dropped. Python offers no portable way to wake such a call early.
+dropped. Python offers no portable way to wake such a call early. A
+coroutine that blocks its loop is logged and counted (``loop-blocks``).
 
 Usage::
 
@@ -30,7 +40,10 @@ Usage::
 
 Options (``worker_pool`` kwargs are not passed by Celery; use the
 environment): ``GREENPOOL_THREAD_STACK_SIZE`` (bytes, default 1 MiB),
-``GREENPOOL_THREAD_IDLE_TIMEOUT`` (seconds, default 30).
+``GREENPOOL_THREAD_IDLE_TIMEOUT`` (seconds, default 30), ``GREENPOOL_LOOPS``
+(event loops, default 1), ``GREENPOOL_LOOP`` (``asyncio`` or ``uvloop``),
+``GREENPOOL_LOOP_BLOCK_THRESHOLD`` (seconds a coroutine's step may hold its
+loop before it is reported, default 0.25).
 """
 import ctypes
 import inspect
@@ -259,8 +272,9 @@ class TaskPool(BasePool):
 
     #: Shutdown is not done from a signal handler (as eventlet and threads).
     signal_safe = False
-    #: Tasks run on real threads: Celery must not use its green-only code
-    #: paths (``gPidbox`` spawns on the pool, which this pool does not offer).
+    #: Celery must not use its green-only code paths (``gPidbox`` spawns on
+    #: the pool, which this pool does not offer): its consumer stays on its
+    #: own event loop, and the coroutines live in the pool's loops.
     is_green = False
     #: Joining a task's result in a task blocks one thread, not the worker.
     task_join_will_block = False
