@@ -101,6 +101,10 @@ def until(pred, timeout, step=0.02):
     return time.monotonic() - t0
 
 
+class WorkerStartError(RuntimeError):
+    """The worker exited, or did not answer a ping within 60 s."""
+
+
 class Worker:
     def __init__(self, mod, url, pool, concurrency, queue):
         env = dict(os.environ, GREENPOOL_BENCH_REDIS=url,
@@ -120,7 +124,7 @@ class Worker:
         if until(lambda: self.proc.poll() is not None
                  or bool(self.app.control.ping([self.name], timeout=0.3)), 60) is None \
                 or self.proc.poll() is not None:
-            raise RuntimeError(f"worker {pool} did not start; log: {self.logf.name}")
+            raise WorkerStartError(f"worker {pool} did not start; log: {self.logf.name}")
 
     def consume(self, queue):
         self.app.control.add_consumer(queue, destination=[self.name], reply=True)
@@ -162,6 +166,7 @@ class Drained(NamedTuple):
     done: int               #: tasks counted when the watch ended
     after: float            #: seconds from opening the queue to the end of the watch
     peak_rss: Optional[float]  #: the worker's VmHWM then, MiB
+    log: str                #: the worker's log file
 
 
 def drain(mod, url, pool, task, n, concurrency, args=(), timeout=600, prepare=None):
@@ -185,7 +190,7 @@ def drain(mod, url, pool, task, n, concurrency, args=(), timeout=600, prepare=No
             if done >= n or after > timeout or (after > JUDGE_AFTER and done * timeout < n * after):
                 break
             time.sleep(0.05)
-        return Drained(after if done >= n else None, done, after, w.rss()[1])
+        return Drained(after if done >= n else None, done, after, w.rss()[1], w.logf.name)
     finally:
         w.stop()
 
@@ -291,54 +296,57 @@ def run_pool(mod, url, pool, a, workloads):
         log(f"{pool}: {spec.package} is not installed, skipped")
         return {"not installed": spec.package}
     row = {}
+    kind = "async def" if spec.coroutines else "def"
     wide = a.threads_concurrency if pool == "threads" else a.async_concurrency
     if any(w in workloads for w in ("async-sleepers", "async-round-trips")):
-        row["async task"] = "async def" if spec.coroutines else "def"
+        row["async task"] = kind
         row["async -c"] = wide
 
-    def drained(workload, res, n):
+    def measure(workload, what, task, n, concurrency, args=(), prepare=None):
+        """Drains ``n`` of ``task`` (``what`` names it in the progress log)
+        and notes in the row how far a drain that was given up got."""
+        log(f"{pool}: {n} x {what} at -c {concurrency}")
+        res = drain(mod, url, pool, task, n, concurrency, args, a.timeout, prepare)
         if res.wall is None:
-            row[f"{workload} unfinished"] = {"done": res.done, "of": n, "after s": res.after}
-            log(f"{pool}: {workload} given up, {res.done} of {n} done in {res.after:.1f} s")
+            row[f"{workload} unfinished"] = {"done": res.done, "of": n, "after s": res.after,
+                                             "worker log": res.log}
+            log(f"{pool}: {workload} given up, {res.done} of {n} done in {res.after:.1f} s "
+                f"(worker log: {res.log})")
         return res
 
     for workload in workloads:
         if not applies(pool, workload):
             continue
         try:
-            if workload in ("trivial", "async-trivial"):
-                task = mod.trivial if workload == "trivial" else mod.async_trivial
-                log(f"{pool}: {a.trivial} {workload} tasks at -c {a.trivial_concurrency}")
-                res = drained(workload, drain(mod, url, pool, task, a.trivial,
-                                              a.trivial_concurrency, timeout=a.timeout), a.trivial)
-                key = "trivial tasks/s" if workload == "trivial" else "async trivial tasks/s"
-                row[key] = None if res.wall is None else a.trivial / res.wall
+            if workload == "trivial":
+                res = measure(workload, "trivial", mod.trivial, a.trivial, a.trivial_concurrency)
+                row["trivial tasks/s"] = None if res.wall is None else a.trivial / res.wall
+            elif workload == "async-trivial":
+                res = measure(workload, "async def trivial", mod.async_trivial, a.trivial,
+                              a.trivial_concurrency)
+                row["async trivial tasks/s"] = None if res.wall is None else a.trivial / res.wall
             elif workload == "sleepers":
-                log(f"{pool}: {a.sleepers} x sleep(1 s) at -c {a.sleep_concurrency}")
-                res = drained(workload, drain(mod, url, pool, mod.sleeper, a.sleepers,
-                                              a.sleep_concurrency, args=(1.0,),
-                                              timeout=a.timeout), a.sleepers)
+                res = measure(workload, "sleep(1 s)", mod.sleeper, a.sleepers,
+                              a.sleep_concurrency, args=(1.0,))
                 row["sleepers wall s"] = res.wall
                 row["sleepers peak RSS MiB"] = res.peak_rss
             elif workload == "async-sleepers":
-                task = mod.async_sleeper if spec.coroutines else mod.sleeper
-                log(f"{pool}: {a.sleepers} x {row['async task']} sleep(1 s) at -c {wide}")
-                res = drained(workload, drain(mod, url, pool, task, a.sleepers, wide,
-                                              args=(1.0,), timeout=a.timeout), a.sleepers)
+                res = measure(workload, f"{kind} sleep(1 s)",
+                              mod.async_sleeper if spec.coroutines else mod.sleeper,
+                              a.sleepers, wide, args=(1.0,))
                 row["async sleepers wall s"] = res.wall
                 row["async sleepers peak RSS MiB"] = res.peak_rss
             elif workload == "async-round-trips":
-                task = mod.async_round_trip if spec.coroutines else mod.round_trip
-                log(f"{pool}: {a.round_trips} x {row['async task']} GET at -c {wide}")
-                res = drained(workload, drain(
-                    mod, url, pool, task, a.round_trips, wide, timeout=a.timeout,
-                    prepare=lambda: mod.r().set(mod.PAYLOAD_KEY, b"x" * 100)), a.round_trips)
+                res = measure(workload, f"{kind} GET",
+                              mod.async_round_trip if spec.coroutines else mod.round_trip,
+                              a.round_trips, wide,
+                              prepare=lambda: mod.r().set(mod.PAYLOAD_KEY, b"x" * 100))
                 row["round trips wall s"] = res.wall
                 row["round trips peak RSS MiB"] = res.peak_rss
             else:
                 log(f"{pool}: features and revoke latency")
                 row.update(features(mod, url, pool))
-        except RuntimeError as e:  # the worker did not start
+        except WorkerStartError as e:
             log(f"{pool}: {workload}: {e}")
             row[f"{workload} error"] = str(e)
     log(f"{pool}: {row}")
@@ -370,10 +378,10 @@ def tables(a):
 
 def cell(pool, row, workload, key):
     """One table cell: the figure, or why there is none."""
-    if "not installed" in row:
-        return "not installed"
     if not applies(pool, workload):
         return "n/a"
+    if "not installed" in row:
+        return "not installed"
     if row.get(key) is not None:
         return fmt(row[key])
     if f"{workload} error" in row:

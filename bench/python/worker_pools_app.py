@@ -46,11 +46,13 @@ _ar = weakref.WeakKeyDictionary()
 def ar():
     """The ``redis.asyncio`` client of the running event loop, made on its
     first use in that loop: an asyncio connection belongs to the loop that
-    opened it, so a pool that runs several loops needs a client for each."""
+    opened it, so a pool that runs several loops needs a client for each.
+    Like ``r()``, one connection per concurrent task at most (the asyncio
+    pool's default of 100 fails the 101st task that waits on Redis)."""
     loop = asyncio.get_running_loop()
     client = _ar.get(loop)
     if client is None:
-        client = _ar[loop] = redis.asyncio.Redis.from_url(URL + "/2")
+        client = _ar[loop] = redis.asyncio.Redis.from_url(URL + "/2", max_connections=100000)
     return client
 
 
