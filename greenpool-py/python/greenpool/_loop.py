@@ -44,6 +44,8 @@ logger = logging.getLogger("greenpool.celery")
 BEAT_INTERVAL = 0.1
 #: Lag samples kept for the p99.
 LAG_SAMPLES = 1024
+#: Seconds a closing loop gives the coroutines it cancels to end.
+CLOSE_TIMEOUT = 5.0
 
 
 class LoopSettings:
@@ -328,7 +330,9 @@ class LoopRunner:
             for task in pending:
                 task.cancel()
             if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                # Bounded: a coroutine that swallows its cancellation must
+                # not hold the worker's shutdown for ever.
+                loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_TIMEOUT))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
