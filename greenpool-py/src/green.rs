@@ -7,8 +7,10 @@
 //! greenlet, `settle()` when the task's coroutine returned or raised (false
 //! means a kill came first: the outcome is dropped), and `finish(ok, value)`
 //! with what the target returned or raised (reports it, frees the slot).
-//! `release()` frees the slot of a job that did not begin. A `GreenJob`
-//! dropped without either frees the slot too, and its job reports lost.
+//! `release()` frees the slot of a job that did not begin. Both free it at
+//! the loop's next `LoopHandle.flush`, for a batch of jobs at once; when
+//! they return true, the caller schedules that flush. A `GreenJob` dropped
+//! without either frees the slot too, and its job reports lost.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -18,6 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::core::Shared;
 use crate::job::{JobShared, Runner};
+use crate::loops::Slot;
 
 /// One coroutine job on its loop.
 #[pyclass(module = "greenpool._greenpool", frozen)]
@@ -25,14 +28,21 @@ pub(crate) struct GreenJob {
     job: Arc<JobShared>,
     done: Mutex<Option<oneshot::Sender<()>>>,
     shared: Arc<Shared>,
+    slot: Arc<Slot>,
 }
 
 impl GreenJob {
-    pub(crate) fn new(job: Arc<JobShared>, done: oneshot::Sender<()>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        job: Arc<JobShared>,
+        done: oneshot::Sender<()>,
+        shared: Arc<Shared>,
+        slot: Arc<Slot>,
+    ) -> Self {
         GreenJob {
             job,
             done: Mutex::new(Some(done)),
             shared,
+            slot,
         }
     }
 }
@@ -97,8 +107,8 @@ impl GreenJob {
     }
 
     /// The target returned `value` (`ok`) or raised the exception `value`:
-    /// reports it unless killed, then frees the slot.
-    fn finish(&self, py: Python<'_>, ok: bool, value: Py<PyAny>) {
+    /// reports it unless killed, then frees the slot (see `release`).
+    fn finish(&self, py: Python<'_>, ok: bool, value: Py<PyAny>) -> bool {
         let result = if ok {
             Ok(value)
         } else {
@@ -110,18 +120,21 @@ impl GreenJob {
             .stats
             .coroutines
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.release();
+        self.release()
     }
 
-    /// Frees the job's slot (once; later calls do nothing).
-    fn release(&self) {
+    /// Frees the job's slot (once; later calls do nothing) at the loop's
+    /// next `LoopHandle.flush`. True when the caller must schedule that
+    /// flush (`loop.call_soon(handle.flush)`).
+    fn release(&self) -> bool {
         let done = self
             .done
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(done) = done {
-            let _ = done.send(());
+        match done {
+            Some(done) => self.slot.release_later(done),
+            None => false,
         }
     }
 

@@ -18,6 +18,7 @@
 //! Lock order: a job's lock, then the GIL. Threads holding the GIL take the
 //! lock with `lock_py_attached`, which lets the GIL go while it waits.
 
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
@@ -84,6 +85,8 @@ pub(crate) struct JobState {
     pub(crate) driver: Option<Py<PyAny>>,
     /// A kill cancelled the job's coroutine, which has not ended yet.
     pub(crate) cancelling: bool,
+    /// Threads waiting in `wait_reported`.
+    pub(crate) waiters: u32,
 }
 
 /// The Python calls of one job.
@@ -155,6 +158,7 @@ impl JobShared {
                 usr1: false,
                 driver: None,
                 cancelling: false,
+                waiters: 0,
             }),
             reported: Condvar::new(),
             calls,
@@ -203,18 +207,23 @@ impl JobShared {
 
     fn mark_reported(&self, py: Python<'_>) {
         let mut st = self.lock_py(py);
+        self.set_reported(st.deref_mut());
+    }
+
+    /// Marks the report made, waking the waiters of `wait_reported` (a
+    /// futex wake is a system call: made only when someone waits).
+    fn set_reported(&self, st: &mut JobState) {
         st.reported = true;
-        drop(st);
-        self.reported.notify_all();
+        if st.waiters > 0 {
+            self.reported.notify_all();
+        }
     }
 
     /// Marks a job that will never run nor report (refused at apply).
     pub(crate) fn mark_dropped(&self) {
         let mut st = self.lock();
         st.phase = Phase::Killed;
-        st.reported = true;
-        drop(st);
-        self.reported.notify_all();
+        self.set_reported(st.deref_mut());
     }
 
     /// True once the job's one report was made.
@@ -224,23 +233,25 @@ impl JobShared {
 
     /// Waits, without the GIL, until the report was made or `timeout` passed.
     pub(crate) fn wait_reported(&self, timeout: Option<Duration>) -> bool {
-        let st = self.lock();
-        match timeout {
-            None => {
-                let st = self
-                    .reported
-                    .wait_while(st, |s| !s.reported)
-                    .unwrap_or_else(PoisonError::into_inner);
-                st.reported
-            }
-            Some(t) => {
-                let (st, _) = self
-                    .reported
-                    .wait_timeout_while(st, t, |s| !s.reported)
-                    .unwrap_or_else(PoisonError::into_inner);
-                st.reported
-            }
+        let mut st = self.lock();
+        if st.reported {
+            return true;
         }
+        st.waiters += 1;
+        let mut st = match timeout {
+            None => self
+                .reported
+                .wait_while(st, |s| !s.reported)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(t) => {
+                self.reported
+                    .wait_timeout_while(st, t, |s| !s.reported)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        st.waiters -= 1;
+        st.reported
     }
 
     // ----- on the job's thread ------------------------------------------------
@@ -301,9 +312,7 @@ impl JobShared {
                 let mut st = self.lock_py(py);
                 if st.phase == Phase::Accepting {
                     st.phase = Phase::Killed;
-                    st.reported = true;
-                    drop(st);
-                    self.reported.notify_all();
+                    self.set_reported(st.deref_mut());
                 }
                 return false;
             }

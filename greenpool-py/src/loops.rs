@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyo3::prelude::*;
+use tokio::sync::oneshot;
 
 use crate::core::Shared;
 use crate::error::Error;
@@ -39,7 +40,7 @@ enum Status {
 
 /// One loop: its queue, its wake-up socket pair and its Python runner.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     index: usize,
     queue: Mutex<Vec<WorkItem>>,
     wake_pending: AtomicBool,
@@ -47,6 +48,10 @@ struct Slot {
     reader: UnixStream,
     /// The Python runner (`greenpool._loop.LoopRunner`), once ready.
     runner: Mutex<Option<Py<PyAny>>>,
+    /// Slots of finished jobs, freed together once per loop iteration
+    /// (`LoopHandle.flush`): waking the core's runtime is a system call,
+    /// made once for a batch rather than once for each job.
+    releases: Mutex<Vec<oneshot::Sender<()>>>,
     status: Mutex<Status>,
     changed: Condvar,
 }
@@ -63,6 +68,7 @@ impl Slot {
             waker,
             reader,
             runner: Mutex::new(None),
+            releases: Mutex::new(Vec::new()),
             status: Mutex::new(Status::Starting),
             changed: Condvar::new(),
         })
@@ -85,6 +91,22 @@ impl Slot {
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
             // A full socket buffer means wake-ups are pending already.
             let _ = (&self.waker).write(&[1]);
+        }
+    }
+
+    /// Queues the freeing of a finished job's slot; true when the queue
+    /// was empty (the caller schedules a `flush`).
+    pub(crate) fn release_later(&self, done: oneshot::Sender<()>) -> bool {
+        let mut releases = lock(&self.releases);
+        releases.push(done);
+        releases.len() == 1
+    }
+
+    /// Frees every queued slot.
+    fn flush(&self) {
+        let releases = std::mem::take(&mut *lock(&self.releases));
+        for done in releases {
+            let _ = done.send(());
         }
     }
 
@@ -198,8 +220,9 @@ impl Loops {
         for thread in threads {
             let _ = thread.join();
         }
-        // Items queued after the loops stopped: their jobs report lost.
         for slot in slots {
+            slot.flush();
+            // Items queued after the loops stopped: their jobs report lost.
             drop(slot.take());
         }
     }
@@ -268,7 +291,20 @@ impl LoopHandle {
         self.slot
             .take()
             .into_iter()
-            .map(|item| GreenJob::new(item.job, item.done, Arc::clone(&self.shared)))
+            .map(|item| {
+                GreenJob::new(
+                    item.job,
+                    item.done,
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.slot),
+                )
+            })
             .collect()
+    }
+
+    /// Frees the slots of the jobs finished since the last flush (schedule
+    /// it with `loop.call_soon` when a job's `finish` or `release` says so).
+    fn flush(&self) {
+        self.slot.flush();
     }
 }

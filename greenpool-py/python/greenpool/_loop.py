@@ -77,10 +77,8 @@ class TaskGreenlet(greenlet):
     coroutine in place; a task called directly from inside returns its
     coroutine, as it would anywhere else."""
 
-    def __init__(self, job, parent):
-        super().__init__(_green_main, parent)
-        self.job = job
-        self.armed = True
+    job = None
+    armed = False
 
 
 def _green_main(job):
@@ -182,9 +180,12 @@ class Driver:
         job = self.job
         runner = self.runner
         if not job.begin(self):
-            job.release()
+            if job.release():
+                runner.schedule_flush()
             return None
-        glet = TaskGreenlet(job, getcurrent())
+        glet = TaskGreenlet(_green_main, getcurrent())
+        glet.job = job
+        glet.armed = True
         glet.gr_context = contextvars.copy_context()
         try:
             runner.enter(self)
@@ -209,11 +210,13 @@ class Driver:
                     finally:
                         runner.leave()
         except BaseException as exc:
-            job.finish(False, exc)
+            if job.finish(False, exc):
+                runner.schedule_flush()
             if isinstance(exc, GeneratorExit):
                 raise
             return None
-        job.finish(True, out)
+        if job.finish(True, out):
+            runner.schedule_flush()
         return None
 
     def _throw(self, glet, exc):
@@ -233,8 +236,11 @@ class Driver:
         return exc
 
 
-async def _drive(driver):
-    await driver
+async def _drive(driver, runner):
+    try:
+        await driver
+    finally:
+        runner.ended()
 
 
 class LoopStats:
@@ -282,18 +288,23 @@ class LoopRunner:
 
     def _drain(self):
         create = self.loop.create_task
-        for job in self.handle.take():
-            driver = Driver(job, self, self.soft_error)
-            task = create(_drive(driver))
-            driver.task = task
-            self.live += 1
+        soft_error = self.soft_error
+        jobs = self.handle.take()
+        if jobs:
+            self.live += len(jobs)
             self._idle.clear()
-            task.add_done_callback(self._ended)
+        for job in jobs:
+            driver = Driver(job, self, soft_error)
+            driver.task = create(_drive(driver, self))
 
-    def _ended(self, _task):
+    def ended(self):
         self.live -= 1
         if self.live == 0:
             self._idle.set()
+
+    def schedule_flush(self):
+        """Frees the slots of finished jobs at the next iteration, together."""
+        self.loop.call_soon(self.handle.flush)
 
     def _beat(self):
         now = self.loop.time()
@@ -335,6 +346,7 @@ class LoopRunner:
                 loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_TIMEOUT))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
+            self.handle.flush()
             asyncio.set_event_loop(None)
             loop.close()
 
