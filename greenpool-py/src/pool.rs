@@ -80,6 +80,23 @@ pub(crate) struct Pool {
     inner: Arc<PoolInner>,
 }
 
+impl Pool {
+    /// Delivers SIGUSR1 to `job` through the hooks' `defer` (the worker's
+    /// event loop), by way of a handle's `terminate`.
+    fn defer_usr1(&self, py: Python<'_>, job: Arc<JobShared>) -> PyResult<()> {
+        let handle = Py::new(
+            py,
+            PyJob {
+                job,
+                pool: Arc::clone(&self.inner),
+            },
+        )?;
+        let terminate = handle.getattr(py, "terminate")?;
+        let signum = SIGUSR1.into_pyobject(py)?.into_any().unbind();
+        self.inner.shared.hooks.defer(py, &terminate, signum)
+    }
+}
+
 #[pymethods]
 impl Pool {
     #[new]
@@ -182,8 +199,9 @@ impl Pool {
 
     /// Kills the job `pid`: SIGUSR1 raises `SoftTimeLimitExceeded` in it;
     /// any other signal ends it at once (reported as Celery's `Terminated`
-    /// with that signal) and raises into its thread. With `defer`, the
-    /// report goes through `hooks.defer` instead of running before this
+    /// with that signal) and raises into its thread or cancels its
+    /// coroutine. With `defer`, the kill's report (and SIGUSR1's exception)
+    /// goes through `hooks.defer` instead of happening before this
     /// returns. Returns "killed", "exited" (it ended first), "signalled"
     /// (SIGUSR1), "not-running" or "unknown".
     #[pyo3(signature = (pid, signal=None, defer=false))]
@@ -195,10 +213,19 @@ impl Pool {
         defer: bool,
     ) -> &'static str {
         let job = self.inner.shared.jobs().get(&pid).cloned();
-        match job {
-            Some(job) => self.inner.kill_job(py, &job, signal, defer),
-            None => "unknown",
+        let Some(job) = job else {
+            return "unknown";
+        };
+        if defer && signal == Some(SIGUSR1) {
+            // Celery stores REVOKED right after this returns: the soft
+            // exception goes in after that, so that what the task returns
+            // when it catches it is its result (as with prefork).
+            match self.defer_usr1(py, job.clone()) {
+                Ok(()) => return "signalled",
+                Err(e) => e.write_unraisable(py, None),
+            }
         }
+        self.inner.kill_job(py, &job, signal, defer)
     }
 
     /// Adds `n` slots; waiting jobs start at once.
