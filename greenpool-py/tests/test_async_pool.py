@@ -177,8 +177,8 @@ def test_a_coroutine_that_swallows_its_cancellation_gets_no_second_report(apool)
     h = apool.apply_async(stubborn, callback=out, error_callback=out)
     assert started.wait(WAIT)
     apool.terminate_job(h.pid, 9)
-    info = apool._get_info()
-    assert info["coroutines-cancelling"] == 1 and info["running-threads"] == 0
+    assert apool._get_info()["coroutines-cancelling"] == 1
+    wait_for(lambda: apool._get_info()["running-threads"] == 0, "the slot freed")
     release.set()
     wait_for(lambda: apool._get_info()["coroutines-cancelling"] == 0, "the coroutine to end")
     assert len(out.calls) == 1 and isinstance(exc(out.calls[0][0]), Terminated)
@@ -359,3 +359,36 @@ def test_celery_outside_the_supported_range_is_refused():
     for version in ((5, 2, 7), (4, 4, 7), (6, 0, 0)):
         with pytest.raises(RuntimeError, match="supports Celery 5.3 to 5.x"):
             check_celery_version(version)
+
+
+def test_jobs_spread_over_several_loops(monkeypatch):
+    """GREENPOOL_LOOPS=3: jobs go to the loops in turn, each loop's thread
+    runs its own, and kills reach a coroutine on any of them."""
+    monkeypatch.setenv("GREENPOOL_LOOPS", "3")
+    p = TaskPool(30)
+    p.start()
+    threads, release = set(), threading.Event()
+
+    async def where():
+        threads.add(threading.get_ident())
+        await until(release)
+        return "released"
+
+    out = Recorder()
+    hs = [p.apply_async(where, callback=out, error_callback=out) for _ in range(30)]
+    wait_for(lambda: p._get_info()["coroutines"] == 30, "30 coroutines running")
+    assert p._get_info()["loops"] == 3 and len(threads) == 3
+    for h in hs[:3]:
+        assert p.terminate_job(h.pid, 9) == "killed"
+    release.set()
+    assert all(h.wait(WAIT) for h in hs)
+    p.stop()
+    assert sum(1 for c in out.calls if c == ("released",)) == 27
+    killed = [c for c in out.calls if c != ("released",)]
+    assert len(killed) == 3 and all(isinstance(exc(c[0]), Terminated) for c in killed)
+
+
+def test_loops_count_is_checked(monkeypatch):
+    monkeypatch.setenv("GREENPOOL_LOOPS", "0")
+    with pytest.raises(ValueError, match="GREENPOOL_LOOPS=0"):
+        TaskPool(1)
