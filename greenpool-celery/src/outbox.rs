@@ -37,15 +37,20 @@ impl Outbox {
     }
 
     /// Queues a follow-up message (a retry, a chain step, a link): its
-    /// Redis queue key and kombu envelope. On AMQP the envelope's own
-    /// routing key and priority route it.
-    pub(crate) fn push(&self, key: String, payload: String) {
+    /// Redis queue key and kombu envelope. On AMQP the envelope's
+    /// `delivery_info` (exchange and routing key) and priority route it,
+    /// and `origin`, the still unacked delivery it came from (a late-ack
+    /// request's), stays unacked if the broker cannot route it. On Redis
+    /// a push cannot be refused alone (it is written in an atomic batch no
+    /// later than the ack's): `origin` is not needed there.
+    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
+    pub(crate) fn push(&self, key: String, payload: String, origin: Option<&str>) {
         match self {
             #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.push(key, payload),
             #[cfg(feature = "amqp")]
             Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&payload) {
-                Ok(m) => o.publish(m),
+                Ok(m) => o.follow_up(m, origin.map(str::to_owned)),
                 Err(e) => tracing::error!("cannot send a follow-up to {key:?}: {e}"),
             },
         }

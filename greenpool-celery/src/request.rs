@@ -449,7 +449,7 @@ fn finish(
             return false;
         }
         Outcome::Completed(TaskOutput::Ran(Err(e), _)) if e.retry_countdown().is_some() => {
-            retry_or_fail(shared, msg, e, retry)
+            retry_or_fail(shared, msg, e, retry, unacked)
         }
         Outcome::Completed(TaskOutput::Ran(Ok(v), _)) => (TaskState::Success, v.clone(), None),
         Outcome::Completed(TaskOutput::Ran(Err(e), _)) => {
@@ -505,7 +505,7 @@ fn finish(
             }
         },
     };
-    let (state, result, traceback) = match follow_up(shared, msg, state, &result) {
+    let (state, result, traceback) = match follow_up(shared, msg, state, &result, unacked) {
         Ok(()) => {
             if state == TaskState::Success {
                 bump(&shared.counters.succeeded);
@@ -623,7 +623,8 @@ fn requeue_envelope(raw: &[u8], queue: &str) -> Option<(String, String)> {
 }
 
 /// Sends link callbacks and the next chain step after a success, link
-/// errors after a failure.
+/// errors after a failure. `unacked` is the request's delivery when it is
+/// still unacked (late ack): its ack waits for them.
 ///
 /// # Errors
 ///
@@ -635,6 +636,7 @@ fn follow_up(
     msg: &TaskMessage,
     state: TaskState,
     result: &Value,
+    unacked: Option<&str>,
 ) -> Result<(), TaskError> {
     let embed = &msg.embed;
     let priority = msg.properties.priority;
@@ -680,7 +682,7 @@ fn follow_up(
         _ => {}
     }
     for (key, payload) in out {
-        shared.acks.push(key, payload);
+        shared.acks.push(key, payload, unacked);
     }
     Ok(())
 }
@@ -696,12 +698,14 @@ struct RetryInfo {
 /// Handles a task's request to be retried: sends the request again with
 /// `retries + 1` and an ETA, and reports RETRY; or, when the retries are
 /// used up, reports FAILURE (`MaxRetriesExceededError` for a bare retry,
-/// else the task's own error).
+/// else the task's own error). `unacked` is the request's delivery when
+/// it is still unacked (late ack): its ack waits for the retry.
 fn retry_or_fail(
     shared: &Shared,
     msg: &TaskMessage,
     e: &TaskError,
     retry: &RetryInfo,
+    unacked: Option<&str>,
 ) -> (TaskState, Value, Option<String>) {
     let name = msg.headers.display_name();
     let id = cut(&msg.headers.id, LOG_NAME_MAX);
@@ -727,7 +731,7 @@ fn retry_or_fail(
             cut(&e.to_string(), LOG_REPR_MAX)
         );
         bump(&shared.counters.retried);
-        shared.acks.push(key, payload);
+        shared.acks.push(key, payload, unacked);
         return (TaskState::Retry, e.to_json(), Some(traceback_text(name, e)));
     }
     bump(&shared.counters.failed);

@@ -20,7 +20,11 @@
 //! * What the worker publishes (follow-ups, rpc:// results) is confirmed by
 //!   the broker before the acks queued after it ([`outbox`]); results in
 //!   a Redis backend (with the `redis` feature) are written before them
-//!   too ([`results`]).
+//!   too ([`results`]). A retry goes to the exchange and routing key its
+//!   delivery came through, as Celery's `Task.retry` sends it; chain steps
+//!   and links to the default exchange under their queue's name. Follow-ups
+//!   are published mandatory: one the broker cannot route is logged, and
+//!   the message it came from, if still unacked (late ack), is not acked.
 //! * The connection asks for heartbeats and reconnects with the same
 //!   backoff and retry settings as the Redis connection layer,
 //!   re-declaring the topology and consumers ([`session`]).

@@ -17,9 +17,23 @@
 //! sent again (at least once, as kombu's publish retry). Acks and rejects
 //! name their connection's generation; those of a connection that broke
 //! are dropped, since the broker requeued those messages already.
+//!
+//! # Follow-ups the broker cannot route
+//!
+//! Follow-ups are published `mandatory`: one that no queue is bound to
+//! receive comes back with its confirm (`basic.return`) instead of being
+//! dropped. It is logged as an error with its exchange and routing key,
+//! and the ack of the delivery it came from (a late-ack request's, named
+//! with the publish) is not sent: that message stays unacked, and the
+//! broker delivers it again once this connection ends. An early-ack
+//! request's message was acked when the task started; its unroutable
+//! follow-up is logged as lost. rpc:// replies are not mandatory (a
+//! client that left takes its reply queue with it, as with Celery).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -36,8 +50,18 @@ const MAX_ROUND: usize = 1024;
 enum Op {
     Ack(String),
     Reject(String),
-    Publish(Box<Outgoing>),
+    Publish(Box<Publish>),
     Flush(oneshot::Sender<()>),
+}
+
+/// A message to publish and what it is for.
+struct Publish {
+    message: Outgoing,
+    /// A follow-up (a retry, a chain step, a link): published mandatory.
+    follow_up: bool,
+    /// The still unacked delivery the follow-up came from, whose ack is
+    /// withheld if the broker cannot route it.
+    origin: Option<String>,
 }
 
 /// A background task that sends queued operations in rounds.
@@ -88,7 +112,26 @@ impl AmqpOutbox {
 
     /// Queues a publish (confirmed before later acks go out).
     pub(crate) fn publish(&self, m: Outgoing) {
-        let _ = self.tx.send(Op::Publish(Box::new(m)));
+        self.send(Publish {
+            message: m,
+            follow_up: false,
+            origin: None,
+        });
+    }
+
+    /// Queues a follow-up: published mandatory and confirmed before later
+    /// acks go out; when the broker cannot route it, the ack of `origin`
+    /// (the delivery it came from, if still unacked) is not sent.
+    pub(crate) fn follow_up(&self, m: Outgoing, origin: Option<String>) {
+        self.send(Publish {
+            message: m,
+            follow_up: true,
+            origin,
+        });
+    }
+
+    fn send(&self, p: Publish) {
+        let _ = self.tx.send(Op::Publish(Box::new(p)));
     }
 
     /// Waits until everything queued before this call was sent (or
@@ -122,8 +165,18 @@ async fn run(
     stats: Arc<RedisStats>,
 ) {
     let mut round = Vec::with_capacity(MAX_ROUND);
+    // Deliveries whose follow-up came back unroutable; a request's ack may
+    // come in a later round than its follow-up.
+    let mut withheld = HashSet::new();
     while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
-        send_round(&session, results.as_deref(), &stats, &mut round).await;
+        send_round(
+            &session,
+            results.as_deref(),
+            &stats,
+            &mut round,
+            &mut withheld,
+        )
+        .await;
     }
 }
 
@@ -132,6 +185,7 @@ async fn send_round(
     results: Option<&ResultsBatcher>,
     stats: &RedisStats,
     round: &mut Vec<Op>,
+    withheld: &mut HashSet<String>,
 ) {
     let mut publishes = Vec::new();
     let mut settles = Vec::new();
@@ -145,8 +199,9 @@ async fn send_round(
         }
     }
     if !publishes.is_empty() {
-        publish_all(session, stats, publishes).await;
+        withheld.extend(publish_all(session, stats, publishes).await);
     }
+    let settles = withhold_acks(settles, withheld);
     if !settles.is_empty() {
         if let Some(b) = results {
             b.flush().await;
@@ -160,10 +215,40 @@ async fn send_round(
     }
 }
 
+/// Drops from `settles` the acks of deliveries in `withheld` (whose
+/// follow-up the broker could not route), forgetting them: each is
+/// settled once. A reject of one goes out (it requeues the message).
+fn withhold_acks(
+    settles: Vec<(String, bool)>,
+    withheld: &mut HashSet<String>,
+) -> Vec<(String, bool)> {
+    if withheld.is_empty() {
+        return settles;
+    }
+    settles
+        .into_iter()
+        .filter(|(name, ack)| {
+            let held = withheld.remove(name);
+            if held && *ack {
+                tracing::warn!(
+                    "delivery {name} is left unacked: its follow-up was not routed; \
+                     the broker delivers it again when this connection ends"
+                );
+            }
+            !(held && *ack)
+        })
+        .collect()
+}
+
 /// Publishes every message and awaits their confirms together; on a
 /// failure waits for the next connection and sends what is unconfirmed
 /// again. Gives up (dropping them, logged) only when the session did.
-async fn publish_all(session: &Session, stats: &RedisStats, mut pending: Vec<Outgoing>) {
+/// Returns the origins of the follow-ups the broker could not route.
+async fn publish_all(
+    session: &Session,
+    stats: &RedisStats,
+    mut pending: Vec<Publish>,
+) -> Vec<String> {
     let mut generation = 0;
     loop {
         let live = match session.current() {
@@ -175,15 +260,15 @@ async fn publish_all(session: &Session, stats: &RedisStats, mut pending: Vec<Out
                         "dropping {} message(s) to publish: the broker connection gave up",
                         pending.len()
                     );
-                    return;
+                    return Vec::new();
                 }
             },
         };
         generation = live.generation;
         match publish_on(&live, &pending).await {
-            Ok(()) => {
+            Ok(returned) => {
                 stats.add_confirmed(pending.len() as u64);
-                return;
+                return unrouted_origins(pending, &returned);
             }
             Err(e) => {
                 tracing::warn!(
@@ -196,15 +281,21 @@ async fn publish_all(session: &Session, stats: &RedisStats, mut pending: Vec<Out
     }
 }
 
-async fn publish_on(live: &Live, msgs: &[Outgoing]) -> Result<(), BrokerError> {
+/// Publishes `msgs` and awaits their confirms; returns the messages the
+/// broker returned as unroutable.
+async fn publish_on(live: &Live, msgs: &[Publish]) -> Result<Vec<Delivery>, BrokerError> {
     let mut confirms = Vec::with_capacity(msgs.len());
-    for m in msgs {
+    for p in msgs {
+        let m = &p.message;
         let c = live
             .publish
             .basic_publish(
                 m.exchange.as_str().into(),
                 m.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: p.follow_up,
+                    ..BasicPublishOptions::default()
+                },
                 &m.body,
                 m.properties.clone(),
             )
@@ -212,6 +303,7 @@ async fn publish_on(live: &Live, msgs: &[Outgoing]) -> Result<(), BrokerError> {
             .map_err(BrokerError::Amqp)?;
         confirms.push(c);
     }
+    let mut returned = Vec::new();
     for c in confirms {
         let confirmation = c.await.map_err(BrokerError::Amqp)?;
         if confirmation.is_nack() {
@@ -219,8 +311,55 @@ async fn publish_on(live: &Live, msgs: &[Outgoing]) -> Result<(), BrokerError> {
                 "the broker refused (nacked) a published message".to_owned(),
             ));
         }
+        if let Some(r) = confirmation.take_message() {
+            tracing::error!(
+                "the broker could not route a follow-up to exchange {:?} with routing key \
+                 {:?} ({} {})",
+                r.delivery.exchange.as_str(),
+                r.delivery.routing_key.as_str(),
+                r.reply_code,
+                r.reply_text.as_str()
+            );
+            returned.push(r.delivery);
+        }
     }
-    Ok(())
+    Ok(returned)
+}
+
+/// The origins of the follow-ups in `sent` that the broker returned.
+///
+/// lapin hands a returned message to whichever confirm completes next
+/// (under a multiple ack, in no set order), so each one is matched to
+/// what was sent by its exchange, routing key and body instead of by the
+/// confirm that carried it. A returned follow-up of an early-ack request
+/// has no origin: its message was acked when the task started.
+fn unrouted_origins(sent: Vec<Publish>, returned: &[Delivery]) -> Vec<String> {
+    let mut sent: Vec<Option<Publish>> = sent.into_iter().map(Some).collect();
+    let mut origins = Vec::new();
+    for r in returned {
+        let found = sent.iter_mut().find(|p| {
+            p.as_ref().is_some_and(|p| {
+                let m = &p.message;
+                p.follow_up
+                    && m.exchange == r.exchange.as_str()
+                    && m.routing_key == r.routing_key.as_str()
+                    && m.body == r.data
+            })
+        });
+        match found.and_then(Option::take) {
+            Some(Publish {
+                origin: Some(o), ..
+            }) => origins.push(o),
+            Some(Publish { origin: None, .. }) => tracing::error!(
+                "a follow-up to exchange {:?} with routing key {:?} is lost: the message \
+                 it came from was acked when its task started",
+                r.exchange.as_str(),
+                r.routing_key.as_str()
+            ),
+            None => {}
+        }
+    }
+    origins
 }
 
 async fn settle(live: &Live, stats: &RedisStats, settles: Vec<(String, bool)>) {
@@ -262,5 +401,58 @@ mod tests {
         assert_eq!(split_tag("3:17"), Some((3, 17)));
         assert_eq!(split_tag("uuid-like"), None);
         assert_eq!(split_tag("x:1"), None);
+    }
+
+    fn publish(exchange: &str, body: &[u8], follow_up: bool, origin: Option<&str>) -> Publish {
+        Publish {
+            message: Outgoing {
+                exchange: exchange.to_owned(),
+                routing_key: "rk".to_owned(),
+                body: body.to_vec(),
+                properties: lapin::BasicProperties::default(),
+            },
+            follow_up,
+            origin: origin.map(str::to_owned),
+        }
+    }
+
+    fn returned(exchange: &str, body: &[u8]) -> Delivery {
+        Delivery::mock(0, exchange.into(), "rk".into(), false, body.to_vec())
+    }
+
+    #[test]
+    fn a_returned_follow_up_names_its_origin_whatever_confirm_carried_it() {
+        let sent = vec![
+            publish("ex", b"reply", false, None),
+            publish("ex", b"retry-a", true, Some("1:4")),
+            publish("ex", b"retry-b", true, Some("1:5")),
+            publish("ex", b"retry-b", true, Some("1:6")),
+            publish("ex", b"link", true, None),
+        ];
+        // Returned in another order than sent; the same message twice is
+        // matched to two sends.
+        let back = [
+            returned("ex", b"retry-b"),
+            returned("ex", b"link"),
+            returned("ex", b"retry-b"),
+        ];
+        assert_eq!(unrouted_origins(sent, &back), ["1:5", "1:6"]);
+        let sent = vec![publish("ex", b"retry-a", true, Some("1:4"))];
+        assert!(unrouted_origins(sent, &[returned("other", b"retry-a")]).is_empty());
+    }
+
+    #[test]
+    fn the_ack_of_an_unrouted_origin_is_withheld_once() {
+        let mut withheld: HashSet<String> = ["1:4".to_owned(), "1:5".to_owned()].into();
+        let settles = vec![
+            ("1:3".to_owned(), true),
+            ("1:4".to_owned(), true),
+            ("1:5".to_owned(), false),
+        ];
+        let out = withhold_acks(settles, &mut withheld);
+        assert_eq!(out, [("1:3".to_owned(), true), ("1:5".to_owned(), false)]);
+        assert!(withheld.is_empty(), "each is settled once, then forgotten");
+        let out = withhold_acks(vec![("1:4".to_owned(), true)], &mut withheld);
+        assert_eq!(out, [("1:4".to_owned(), true)]);
     }
 }

@@ -6,7 +6,7 @@
 //! worker reads every message through one envelope type, so a delivery is
 //! turned into the JSON envelope the Redis transport carries (body in
 //! base64) and a message the worker sends on (a retry, a chain step) is
-//! turned back into AMQP fields.
+//! turned back into AMQP fields, addressed by its `delivery_info`.
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -129,8 +129,10 @@ pub(crate) struct Outgoing {
     pub(crate) properties: BasicProperties,
 }
 
-/// kombu's JSON envelope as an AMQP message to the default exchange, routed
-/// by the queue name in `delivery_info.routing_key`.
+/// kombu's JSON envelope as an AMQP message to the exchange and routing
+/// key of its `delivery_info`: a retry goes where its delivery came from,
+/// as Celery's `Task.retry` sends it; a message the worker built (a chain
+/// step, a link) names the default exchange and its queue.
 pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolError> {
     let v: crate::protocol::Envelope =
         serde_json::from_str(envelope).map_err(ProtocolError::Envelope)?;
@@ -152,9 +154,10 @@ pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolErr
     if let Some(p) = v.properties.priority {
         props = props.with_priority(p);
     }
+    let info = v.properties.delivery_info;
     Ok(Outgoing {
-        exchange: String::new(),
-        routing_key: v.properties.delivery_info.routing_key,
+        exchange: info.exchange,
+        routing_key: info.routing_key,
         body,
         properties: props,
     })
@@ -191,6 +194,32 @@ mod tests {
         assert_eq!(back.properties.reply_to.as_deref(), Some("r-1"));
         assert_eq!(back.properties.delivery_tag.as_deref(), Some("1:5"));
         assert_eq!(back.properties.delivery_info.redelivered, Some(true));
+    }
+
+    #[test]
+    fn a_message_goes_back_to_the_exchange_it_came_through() {
+        let msg = TaskMessage::new("t.add", vec![json!(1)], Map::new());
+        let env = envelope_from_amqp(&Incoming {
+            body: &serde_json::to_vec(&json!([[1], {}, {}])).unwrap(),
+            properties: &amqp_from_envelope(&msg.encode().unwrap())
+                .unwrap()
+                .properties,
+            exchange: "ex2",
+            routing_key: "rk2",
+            redelivered: false,
+            tag: "1:1",
+        });
+        let out = amqp_from_envelope(&env).unwrap();
+        assert_eq!(
+            (out.exchange.as_str(), out.routing_key.as_str()),
+            ("ex2", "rk2")
+        );
+        // Built by the worker (a chain step): the default exchange, by queue.
+        let out = amqp_from_envelope(&msg.encode().unwrap()).unwrap();
+        assert_eq!(
+            (out.exchange.as_str(), out.routing_key.as_str()),
+            ("", "celery")
+        );
     }
 
     #[test]
