@@ -106,6 +106,11 @@ impl Core {
         self.runtime.as_ref().ok_or(Error::NotRunning)
     }
 
+    /// A handle on the core's runtime.
+    pub(crate) fn handle(&self) -> Result<tokio::runtime::Handle, Error> {
+        Ok(self.runtime()?.handle().clone())
+    }
+
     /// Starts the pool and its dispatcher.
     pub(crate) fn start(&self) -> Result<(), Error> {
         let runtime = self.runtime()?;

@@ -7,42 +7,41 @@
 //! greenlet, `settle()` when the task's coroutine returned or raised (false
 //! means a kill came first: the outcome is dropped), and `finish(ok, value)`
 //! with what the target returned or raised (reports it, frees the slot).
-//! `release()` frees the slot of a job that did not begin. Both free it at
-//! the loop's next `LoopHandle.flush`, for a batch of jobs at once; when
-//! they return true, the caller schedules that flush. A `GreenJob` dropped
-//! without either frees the slot too, and its job reports lost.
+//! `release()` frees the slot of a job that did not begin. Both hand the
+//! slot to the loops' releaser (`release.rs`), which frees finished jobs'
+//! slots in batches on the core's runtime. A `GreenJob` dropped without
+//! either frees the slot too, and its job reports lost.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use tokio::sync::oneshot;
 
 use crate::core::Shared;
 use crate::job::{JobShared, Runner};
-use crate::loops::Slot;
+use crate::release::{Release, Releaser};
 
 /// One coroutine job on its loop.
 #[pyclass(module = "greenpool._greenpool", frozen)]
 pub(crate) struct GreenJob {
     job: Arc<JobShared>,
-    done: Mutex<Option<oneshot::Sender<()>>>,
+    done: Mutex<Option<Release>>,
     shared: Arc<Shared>,
-    slot: Arc<Slot>,
+    releaser: Arc<Releaser>,
 }
 
 impl GreenJob {
     pub(crate) fn new(
         job: Arc<JobShared>,
-        done: oneshot::Sender<()>,
+        done: Release,
         shared: Arc<Shared>,
-        slot: Arc<Slot>,
+        releaser: Arc<Releaser>,
     ) -> Self {
         GreenJob {
             job,
             done: Mutex::new(Some(done)),
             shared,
-            slot,
+            releaser,
         }
     }
 }
@@ -108,7 +107,7 @@ impl GreenJob {
 
     /// The target returned `value` (`ok`) or raised the exception `value`:
     /// reports it unless killed, then frees the slot (see `release`).
-    fn finish(&self, py: Python<'_>, ok: bool, value: Py<PyAny>) -> bool {
+    fn finish(&self, py: Python<'_>, ok: bool, value: Py<PyAny>) {
         let result = if ok {
             Ok(value)
         } else {
@@ -120,21 +119,19 @@ impl GreenJob {
             .stats
             .coroutines
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.release()
+        self.release();
     }
 
-    /// Frees the job's slot (once; later calls do nothing) at the loop's
-    /// next `LoopHandle.flush`. True when the caller must schedule that
-    /// flush (`loop.call_soon(handle.flush)`).
-    fn release(&self) -> bool {
+    /// Frees the job's slot (once; later calls do nothing), soon after,
+    /// on the core's runtime (`release.rs`).
+    fn release(&self) {
         let done = self
             .done
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match done {
-            Some(done) => self.slot.release_later(done),
-            None => false,
+        if let Some(done) = done {
+            self.releaser.release(done);
         }
     }
 

@@ -51,6 +51,7 @@ mod hooks;
 mod job;
 mod loops;
 mod pool;
+mod release;
 mod seconds;
 mod threads;
 mod timer;

@@ -19,12 +19,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use tokio::sync::oneshot;
 
 use crate::core::Shared;
 use crate::error::Error;
 use crate::green::GreenJob;
-use crate::job::WorkItem;
+use crate::job::{JobShared, WorkItem};
+use crate::release::{Release, Releaser};
 
 /// How long `start` waits for a loop to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,18 +40,14 @@ enum Status {
 
 /// One loop: its queue, its wake-up socket pair and its Python runner.
 #[derive(Debug)]
-pub(crate) struct Slot {
+struct Slot {
     index: usize,
-    queue: Mutex<Vec<WorkItem>>,
+    queue: Mutex<Vec<(Arc<JobShared>, Release)>>,
     wake_pending: AtomicBool,
     waker: UnixStream,
     reader: UnixStream,
     /// The Python runner (`greenpool._loop.LoopRunner`), once ready.
     runner: Mutex<Option<Py<PyAny>>>,
-    /// Slots of finished jobs, freed together once per loop iteration
-    /// (`LoopHandle.flush`): waking the core's runtime is a system call,
-    /// made once for a batch rather than once for each job.
-    releases: Mutex<Vec<oneshot::Sender<()>>>,
     status: Mutex<Status>,
     changed: Condvar,
 }
@@ -68,7 +64,6 @@ impl Slot {
             waker,
             reader,
             runner: Mutex::new(None),
-            releases: Mutex::new(Vec::new()),
             status: Mutex::new(Status::Starting),
             changed: Condvar::new(),
         })
@@ -83,7 +78,7 @@ impl Slot {
         self.changed.notify_all();
     }
 
-    fn push(&self, item: WorkItem) {
+    fn push(&self, item: (Arc<JobShared>, Release)) {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -94,23 +89,7 @@ impl Slot {
         }
     }
 
-    /// Queues the freeing of a finished job's slot; true when the queue
-    /// was empty (the caller schedules a `flush`).
-    pub(crate) fn release_later(&self, done: oneshot::Sender<()>) -> bool {
-        let mut releases = lock(&self.releases);
-        releases.push(done);
-        releases.len() == 1
-    }
-
-    /// Frees every queued slot.
-    fn flush(&self) {
-        let releases = std::mem::take(&mut *lock(&self.releases));
-        for done in releases {
-            let _ = done.send(());
-        }
-    }
-
-    fn take(&self) -> Vec<WorkItem> {
+    fn take(&self) -> Vec<(Arc<JobShared>, Release)> {
         let mut buf = [0u8; 256];
         loop {
             match (&self.reader).read(&mut buf) {
@@ -129,6 +108,8 @@ impl Slot {
 #[derive(Debug, Default)]
 pub(crate) struct Loops {
     slots: Mutex<Vec<Arc<Slot>>>,
+    /// Frees the slots of the loops' finished jobs (`release.rs`).
+    releaser: Arc<Releaser>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next: AtomicUsize,
 }
@@ -141,7 +122,13 @@ impl Loops {
     /// Starts `n` loops, each on a thread of its own, and waits until each
     /// runs (or one failed to start: its error, e.g. uvloop asked for and
     /// not installed). Call without the GIL.
-    pub(crate) fn start(&self, n: usize, shared: &Arc<Shared>) -> Result<(), Error> {
+    pub(crate) fn start(
+        &self,
+        n: usize,
+        shared: &Arc<Shared>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(), Error> {
+        self.releaser.start(runtime);
         let mut started = Vec::with_capacity(n);
         for index in 0..n {
             let slot = Arc::new(Slot::new(index).map_err(|e| Error::Runtime(e.to_string()))?);
@@ -178,8 +165,9 @@ impl Loops {
         Ok(())
     }
 
-    /// Hands a coroutine job to a loop (round robin). With no loop running
-    /// the item is dropped: its job reports lost.
+    /// Hands a coroutine job to a loop (round robin); call it on the core's
+    /// runtime. With no loop running the item is dropped: its job reports
+    /// lost.
     pub(crate) fn submit(&self, item: WorkItem) {
         let slot = {
             let slots = self.slots();
@@ -189,7 +177,7 @@ impl Loops {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % slots.len();
             Arc::clone(&slots[i])
         };
-        slot.push(item);
+        slot.push((item.job, self.releaser.hold(item.done)));
     }
 
     /// How many loops run.
@@ -220,8 +208,8 @@ impl Loops {
         for thread in threads {
             let _ = thread.join();
         }
+        self.releaser.close();
         for slot in slots {
-            slot.flush();
             // Items queued after the loops stopped: their jobs report lost.
             drop(slot.take());
         }
@@ -237,6 +225,7 @@ fn loop_main(slot: Arc<Slot>, shared: Arc<Shared>) {
     Python::attach(|py| {
         let handle = LoopHandle {
             slot: Arc::clone(&slot),
+            releaser: Arc::clone(&shared.loops.releaser),
             shared: Arc::clone(&shared),
         };
         let ran = Py::new(py, handle).and_then(|h| shared.hooks.run_loop(py, h.into_any()));
@@ -262,6 +251,7 @@ fn loop_main(slot: Arc<Slot>, shared: Arc<Shared>) {
 pub(crate) struct LoopHandle {
     slot: Arc<Slot>,
     shared: Arc<Shared>,
+    releaser: Arc<Releaser>,
 }
 
 #[pymethods]
@@ -291,20 +281,14 @@ impl LoopHandle {
         self.slot
             .take()
             .into_iter()
-            .map(|item| {
+            .map(|(job, release)| {
                 GreenJob::new(
-                    item.job,
-                    item.done,
+                    job,
+                    release,
                     Arc::clone(&self.shared),
-                    Arc::clone(&self.slot),
+                    Arc::clone(&self.releaser),
                 )
             })
             .collect()
-    }
-
-    /// Frees the slots of the jobs finished since the last flush (schedule
-    /// it with `loop.call_soon` when a job's `finish` or `release` says so).
-    fn flush(&self) {
-        self.slot.flush();
     }
 }

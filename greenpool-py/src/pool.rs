@@ -138,7 +138,13 @@ impl Pool {
     /// start, e.g. uvloop chosen and not installed).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let inner = &self.inner;
-        let loops = py.detach(|| inner.shared.loops.start(inner.loops, &inner.shared));
+        let runtime = inner.core.handle()?;
+        let loops = py.detach(|| {
+            inner
+                .shared
+                .loops
+                .start(inner.loops, &inner.shared, &runtime)
+        });
         if let Err(e) = loops {
             py.detach(|| inner.shared.loops.close(Duration::from_secs(5)));
             return Err(e.into());

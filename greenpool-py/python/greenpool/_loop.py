@@ -180,8 +180,7 @@ class Driver:
         job = self.job
         runner = self.runner
         if not job.begin(self):
-            if job.release():
-                runner.schedule_flush()
+            job.release()
             return None
         glet = TaskGreenlet(_green_main, getcurrent())
         glet.job = job
@@ -210,13 +209,11 @@ class Driver:
                     finally:
                         runner.leave()
         except BaseException as exc:
-            if job.finish(False, exc):
-                runner.schedule_flush()
+            job.finish(False, exc)
             if isinstance(exc, GeneratorExit):
                 raise
             return None
-        if job.finish(True, out):
-            runner.schedule_flush()
+        job.finish(True, out)
         return None
 
     def _throw(self, glet, exc):
@@ -302,9 +299,6 @@ class LoopRunner:
         if self.live == 0:
             self._idle.set()
 
-    def schedule_flush(self):
-        """Frees the slots of finished jobs at the next iteration, together."""
-        self.loop.call_soon(self.handle.flush)
 
     def _beat(self):
         now = self.loop.time()
@@ -346,7 +340,6 @@ class LoopRunner:
                 loop.run_until_complete(asyncio.wait(pending, timeout=CLOSE_TIMEOUT))
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
-            self.handle.flush()
             asyncio.set_event_loop(None)
             loop.close()
 
