@@ -6,12 +6,14 @@ GREENPOOL_REQUIRE_REDIS=1 they fail instead.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -49,6 +51,59 @@ class Recorder:
             if not self._cond.wait_for(lambda: len(self.calls) >= n, timeout):
                 pytest.fail(f"expected {n} calls, got {len(self.calls)}")
         return self.calls
+
+
+class Worker:
+    """A real ``celery -A <module> worker -P custom`` on greenpool's pool, in
+    a subprocess with its output in a file, answering ping once started."""
+
+    def __init__(self, app, url, concurrency, name, extra=(), queue="celery",
+                 module="e2e_app"):
+        env = dict(os.environ)
+        env.update(
+            CELERY_CUSTOM_WORKER_POOL="greenpool.celery:TaskPool",
+            GREENPOOL_TEST_REDIS=url,
+            PYTHONPATH=HERE + os.pathsep + env.get("PYTHONPATH", ""),
+        )
+        self.name = f"{name}-{uuid.uuid4().hex[:6]}@test"
+        self.queue = queue
+        self.app = app
+        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                     f"greenpool-{self.name}.log"), "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", module, "worker",
+             "-P", "custom", "-c", str(concurrency), "-n", self.name,
+             "-Q", queue, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+             *extra],
+            env=env, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+        def up():
+            assert self.proc.poll() is None, self.output()
+            return bool(app.control.ping([self.name], timeout=0.5))
+
+        wait_for(up, f"worker {self.name} to answer ping")
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def inspect(self):
+        return self.app.control.inspect([self.name], timeout=5)
+
+    def stats(self):
+        replies = self.inspect().stats() or {}
+        return replies[self.name]["pool"]
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail("worker did not stop:\n" + self.output())
 
 
 @pytest.fixture

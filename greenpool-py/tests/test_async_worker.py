@@ -22,7 +22,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -36,6 +35,7 @@ from celery.exceptions import (
 )
 from celery.result import AsyncResult
 
+import conftest
 from conftest import HERE, WAIT, wait_for
 
 CONCURRENCY = 4
@@ -44,47 +44,13 @@ MANY = int(os.environ.get("GREENPOOL_TEST_ASYNC_MANY", "2000"))
 SHUTDOWN_LOAD = int(os.environ.get("GREENPOOL_TEST_ASYNC_SHUTDOWN", "5000"))
 
 
-class Worker:
-    """``celery -A async_app worker -P custom`` in a subprocess, its output
-    in a file, answering ping once started."""
+class Worker(conftest.Worker):
+    """A worker on async_app (see conftest.Worker), with a way to send to
+    its queue and to list what it holds."""
 
     def __init__(self, app, url, concurrency, name, queue, extra=()):
-        env = dict(os.environ)
-        env.update(
-            CELERY_CUSTOM_WORKER_POOL="greenpool.celery:TaskPool",
-            GREENPOOL_TEST_REDIS=url,
-            PYTHONPATH=HERE + os.pathsep + env.get("PYTHONPATH", ""),
-        )
-        self.name = f"{name}-{uuid.uuid4().hex[:6]}@test"
-        self.queue = queue
-        self.app = app
-        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                     f"greenpool-{self.name}.log"), "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "async_app", "worker",
-             "-P", "custom", "-c", str(concurrency), "-n", self.name,
-             "-Q", queue, "--loglevel=INFO", "--without-gossip",
-             "--without-mingle", *extra],
-            env=env, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-
-        def up():
-            assert self.proc.poll() is None, self.output()
-            return bool(app.control.ping([self.name], timeout=0.5))
-
-        wait_for(up, f"worker {self.name} to answer ping")
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def inspect(self):
-        return self.app.control.inspect([self.name], timeout=5)
-
-    def stats(self):
-        replies = self.inspect().stats() or {}
-        return replies[self.name]["pool"]
+        super().__init__(app, url, concurrency, name, extra=extra, queue=queue,
+                         module="async_app")
 
     def received(self):
         """Ids of the tasks the worker holds (running or waiting)."""
@@ -96,15 +62,6 @@ class Worker:
 
     def send(self, task, *args, **options):
         return task.apply_async(args, queue=self.queue, **options)
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            pytest.fail("worker did not stop:\n" + self.output())
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +257,9 @@ def test_autoretry_for_with_backoff(app, worker):
     # retry_backoff=1, no jitter: countdowns of 1 s, then 2 s.
     assert attempts[1][1] - attempts[0][1] >= 0.95, attempts
     assert attempts[2][1] - attempts[1][1] >= 1.95, attempts
+    # task_success is sent after the result is stored: the client may read
+    # the result first.
+    wait_for(lambda: "task_success" in signals_of(app, res.id), "the task_success signal")
     sigs = signals_of(app, res.id)
     assert sigs.count("task_retry") == 2 and sigs.count("task_success") == 1
 
@@ -456,6 +416,8 @@ def test_revoke_terminate_of_a_running_async_task(app, solo, sig):
     # The one slot serves the next task.
     assert solo.send(app.aadd, 1, 1).get(timeout=WAIT) == 2
     assert state(app, res.id) == "REVOKED"
+    # task_revoked is sent after REVOKED is stored.
+    wait_for(lambda: "task_revoked" in signals_of(app, res.id), "the task_revoked signal")
     sigs = signals_of(app, res.id)
     assert sigs.count("task_revoked") == 1, sigs
     assert "task_success" not in sigs and "task_failure" not in sigs, sigs

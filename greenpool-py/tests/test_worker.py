@@ -2,63 +2,16 @@
 own Redis, driven by a stock Celery client."""
 import os
 import signal
-import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded
 
-from conftest import HERE, WAIT, wait_for
+from conftest import HERE, WAIT, Worker, wait_for
 
 CONCURRENCY = 4
-
-
-class Worker:
-    def __init__(self, app, url, concurrency, name, extra=(), queue="celery"):
-        env = dict(os.environ)
-        env.update(
-            CELERY_CUSTOM_WORKER_POOL="greenpool.celery:TaskPool",
-            GREENPOOL_TEST_REDIS=url,
-            PYTHONPATH=HERE + os.pathsep + env.get("PYTHONPATH", ""),
-        )
-        self.name = f"{name}-{uuid.uuid4().hex[:6]}@test"
-        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                                     f"greenpool-{self.name}.log"), "w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "e2e_app", "worker",
-             "-P", "custom", "-c", str(concurrency), "-n", self.name,
-             "-Q", queue, "--loglevel=INFO", "--without-gossip", "--without-mingle",
-             *extra],
-            env=env, cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        self.app = app
-
-        def up():
-            assert self.proc.poll() is None, self.output()
-            return bool(app.control.ping([self.name], timeout=0.5))
-
-        wait_for(up, f"worker {self.name} to answer ping")
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stats(self):
-        replies = self.app.control.inspect([self.name], timeout=5).stats() or {}
-        return replies[self.name]["pool"]
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            pytest.fail("worker did not stop:\n" + self.output())
 
 
 @pytest.fixture(scope="module")
