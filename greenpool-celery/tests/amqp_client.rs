@@ -35,13 +35,7 @@ async fn rpc_results_reach_the_client_after_a_broker_restart() {
         .concurrency(2)
         .hostname("rpc@test");
     let worker = Worker::new(config, registry()).unwrap();
-    let stop = worker.shutdown_handle();
-    let ready = worker.ready();
-    let notified = ready.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let running = tokio::spawn(worker.run());
-    notified.await;
+    let (stop, running) = support::run_until_ready(worker).await;
 
     let client = Client::connect(&node.url(), Some("rpc://")).await.unwrap();
     let add = |a: i64, b: i64| {

@@ -221,13 +221,7 @@ async fn start_worker(
         .concurrency(2)
         .hostname(format!("{queue}@test"));
     let worker = Worker::new(config, registry).unwrap();
-    let stop = worker.shutdown_handle();
-    let ready = worker.ready();
-    let notified = ready.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let running = tokio::spawn(worker.run());
-    notified.await;
+    let (stop, running) = support::run_until_ready(worker).await;
     (stop, running)
 }
 

@@ -84,13 +84,7 @@ async fn start(server: &RedisServer, concurrency: usize) -> Running {
         .hostname("celery@boundary");
     let (tasks, gate) = registry();
     let worker = Worker::new(config, tasks).unwrap();
-    let stop = worker.shutdown_handle();
-    let ready = worker.ready();
-    let notified = ready.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let task = tokio::spawn(worker.run());
-    notified.await;
+    let (stop, task) = support::run_until_ready(worker).await;
     let client = Client::connect(&server.url(0), Some(&server.url(1)))
         .await
         .unwrap();

@@ -54,13 +54,7 @@ struct Running {
 
 async fn start(config: WorkerConfig, runs: &Runs) -> Running {
     let worker = Worker::new(config, registry(runs)).unwrap();
-    let stop = worker.shutdown_handle();
-    let ready = worker.ready();
-    let notified = ready.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let task = tokio::spawn(worker.run());
-    notified.await;
+    let (stop, task) = support::run_until_ready(worker).await;
     Running { stop, task }
 }
 

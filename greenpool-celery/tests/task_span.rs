@@ -53,13 +53,7 @@ async fn task_log_lines_carry_the_task_span() {
     });
     let url = server.url(0);
     let worker = Worker::new(WorkerConfig::new(url.clone()).concurrency(2), tasks).unwrap();
-    let stop = worker.shutdown_handle();
-    let ready = worker.ready();
-    let notified = ready.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    let running = tokio::spawn(worker.run());
-    notified.await;
+    let (stop, running) = support::run_until_ready(worker).await;
 
     let client = Client::connect(&url, Some(&url)).await.unwrap();
     let r = client

@@ -155,3 +155,22 @@ pub fn python() -> Option<PathBuf> {
         None
     }
 }
+
+/// Spawns `worker.run()` and returns once the worker consumes (its `ready`
+/// notification, enabled before the spawn so it cannot be missed), with
+/// its shutdown handle and its task.
+pub async fn run_until_ready(
+    worker: greenpool_celery::Worker,
+) -> (
+    greenpool_celery::ShutdownHandle,
+    tokio::task::JoinHandle<Result<greenpool_celery::WorkerReport, greenpool_celery::WorkerError>>,
+) {
+    let stop = worker.shutdown_handle();
+    let ready = worker.ready();
+    let notified = ready.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let running = tokio::spawn(worker.run());
+    notified.await;
+    (stop, running)
+}
