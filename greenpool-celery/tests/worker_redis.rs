@@ -364,6 +364,38 @@ async fn hard_time_limit_fails_with_time_limit_exceeded() {
     assert_eq!(report.failed, 1);
 }
 
+/// A hard limit from the worker's config (no `timelimit` header) kills
+/// the task, and the reported `TimeLimitExceeded` names that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_hard_time_limit_is_the_one_reported() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let w = start(config(&server).time_limits(Some(0.3), None)).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    let slow = client
+        .send_task(
+            "t.sleep",
+            vec![json!(3600)],
+            Map::new(),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    match slow.get(WAIT).await {
+        Err(ResultError::Failed(e)) => {
+            assert_eq!(e.exc_type(), "TimeLimitExceeded");
+            assert_eq!(e.args(), &[json!(0.3)]);
+        }
+        other => panic!("{other:?}"),
+    }
+    w.stop.warm();
+    let report = w.task.await.unwrap().unwrap();
+    assert_eq!(report.failed, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_come_back_until_they_succeed_or_run_out() {
     let Some(server) = RedisServer::start() else {

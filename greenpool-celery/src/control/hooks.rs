@@ -9,7 +9,8 @@ use greenpool::{JobId, Outcome, TerminateReason};
 use serde_json::{Map, Value};
 
 use super::node::Node;
-use super::requests::{Listed, Phase};
+pub(crate) use super::requests::Listed;
+use super::requests::Phase;
 use super::revoke::revoked_error;
 use crate::backend::TaskState;
 use crate::events::task as ev;
@@ -129,53 +130,24 @@ pub(crate) fn started(node: &Node, listed: &Listed, job: JobId, name: &str, id: 
     task_event(node, "task-started", name, || ev::started(id));
 }
 
-/// Reports a job that ended revoked: terminated by `revoke(terminate=…)`
-/// (whatever the job did once asked to stop), or revoked before it
-/// started. Stores REVOKED, sends one `task-revoked`; returns false for
-/// any other job, which `finish` reports as usual.
-pub(crate) fn finish_revoked(
-    shared: &Shared,
-    msg: &TaskMessage,
-    outcome: &Outcome<Output>,
-    ignore_result: bool,
-) -> bool {
-    let node = &shared.control;
-    let id = &msg.headers.id;
-    let terminated = node
-        .terminating
+/// Takes the signal of a `revoke(terminate=True)` aimed at `id`, when
+/// one was: looked up once a job ends, before its outcome is decided.
+pub(crate) fn take_terminating(node: &Node, id: &str) -> Option<i32> {
+    node.terminating
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .remove(id);
-    let reason = match (terminated, outcome) {
-        (Some(sig), _) => {
-            tracing::warn!("Task {}[{id}] terminated (signal {sig})", msg.headers.task);
-            task_event(node, "task-revoked", &msg.headers.task, || {
-                ev::revoked(id, true, Some(sig), false)
-            });
-            "terminated"
-        }
-        (None, Outcome::Completed(Output::Ran(Err(e), _)))
-            if e.exc_type() == "TaskRevokedError" && node.revoked.contains(id) =>
-        {
-            tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
-            task_event(node, "task-revoked", &msg.headers.task, || {
-                ev::revoked(id, false, None, false)
-            });
-            "revoked"
-        }
-        _ => return false,
-    };
-    bump(&shared.counters.revoked);
+        .remove(id)
+}
+
+/// A job ended revoked: terminated by `revoke(terminate=…)` with
+/// `signal`, or (`None`) revoked before it started. Sends its one
+/// `task-revoked` and counts it processed.
+pub(crate) fn revoked_finished(shared: &Shared, msg: &TaskMessage, signal: Option<i32>) {
+    let node = &shared.control;
+    task_event(node, "task-revoked", &msg.headers.task, || {
+        ev::revoked(&msg.headers.id, signal.is_some(), signal, false)
+    });
     node.count_processed();
-    if !ignore_result {
-        shared.store(
-            msg,
-            TaskState::Revoked,
-            revoked_error(reason).to_json(),
-            None,
-        );
-    }
-    true
 }
 
 /// Sends the event of a job's reported outcome.
