@@ -79,7 +79,10 @@ pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
 #[cfg(any(feature = "redis", feature = "amqp"))]
 pub use client::{AsyncResult, Client, SendOptions};
-pub use config::{WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE};
+pub use config::{
+    host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, RedisOptions, WorkerConfig,
+    DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,
+};
 pub use context::TaskContext;
 #[cfg(any(feature = "redis", feature = "amqp"))]
 pub use control::{Control, ControlOptions, Replies};

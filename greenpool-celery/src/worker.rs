@@ -383,7 +383,7 @@ impl Worker {
 pub(crate) fn refuse_oversized(shared: &Shared, big: Oversized, reply_to: Option<&str>) {
     bump(&shared.counters.received);
     bump(&shared.counters.failed);
-    let limit = shared.config.max_message_size;
+    let limit = shared.config.limits.max_message_size;
     let id = big.id.as_deref().unwrap_or("unknown id");
     tracing::error!(
         "Refused a message of {} bytes from queue {:?} (task {id}): over the limit of {limit} \

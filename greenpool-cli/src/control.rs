@@ -13,12 +13,7 @@ use serde_json::{json, Map, Value};
 #[derive(Debug, clap::Args)]
 pub(crate) struct WorkerControlArgs {
     /// Send task events (worker events are always sent).
-    #[arg(
-        short = 'E',
-        long = "events",
-        alias = "task-events",
-        env = "GREENPOOL_EVENTS"
-    )]
+    #[arg(short = 'E', long = "events", alias = "task-events")]
     events: bool,
     /// Grow the pool with the backlog up to MAX and shrink it to MIN when
     /// idle: "max,min".
@@ -32,7 +27,7 @@ pub(crate) struct WorkerControlArgs {
     soft_time_limit: Option<f64>,
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
     /// 127.0.0.1:9808; port 0 picks a free one, logged at start).
-    #[arg(long, value_name = "ADDR", env = "GREENPOOL_METRICS")]
+    #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
 }
 
@@ -50,10 +45,18 @@ impl WorkerControlArgs {
                 );
             }
         }
-        let mut config = config
-            .send_task_events(self.events)
-            .time_limits(self.time_limit, self.soft_time_limit)
-            .metrics(self.metrics);
+        // Flags given win over the GREENPOOL_* variables already applied.
+        let mut config = config;
+        config.send_task_events |= self.events;
+        if let Some(s) = self.time_limit {
+            config.limits.time_limit = Some(s);
+        }
+        if let Some(s) = self.soft_time_limit {
+            config.limits.soft_time_limit = Some(s);
+        }
+        if let Some(addr) = self.metrics {
+            config.metrics = Some(addr);
+        }
         if let Some(spec) = &self.autoscale {
             let (max, min) = parse_autoscale(spec)?;
             config = config.autoscale(max, min);

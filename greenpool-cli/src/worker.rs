@@ -3,146 +3,158 @@
 use anyhow::Context;
 use greenpool_celery::{Worker, WorkerConfig};
 
-/// Arguments of `greenpool worker`, named as `celery worker`'s.
+/// Arguments of `greenpool worker`, named as `celery worker`'s. Each
+/// setting can also come from its `GREENPOOL_*` variable (listed under
+/// `--help`), read by the library's one parser; a flag given on the
+/// command line wins over the variable.
 #[derive(Debug, clap::Args)]
+#[command(after_help = env_help())]
 pub(crate) struct WorkerArgs {
     /// Broker URL: redis://host:port/db, or amqp://user:pass@host:port/vhost
-    /// (amqps://, pyamqp://) for RabbitMQ.
-    #[arg(
-        short = 'b',
-        long,
-        env = "GREENPOOL_BROKER_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    broker: String,
+    /// (amqps://, pyamqp://) for RabbitMQ [default: redis://127.0.0.1:6379/0].
+    #[arg(short = 'b', long)]
+    broker: Option<String>,
     /// Result backend URL (default: the broker's); `none` stores no results.
-    #[arg(long, env = "GREENPOOL_RESULT_BACKEND")]
+    #[arg(long)]
     result_backend: Option<String>,
-    /// Tasks run at once (the pool limit).
-    #[arg(
-        short = 'c',
-        long,
-        env = "GREENPOOL_CONCURRENCY",
-        default_value_t = 1000
-    )]
-    concurrency: usize,
-    /// Queues to consume, comma-separated.
-    #[arg(
-        short = 'Q',
-        long,
-        env = "GREENPOOL_QUEUES",
-        value_delimiter = ',',
-        default_value = "celery"
-    )]
-    queues: Vec<String>,
-    /// Unacked messages per pool slot.
-    #[arg(long, env = "GREENPOOL_PREFETCH_MULTIPLIER", default_value_t = 4)]
-    prefetch_multiplier: usize,
+    /// Tasks run at once (the pool limit) [default: 1000].
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// Queues to consume, comma-separated [default: celery].
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    queues: Option<Vec<String>>,
+    /// Unacked messages per pool slot [default: 4].
+    #[arg(long)]
+    prefetch_multiplier: Option<usize>,
     /// Node name; `%h` is replaced by the host name.
-    #[arg(short = 'n', long, env = "GREENPOOL_HOSTNAME")]
+    #[arg(short = 'n', long)]
     hostname: Option<String>,
     /// debug, info, warning, error or critical.
     #[arg(short = 'l', long, default_value = "info")]
     pub(crate) loglevel: String,
     /// Ack after tasks end instead of when they start.
-    #[arg(long, env = "GREENPOOL_ACKS_LATE")]
+    #[arg(long)]
     acks_late: bool,
     /// Store STARTED when tasks start.
-    #[arg(long, env = "GREENPOOL_TRACK_STARTED")]
+    #[arg(long)]
     track_started: bool,
     /// Store name, args, kwargs, worker, retries and queue with results.
-    #[arg(long, env = "GREENPOOL_RESULT_EXTENDED")]
+    #[arg(long)]
     result_extended: bool,
-    /// Seconds results are kept (0: forever).
-    #[arg(long, env = "GREENPOOL_RESULT_EXPIRES", default_value_t = 86_400)]
-    result_expires: u64,
-    /// Seconds after which unacked messages go back to their queue.
-    #[arg(long, env = "GREENPOOL_VISIBILITY_TIMEOUT", default_value_t = 3600.0)]
-    visibility_timeout: f64,
-    /// Seconds between restore sweeps.
-    #[arg(long, env = "GREENPOOL_RESTORE_INTERVAL", default_value_t = 100.0)]
-    restore_interval: f64,
+    /// Seconds results are kept (0: forever) [default: 86400].
+    #[arg(long)]
+    result_expires: Option<u64>,
+    /// Seconds after which unacked messages go back to their queue
+    /// [default: 3600].
+    #[arg(long)]
+    visibility_timeout: Option<f64>,
+    /// Seconds between restore sweeps [default: 100].
+    #[arg(long)]
+    restore_interval: Option<f64>,
     /// Operating the worker: -E, --autoscale, time limits.
     #[command(flatten)]
     control: crate::control::WorkerControlArgs,
-    /// Reconnect when a Redis connection is lost (`broker_connection_retry`).
-    #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY", default_value_t = true, action = clap::ArgAction::Set)]
-    broker_connection_retry: bool,
-    /// Reconnection attempts before exiting non-zero (0: retry forever).
-    #[arg(
-        long,
-        env = "GREENPOOL_BROKER_CONNECTION_MAX_RETRIES",
-        default_value_t = 100
-    )]
-    broker_connection_max_retries: u32,
+    /// Reconnect when a broker connection is lost
+    /// (`broker_connection_retry`) [default: true].
+    #[arg(long, action = clap::ArgAction::Set)]
+    broker_connection_retry: Option<bool>,
+    /// Reconnection attempts before exiting non-zero (0: retry forever)
+    /// [default: 100].
+    #[arg(long)]
+    broker_connection_max_retries: Option<u32>,
     /// Retry the first connection too (default: as --broker-connection-retry).
-    #[arg(long, env = "GREENPOOL_BROKER_CONNECTION_RETRY_ON_STARTUP", action = clap::ArgAction::Set)]
+    #[arg(long, action = clap::ArgAction::Set)]
     broker_connection_retry_on_startup: Option<bool>,
     /// Largest message accepted, in bytes; larger ones are removed unread
-    /// and failed.
-    #[arg(long, env = "GREENPOOL_MAX_MESSAGE_SIZE", default_value_t = greenpool_celery::DEFAULT_MAX_MESSAGE_SIZE)]
-    max_message_size: usize,
+    /// and failed [default: 67108864].
+    #[arg(long)]
+    max_message_size: Option<usize>,
     /// AMQP: declare queues with this `x-max-priority`
     /// (`task_queue_max_priority`).
-    #[arg(long, env = "GREENPOOL_QUEUE_MAX_PRIORITY")]
+    #[arg(long)]
     queue_max_priority: Option<u8>,
     /// AMQP: declare quorum queues (`x-queue-type: quorum`).
-    #[arg(long, env = "GREENPOOL_QUORUM_QUEUES")]
+    #[arg(long)]
     quorum_queues: bool,
 }
 
-fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+/// The variables `greenpool worker` reads, for its `--help`.
+fn env_help() -> String {
+    let mut text = String::from("Environment (a flag given wins):\n");
+    for (name, what) in greenpool_celery::WORKER_VARIABLES {
+        text.push_str(&format!("  {name:<46} {what}\n"));
+    }
+    text
 }
 
 impl WorkerArgs {
-    /// The library settings these flags describe.
+    /// The library settings: its defaults, then the `GREENPOOL_*`
+    /// variables, then the flags given.
     pub(crate) fn config(&self) -> anyhow::Result<WorkerConfig> {
         let secs = |name: &'static str, s: f64| {
             greenpool_celery::seconds::duration_from_secs(name, s).with_context(|| {
                 format!("--{name} must be zero or more seconds, at most 100 years")
             })
         };
-        let mut config = WorkerConfig::new(self.broker.clone())
-            .concurrency(self.concurrency)
-            .queues(
-                self.queues
+        let mut config = WorkerConfig::new("redis://127.0.0.1:6379/0").with_env()?;
+        if let Some(url) = &self.broker {
+            // The result backend follows the broker unless set apart.
+            if config.result_backend.as_deref() == Some(config.broker_url.as_str()) {
+                config.result_backend = Some(url.clone());
+            }
+            config.broker_url = url.clone();
+        }
+        if let Some(n) = self.concurrency {
+            config.concurrency = n;
+        }
+        if let Some(queues) = &self.queues {
+            config = config.queues(
+                queues
                     .iter()
                     .map(|q| q.trim().to_owned())
                     .filter(|q| !q.is_empty()),
-            )
-            .prefetch_multiplier(self.prefetch_multiplier)
-            .acks_late(self.acks_late)
-            .track_started(self.track_started)
-            .result_extended(self.result_extended)
-            .result_expires(match self.result_expires {
+            );
+        }
+        if let Some(m) = self.prefetch_multiplier {
+            config.prefetch_multiplier = m;
+        }
+        config.acks_late |= self.acks_late;
+        config.track_started |= self.track_started;
+        config.result_extended |= self.result_extended;
+        config.amqp.quorum_queues |= self.quorum_queues;
+        if let Some(s) = self.result_expires {
+            config.result_expires = match s {
                 0 => None,
                 s => Some(secs("result-expires", s as f64)?),
-            })
-            .visibility_timeout(secs("visibility-timeout", self.visibility_timeout)?)
-            .restore_interval(secs("restore-interval", self.restore_interval)?)
-            .broker_connection_retry(self.broker_connection_retry)
-            .broker_connection_max_retries(Some(self.broker_connection_max_retries))
-            .broker_connection_retry_on_startup(self.broker_connection_retry_on_startup)
-            .max_message_size(self.max_message_size)
-            .queue_max_priority(self.queue_max_priority)
-            .quorum_queues(self.quorum_queues);
+            };
+        }
+        if let Some(s) = self.visibility_timeout {
+            config.redis.visibility_timeout = secs("visibility-timeout", s)?;
+        }
+        if let Some(s) = self.restore_interval {
+            config.redis.restore_interval = secs("restore-interval", s)?;
+        }
+        if let Some(b) = self.broker_connection_retry {
+            config.connection.retry = b;
+        }
+        if let Some(n) = self.broker_connection_max_retries {
+            config = config.broker_connection_max_retries(Some(n));
+        }
+        if let Some(b) = self.broker_connection_retry_on_startup {
+            config.connection.retry_on_startup = Some(b);
+        }
+        if let Some(n) = self.max_message_size {
+            config.limits.max_message_size = n;
+        }
+        if let Some(p) = self.queue_max_priority {
+            config.amqp.queue_max_priority = Some(p);
+        }
         if let Some(url) = &self.result_backend {
-            config =
-                config.result_backend((!url.eq_ignore_ascii_case("none")).then(|| url.clone()));
+            config.result_backend = (!url.eq_ignore_ascii_case("none")).then(|| url.clone());
         }
         config = self.control.apply(config)?;
         if let Some(name) = &self.hostname {
-            let name = name.replace("%h", &host_name());
-            config = config.hostname(if name.contains('@') {
-                name
-            } else {
-                format!("celery@{name}")
-            });
+            config.hostname = greenpool_celery::node_name(name);
         }
         config.validate()?;
         Ok(config)

@@ -24,14 +24,14 @@ impl LinkSettings {
     /// The worker's settings.
     pub(crate) fn from_config(c: &WorkerConfig) -> Self {
         LinkSettings {
-            connect_timeout: c.broker_connection_timeout,
-            command_timeout: c.command_timeout,
-            retry: c.broker_connection_retry,
-            retry_on_startup: c.retry_on_startup(),
-            max_retries: c.broker_connection_max_retries,
+            connect_timeout: c.connection.connect_timeout,
+            command_timeout: c.connection.command_timeout,
+            retry: c.connection.retry,
+            retry_on_startup: c.connection.retry_on_startup(),
+            max_retries: c.connection.max_retries,
             backoff: Backoff {
-                first: c.reconnect_delay,
-                max: c.reconnect_delay_max,
+                first: c.connection.reconnect_delay,
+                max: c.connection.reconnect_delay_max,
             },
         }
     }

@@ -47,7 +47,7 @@ pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 /// kombu's `Connection.info()` for the broker URL (password left out).
 fn broker_info(node: &Node) -> Value {
     node.wire
-        .info(node.config.broker_connection_timeout.as_secs_f64())
+        .info(node.config.connection.connect_timeout.as_secs_f64())
 }
 
 /// `active`: requests running now.
@@ -156,12 +156,12 @@ fn settings(node: &Node) -> Map<String, Value> {
         "result_expires",
         json!(c.result_expires.map(|d| d.as_secs())),
     );
-    put("task_time_limit", json!(c.time_limit));
-    put("task_soft_time_limit", json!(c.soft_time_limit));
+    put("task_time_limit", json!(c.limits.time_limit));
+    put("task_soft_time_limit", json!(c.limits.soft_time_limit));
     put("task_queues", json!(c.queues));
     put(
         "broker_transport_options",
-        json!({"visibility_timeout": c.visibility_timeout.as_secs()}),
+        json!({"visibility_timeout": c.redis.visibility_timeout.as_secs()}),
     );
     m
 }

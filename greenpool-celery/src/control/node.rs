@@ -195,8 +195,11 @@ impl Node {
             .copied()
             .unwrap_or_default();
         TimeLimit {
-            hard: message.hard.or(set.hard).or(self.config.time_limit),
-            soft: message.soft.or(set.soft).or(self.config.soft_time_limit),
+            hard: message.hard.or(set.hard).or(self.config.limits.time_limit),
+            soft: message
+                .soft
+                .or(set.soft)
+                .or(self.config.limits.soft_time_limit),
         }
     }
 }

@@ -48,8 +48,8 @@ pub(crate) async fn run(
     let settings = LinkSettings::from_config(&config);
     let topology = Topology {
         queues: config.queues.clone(),
-        max_priority: config.queue_max_priority,
-        quorum: config.quorum_queues,
+        max_priority: config.amqp.queue_max_priority,
+        quorum: config.amqp.quorum_queues,
         prefetch: u16::try_from(config.prefetch_count()).unwrap_or(u16::MAX),
     };
     let session = Session::new("broker", &config.broker_url, settings.clone(), topology)?;
@@ -170,7 +170,7 @@ async fn consume(
     // when it moved while the connection was down.
     let mut window = shared.control.prefetch.watch();
     let qos = Topology {
-        quorum: shared.config.quorum_queues,
+        quorum: shared.config.amqp.quorum_queues,
         ..Topology::default()
     }
     .qos_options();
@@ -210,7 +210,7 @@ async fn consume(
         };
         let name = format!("{}:{}", live.generation, d.delivery_tag);
         let queue = d.routing_key.as_str().to_owned();
-        let limit = shared.config.max_message_size;
+        let limit = shared.config.limits.max_message_size;
         if limit > 0 && d.data.len() > limit {
             stats.add_fetched(1);
             // FAILURE first, then the ack: the outbox sends acks only after
@@ -336,8 +336,8 @@ async fn declare_consumed(
         _ => lapin::ExchangeKind::Direct,
     };
     let topology = Topology {
-        max_priority: shared.config.queue_max_priority,
-        quorum: shared.config.quorum_queues,
+        max_priority: shared.config.amqp.queue_max_priority,
+        quorum: shared.config.amqp.quorum_queues,
         ..Topology::default()
     };
     // A channel of its own: a refused declaration (406) must not close

@@ -51,8 +51,8 @@ pub(crate) async fn run(
             Arc::clone(&broker_link),
             config.hostname.clone(),
             Arc::clone(&queues),
-            config.legacy_fetch,
-            config.max_message_size,
+            config.redis.legacy_fetch,
+            config.limits.max_message_size,
             Arc::clone(&stats),
         )
         .await?,
@@ -114,8 +114,8 @@ pub(crate) async fn run(
     );
     let sweeper = tokio::spawn(sweep(
         Arc::clone(&broker),
-        config.visibility_timeout,
-        config.restore_interval,
+        config.redis.visibility_timeout,
+        config.redis.restore_interval,
         shutdown.warm.clone(),
     ));
     let liveness = tokio::spawn(keep_alive(Arc::clone(&broker), shutdown.warm.clone()));
@@ -138,7 +138,7 @@ pub(crate) async fn run(
     let _ = liveness.await;
     // A cold shutdown still writes what it holds, but gives Redis at most
     // the command timeout from then on.
-    let grace = config.command_timeout;
+    let grace = config.connection.command_timeout;
     let cold = shutdown.cold.clone();
     let cold_deadline = || {
         let cold = cold.clone();
@@ -269,7 +269,7 @@ async fn consume(
         }
         let budget = 1 + prefetch
             .available_permits()
-            .min(shared.config.fetch_batch.saturating_sub(1));
+            .min(shared.config.redis.fetch_batch.saturating_sub(1));
         let stamp = RedisBroker::stamp();
         let fetched = match broker.fetch(budget, stamp).await {
             Ok(f) => f,

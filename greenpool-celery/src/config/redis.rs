@@ -1,0 +1,60 @@
+//! [`RedisOptions`]: settings of kombu's Redis transport.
+
+use std::time::Duration;
+
+/// Settings only the Redis transport reads.
+///
+/// ```
+/// use std::time::Duration;
+/// use greenpool_celery::WorkerConfig;
+/// let config = WorkerConfig::new("redis://127.0.0.1:6379/0")
+///     .visibility_timeout(Duration::from_secs(60));
+/// assert_eq!(config.redis.visibility_timeout, Duration::from_secs(60));
+/// assert_eq!(config.redis.fetch_batch, 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// After how long an unacked message is given back to its queue
+    /// (kombu's `visibility_timeout`, default one hour).
+    pub visibility_timeout: Duration,
+    /// How often the restore sweep runs (kombu: interval × throttle,
+    /// about 100 s).
+    pub restore_interval: Duration,
+    /// Most messages taken in one fetch.
+    pub fetch_batch: usize,
+    /// Move one message at a time (`RPOP`, `LPUSH`) inside the take
+    /// script instead of `SORT … STORE` and `RENAME`, for servers where
+    /// `SORT` or `RENAME` is renamed or forbidden. Slower, as safe.
+    pub legacy_fetch: bool,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            visibility_timeout: Duration::from_secs(3600),
+            restore_interval: Duration::from_secs(100),
+            fetch_batch: 1024,
+            legacy_fetch: false,
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Why these options cannot run a worker, if they cannot.
+    pub(crate) fn problem(&self) -> Option<&'static str> {
+        if self.fetch_batch == 0 {
+            return Some("fetch batch must be at least 1");
+        }
+        if self.visibility_timeout.is_zero() {
+            return Some(
+                "the visibility timeout must be longer than zero (every unacked message would \
+                 go back to its queue at once)",
+            );
+        }
+        if self.restore_interval.is_zero() {
+            return Some("the restore interval must be longer than zero");
+        }
+        None
+    }
+}
