@@ -79,7 +79,9 @@ const RECORD_CHUNK_BYTES: usize = 64 << 20;
 /// Set to `1` (by fault tests only), the worker stops for good after
 /// step 1 of its first fetch that took something, with a log line
 /// `halted between the take and the record`, so that a test can kill it
-/// there.
+/// there. Read only in builds with the `fault-injection` feature (the
+/// test builds of `greenpool-cli`); other builds never look at it.
+#[cfg(feature = "fault-injection")]
 pub(super) const HALT_AFTER_TAKE_ENV: &str = "GREENPOOL_FAULT_HALT_AFTER_TAKE";
 
 /// The keys a fetch takes from, priority-major (every queue's plain key
@@ -242,6 +244,7 @@ impl RedisBroker {
             self.stats.add_fetched(out.oversized.len() as u64);
             return Ok(out);
         }
+        #[cfg(feature = "fault-injection")]
         if self.halt_after_take {
             tracing::warn!("{HALT_AFTER_TAKE_ENV}: halted between the take and the record");
             std::future::pending::<()>().await;

@@ -102,7 +102,9 @@ pub(crate) struct RedisBroker {
     /// Move one message at a time in the take script (no `SORT`).
     single_moves: bool,
     max_message_size: usize,
-    /// See [`HALT_AFTER_TAKE_ENV`](fetch::HALT_AFTER_TAKE_ENV).
+    /// See [`HALT_AFTER_TAKE_ENV`](fetch::HALT_AFTER_TAKE_ENV); only in
+    /// builds with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     halt_after_take: bool,
     stats: Arc<RedisStats>,
 }
@@ -179,6 +181,7 @@ impl RedisBroker {
             worker,
             turn: AtomicUsize::new(0),
             max_message_size,
+            #[cfg(feature = "fault-injection")]
             halt_after_take: std::env::var(fetch::HALT_AFTER_TAKE_ENV).is_ok_and(|v| v == "1"),
             stats,
         })
