@@ -1,10 +1,10 @@
 //! kombu's Redis transport, consumer side: [`RedisBroker`], one worker's
 //! connection to the broker, and the state machines it runs in Redis.
 //!
-//! A message is always in exactly one place: its queue, an in-flight list
-//! of the worker that took it, or kombu's `unacked` hash (with its
+//! A message is at every instant in its queue, in an in-flight list of
+//! the worker that took it, or in kombu's `unacked` hash (with its
 //! delivery time in `unacked_index`). Each module moves it along some of
-//! the edges between them:
+//! the edges between these places:
 //!
 //! * [`fetch`]: queue -> in-flight list (step 1, the take) -> `unacked`
 //!   (step 2, the record); its doc tells what window is left between the
@@ -18,9 +18,10 @@
 //! * [`bindings`]: the exchange binding tables that say which queue a
 //!   restored message goes back to, written when the queues are declared.
 //!
-//! An ack (after the result) takes a message out of `unacked` through the
-//! [`batch`] writer; [`scripts`] holds the Lua scripts that keep each
-//! multi-step move atomic; [`consumer`] runs the loop that drives it all.
+//! An ack takes a message out of `unacked` through the [`batch`] writer,
+//! never before the results and follow-ups queued ahead of it;
+//! [`scripts`] holds the Lua scripts that keep each multi-step move
+//! atomic; [`consumer`] runs the loop that drives it all.
 
 pub(crate) mod batch;
 mod bindings;
