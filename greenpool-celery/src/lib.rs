@@ -44,8 +44,6 @@
 )]
 
 pub mod backend;
-#[cfg(feature = "redis")]
-mod batch;
 mod broker;
 mod canvas;
 #[cfg(any(feature = "redis", feature = "amqp"))]
@@ -66,8 +64,6 @@ mod registry;
 mod repr;
 #[cfg(any(feature = "redis", feature = "amqp"))]
 mod request;
-#[cfg(feature = "redis")]
-mod scripts;
 pub mod seconds;
 mod stats;
 mod task_error;

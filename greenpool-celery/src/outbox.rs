@@ -8,10 +8,10 @@ use std::sync::Arc;
 #[cfg(feature = "redis")]
 use crate::backend::RedisBackend;
 use crate::backend::ResultMeta;
-#[cfg(feature = "redis")]
-use crate::batch::Batcher;
 #[cfg(feature = "amqp")]
 use crate::broker::amqp::AmqpOutbox;
+#[cfg(feature = "redis")]
+use crate::broker::redis::batch::Batcher;
 use crate::error::BrokerError;
 
 /// The worker's writer on its broker.

@@ -119,6 +119,9 @@ fn kill_9_under_load_with_late_acks_loses_nothing() {
 }
 
 /// The test hook that stops a worker between the two steps of a fetch.
+/// Only a binary built with greenpool-celery's `fault-injection` feature
+/// reads it; this package's dev-dependency on greenpool-celery turns the
+/// feature on in every test build, so the binary under test has it.
 const HALT_AFTER_TAKE: (&str, &str) = ("GREENPOOL_FAULT_HALT_AFTER_TAKE", "1");
 
 /// Pushes `n` `greenpool.add` messages; returns their task ids.

@@ -1,5 +1,6 @@
-//! One applied Python task: its calls, its state machine, and the `Job`
-//! handle Python gets back from `Pool.apply`.
+//! One applied Python task: its calls and its state machine. The `Job`
+//! handle Python gets back from `Pool.apply` is `PyJob` in `pool.rs`,
+//! beside the pool it calls back into.
 //!
 //! Exactly one report per job is settled here. The runner of the job (a
 //! thread, or an event loop for a coroutine) and anything that kills it (a
@@ -578,51 +579,6 @@ fn call_reporting(py: Python<'_>, to: Option<&Py<PyAny>>, value: Py<PyAny>) {
     if let Some(cb) = to {
         if let Err(e) = cb.call1(py, (value,)) {
             e.write_unraisable(py, Some(cb.bind(py)));
-        }
-    }
-}
-
-/// The handle `Pool.apply` returns (Celery keeps a weak reference to it and
-/// calls `terminate(signal)` on revoke).
-#[pyclass(name = "Job", module = "greenpool._greenpool", weakref, frozen)]
-pub(crate) struct PyJob {
-    pub(crate) job: Arc<JobShared>,
-    pub(crate) pool: Arc<crate::pool::PoolInner>,
-}
-
-#[pymethods]
-impl PyJob {
-    /// The job's pid (unique in the pool, never reused), or None before it
-    /// was admitted.
-    #[getter]
-    fn pid(&self) -> Option<u64> {
-        self.job.pid()
-    }
-
-    /// True once the job's one result (or failure, or kill) was reported.
-    fn ready(&self) -> bool {
-        self.job.is_reported()
-    }
-
-    /// Waits until `ready()`, or `timeout` seconds; returns `ready()`.
-    #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
-        let t = crate::seconds::timeout(timeout);
-        let job = Arc::clone(&self.job);
-        py.detach(move || job.wait_reported(t))
-    }
-
-    /// Kills the job, admitted or not (SIGUSR1 raises
-    /// `SoftTimeLimitExceeded` in it instead).
-    #[pyo3(signature = (signal=None))]
-    fn terminate(&self, py: Python<'_>, signal: Option<i32>) -> &'static str {
-        self.pool.kill_job(py, &self.job, signal, false)
-    }
-
-    fn __repr__(&self) -> String {
-        match self.job.pid() {
-            Some(pid) => format!("<greenpool Job pid={pid}>"),
-            None => "<greenpool Job (waiting)>".to_owned(),
         }
     }
 }

@@ -62,7 +62,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _greenpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pool::Pool>()?;
-    m.add_class::<job::PyJob>()?;
+    m.add_class::<pool::PyJob>()?;
     m.add_class::<green::GreenJob>()?;
     m.add_class::<loops::LoopHandle>()?;
     m.add_class::<timer::Timer>()?;

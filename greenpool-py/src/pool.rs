@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::core::{Core, KillEnd, Shared};
 use crate::hooks::Hooks;
-use crate::job::{Calls, JobShared, KillHow, PyJob, Stats};
+use crate::job::{Calls, JobShared, KillHow, Stats};
 use crate::loops::Loops;
 use crate::seconds;
 use crate::threads::Threads;
@@ -319,5 +319,50 @@ impl Pool {
             s.cancelled_total.load(Ordering::Relaxed),
         )?;
         Ok(d)
+    }
+}
+
+/// The handle `Pool.apply` returns (Celery keeps a weak reference to it and
+/// calls `terminate(signal)` on revoke).
+#[pyclass(name = "Job", module = "greenpool._greenpool", weakref, frozen)]
+pub(crate) struct PyJob {
+    pub(crate) job: Arc<JobShared>,
+    pub(crate) pool: Arc<PoolInner>,
+}
+
+#[pymethods]
+impl PyJob {
+    /// The job's pid (unique in the pool, never reused), or None before it
+    /// was admitted.
+    #[getter]
+    fn pid(&self) -> Option<u64> {
+        self.job.pid()
+    }
+
+    /// True once the job's one result (or failure, or kill) was reported.
+    fn ready(&self) -> bool {
+        self.job.is_reported()
+    }
+
+    /// Waits until `ready()`, or `timeout` seconds; returns `ready()`.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        let t = seconds::timeout(timeout);
+        let job = Arc::clone(&self.job);
+        py.detach(move || job.wait_reported(t))
+    }
+
+    /// Kills the job, admitted or not (SIGUSR1 raises
+    /// `SoftTimeLimitExceeded` in it instead).
+    #[pyo3(signature = (signal=None))]
+    fn terminate(&self, py: Python<'_>, signal: Option<i32>) -> &'static str {
+        self.pool.kill_job(py, &self.job, signal, false)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.job.pid() {
+            Some(pid) => format!("<greenpool Job pid={pid}>"),
+            None => "<greenpool Job (waiting)>".to_owned(),
+        }
     }
 }

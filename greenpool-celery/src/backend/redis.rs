@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::meta::{result_key, ResultMeta};
-use crate::batch::Batcher;
+use crate::broker::redis::batch::Batcher;
 
 /// The worker's result backend.
 #[derive(Debug, Clone)]
@@ -16,7 +16,7 @@ pub(crate) struct RedisBackend {
 
 impl RedisBackend {
     /// A backend writing through the worker's batcher, which stores
-    /// results before the acks that follow them (see [`crate::batch`]).
+    /// results before the acks that follow them (see [`crate::broker::redis::batch`]).
     pub(crate) fn with_batcher(batcher: Arc<Batcher>) -> Self {
         RedisBackend { batcher }
     }

@@ -3,21 +3,12 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::lenient;
+use super::lenient::{self, null_default};
 use crate::error::ProtocolError;
-
-/// Reads `null` as the type's default.
-pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 /// Where the producer sent a message: kombu requires both keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::envelope::null_default;
+use super::lenient::null_default;
 use super::time::Timestamp;
 use super::timelimit::TimeLimit;
 

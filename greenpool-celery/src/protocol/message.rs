@@ -67,7 +67,7 @@ fn v1_salvage(text: &str) -> TaskHeaders {
 struct BodyV2(
     Vec<Value>,
     Map<String, Value>,
-    #[serde(default, deserialize_with = "super::envelope::null_default")] Embed,
+    #[serde(default, deserialize_with = "super::lenient::null_default")] Embed,
 );
 
 impl TaskMessage {

@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::envelope::null_default;
 use super::headers::TaskHeaders;
+use super::lenient::null_default;
 use super::signature::{Embed, Signature};
 use super::time::Timestamp;
 use super::timelimit::TimeLimit;

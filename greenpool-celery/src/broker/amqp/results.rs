@@ -16,7 +16,7 @@ use crate::stats::RedisStats;
 
 /// The Redis result backend's batcher.
 #[cfg(feature = "redis")]
-pub(crate) use crate::batch::Batcher as ResultsBatcher;
+pub(crate) use crate::broker::redis::batch::Batcher as ResultsBatcher;
 
 /// Without the `redis` feature no Redis result backend, hence no batcher,
 /// can exist.
@@ -47,10 +47,10 @@ pub(crate) async fn open(
     stats: &Arc<RedisStats>,
     metrics: &WorkerMetrics,
 ) -> Result<Arc<ResultsBatcher>, WorkerError> {
-    use crate::batch::Targets;
+    use crate::broker::redis::batch::Targets;
+    use crate::broker::redis::scripts::Scripts;
     use crate::conn::Link;
     use crate::error::BrokerError;
-    use crate::scripts::Scripts;
 
     let link = Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
     link.count_reconnects(metrics.reconnects.counter("result backend"));

@@ -11,9 +11,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::batch::{Batcher, Targets};
+use super::scripts::Scripts;
 use super::RedisBroker;
 use crate::backend::RedisBackend;
-use crate::batch::{Batcher, Targets};
 use crate::broker::ActiveQueues;
 use crate::config::WorkerConfig;
 use crate::conn::{Link, LinkSettings};
@@ -21,7 +22,6 @@ use crate::error::{BrokerError, WorkerError};
 use crate::metrics::WorkerMetrics;
 use crate::outbox::{Outbox, ResultStore};
 use crate::registry::TaskRegistry;
-use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 use crate::worker::{refuse_oversized, Shared, ShutdownHandle, WorkerReport};
 

@@ -8,7 +8,7 @@
 //! queues its result and follow-ups before its ack) and batches are sent
 //! strictly one after the other, each retried until it is written: a
 //! batch never starts before every earlier one is in Redis. Within a batch
-//! the [`COMMIT`](crate::scripts::COMMIT) script writes the results, then
+//! the [`COMMIT`](super::scripts::COMMIT) script writes the results, then
 //! the follow-up messages (retries, chain steps, links), then the acks, in
 //! one atomic step. So an ack is never written before the writes queued
 //! ahead of it, and a batch the server refuses (at `maxmemory` with
@@ -40,10 +40,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::scripts::Scripts;
 use crate::broker::keys::{UNACKED, UNACKED_INDEX};
 use crate::conn::Link;
 use crate::error::BrokerError;
-use crate::scripts::Scripts;
 use crate::stats::RedisStats;
 
 /// Most operations sent in one round trip.

@@ -1,0 +1,41 @@
+-- The COMMIT script: documented at its constant in ../scripts.rs.
+local expires = tonumber(ARGV[1])
+local nstore = tonumber(ARGV[2])
+local npush = tonumber(ARGV[3])
+if KEYS[3] ~= '' then
+  -- The first write: if the server refuses it (maxmemory), nothing of
+  -- the batch is written.
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', 86400) then return -1 end
+end
+local stored = 0
+for i = 1, nstore do
+  local key = KEYS[3 + i]
+  local payload = ARGV[3 + i]
+  local cur = redis.pcall('GET', key)
+  local keep = false
+  if type(cur) == 'string' then
+    local ok, meta = pcall(cjson.decode, cur)
+    keep = ok and type(meta) == 'table' and meta['status'] == 'SUCCESS'
+  end
+  if not keep then
+    if expires > 0 then
+      redis.call('SET', key, payload, 'EX', expires)
+    else
+      redis.call('SET', key, payload)
+    end
+    redis.call('PUBLISH', key, payload)
+    stored = stored + 1
+  end
+end
+for i = 1, npush do
+  redis.call('LPUSH', KEYS[3 + nstore + i], ARGV[3 + nstore + i])
+end
+local first = 4 + nstore + npush
+local n = #ARGV
+while first <= n do
+  local last = math.min(first + 999, n)
+  redis.call('ZREM', KEYS[2], unpack(ARGV, first, last))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, first, last))
+  first = last + 1
+end
+return stored

@@ -1,0 +1,205 @@
+//! Restores: an unacked message put back on its queue (a requeueing
+//! reject, or the visibility-timeout sweep that gives back what was
+//! delivered too long ago, by any worker), with `redelivered` set.
+
+use serde_json::Value;
+
+use super::{now_secs, RedisBroker};
+use crate::broker::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
+use crate::error::BrokerError;
+
+impl RedisBroker {
+    /// Puts a delivered message back: RPUSH to the front of the queue it
+    /// was fetched from (`leftmost = false`, a restore) or LPUSH to the
+    /// back (a requeueing reject), with `redelivered` set, and removes it
+    /// from `unacked`. Returns false if it was no longer unacked.
+    pub(crate) async fn restore(&self, tag: &str, leftmost: bool) -> Result<bool, BrokerError> {
+        self.stats.round_trip();
+        let entry: Option<Vec<u8>> = self
+            .link
+            .call_until_done("reading an unacked message", |mut conn| async move {
+                redis::cmd("HGET")
+                    .arg(UNACKED)
+                    .arg(tag)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        let Some(entry) = entry else {
+            let _ = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("ZREM")
+                        .arg(UNACKED_INDEX)
+                        .arg(tag)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await;
+            return Ok(false);
+        };
+        let Some((payload, exchange, routing_key, priority)) = redelivered(&entry) else {
+            tracing::error!("cannot restore message {tag}: unreadable unacked entry");
+            return Ok(false);
+        };
+        let mut queues = self.lookup(&exchange, &routing_key).await?;
+        queues.retain(|q| !q.is_empty());
+        if queues.is_empty() {
+            tracing::error!(
+                "cannot restore message {tag}: no queue is bound to exchange {exchange:?} \
+                 with routing key {routing_key:?}; it stays unacked"
+            );
+            return Ok(false);
+        }
+        let dests: Vec<String> = queues
+            .iter()
+            .map(|q| keys::queue_key(q, priority))
+            .collect();
+        self.stats.round_trip();
+        let restored: i64 = self
+            .link
+            .call_until_done("restoring a message", |mut conn| {
+                let (dests, payload) = (&dests, &payload);
+                let sha = &self.scripts.restore;
+                async move {
+                    redis::cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(dests.len() + 2)
+                        .arg(UNACKED)
+                        .arg(UNACKED_INDEX)
+                        .arg(dests)
+                        .arg(tag)
+                        .arg(payload)
+                        .arg(if leftmost { "1" } else { "0" })
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        Ok(restored == 1)
+    }
+
+    /// The visibility-timeout sweep: under the `unacked_mutex` lock, puts
+    /// back every message delivered more than `visibility_timeout` seconds
+    /// ago, by any worker. Returns how many came back; 0 when another
+    /// worker holds the lock.
+    pub(crate) async fn restore_visible(
+        &self,
+        visibility_timeout: f64,
+    ) -> Result<usize, BrokerError> {
+        let token = crate::uuid::uuid4();
+        self.stats.round_trip();
+        let locked: Option<String> = self
+            .link
+            .call(|mut conn| {
+                let token = &token;
+                async move {
+                    redis::cmd("SET")
+                        .arg(UNACKED_MUTEX)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(300_000)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await
+            .map_err(|e| BrokerError::Redis(e.error))?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let ceiling = now_secs() - visibility_timeout;
+        let result = async {
+            self.stats.round_trip();
+            let stale: Vec<String> = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(UNACKED_INDEX)
+                        .arg(format!("{ceiling:.6}"))
+                        .arg("-inf")
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await
+                .map_err(|e| BrokerError::Redis(e.error))?;
+            let mut restored = 0;
+            for tag in stale {
+                if self.restore(&tag, false).await? {
+                    restored += 1;
+                }
+            }
+            Ok(restored)
+        }
+        .await;
+        self.stats.round_trip();
+        let _ = self
+            .link
+            .call(|mut conn| {
+                let (sha, token) = (&self.scripts.unlock, &token);
+                async move {
+                    redis::cmd("EVALSHA")
+                        .arg(sha)
+                        .arg(1)
+                        .arg(UNACKED_MUTEX)
+                        .arg(token)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                }
+            })
+            .await;
+        result
+    }
+}
+
+/// From an unacked entry `[envelope, exchange, routing_key]`: the envelope
+/// with `redelivered` set in its headers and delivery info, the exchange,
+/// the routing key, and the message priority (0–9, default 0).
+fn redelivered(entry: &[u8]) -> Option<(String, String, String, u8)> {
+    let parsed: Value = serde_json::from_slice(entry).ok()?;
+    let mut parts = match parsed {
+        Value::Array(parts) if parts.len() == 3 => parts,
+        _ => return None,
+    };
+    let routing_key = parts.pop()?.as_str()?.to_owned();
+    let exchange = parts.pop()?.as_str()?.to_owned();
+    let mut envelope = parts.pop()?;
+    if let Some(h) = envelope.get_mut("headers").and_then(Value::as_object_mut) {
+        h.insert("redelivered".to_owned(), Value::Bool(true));
+    }
+    let props = envelope.get_mut("properties")?;
+    let priority = props
+        .get("priority")
+        .and_then(crate::protocol::kombu_priority)
+        .unwrap_or(0);
+    if let Some(info) = props
+        .get_mut("delivery_info")
+        .and_then(Value::as_object_mut)
+    {
+        info.insert("redelivered".to_owned(), Value::Bool(true));
+    }
+    Some((envelope.to_string(), exchange, routing_key, priority))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn restored_envelope_is_marked_redelivered() {
+        let entry = r#"[{"body": "", "headers": {"task": "t"}, "properties": {"priority": 7, "delivery_info": {"exchange": "", "routing_key": "q"}}}, "", "q"]"#;
+        let (payload, ex, rk, pri) = redelivered(entry.as_bytes()).unwrap();
+        let v: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(v["headers"]["redelivered"], Value::Bool(true));
+        assert_eq!(
+            v["properties"]["delivery_info"]["redelivered"],
+            Value::Bool(true)
+        );
+        assert_eq!((ex.as_str(), rk.as_str(), pri), ("", "q", 7));
+        assert!(redelivered(b"[1, 2]").is_none());
+    }
+}
