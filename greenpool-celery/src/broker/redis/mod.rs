@@ -73,7 +73,7 @@ use super::{ActiveQueues, ConsumedQueue, Delivery, Fetched, Oversized};
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::scripts::Scripts;
-use crate::stats::RedisStats;
+use crate::stats::BrokerStats;
 
 /// The oldest Redis the worker runs on (multi-field `HSET`, `MEMORY`).
 const MIN_VERSION: (u32, u32) = (4, 0);
@@ -153,7 +153,7 @@ pub(crate) struct RedisBroker {
     max_message_size: usize,
     /// See [`HALT_AFTER_TAKE_ENV`].
     halt_after_take: bool,
-    stats: Arc<RedisStats>,
+    stats: Arc<BrokerStats>,
 }
 
 fn now_secs() -> f64 {
@@ -224,7 +224,7 @@ impl RedisBroker {
         queues: Arc<ActiveQueues>,
         legacy_fetch: bool,
         max_message_size: usize,
-        stats: Arc<RedisStats>,
+        stats: Arc<BrokerStats>,
     ) -> Result<Self, BrokerError> {
         let (info, scripts) = link
             .call_until_done("loading the scripts", |mut conn| async move {
