@@ -41,11 +41,17 @@ use crate::task_error::TaskError;
 /// parts).
 #[derive(Debug)]
 pub(crate) struct Start {
+    /// The worker's settings.
     pub(crate) config: WorkerConfig,
+    /// The tasks it runs.
     pub(crate) registry: Arc<TaskRegistry>,
+    /// Warm and cold shutdown.
     pub(crate) shutdown: ShutdownHandle,
+    /// Notified once the worker consumes.
     pub(crate) ready: Arc<Notify>,
+    /// The broker traffic counters.
     pub(crate) stats: Arc<BrokerStats>,
+    /// The Prometheus metrics.
     pub(crate) metrics: Arc<WorkerMetrics>,
 }
 

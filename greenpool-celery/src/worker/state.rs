@@ -26,25 +26,36 @@ use crate::registry::TaskRegistry;
 /// What the worker did so far (the [`WorkerReport`]'s counts).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Messages taken off the queues.
     pub(crate) received: AtomicU64,
+    /// Tasks that returned a value.
     pub(crate) succeeded: AtomicU64,
+    /// Tasks that failed, and messages that could not run.
     pub(crate) failed: AtomicU64,
+    /// Requests revoked (expired, or by remote control).
     pub(crate) revoked: AtomicU64,
+    /// Retries sent on.
     pub(crate) retried: AtomicU64,
 }
 
 /// State shared by the consumer and every message handler.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The worker's settings.
     pub(crate) config: WorkerConfig,
+    /// The tasks it runs.
     pub(crate) registry: Arc<TaskRegistry>,
+    /// The pool requests run in.
     pub(crate) pool: TaskPool,
     /// The transport's writer: acks, requeues, follow-ups.
     pub(crate) acks: Outbox,
+    /// Where results go (`None` without a result backend).
     pub(crate) backend: Option<ResultStore>,
     /// Delivery tags taken but not yet acked, restored at shutdown.
     pub(crate) outstanding: Mutex<HashSet<String>>,
+    /// Warm shutdown (ETA waits end on it).
     pub(crate) warm: CancellationToken,
+    /// What the worker did (the report's counts).
     pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
     pub(crate) timer: Timer,

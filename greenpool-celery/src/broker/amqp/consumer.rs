@@ -45,14 +45,20 @@ const MAX_TAKEN: usize = 64;
 /// A worker's connection to an AMQP broker.
 #[derive(Debug)]
 pub(crate) struct AmqpTransport {
+    /// The reconnecting broker connection.
     session: Arc<Session>,
+    /// Its current connection, consumed on.
     live: Arc<Live>,
+    /// The writer: publishes confirmed before the acks queued after them.
     outbox: Arc<AmqpOutbox>,
     /// A Redis result backend's batcher, flushed by the outbox before its
     /// acks.
     results_batcher: Option<Arc<ResultsBatcher>>,
+    /// rpc:// replies or the Redis backend, if any.
     results: Option<ResultStore>,
+    /// Counts deliveries.
     stats: Arc<BrokerStats>,
+    /// The worker's settings (queues, limits, the node name).
     config: WorkerConfig,
     /// The consumers on `live`; `None` until they are started on it.
     consuming: Option<Consuming>,
@@ -66,7 +72,9 @@ struct Consuming {
     changes: watch::Receiver<u64>,
     /// Consumer tags by queue.
     tags: HashMap<String, ShortString>,
+    /// Every consumer's deliveries.
     all: SelectAll<lapin::Consumer>,
+    /// How `basic.qos` applies (global, or per consumer on quorum queues).
     qos: BasicQosOptions,
     /// What the consumers yielded after a round was taken (an error, or
     /// their end), for the next call.

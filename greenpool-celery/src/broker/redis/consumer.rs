@@ -26,9 +26,13 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(100);
 /// A worker's connection to kombu's Redis transport.
 #[derive(Debug)]
 pub(crate) struct RedisTransport {
+    /// The fetch, the restores and the worker's registration.
     broker: Arc<RedisBroker>,
+    /// The writer: results, follow-ups and acks in atomic batches.
     acks: Arc<Batcher>,
+    /// The Redis result backend (through `acks`), if any.
     results: Option<ResultStore>,
+    /// The broker URL, for the log line.
     label: String,
     /// Most messages one fetch takes.
     fetch_batch: usize,
