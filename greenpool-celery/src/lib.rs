@@ -89,7 +89,8 @@ pub use protocol::{
     Timestamp,
 };
 pub use registry::{RegisteredTask, TaskFn, TaskFuture, TaskOptions, TaskRegistry};
-pub use stats::RedisStats;
+#[allow(deprecated)]
+pub use stats::{BrokerStats, RedisStats};
 pub use task_error::TaskError;
 #[cfg(any(feature = "redis", feature = "amqp"))]
 pub use worker::{ShutdownHandle, Worker, WorkerReport};

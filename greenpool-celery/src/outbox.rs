@@ -12,7 +12,6 @@ use crate::backend::ResultMeta;
 use crate::broker::amqp::AmqpOutbox;
 #[cfg(feature = "redis")]
 use crate::broker::redis::batch::Batcher;
-use crate::error::BrokerError;
 
 /// The worker's writer on its broker.
 #[derive(Debug, Clone)]
@@ -36,6 +35,22 @@ impl Outbox {
         }
     }
 
+    /// Puts a delivered message back on its queue (a requeueing reject):
+    /// on Redis `payload` pushed on `key` and the delivery acked, in that
+    /// order (one atomic batch); `basic.reject` with requeue on AMQP.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn requeue(&self, tag: String, key: String, payload: String) {
+        match self {
+            #[cfg(feature = "redis")]
+            Outbox::Redis(b) => {
+                b.push(key, payload);
+                b.ack(tag);
+            }
+            #[cfg(feature = "amqp")]
+            Outbox::Amqp(o) => o.reject(tag),
+        }
+    }
+
     /// Queues a follow-up message (a retry, a chain step, a link): its
     /// Redis queue key and kombu envelope. On AMQP the envelope's
     /// `delivery_info` (exchange and routing key) and priority route it,
@@ -55,30 +70,6 @@ impl Outbox {
             },
         }
     }
-
-    /// Set once the writer gave up for good.
-    // Only the Redis consumer asks; the AMQP one sees a loss on its session.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn failure(&self) -> Option<BrokerError> {
-        match self {
-            #[cfg(feature = "redis")]
-            Outbox::Redis(b) => b.failure(),
-            #[cfg(feature = "amqp")]
-            Outbox::Amqp(o) => o.failure(),
-        }
-    }
-
-    /// Resolves when the writer gives up (never on AMQP, where the
-    /// consumer sees the loss first).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) async fn gave_up(&self) {
-        match self {
-            #[cfg(feature = "redis")]
-            Outbox::Redis(b) => b.gave_up().await,
-            #[cfg(feature = "amqp")]
-            Outbox::Amqp(_) => std::future::pending().await,
-        }
-    }
 }
 
 /// Where results are stored.
@@ -93,6 +84,18 @@ pub(crate) enum ResultStore {
 }
 
 impl ResultStore {
+    /// Whether results stored here are found by task id alone (a Redis
+    /// backend), so that remote control can store REVOKED for a revoke by
+    /// id; rpc:// results go to each request's `reply_to` only.
+    pub(crate) fn by_id(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis")]
+            ResultStore::Redis(_) => true,
+            #[cfg(feature = "amqp")]
+            ResultStore::Rpc(_) => false,
+        }
+    }
+
     /// Queues `meta` for storing; `reply_to` is the request's reply queue
     /// (the rpc backend sends nothing without one, as Celery's does).
     #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]

@@ -1,14 +1,20 @@
 //! Counters of what the worker asked of its broker and backend, for logs
-//! and the bench.
+//! and the bench, whatever the transport (kombu's Redis transport or
+//! AMQP).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Round trips and operations, counted by the worker's Redis and AMQP
-/// clients.
+/// clients: [`fetched`](Self::fetched) and [`acked`](Self::acked) count on
+/// either transport, [`round_trips`](Self::round_trips) and
+/// [`stored`](Self::stored) the Redis connections' requests (the broker's,
+/// and a Redis result backend's also behind an AMQP broker),
+/// [`published`](Self::published) and
+/// [`confirm_round_trips`](Self::confirm_round_trips) AMQP's publishes.
 ///
 /// Relaxed atomics: each counter is read on its own, for reporting only.
 #[derive(Debug, Default)]
-pub struct RedisStats {
+pub struct BrokerStats {
     round_trips: AtomicU64,
     fetched: AtomicU64,
     acked: AtomicU64,
@@ -17,7 +23,7 @@ pub struct RedisStats {
     confirm_waits: AtomicU64,
 }
 
-impl RedisStats {
+impl BrokerStats {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn round_trip(&self) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -53,11 +59,13 @@ impl RedisStats {
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
-    /// Messages taken off the queues.
+    /// Messages taken off the queues (fetched on Redis, delivered on
+    /// AMQP).
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
     }
-    /// Messages acked (or dropped) in the unacked hash.
+    /// Messages acked: removed (or dropped) from the `unacked` hash on
+    /// Redis, `basic.ack` sent on AMQP.
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
@@ -66,3 +74,8 @@ impl RedisStats {
         self.stored.load(Ordering::Relaxed)
     }
 }
+
+/// The former name of [`BrokerStats`], from when only the Redis transport
+/// counted; the counters have always counted AMQP traffic too.
+#[deprecated(note = "renamed BrokerStats: the counters count AMQP traffic too")]
+pub type RedisStats = BrokerStats;

@@ -108,6 +108,9 @@ fn greenpool_and_python_workers_answer_control_on_one_rabbitmq() {
     assert_eq!(v[0][gp]["pool"]["max-concurrency"], 12, "{v}");
     assert_eq!(v[0][gp]["prefetch_count"], 48, "{v}");
     assert_eq!(v[0][gp]["broker"]["transport"], "amqp", "{v}");
+    // The bug report names the transport too (it said redis everywhere).
+    let (ok, out) = greenpool(&node, &["inspect", "report", "-d", gp, "-j"]);
+    assert!(ok && out.contains("transport:amqp"), "{out}");
     global_prefetch("48");
     w.stop();
     pyw.stop();

@@ -1,5 +1,7 @@
 //! Brokers: kombu's Redis transport (with the `redis` feature) and AMQP
-//! 0-9-1 (with the `amqp` feature), chosen by the URL's scheme.
+//! 0-9-1 (with the `amqp` feature), chosen by the URL's scheme. The worker
+//! drives either through the narrow trait of [`transport`]; this module
+//! never imports the worker.
 
 #[cfg(feature = "amqp")]
 pub(crate) mod amqp;
@@ -9,7 +11,7 @@ mod queues;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(any(feature = "redis", feature = "amqp"))]
-mod stopping;
+pub(crate) mod transport;
 
 #[cfg(feature = "redis")]
 pub(crate) use self::delivery::Fetched;
@@ -17,8 +19,6 @@ pub(crate) use self::delivery::{Delivery, Oversized};
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
 #[cfg(feature = "redis")]
 pub(crate) use self::redis::bind;
-#[cfg(any(feature = "redis", feature = "amqp"))]
-pub(crate) use self::stopping::{close_at_warm_shutdown, finish_tasks, report, take_outstanding};
 
 use crate::error::BrokerError;
 

@@ -179,10 +179,11 @@ pub(crate) fn clock(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 /// `report`: `{"ok": text}` in the shape of Celery's bug report.
 pub(crate) fn report(node: &Arc<Node>, _: &Args<'_>) -> Answer {
     let mut text = format!(
-        "\nsoftware -> greenpool:{} (rust)\nplatform -> system:{} arch:{}\nloader   -> greenpool_celery::TaskRegistry\nsettings -> transport:redis results:{}\n\n",
+        "\nsoftware -> greenpool:{} (rust)\nplatform -> system:{} arch:{}\nloader   -> greenpool_celery::TaskRegistry\nsettings -> transport:{} results:{}\n\n",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::OS,
         std::env::consts::ARCH,
+        node.wire.transport(),
         node.config
             .result_backend
             .as_deref()

@@ -76,6 +76,17 @@ impl NodeWire {
         }
     }
 
+    /// The transport's name as kombu's `Connection.info()` gives it
+    /// (`py-amqp` and `pyamqp://` resolve to `amqp`).
+    pub(crate) fn transport(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "redis")]
+            NodeWire::Redis { .. } => "redis",
+            #[cfg(feature = "amqp")]
+            NodeWire::Amqp(_) => "amqp",
+        }
+    }
+
     /// kombu's `Connection.info()` of the broker (`stats.broker`).
     pub(crate) fn info(&self, connect_timeout: f64) -> Value {
         match self {

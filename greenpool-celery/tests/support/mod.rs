@@ -17,6 +17,7 @@ fn skip(what: &str) {
     eprintln!("\n*** SKIPPED: {what} (set GREENPOOL_REQUIRE_REDIS=1 to make this fail) ***\n");
 }
 
+#[cfg(feature = "redis")]
 pub mod faulty;
 pub mod metrics;
 pub mod process;

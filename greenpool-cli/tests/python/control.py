@@ -225,7 +225,9 @@ def scenario_api(node):
     conf = insp.conf()[node]
     assert conf["broker_url"].endswith(URL.split("@")[-1].split("//")[-1]), conf
     assert isinstance(insp.clock()[node]["clock"], int)
-    assert "greenpool" in insp.report()[node]["ok"]
+    report = insp.report()[node]["ok"]
+    transport = "amqp" if URL.startswith(("amqp", "pyamqp")) else "redis"
+    assert "greenpool" in report and f"transport:{transport}" in report, report
     hello = one(app.control.broadcast("hello", arguments={"from_node": "other@x", "revoked": {"abc": time.time()}},
                                       destination=[node], reply=True), node)
     assert "abc" in hello["revoked"] and isinstance(hello["clock"], int), hello

@@ -1,7 +1,8 @@
-//! The worker on AMQP: consume with `basic.consume` under `basic.qos`,
-//! hand each delivery to the shared request path, reconnect when the
-//! connection breaks, and on shutdown give back (reject with requeue)
-//! what was prefetched but never started.
+//! The worker's transport on AMQP: consume with `basic.consume` under
+//! `basic.qos`, follow the prefetch window and the consumed queues as
+//! remote control moves them, reconnect when the connection breaks, and on
+//! shutdown give back (reject with requeue) what was prefetched but never
+//! started. The worker's lifecycle drives it through [`WorkerTransport`].
 //!
 //! The broker enforces the prefetch window (concurrency × multiplier
 //! unacked messages per consumer), so the consumer takes every delivery as
@@ -12,23 +13,24 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use greenpool::TaskPool;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
+use futures::stream::SelectAll;
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use tokio_util::task::TaskTracker;
+use tokio::sync::watch;
 
 use super::outbox::AmqpOutbox;
+use super::results::ResultsBatcher;
 use super::session::{Live, Session, Topology};
 use super::wire::{envelope_from_amqp, Incoming};
+use crate::broker::transport::{Connect, Feed, Refused, Taken, WorkerTransport};
 use crate::broker::{Delivery, Oversized, Transport};
 use crate::config::WorkerConfig;
 use crate::conn::LinkSettings;
+use crate::control::Node;
 use crate::error::{BrokerError, WorkerError};
 use crate::outbox::{Outbox, ResultStore};
-use crate::registry::TaskRegistry;
-use crate::stats::RedisStats;
-use crate::worker::{refuse_oversized, Shared, ShutdownHandle, WorkerReport};
+use crate::stats::BrokerStats;
 
 /// Whether `url` names the rpc:// backend (or the AMQP broker itself,
 /// which Celery reads the same way).
@@ -36,186 +38,279 @@ fn is_rpc(url: &str) -> bool {
     url.starts_with("rpc://") || matches!(Transport::of(url), Ok(Transport::Amqp))
 }
 
-/// Runs a worker on the AMQP broker of `config` until shut down.
-pub(crate) async fn run(
+/// Most deliveries already received that one [`WorkerTransport::next`]
+/// hands out together.
+const MAX_TAKEN: usize = 64;
+
+/// A worker's connection to an AMQP broker.
+#[derive(Debug)]
+pub(crate) struct AmqpTransport {
+    /// The reconnecting broker connection.
+    session: Arc<Session>,
+    /// Its current connection, consumed on.
+    live: Arc<Live>,
+    /// The writer: publishes confirmed before the acks queued after them.
+    outbox: Arc<AmqpOutbox>,
+    /// A Redis result backend's batcher, flushed by the outbox before its
+    /// acks.
+    results_batcher: Option<Arc<ResultsBatcher>>,
+    /// rpc:// replies or the Redis backend, if any.
+    results: Option<ResultStore>,
+    /// Counts deliveries.
+    stats: Arc<BrokerStats>,
+    /// The worker's settings (queues, limits, the node name).
     config: WorkerConfig,
-    registry: Arc<TaskRegistry>,
-    shutdown: ShutdownHandle,
-    ready: Arc<tokio::sync::Notify>,
-    stats: Arc<RedisStats>,
-    metrics: Arc<crate::metrics::WorkerMetrics>,
-) -> Result<WorkerReport, WorkerError> {
-    let settings = LinkSettings::from_config(&config);
-    let topology = Topology {
-        queues: config.queues.clone(),
-        max_priority: config.amqp.queue_max_priority,
-        quorum: config.amqp.quorum_queues,
-        prefetch: u16::try_from(config.prefetch_count()).unwrap_or(u16::MAX),
-    };
-    let session = Session::new("broker", &config.broker_url, settings.clone(), topology)?;
-    session.count_reconnects(metrics.reconnects.counter("broker"));
-    let mut live = session.connect(true).await?;
-    // Results: rpc:// replies through the outbox, or a Redis backend
-    // through a batcher the outbox flushes before its acks.
-    let mut results_batcher = None;
-    let mut rpc = false;
-    match &config.result_backend {
-        None => {}
-        Some(url) if is_rpc(url) => rpc = true,
-        Some(url) => {
-            results_batcher =
-                Some(super::results::open(url, settings, &config, &stats, &metrics).await?);
-        }
-    }
-    let outbox = Arc::new(AmqpOutbox::spawn(
-        Arc::clone(&session),
-        results_batcher.clone(),
-        Arc::clone(&stats),
-    ));
-    let backend = if rpc {
-        Some(ResultStore::Rpc(Arc::clone(&outbox)))
-    } else {
-        results_batcher.as_ref().map(super::results::store)
-    };
-    let pool = TaskPool::builder()
-        .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
-        .build()
-        .map_err(|e| WorkerError::Pool(e.to_string()))?;
-    pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
-    let queues = Arc::new(crate::broker::ActiveQueues::new(&config.queues));
-    let control = crate::control::Node::connect(
-        &config,
-        Arc::clone(&registry),
-        pool.clone(),
-        // rpc:// results go to each request's reply_to only.
-        backend
-            .clone()
-            .filter(|b| !matches!(b, ResultStore::Rpc(_))),
-        shutdown.warm.clone(),
-        Arc::clone(&queues),
-        metrics,
-    )
-    .await?;
-    let shared = Shared::new(
-        config.clone(),
-        registry,
-        pool.clone(),
-        Outbox::Amqp(Arc::clone(&outbox)),
-        backend,
-        &shutdown,
-        Arc::clone(&control),
-    );
-    tracing::info!(
-        "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
-        session.label(),
-        config.hostname,
-        config.concurrency,
-        config.prefetch_count(),
-        config.queues.join(",")
-    );
-    let closer = crate::broker::close_at_warm_shutdown(&pool, &shutdown);
-    let service = crate::control::Service::start(&control).await;
-    ready.notify_waiters();
-    let handlers = TaskTracker::new();
-    let consumed = loop {
-        match consume(&live, &shared, &handlers, &shutdown, &stats).await {
-            Ok(()) => break Ok(()),
-            Err(e) => {
-                tracing::error!("consumer: connection to the broker lost: {e}; reconnecting");
-                let again = tokio::select! {
-                    r = session.connect(false) => r,
-                    _ = shutdown.warm.cancelled() => break Ok(()),
-                };
-                match again {
-                    Ok(l) => live = l,
-                    Err(e) => break Err(e),
-                }
-            }
-        }
-    };
-    if consumed.is_err() {
-        shutdown.warm.cancel();
-    }
-    crate::broker::finish_tasks(closer, &handlers, &pool, &shutdown, &shared, service).await;
-    outbox.flush().await;
-    // Give back whatever is still unacked: prefetched, ETA, or killed
-    // late-ack requests.
-    let left = crate::broker::take_outstanding(&shared);
-    let restored = left.len() as u64;
-    for tag in left {
-        outbox.reject(tag);
-    }
-    if restored > 0 {
-        tracing::warn!("Restoring {restored} unacknowledged message(s)");
-    }
-    outbox.close().await;
-    if let Some(b) = &results_batcher {
-        b.close().await;
-    }
-    session.close().await;
-    consumed?;
-    Ok(crate::broker::report(&shared, restored))
+    /// The consumers on `live`; `None` until they are started on it.
+    consuming: Option<Consuming>,
 }
 
-/// Consumes every queue on `live` until warm shutdown (`Ok`) or until the
-/// connection breaks (`Err`).
-async fn consume(
-    live: &Live,
-    shared: &Arc<Shared>,
-    handlers: &TaskTracker,
-    shutdown: &ShutdownHandle,
-    stats: &RedisStats,
-) -> Result<(), BrokerError> {
+/// The consumers of one connection and what they follow.
+struct Consuming {
+    /// The broker's window (pool_grow / pool_shrink / autoscale).
+    window: watch::Receiver<usize>,
+    /// The consumed queues (add_consumer / cancel_consumer).
+    changes: watch::Receiver<u64>,
+    /// Consumer tags by queue.
+    tags: HashMap<String, ShortString>,
+    /// Every consumer's deliveries.
+    all: SelectAll<lapin::Consumer>,
+    /// How `basic.qos` applies (global, or per consumer on quorum queues).
+    qos: BasicQosOptions,
+    /// What the consumers yielded after a round was taken (an error, or
+    /// their end), for the next call.
+    held: Option<Option<Result<lapin::message::Delivery, lapin::Error>>>,
+}
+
+impl std::fmt::Debug for Consuming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consuming")
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerTransport for AmqpTransport {
+    async fn connect(how: Connect<'_>) -> Result<Self, WorkerError> {
+        let config = how.config;
+        let settings = LinkSettings::from_config(config);
+        let topology = Topology {
+            queues: config.queues.clone(),
+            max_priority: config.amqp.queue_max_priority,
+            quorum: config.amqp.quorum_queues,
+            prefetch: u16::try_from(config.prefetch_count()).unwrap_or(u16::MAX),
+        };
+        let session = Session::new("broker", &config.broker_url, settings.clone(), topology)?;
+        session.count_reconnects(how.metrics.reconnects.counter("broker"));
+        let live = session.connect(true).await?;
+        // Results: rpc:// replies through the outbox, or a Redis backend
+        // through a batcher the outbox flushes before its acks.
+        let mut results_batcher = None;
+        let mut rpc = false;
+        match &config.result_backend {
+            None => {}
+            Some(url) if is_rpc(url) => rpc = true,
+            Some(url) => {
+                results_batcher = Some(
+                    super::results::open(url, settings, config, how.stats, how.metrics).await?,
+                );
+            }
+        }
+        let outbox = Arc::new(AmqpOutbox::spawn(
+            Arc::clone(&session),
+            results_batcher.clone(),
+            Arc::clone(how.stats),
+        ));
+        let results = if rpc {
+            Some(ResultStore::Rpc(Arc::clone(&outbox)))
+        } else {
+            results_batcher.as_ref().map(super::results::store)
+        };
+        Ok(AmqpTransport {
+            session,
+            live,
+            outbox,
+            results_batcher,
+            results,
+            stats: Arc::clone(how.stats),
+            config: config.clone(),
+            consuming: None,
+        })
+    }
+
+    fn label(&self) -> &str {
+        self.session.label()
+    }
+
+    fn outbox(&self) -> Outbox {
+        Outbox::Amqp(Arc::clone(&self.outbox))
+    }
+
+    fn results(&self) -> Option<ResultStore> {
+        self.results.clone()
+    }
+
+    /// Consumes every queue until warm shutdown (`Ok(None)`); when the
+    /// connection breaks, connects again (with the session's retries) and
+    /// consumes on the new one, or returns the error once it gave up.
+    async fn next(&mut self, feed: Feed<'_>) -> Result<Option<Taken>, BrokerError> {
+        loop {
+            let e = match self.take(feed).await {
+                Ok(taken) => return Ok(taken),
+                Err(e) => e,
+            };
+            self.consuming = None;
+            tracing::error!("consumer: connection to the broker lost: {e}; reconnecting");
+            let again = tokio::select! {
+                r = self.session.connect(false) => r,
+                _ = feed.warm.cancelled() => return Ok(None),
+            };
+            self.live = again?;
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.outbox.flush().await;
+    }
+
+    fn failure(&self) -> Option<BrokerError> {
+        self.outbox.failure()
+    }
+
+    /// Rejects the delivery with requeue (dropped when its connection is
+    /// gone: the broker requeued it then).
+    async fn give_back(&self, tag: String) -> Result<bool, BrokerError> {
+        self.outbox.reject(tag);
+        Ok(true)
+    }
+
+    async fn close(self, _gone: bool) {
+        self.outbox.close().await;
+        if let Some(b) = &self.results_batcher {
+            b.close().await;
+        }
+        self.session.close().await;
+    }
+}
+
+impl AmqpTransport {
+    /// Starts the consumers on the current connection if needed, then
+    /// waits for deliveries: every one already received, up to
+    /// [`MAX_TAKEN`]. `Ok(None)` at warm shutdown, `Err` when the
+    /// connection broke.
+    async fn take(&mut self, feed: Feed<'_>) -> Result<Option<Taken>, BrokerError> {
+        if feed.warm.is_cancelled() {
+            return Ok(None);
+        }
+        let live = Arc::clone(&self.live);
+        if self.consuming.is_none() {
+            let started = tokio::select! {
+                c = start(&live, &self.config, feed.node) => c?,
+                _ = feed.warm.cancelled() => return Ok(None),
+            };
+            self.consuming = Some(started);
+        }
+        let Some(consuming) = self.consuming.as_mut() else {
+            return Ok(None);
+        };
+        let first = match consuming.held.take() {
+            Some(held) => held,
+            None => loop {
+                tokio::select! {
+                    n = consuming.all.next(), if !consuming.all.is_empty() => break n,
+                    Ok(()) = consuming.window.changed() => {
+                        let size = *consuming.window.borrow_and_update();
+                        set_window(&live, size, consuming.qos).await?;
+                    }
+                    Ok(()) = consuming.changes.changed() => {
+                        consuming.changes.borrow_and_update();
+                        let Consuming { tags, all, .. } = consuming;
+                        follow_queues(&live, &self.config, feed.node, tags, all).await?;
+                    }
+                    _ = feed.warm.cancelled() => return Ok(None),
+                }
+            },
+        };
+        let mut taken = Taken::default();
+        let mut next = first;
+        loop {
+            let d = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(BrokerError::Amqp(e)),
+                None => {
+                    return Err(BrokerError::GaveUp(
+                        "the broker cancelled the consumer".to_owned(),
+                    ))
+                }
+            };
+            read(&live, &self.config, &self.stats, d, &mut taken);
+            if taken.deliveries.len() + taken.refused.len() >= MAX_TAKEN {
+                break;
+            }
+            // Deliveries already received go out together; the next one
+            // not yet there is waited for by the next call, and so is an
+            // error or the end of the consumers (after what was taken).
+            match consuming.all.next().now_or_never() {
+                Some(Some(Ok(d))) => next = Some(Ok(d)),
+                Some(other) => {
+                    consuming.held = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(Some(taken))
+    }
+}
+
+/// Starts consuming on `live`: the window as it is now, and every queue
+/// of the node's set.
+async fn start(live: &Live, config: &WorkerConfig, node: &Node) -> Result<Consuming, BrokerError> {
     // The window follows pool_grow / pool_shrink / autoscale; set it again
     // when it moved while the connection was down.
-    let mut window = shared.control.prefetch.watch();
+    let mut window = node.prefetch.watch();
     let qos = Topology {
-        quorum: shared.config.amqp.quorum_queues,
+        quorum: config.amqp.quorum_queues,
         ..Topology::default()
     }
     .qos_options();
     let wanted = *window.borrow_and_update();
-    if wanted != shared.config.prefetch_count() {
+    if wanted != config.prefetch_count() {
         set_window(live, wanted, qos).await?;
     }
     // The consumed queues follow add_consumer / cancel_consumer.
-    let mut changes = shared.control.queues.watch();
+    let mut changes = node.queues.watch();
     changes.borrow_and_update();
-    let mut consuming: HashMap<String, ShortString> = HashMap::new();
-    let mut all = futures::stream::SelectAll::new();
-    follow_queues(live, shared, &mut consuming, &mut all).await?;
-    loop {
-        let next = tokio::select! {
-            n = all.next(), if !all.is_empty() => n,
-            Ok(()) = window.changed() => {
-                let size = *window.borrow_and_update();
-                set_window(live, size, qos).await?;
-                continue;
-            }
-            Ok(()) = changes.changed() => {
-                changes.borrow_and_update();
-                follow_queues(live, shared, &mut consuming, &mut all).await?;
-                continue;
-            }
-            _ = shutdown.warm.cancelled() => return Ok(()),
-        };
-        let d = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => return Err(BrokerError::Amqp(e)),
-            None => {
-                return Err(BrokerError::GaveUp(
-                    "the broker cancelled the consumer".to_owned(),
-                ))
-            }
-        };
-        let name = format!("{}:{}", live.generation, d.delivery_tag);
-        let queue = d.routing_key.as_str().to_owned();
-        let limit = shared.config.limits.max_message_size;
-        if limit > 0 && d.data.len() > limit {
-            stats.add_fetched(1);
-            // FAILURE first, then the ack: the outbox sends acks only after
-            // what was queued before them is written.
-            let big = Oversized {
+    let mut tags = HashMap::new();
+    let mut all = SelectAll::new();
+    follow_queues(live, config, node, &mut tags, &mut all).await?;
+    Ok(Consuming {
+        window,
+        changes,
+        tags,
+        all,
+        qos,
+        held: None,
+    })
+}
+
+/// Reads one delivery into `taken`: refused for its size, or a
+/// [`Delivery`] named `<generation>:<tag>`.
+fn read(
+    live: &Live,
+    config: &WorkerConfig,
+    stats: &BrokerStats,
+    d: lapin::message::Delivery,
+    taken: &mut Taken,
+) {
+    let name = format!("{}:{}", live.generation, d.delivery_tag);
+    let queue = d.routing_key.as_str().to_owned();
+    let limit = config.limits.max_message_size;
+    stats.add_fetched(1);
+    if limit > 0 && d.data.len() > limit {
+        // FAILURE first, then the ack: the outbox sends acks only after
+        // what was queued before them is written.
+        taken.refused.push(Refused {
+            oversized: Oversized {
                 queue,
                 size: u64::try_from(d.data.len()).unwrap_or(u64::MAX),
                 id: d
@@ -223,35 +318,33 @@ async fn consume(
                     .correlation_id()
                     .as_ref()
                     .map(|c| c.as_str().to_owned()),
-            };
-            let reply_to = d.properties.reply_to().as_ref().map(|r| r.as_str());
-            refuse_oversized(shared, big, reply_to);
-            shared.acks.ack(name);
-            continue;
-        }
-        let raw = envelope_from_amqp(&Incoming {
-            body: &d.data,
-            properties: &d.properties,
-            exchange: d.exchange.as_str(),
-            routing_key: d.routing_key.as_str(),
-            redelivered: d.redelivered,
-            tag: &name,
+            },
+            reply_to: d
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|r| r.as_str().to_owned()),
+            ack: Some(name),
         });
-        stats.add_fetched(1);
-        let mut delivery = Delivery::read(queue, raw.into_bytes());
-        // Acked by the AMQP delivery tag of this channel, whatever the
-        // envelope says.
-        delivery.tag = Some(name);
-        handlers.spawn(crate::request::handle(Arc::clone(shared), delivery, None));
+        return;
     }
+    let raw = envelope_from_amqp(&Incoming {
+        body: &d.data,
+        properties: &d.properties,
+        exchange: d.exchange.as_str(),
+        routing_key: d.routing_key.as_str(),
+        redelivered: d.redelivered,
+        tag: &name,
+    });
+    let mut delivery = Delivery::read(queue, raw.into_bytes());
+    // Acked by the AMQP delivery tag of this channel, whatever the
+    // envelope says.
+    delivery.tag = Some(name);
+    taken.deliveries.push(delivery);
 }
 
 /// Sets the prefetch window (`basic.qos`) to `size` messages.
-async fn set_window(
-    live: &Live,
-    size: usize,
-    qos: lapin::options::BasicQosOptions,
-) -> Result<(), BrokerError> {
+async fn set_window(live: &Live, size: usize, qos: BasicQosOptions) -> Result<(), BrokerError> {
     let count = u16::try_from(size).unwrap_or(u16::MAX);
     tracing::debug!("consumer: prefetch count now {count}");
     live.consume
@@ -265,11 +358,12 @@ async fn set_window(
 /// consumers of queues taken out of it.
 async fn follow_queues(
     live: &Live,
-    shared: &Arc<Shared>,
+    config: &WorkerConfig,
+    node: &Node,
     consuming: &mut HashMap<String, ShortString>,
-    all: &mut futures::stream::SelectAll<lapin::Consumer>,
+    all: &mut SelectAll<lapin::Consumer>,
 ) -> Result<(), BrokerError> {
-    let wanted = shared.control.queues.snapshot();
+    let wanted = node.queues.snapshot();
     let gone: Vec<String> = consuming
         .keys()
         .filter(|name| !wanted.iter().any(|q| &q.name == *name))
@@ -288,18 +382,18 @@ async fn follow_queues(
         if consuming.contains_key(&q.name) {
             continue;
         }
-        match declare_consumed(live, shared, q).await {
+        match declare_consumed(live, config, q).await {
             Ok(()) => {}
             Err(e @ BrokerError::Precondition { .. }) => {
                 tracing::error!("consumer: not consuming from {}: {e}", q.name);
-                shared.control.queues.cancel(&q.name);
+                node.queues.cancel(&q.name);
                 continue;
             }
             Err(e) => return Err(e),
         }
         let tag = ShortString::from(format!(
             "{}-{}-{}",
-            shared.config.hostname, live.generation, q.name
+            config.hostname, live.generation, q.name
         ));
         let consumer = live
             .consume
@@ -323,10 +417,10 @@ async fn follow_queues(
 /// named with `-Q` were declared with the connection.
 async fn declare_consumed(
     live: &Live,
-    shared: &Arc<Shared>,
+    config: &WorkerConfig,
     q: &crate::broker::ConsumedQueue,
 ) -> Result<(), BrokerError> {
-    if shared.config.queues.contains(&q.name) {
+    if config.queues.contains(&q.name) {
         return Ok(());
     }
     let kind = match q.exchange_type.as_str() {
@@ -336,8 +430,8 @@ async fn declare_consumed(
         _ => lapin::ExchangeKind::Direct,
     };
     let topology = Topology {
-        max_priority: shared.config.amqp.queue_max_priority,
-        quorum: shared.config.amqp.quorum_queues,
+        max_priority: config.amqp.queue_max_priority,
+        quorum: config.amqp.quorum_queues,
         ..Topology::default()
     };
     // A channel of its own: a refused declaration (406) must not close

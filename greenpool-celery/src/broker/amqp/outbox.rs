@@ -42,7 +42,7 @@ use super::results::ResultsBatcher;
 use super::session::{Live, Session};
 use super::wire::Outgoing;
 use crate::error::BrokerError;
-use crate::stats::RedisStats;
+use crate::stats::BrokerStats;
 
 /// Most operations in one round.
 const MAX_ROUND: usize = 1024;
@@ -84,7 +84,7 @@ impl AmqpOutbox {
     pub(crate) fn spawn(
         session: Arc<Session>,
         results: Option<Arc<ResultsBatcher>>,
-        stats: Arc<RedisStats>,
+        stats: Arc<BrokerStats>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(rx, Arc::clone(&session), results, stats));
@@ -162,7 +162,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     session: Arc<Session>,
     results: Option<Arc<ResultsBatcher>>,
-    stats: Arc<RedisStats>,
+    stats: Arc<BrokerStats>,
 ) {
     let mut round = Vec::with_capacity(MAX_ROUND);
     // Deliveries whose follow-up came back unroutable; a request's ack may
@@ -183,7 +183,7 @@ async fn run(
 async fn send_round(
     session: &Session,
     results: Option<&ResultsBatcher>,
-    stats: &RedisStats,
+    stats: &BrokerStats,
     round: &mut Vec<Op>,
     withheld: &mut HashSet<String>,
 ) {
@@ -246,7 +246,7 @@ fn withhold_acks(
 /// Returns the origins of the follow-ups the broker could not route.
 async fn publish_all(
     session: &Session,
-    stats: &RedisStats,
+    stats: &BrokerStats,
     mut pending: Vec<Publish>,
 ) -> Vec<String> {
     let mut generation = 0;
@@ -362,7 +362,7 @@ fn unrouted_origins(sent: Vec<Publish>, returned: &[Delivery]) -> Vec<String> {
     origins
 }
 
-async fn settle(live: &Live, stats: &RedisStats, settles: Vec<(String, bool)>) {
+async fn settle(live: &Live, stats: &BrokerStats, settles: Vec<(String, bool)>) {
     for (name, ack) in settles {
         let Some((generation, tag)) = split_tag(&name) else {
             tracing::error!("cannot settle delivery {name:?}: not a delivery of this worker");

@@ -12,7 +12,7 @@ use crate::conn::LinkSettings;
 use crate::error::WorkerError;
 use crate::metrics::WorkerMetrics;
 use crate::outbox::ResultStore;
-use crate::stats::RedisStats;
+use crate::stats::BrokerStats;
 
 /// The Redis result backend's batcher.
 #[cfg(feature = "redis")]
@@ -44,7 +44,7 @@ pub(crate) async fn open(
     url: &str,
     settings: LinkSettings,
     config: &WorkerConfig,
-    stats: &Arc<RedisStats>,
+    stats: &Arc<BrokerStats>,
     metrics: &WorkerMetrics,
 ) -> Result<Arc<ResultsBatcher>, WorkerError> {
     use crate::broker::redis::batch::Targets;
@@ -78,7 +78,7 @@ pub(crate) async fn open(
     url: &str,
     _settings: LinkSettings,
     _config: &WorkerConfig,
-    _stats: &Arc<RedisStats>,
+    _stats: &Arc<BrokerStats>,
     _metrics: &WorkerMetrics,
 ) -> Result<Arc<ResultsBatcher>, WorkerError> {
     Err(crate::broker::backend_left_out(url).into())

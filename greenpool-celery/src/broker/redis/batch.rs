@@ -44,7 +44,7 @@ use super::scripts::Scripts;
 use crate::broker::keys::{UNACKED, UNACKED_INDEX};
 use crate::conn::Link;
 use crate::error::BrokerError;
-use crate::stats::RedisStats;
+use crate::stats::BrokerStats;
 
 /// Most operations sent in one round trip.
 const MAX_BATCH: usize = 1024;
@@ -79,7 +79,7 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Starts the sender task.
-    pub(crate) fn spawn(targets: Targets, stats: Arc<RedisStats>) -> Self {
+    pub(crate) fn spawn(targets: Targets, stats: Arc<BrokerStats>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(Mutex::new(None));
         let gave_up = Arc::new(tokio::sync::Notify::new());
@@ -207,7 +207,7 @@ fn commit(
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     targets: Targets,
-    stats: Arc<RedisStats>,
+    stats: Arc<BrokerStats>,
     failed: Arc<Mutex<Option<String>>>,
     gave_up: Arc<tokio::sync::Notify>,
 ) {
@@ -293,7 +293,7 @@ fn give_up(
 async fn broker_stage(
     mut rx: mpsc::UnboundedReceiver<Batch>,
     targets: Targets,
-    stats: Arc<RedisStats>,
+    stats: Arc<BrokerStats>,
     failed: Arc<Mutex<Option<String>>>,
     gave_up: Arc<tokio::sync::Notify>,
 ) {
@@ -324,7 +324,7 @@ async fn store_results(
     b: &Batch,
     backend: &Link,
     t: &Targets,
-    stats: &RedisStats,
+    stats: &BrokerStats,
 ) -> Result<(), BrokerError> {
     let cmd = commit(
         &t.scripts.commit,
@@ -350,7 +350,7 @@ async fn store_results(
 /// Writes the broker part of a batch in one COMMIT, retrying through
 /// outages; an error only when the link gives up or the server rejects
 /// the batch for good.
-async fn commit_broker(b: &Batch, t: &Targets, stats: &RedisStats) -> Result<(), BrokerError> {
+async fn commit_broker(b: &Batch, t: &Targets, stats: &BrokerStats) -> Result<(), BrokerError> {
     let stores = (b.store_keys.as_slice(), b.store_payloads.as_slice());
     let once = if b.pushes.is_empty() {
         String::new()

@@ -43,7 +43,7 @@ use super::keys;
 use super::{ActiveQueues, ConsumedQueue};
 use crate::conn::Link;
 use crate::error::BrokerError;
-use crate::stats::RedisStats;
+use crate::stats::BrokerStats;
 
 /// The oldest Redis the worker runs on (multi-field `HSET`, `MEMORY`).
 const MIN_VERSION: (u32, u32) = (4, 0);
@@ -107,7 +107,7 @@ pub(crate) struct RedisBroker {
     /// builds with the `fault-injection` feature.
     #[cfg(feature = "fault-injection")]
     halt_after_take: bool,
-    stats: Arc<RedisStats>,
+    stats: Arc<BrokerStats>,
 }
 
 /// The time now, in seconds since the Unix epoch (0 before it).
@@ -152,7 +152,7 @@ impl RedisBroker {
         queues: Arc<ActiveQueues>,
         legacy_fetch: bool,
         max_message_size: usize,
-        stats: Arc<RedisStats>,
+        stats: Arc<BrokerStats>,
     ) -> Result<Self, BrokerError> {
         let (info, scripts) = link
             .call_until_done("loading the scripts", |mut conn| async move {
