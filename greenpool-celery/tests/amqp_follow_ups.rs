@@ -245,6 +245,9 @@ fn builtins() -> TaskRegistry {
         },
     )
     .max_retries = None;
+    t.register("t.queue", &[], |ctx: TaskContext, (): ()| async move {
+        Ok::<_, TaskError>(ctx.queue().to_owned())
+    });
     t
 }
 
@@ -252,7 +255,8 @@ fn builtins() -> TaskRegistry {
 /// there returns its result, and so does a task that retries twice (each
 /// retry goes where its message came from, as Celery's `Task.retry`
 /// sends it, not to the default exchange under `rk2`, which routes
-/// nowhere).
+/// nowhere). The task sees the queue it was consumed from, `q2`, not the
+/// routing key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_through_a_bound_exchange_returns_its_result() {
     let Some(node) = RabbitNode::start() else {
@@ -275,6 +279,12 @@ async fn a_retry_through_a_bound_exchange_returns_its_result() {
         .filter(|m| m["status"] == "RETRY")
         .count();
     assert_eq!(retries, 2, "two RETRY states before SUCCESS");
+    let queue = client.send("ex2", "rk2", "t.queue", json!([])).await;
+    assert_eq!(
+        client.wait_for(&queue, "SUCCESS").await["result"],
+        json!("q2"),
+        "the request's queue is the one it was consumed from"
+    );
 
     stop.warm();
     running.await.unwrap().unwrap();

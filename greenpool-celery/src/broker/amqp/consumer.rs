@@ -64,6 +64,41 @@ pub(crate) struct AmqpTransport {
     consuming: Option<Consuming>,
 }
 
+/// A delivery with the name of the queue it was consumed from: the
+/// broker's delivery carries the exchange and routing key only, and the
+/// routing key names the queue only on the default exchange.
+type FromQueue = (Arc<str>, Result<lapin::message::Delivery, lapin::Error>);
+
+/// One consumer's deliveries, each named by the queue it consumes.
+struct QueueStream {
+    /// The queue.
+    queue: Arc<str>,
+    /// Its consumer.
+    consumer: lapin::Consumer,
+}
+
+/// The consumer of `queue`, its deliveries named by it.
+fn from_queue(queue: &str, consumer: lapin::Consumer) -> QueueStream {
+    QueueStream {
+        queue: Arc::from(queue),
+        consumer,
+    }
+}
+
+impl futures::Stream for QueueStream {
+    type Item = FromQueue;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<FromQueue>> {
+        let this = &mut *self;
+        this.consumer
+            .poll_next_unpin(cx)
+            .map(|d| d.map(|d| (Arc::clone(&this.queue), d)))
+    }
+}
+
 /// The consumers of one connection and what they follow.
 struct Consuming {
     /// The broker's window (pool_grow / pool_shrink / autoscale).
@@ -73,12 +108,12 @@ struct Consuming {
     /// Consumer tags by queue.
     tags: HashMap<String, ShortString>,
     /// Every consumer's deliveries.
-    all: SelectAll<lapin::Consumer>,
+    all: SelectAll<QueueStream>,
     /// How `basic.qos` applies (global, or per consumer on quorum queues).
     qos: BasicQosOptions,
     /// What the consumers yielded after a round was taken (an error, or
     /// their end), for the next call.
-    held: Option<Option<Result<lapin::message::Delivery, lapin::Error>>>,
+    held: Option<Option<FromQueue>>,
 }
 
 impl std::fmt::Debug for Consuming {
@@ -233,16 +268,16 @@ impl AmqpTransport {
         let mut taken = Taken::default();
         let mut next = first;
         loop {
-            let d = match next {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(BrokerError::Amqp(e)),
+            let (queue, d) = match next {
+                Some((queue, Ok(d))) => (queue, d),
+                Some((_, Err(e))) => return Err(BrokerError::Amqp(e)),
                 None => {
                     return Err(BrokerError::GaveUp(
                         "the broker cancelled the consumer".to_owned(),
                     ))
                 }
             };
-            read(&live, &self.config, &self.stats, d, &mut taken);
+            read(&live, &self.config, &self.stats, &queue, d, &mut taken);
             if taken.deliveries.len() + taken.refused.len() >= MAX_TAKEN {
                 break;
             }
@@ -250,7 +285,7 @@ impl AmqpTransport {
             // not yet there is waited for by the next call, and so is an
             // error or the end of the consumers (after what was taken).
             match consuming.all.next().now_or_never() {
-                Some(Some(Ok(d))) => next = Some(Ok(d)),
+                Some(Some((queue, Ok(d)))) => next = Some((queue, Ok(d))),
                 Some(other) => {
                     consuming.held = Some(other);
                     break;
@@ -299,11 +334,12 @@ fn read(
     live: &Live,
     config: &WorkerConfig,
     stats: &BrokerStats,
+    queue: &str,
     d: lapin::message::Delivery,
     taken: &mut Taken,
 ) {
     let name = format!("{}:{}", live.generation, d.delivery_tag);
-    let queue = d.routing_key.as_str().to_owned();
+    let queue = queue.to_owned();
     let limit = config.limits.max_message_size;
     stats.add_fetched(1);
     if limit > 0 && d.data.len() > limit {
@@ -361,7 +397,7 @@ async fn follow_queues(
     config: &WorkerConfig,
     node: &Node,
     consuming: &mut HashMap<String, ShortString>,
-    all: &mut SelectAll<lapin::Consumer>,
+    all: &mut SelectAll<QueueStream>,
 ) -> Result<(), BrokerError> {
     let wanted = node.queues.snapshot();
     let gone: Vec<String> = consuming
@@ -405,7 +441,7 @@ async fn follow_queues(
             )
             .await
             .map_err(BrokerError::Amqp)?;
-        all.push(consumer);
+        all.push(from_queue(&q.name, consumer));
         consuming.insert(q.name.clone(), tag);
     }
     Ok(())
