@@ -1,8 +1,9 @@
 //! The envelopes that send a request's own message again: the retry of a
 //! task (`retries + 1`, an ETA) and the requeue of a rejected message.
 //!
-//! Both are built today as a Redis queue key and a kombu JSON envelope
-//! (see [`Publish`]); only this file and [`super::follow_up`] know it.
+//! Both are [`Publish`]es: a retry goes to the exchange and routing key
+//! its delivery came through (as Celery's `Task.retry` sends it), a
+//! requeue back to the queue it came from (as kombu restores it).
 
 use std::time::Duration;
 
@@ -12,9 +13,7 @@ use crate::protocol::{kombu_priority, Timestamp};
 use crate::seconds::duration_from_secs;
 use crate::task_error::TaskError;
 
-/// A message to send: the Redis queue key and the kombu JSON envelope
-/// pushed on it.
-pub(crate) type Publish = (String, String);
+pub(crate) use crate::broker::Publish;
 
 /// The retry of `raw`: `retries + 1`, an ETA `countdown` from now, a
 /// fresh delivery tag. `Ok(None)` for v1 messages or unreadable ones.
@@ -48,14 +47,21 @@ fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<Publish> {
     let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
     let info = props.get_mut("delivery_info")?.as_object_mut()?;
     info.remove("redelivered");
-    let queue = info.get("routing_key")?.as_str()?.to_owned();
-    Some((
-        crate::broker::keys::queue_key(&queue, priority),
-        v.to_string(),
-    ))
+    let exchange = info
+        .get("exchange")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let routing_key = info.get("routing_key")?.as_str()?.to_owned();
+    Some(Publish {
+        exchange,
+        routing_key,
+        priority: Some(priority),
+        message: v.to_string(),
+    })
 }
 
-/// The queue key and envelope of `raw` put back on `queue` by a
+/// The message `raw` put back on `queue` by a
 /// requeueing reject: marked `redelivered`, as kombu's restore marks it.
 /// `None` for an envelope that cannot be read.
 pub(crate) fn requeue_envelope(raw: &[u8], queue: &str) -> Option<Publish> {
@@ -71,10 +77,7 @@ pub(crate) fn requeue_envelope(raw: &[u8], queue: &str) -> Option<Publish> {
     {
         info.insert("redelivered".to_owned(), Value::Bool(true));
     }
-    Some((
-        crate::broker::keys::queue_key(queue, priority),
-        v.to_string(),
-    ))
+    Some(Publish::to_queue(queue, Some(priority), v.to_string()))
 }
 
 #[cfg(test)]
@@ -84,9 +87,10 @@ mod tests {
     #[test]
     fn requeued_message_goes_to_its_queue_marked_redelivered() {
         let raw = br#"{"body": "", "headers": {"task": "t", "id": "1"}, "properties": {"priority": 5, "delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
-        let (key, payload) = requeue_envelope(raw, "q2").unwrap();
-        assert_eq!(key, crate::broker::keys::queue_key("q2", 5));
-        let v: Value = serde_json::from_str(&payload).unwrap();
+        let p = requeue_envelope(raw, "q2").unwrap();
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q2"));
+        assert_eq!(p.priority, Some(5));
+        let v: Value = serde_json::from_str(&p.message).unwrap();
         assert_eq!(v["headers"]["redelivered"], json!(true));
         assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
         assert_eq!(
