@@ -149,9 +149,8 @@ pub(crate) fn message_for(
         .or(parent_priority)
         .unwrap_or(0);
     msg.properties.priority = Some(priority);
-    msg.properties.delivery_info.routing_key = queue.clone();
-    match msg.encode() {
-        Ok(payload) => Ok(Some(Publish::to_queue(&queue, Some(priority), payload))),
+    match msg.to_envelope() {
+        Ok(envelope) => Ok(Some(Publish::to_queue(&queue, Some(priority), envelope))),
         Err(e) => Err(TaskError::new(
             "EncodeError",
             format!("cannot encode follow-up {shown}: {e}"),
@@ -186,7 +185,7 @@ mod tests {
         assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q"));
         assert_eq!(p.priority, Some(6));
         let payload = p.message;
-        let m = TaskMessage::decode(&payload).unwrap();
+        let m = TaskMessage::from_envelope(payload.clone()).unwrap();
         assert_eq!(m.headers.id, "c2");
         assert_eq!(m.args, vec![json!(3), json!(3)]);
         assert_eq!(m.headers.parent_id.as_deref(), Some("p1"));
@@ -207,7 +206,10 @@ mod tests {
             .unwrap();
         assert_eq!((p.routing_key.as_str(), p.priority), ("celery", Some(2)));
         let payload = p.message;
-        assert_eq!(TaskMessage::decode(&payload).unwrap().args, vec![json!(1)]);
+        assert_eq!(
+            TaskMessage::from_envelope(payload.clone()).unwrap().args,
+            vec![json!(1)]
+        );
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
         assert!(message_for(&group, None, None, &parent, None)
             .unwrap()

@@ -65,12 +65,8 @@ impl Outbox {
             #[cfg(feature = "redis")]
             Outbox::Redis(b) => b.push(p, origin),
             #[cfg(feature = "amqp")]
-            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&p.message) {
-                Ok(mut m) => {
-                    m.exchange = p.exchange;
-                    m.routing_key = p.routing_key;
-                    o.follow_up(m, origin);
-                }
+            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_publish(&p) {
+                Ok(m) => o.follow_up(m, origin),
                 Err(e) => tracing::error!(
                     "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
                     p.exchange,

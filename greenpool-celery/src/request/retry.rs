@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::protocol::{kombu_priority, Timestamp};
+use crate::protocol::{Envelope, Timestamp};
 use crate::seconds::duration_from_secs;
 use crate::task_error::TaskError;
 
@@ -33,51 +33,38 @@ pub(crate) fn retry_message(raw: &[u8], countdown: Duration) -> Result<Option<Pu
     Ok(retry_envelope(raw, eta))
 }
 
-/// The envelope of `raw` sent again with `retries + 1` and `eta`.
+/// The message of `raw` sent again with `retries + 1` and `eta`, to the
+/// exchange and routing key it was delivered through. The delivery tag
+/// and `redelivered` marks are dropped: it is a new message.
 fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<Publish> {
-    let mut v: Value = serde_json::from_slice(raw).ok()?;
-    let headers = v.get_mut("headers")?.as_object_mut()?;
+    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+    let headers = &mut env.headers;
     headers.get("task")?;
     let retries = headers.get("retries").and_then(Value::as_u64).unwrap_or(0);
     headers.insert("retries".to_owned(), json!(retries.saturating_add(1)));
     headers.insert("eta".to_owned(), json!(eta.to_string()));
     headers.remove("redelivered");
-    let props = v.get_mut("properties")?.as_object_mut()?;
-    props.insert("delivery_tag".to_owned(), json!(crate::uuid::uuid4()));
-    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
-    let info = props.get_mut("delivery_info")?.as_object_mut()?;
-    info.remove("redelivered");
-    let exchange = info
-        .get("exchange")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let routing_key = info.get("routing_key")?.as_str()?.to_owned();
+    let props = &mut env.properties;
+    props.delivery_tag = None;
+    let info = std::mem::take(&mut props.delivery_info);
     Some(Publish {
-        exchange,
-        routing_key,
-        priority: Some(priority),
-        message: v.to_string(),
+        exchange: info.exchange,
+        routing_key: info.routing_key,
+        priority: props.priority,
+        message: env,
     })
 }
 
-/// The message `raw` put back on `queue` by a
-/// requeueing reject: marked `redelivered`, as kombu's restore marks it.
+/// The message `raw` put back on `queue` by a requeueing reject: marked
+/// `redelivered`, as kombu's restore marks it, with its delivery tag.
 /// `None` for an envelope that cannot be read.
 pub(crate) fn requeue_envelope(raw: &[u8], queue: &str) -> Option<Publish> {
-    let mut v: Value = serde_json::from_slice(raw).ok()?;
-    if let Some(h) = v.get_mut("headers").and_then(Value::as_object_mut) {
-        h.insert("redelivered".to_owned(), Value::Bool(true));
-    }
-    let props = v.get_mut("properties")?.as_object_mut()?;
-    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
-    if let Some(info) = props
-        .get_mut("delivery_info")
-        .and_then(Value::as_object_mut)
-    {
-        info.insert("redelivered".to_owned(), Value::Bool(true));
-    }
-    Some(Publish::to_queue(queue, Some(priority), v.to_string()))
+    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+    env.headers
+        .insert("redelivered".to_owned(), Value::Bool(true));
+    env.properties.delivery_info.redelivered = Some(true);
+    let priority = env.properties.priority;
+    Some(Publish::to_queue(queue, priority, env))
 }
 
 #[cfg(test)]
@@ -90,12 +77,12 @@ mod tests {
         let p = requeue_envelope(raw, "q2").unwrap();
         assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q2"));
         assert_eq!(p.priority, Some(5));
-        let v: Value = serde_json::from_str(&p.message).unwrap();
-        assert_eq!(v["headers"]["redelivered"], json!(true));
-        assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
+        let m = &p.message;
+        assert_eq!(m.headers["redelivered"], json!(true));
+        assert_eq!(m.properties.delivery_info.redelivered, Some(true));
         assert_eq!(
-            v["properties"]["delivery_tag"],
-            json!("d1"),
+            m.properties.delivery_tag.as_deref(),
+            Some("d1"),
             "the tag is kept"
         );
         assert!(requeue_envelope(b"not json", "q").is_none());

@@ -140,7 +140,7 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
     let Some(tag) = unacked else { return };
     match fate {
         Fate::Ack => shared.ack(tag),
-        Fate::Requeue(p) => shared.requeue(tag, p),
+        Fate::Requeue(p) => shared.requeue(tag, *p),
         Fate::Unrequeueable => {
             tracing::error!(
                 "Task {}[{}]: cannot requeue an unreadable message; it is dropped",

@@ -60,7 +60,14 @@ enum Op {
 
 /// A follow-up message waiting to be routed and pushed.
 struct FollowUp {
-    publish: Publish,
+    /// The exchange it is sent to (`""`: the default exchange).
+    exchange: String,
+    /// Its routing key.
+    routing_key: String,
+    /// Its priority step's source (0 when it has none).
+    priority: u8,
+    /// The message as kombu's JSON envelope.
+    payload: String,
     /// The still unacked delivery it came from, whose ack is withheld if
     /// no queue receives it.
     origin: Option<String>,
@@ -122,10 +129,24 @@ impl Batcher {
     /// and routing key route it to (see [`super::bindings::route`]).
     /// When none does, it is logged as an error and the ack of `origin`
     /// (the delivery it came from, if still unacked) is not sent.
-    pub(crate) fn push(&self, publish: Publish, origin: Option<String>) {
-        let _ = self
-            .tx
-            .send(Op::Push(Box::new(FollowUp { publish, origin })));
+    pub(crate) fn push(&self, mut publish: Publish, origin: Option<String>) {
+        match crate::broker::publish::kombu_json(&mut publish) {
+            Ok(payload) => {
+                let f = FollowUp {
+                    exchange: publish.exchange,
+                    routing_key: publish.routing_key,
+                    priority: publish.priority.unwrap_or(0),
+                    payload,
+                    origin,
+                };
+                let _ = self.tx.send(Op::Push(Box::new(f)));
+            }
+            Err(e) => tracing::error!(
+                "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
+                publish.exchange,
+                publish.routing_key
+            ),
+        }
     }
 
     /// Waits until everything queued before this call has been written
@@ -431,7 +452,7 @@ async fn route_follow_ups(
     let mut tables: BTreeMap<&str, Vec<Vec<u8>>> = b
         .follow_ups
         .iter()
-        .map(|f| f.publish.exchange.as_str())
+        .map(|f| f.exchange.as_str())
         .filter(|e| !e.is_empty())
         .map(|e| (e, Vec::new()))
         .collect();
@@ -455,36 +476,34 @@ async fn route_follow_ups(
     }
     let mut pushes = Vec::with_capacity(b.follow_ups.len());
     for f in &b.follow_ups {
-        let p = &f.publish;
-        let queues = match tables.get(p.exchange.as_str()) {
-            Some(table) => super::bindings::route(table, &p.routing_key),
-            None if p.routing_key.is_empty() => Vec::new(),
-            None => vec![p.routing_key.clone()],
+        let queues = match tables.get(f.exchange.as_str()) {
+            Some(table) => super::bindings::route(table, &f.routing_key),
+            None if f.routing_key.is_empty() => Vec::new(),
+            None => vec![f.routing_key.clone()],
         };
         if queues.is_empty() {
-            unroutable(p, f.origin.as_deref());
+            unroutable(f);
             if let Some(o) = &f.origin {
                 withheld.insert(o.clone());
             }
         }
-        let priority = p.priority.unwrap_or(0);
         for q in queues {
-            pushes.push((keys::queue_key(&q, priority), p.message.clone()));
+            pushes.push((keys::queue_key(&q, f.priority), f.payload.clone()));
         }
     }
     Ok(pushes)
 }
 
 /// Logs a follow-up that no queue is bound to receive.
-fn unroutable(p: &Publish, origin: Option<&str>) {
-    let fate = if origin.is_some() {
+fn unroutable(f: &FollowUp) {
+    let fate = if f.origin.is_some() {
         "the message it came from stays unacked"
     } else {
         "it is lost (the message it came from was acked when its task started)"
     };
     tracing::error!(
         "cannot send a follow-up: no queue is bound to exchange {:?} with routing key {:?}; {fate}",
-        p.exchange,
-        p.routing_key
+        f.exchange,
+        f.routing_key
     );
 }
