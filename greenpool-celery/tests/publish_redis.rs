@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use greenpool_celery::{
@@ -33,8 +34,18 @@ fn registry() -> TaskRegistry {
         Err::<(), _>(TaskError::retry(Duration::from_millis(10)))
     })
     .acks_late = Some(true);
+    t.register("t.reject_once", &[], |_: TaskContext, (): ()| async move {
+        if REJECTED.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(TaskError::reject("busy", true));
+        }
+        Ok("done")
+    })
+    .acks_late = Some(true);
     t
 }
+
+/// How many times `t.reject_once` ran.
+static REJECTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Binds `queue` to direct exchange `exchange` under `routing_key`, as
 /// kombu's `queue_bind` does on Redis.
@@ -150,4 +161,36 @@ async fn an_unroutable_retry_keeps_a_late_ack_message_unacked() {
         let left: i64 = conn.llen(key).unwrap();
         assert_eq!(left, 0, "nothing was pushed on {key:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeued_message_goes_back_to_the_queue_it_came_from() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = server.conn(0);
+    bind(&mut conn, "ex2", "rk2", "q2");
+    bind(&mut conn, "ex2", "rk2", "q2copy");
+    let id = push(&mut conn, "q2", "t.reject_once", "ex2", "rk2", None);
+    let worker = Worker::new(config(&server), registry()).unwrap();
+    let (stop, task) = support::run_until_ready(worker).await;
+    let client = Client::connect(&server.url(0), Some(&server.url(1)))
+        .await
+        .unwrap();
+    assert_eq!(client.result(&id).get(WAIT).await.unwrap(), json!("done"));
+    stop.warm();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        REJECTED.load(Ordering::SeqCst),
+        2,
+        "rejected once, then run"
+    );
+    // A requeue is kombu's restore: back on q2 only, not re-published
+    // through ex2 to every queue bound under rk2.
+    for key in ["q2copy", "rk2", "q2"] {
+        let left: i64 = conn.llen(key).unwrap();
+        assert_eq!(left, 0, "{key:?}");
+    }
+    let unacked: i64 = conn.hlen("unacked").unwrap();
+    assert_eq!(unacked, 0);
 }

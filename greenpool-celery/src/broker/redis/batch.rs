@@ -449,6 +449,9 @@ async fn route_follow_ups(
     stats: &BrokerStats,
     withheld: &mut HashSet<String>,
 ) -> Result<Vec<(String, String)>, BrokerError> {
+    if b.follow_ups.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut tables: BTreeMap<&str, Vec<Vec<u8>>> = b
         .follow_ups
         .iter()
