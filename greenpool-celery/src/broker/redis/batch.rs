@@ -21,6 +21,18 @@
 //! batch N+1 travel while the acks of batch N do), which keeps two round
 //! trips in flight as two independent writers would.
 //!
+//! # Routing follow-ups
+//!
+//! A follow-up names an exchange and a routing key, as Celery publishes
+//! it. Before a batch's COMMIT the broker stage resolves them to queue
+//! lists as kombu does (see [`super::bindings::route`]): the default
+//! exchange by queue name, any other through its binding table, read
+//! with one `SMEMBERS` pipeline for the exchanges the batch names (no
+//! read for a batch without follow-ups to such an exchange). A follow-up
+//! that no queue receives is not pushed: it is logged as an error and
+//! the ack of the late-ack delivery it came from is held back (in this
+//! batch or a later one), so that message stays in `unacked`.
+//!
 //! A batch whose reply was lost is sent again; its once-key (set by the
 //! script's first write, kept a day) makes the second run a no-op, so
 //! follow-up messages are never pushed twice.
