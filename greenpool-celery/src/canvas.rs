@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::broker::keys;
+use crate::broker::Publish;
 use crate::protocol::{kombu_priority, Signature, TaskHeaders, TaskMessage, Timestamp};
 use crate::repr::{cut, LOG_NAME_MAX};
 use crate::seconds::{duration_from_secs, limit_from_secs};
@@ -76,7 +76,7 @@ fn limit(what: &'static str, v: Option<&Value>) -> Result<Option<f64>, TaskError
     Ok(Some(secs))
 }
 
-/// The queue key and envelope that apply `sig` (as `sig.apply_async`
+/// The message that applies `sig` (as `sig.apply_async`
 /// would), with `first` prepended to its args unless it is immutable,
 /// `chain` as the rest of the chain, and `parent` as the calling task.
 /// `Ok(None)` for signatures this worker cannot send (logged).
@@ -92,7 +92,7 @@ pub(crate) fn message_for(
     chain: Option<Vec<Signature>>,
     parent: &TaskHeaders,
     parent_priority: Option<u8>,
-) -> Result<Option<(String, String)>, TaskError> {
+) -> Result<Option<Publish>, TaskError> {
     let Some(task) = sig.task() else {
         tracing::warn!("skipping a follow-up signature without a task name");
         return Ok(None);
@@ -149,9 +149,8 @@ pub(crate) fn message_for(
         .or(parent_priority)
         .unwrap_or(0);
     msg.properties.priority = Some(priority);
-    msg.properties.delivery_info.routing_key = queue.clone();
-    match msg.encode() {
-        Ok(payload) => Ok(Some((keys::queue_key(&queue, priority), payload))),
+    match msg.to_envelope() {
+        Ok(envelope) => Ok(Some(Publish::to_queue(&queue, Some(priority), envelope))),
         Err(e) => Err(TaskError::new(
             "EncodeError",
             format!("cannot encode follow-up {shown}: {e}"),
@@ -180,11 +179,13 @@ mod tests {
         let next = sig(json!({"task": "t.add", "args": [3], "kwargs": {},
             "options": {"task_id": "c2", "queue": "q", "priority": 6}, "subtask_type": null, "immutable": false}));
         let rest = vec![sig(json!({"task": "t.add", "args": [4]}))];
-        let (key, payload) = message_for(&next, Some(&json!(3)), Some(rest), &parent, None)
+        let p = message_for(&next, Some(&json!(3)), Some(rest), &parent, None)
             .unwrap()
             .unwrap();
-        assert_eq!(key, "q\x06\x166");
-        let m = TaskMessage::decode(&payload).unwrap();
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q"));
+        assert_eq!(p.priority, Some(6));
+        let payload = p.message;
+        let m = TaskMessage::from_envelope(payload.clone()).unwrap();
         assert_eq!(m.headers.id, "c2");
         assert_eq!(m.args, vec![json!(3), json!(3)]);
         assert_eq!(m.headers.parent_id.as_deref(), Some("p1"));
@@ -200,11 +201,15 @@ mod tests {
             ..TaskHeaders::default()
         };
         let im = sig(json!({"task": "t.x", "args": [1], "immutable": true}));
-        let (key, payload) = message_for(&im, Some(&json!(9)), None, &parent, Some(2))
+        let p = message_for(&im, Some(&json!(9)), None, &parent, Some(2))
             .unwrap()
             .unwrap();
-        assert_eq!(key, "celery");
-        assert_eq!(TaskMessage::decode(&payload).unwrap().args, vec![json!(1)]);
+        assert_eq!((p.routing_key.as_str(), p.priority), ("celery", Some(2)));
+        let payload = p.message;
+        assert_eq!(
+            TaskMessage::from_envelope(payload.clone()).unwrap().args,
+            vec![json!(1)]
+        );
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
         assert!(message_for(&group, None, None, &parent, None)
             .unwrap()
@@ -234,9 +239,9 @@ mod tests {
             );
         }
         let odd = sig(json!({"task": "t.x", "options": {"priority": 300, "countdown": 0}}));
-        let (key, _) = message_for(&odd, None, None, &parent, None)
+        let p = message_for(&odd, None, None, &parent, None)
             .unwrap()
             .unwrap();
-        assert_eq!(key, "celery\x06\x169");
+        assert_eq!((p.routing_key.as_str(), p.priority), ("celery", Some(9)));
     }
 }

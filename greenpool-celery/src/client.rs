@@ -248,12 +248,18 @@ impl Client {
             #[cfg(feature = "amqp")]
             ClientBroker::Amqp(amqp) => {
                 msg.properties.reply_to = amqp.reply_to().map(str::to_owned);
-                let payload = msg.encode().map_err(|e| {
-                    BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
-                })?;
-                let out = crate::broker::amqp::amqp_from_envelope(&payload).map_err(|e| {
-                    BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
-                })?;
+                let out = msg
+                    .to_envelope()
+                    .and_then(|env| {
+                        crate::broker::amqp::amqp_from_publish(&crate::broker::Publish::to_queue(
+                            &options.queue,
+                            Some(priority),
+                            env,
+                        ))
+                    })
+                    .map_err(|e| {
+                        BrokerError::GaveUp(format!("cannot encode the task message: {e}"))
+                    })?;
                 amqp.publish(&options.queue, out).await?;
             }
         }

@@ -12,6 +12,7 @@ use crate::backend::ResultMeta;
 use crate::broker::amqp::AmqpOutbox;
 #[cfg(feature = "redis")]
 use crate::broker::redis::batch::Batcher;
+use crate::broker::Publish;
 
 /// The worker's writer on its broker.
 #[derive(Debug, Clone)]
@@ -36,14 +37,14 @@ impl Outbox {
     }
 
     /// Puts a delivered message back on its queue (a requeueing reject):
-    /// on Redis `payload` pushed on `key` and the delivery acked, in that
-    /// order (one atomic batch); `basic.reject` with requeue on AMQP.
+    /// on Redis `again` pushed and the delivery acked, in that order (one
+    /// atomic batch); `basic.reject` with requeue on AMQP.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
-    pub(crate) fn requeue(&self, tag: String, key: String, payload: String) {
+    pub(crate) fn requeue(&self, tag: String, again: Publish) {
         match self {
             #[cfg(feature = "redis")]
             Outbox::Redis(b) => {
-                b.push(key, payload);
+                b.push(again, Some(tag.clone()));
                 b.ack(tag);
             }
             #[cfg(feature = "amqp")]
@@ -51,22 +52,26 @@ impl Outbox {
         }
     }
 
-    /// Queues a follow-up message (a retry, a chain step, a link): its
-    /// Redis queue key and kombu envelope. On AMQP the envelope's
-    /// `delivery_info` (exchange and routing key) and priority route it,
-    /// and `origin`, the still unacked delivery it came from (a late-ack
-    /// request's), stays unacked if the broker cannot route it. On Redis
-    /// a push cannot be refused alone (it is written in an atomic batch no
-    /// later than the ack's): `origin` is not needed there.
-    #[cfg_attr(not(feature = "amqp"), allow(unused_variables))]
-    pub(crate) fn push(&self, key: String, payload: String, origin: Option<&str>) {
+    /// Queues a follow-up message (a retry, a chain step, a link), routed
+    /// by its exchange and routing key: by the broker on AMQP, through
+    /// kombu's binding tables on Redis. If no queue receives it, it is
+    /// logged as an error and `origin`, the still unacked delivery it came
+    /// from (a late-ack request's), stays unacked; an early-ack request's
+    /// message was acked when its task started, and the follow-up is
+    /// logged as lost.
+    pub(crate) fn push(&self, p: Publish, origin: Option<&str>) {
+        let origin = origin.map(str::to_owned);
         match self {
             #[cfg(feature = "redis")]
-            Outbox::Redis(b) => b.push(key, payload),
+            Outbox::Redis(b) => b.push(p, origin),
             #[cfg(feature = "amqp")]
-            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_envelope(&payload) {
-                Ok(m) => o.follow_up(m, origin.map(str::to_owned)),
-                Err(e) => tracing::error!("cannot send a follow-up to {key:?}: {e}"),
+            Outbox::Amqp(o) => match crate::broker::amqp::amqp_from_publish(&p) {
+                Ok(m) => o.follow_up(m, origin),
+                Err(e) => tracing::error!(
+                    "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
+                    p.exchange,
+                    p.routing_key
+                ),
             },
         }
     }

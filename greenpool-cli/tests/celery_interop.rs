@@ -112,6 +112,21 @@ fn chains_links_link_errors_and_groups_work() {
 }
 
 #[test]
+fn retries_of_a_task_sent_through_its_own_exchange_come_back() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let w = worker(&server, &["-c", "10", "-Q", "q2"]);
+    assert!(py(&python, &server, &["own_exchange"]).contains("OK"));
+    w.stop();
+    let mut conn = server.conn(0);
+    let left: i64 = conn.llen("rk2").unwrap();
+    assert_eq!(left, 0, "no retry was pushed on the routing key's list");
+    let unacked: i64 = conn.hlen("unacked").unwrap();
+    assert_eq!(unacked, 0);
+}
+
+#[test]
 fn track_started_and_result_extended_read_from_python() {
     let Some((server, python)) = setup() else {
         return;

@@ -6,7 +6,9 @@
 #[cfg(feature = "amqp")]
 pub(crate) mod amqp;
 mod delivery;
+#[cfg(feature = "redis")]
 pub(crate) mod keys;
+mod publish;
 mod queues;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -16,6 +18,7 @@ pub(crate) mod transport;
 #[cfg(feature = "redis")]
 pub(crate) use self::delivery::Fetched;
 pub(crate) use self::delivery::{Delivery, Oversized};
+pub(crate) use self::publish::Publish;
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
 #[cfg(feature = "redis")]
 pub(crate) use self::redis::bind;

@@ -269,6 +269,16 @@ impl TaskMessage {
     /// [`ProtocolError::Encode`] if a value cannot be serialised (for
     /// example a map with non-string keys; plain JSON values never fail).
     pub fn encode(&self) -> Result<String, ProtocolError> {
+        serde_json::to_string(&self.to_envelope()?).map_err(ProtocolError::Encode)
+    }
+
+    /// The message as an [`Envelope`]: protocol v2 headers, the
+    /// properties, the JSON body `[args, kwargs, embed]` in base64.
+    ///
+    /// # Errors
+    ///
+    /// As for [`TaskMessage::encode`].
+    pub fn to_envelope(&self) -> Result<Envelope, ProtocolError> {
         let body = serde_json::to_vec(&(&self.args, &self.kwargs, &self.embed))
             .map_err(ProtocolError::Encode)?;
         let headers = match serde_json::to_value(&self.headers).map_err(ProtocolError::Encode)? {
@@ -277,13 +287,12 @@ impl TaskMessage {
         };
         let mut properties = self.properties.clone();
         properties.body_encoding = Some("base64".to_owned());
-        let envelope = Envelope {
+        Ok(Envelope {
             body: base64::encode(&body),
             content_encoding: "utf-8".to_owned(),
             content_type: "application/json".to_owned(),
             headers,
             properties,
-        };
-        serde_json::to_string(&envelope).map_err(ProtocolError::Encode)
+        })
     }
 }

@@ -35,7 +35,7 @@ mod eta;
 mod expiry;
 mod follow_up;
 mod outcome;
-mod retry;
+pub(crate) mod retry;
 mod settle;
 mod traceback;
 

@@ -164,12 +164,12 @@ pub(crate) struct Report {
 
 /// What happens to a message still unacked (late ack); nothing happens
 /// to one acked when its job started.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum Fate {
     /// Acked.
     Ack,
     /// Put back on its queue with this envelope.
-    Requeue(Publish),
+    Requeue(Box<Publish>),
     /// A requeue was asked for an envelope that cannot be read: logged
     /// and acked (dropped).
     Unrequeueable,
@@ -550,7 +550,7 @@ fn reject<'a>(input: &OutcomeInput<'a>, e: &'a TaskError, requeue: bool) -> Deci
         d.rejected = Some(requeue);
         if requeue {
             d.fate = match requeue_envelope(input.raw.as_bytes(), input.queue) {
-                Some(again) => Fate::Requeue(again),
+                Some(again) => Fate::Requeue(Box::new(again)),
                 None => Fate::Unrequeueable,
             };
         }

@@ -71,7 +71,7 @@ fn success_stores_the_result_and_sends_the_links() {
     assert!(report(&d).traceback.is_none());
     assert!(d.store);
     assert_eq!(d.publish.len(), 1, "the link callback");
-    let next = TaskMessage::decode(&d.publish[0].1).unwrap();
+    let next = TaskMessage::from_envelope(d.publish[0].message.clone()).unwrap();
     assert_eq!(next.headers.task, "t.next");
     assert_eq!(next.args, vec![json!(42)]);
     assert_eq!(d.fate, Fate::Ack);
@@ -101,7 +101,7 @@ fn retry_sends_the_message_again_with_one_more_retry() {
     assert_eq!(report(&d).state, TaskState::Retry);
     assert!(report(&d).traceback.is_some());
     assert_eq!(d.publish.len(), 1);
-    let again = TaskMessage::decode(&d.publish[0].1).unwrap();
+    let again = TaskMessage::from_envelope(d.publish[0].message.clone()).unwrap();
     assert_eq!(again.headers.id, "id1");
     assert_eq!(again.headers.retries, 1);
     assert!(again.headers.eta.is_some_and(|e| !e.is_past()));
@@ -222,10 +222,12 @@ fn reject_with_requeue_puts_an_unacked_message_back() {
     assert!(d.report.is_none(), "nothing stored");
     assert!(matches!(d.event, Event::None));
     match &d.fate {
-        Fate::Requeue((key, payload)) => {
-            assert_eq!(key, &crate::broker::keys::queue_key("celery", 0));
-            let v: Value = serde_json::from_str(payload).unwrap();
-            assert_eq!(v["headers"]["redelivered"], json!(true));
+        Fate::Requeue(p) => {
+            assert_eq!(
+                (p.exchange.as_str(), p.routing_key.as_str()),
+                ("", "celery")
+            );
+            assert_eq!(p.message.headers["redelivered"], json!(true));
         }
         other => panic!("{other:?}"),
     }
@@ -273,7 +275,7 @@ fn failure_from_an_error_sends_the_link_errors() {
     let tb = report(&d).traceback.as_deref().unwrap();
     assert!(tb.contains("ValueError: nope"), "{tb}");
     assert_eq!(d.publish.len(), 1);
-    let errback = TaskMessage::decode(&d.publish[0].1).unwrap();
+    let errback = TaskMessage::from_envelope(d.publish[0].message.clone()).unwrap();
     assert_eq!(errback.args, vec![json!("id1")]);
     assert_eq!(d.skipped.len(), 1, "the unusable link error is skipped");
 }

@@ -1,20 +1,19 @@
 //! The envelopes that send a request's own message again: the retry of a
 //! task (`retries + 1`, an ETA) and the requeue of a rejected message.
 //!
-//! Both are built today as a Redis queue key and a kombu JSON envelope
-//! (see [`Publish`]); only this file and [`super::follow_up`] know it.
+//! Both are [`Publish`]es: a retry goes to the exchange and routing key
+//! its delivery came through (as Celery's `Task.retry` sends it), a
+//! requeue back to the queue it came from (as kombu restores it).
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::protocol::{kombu_priority, Timestamp};
+use crate::protocol::{Envelope, Timestamp};
 use crate::seconds::duration_from_secs;
 use crate::task_error::TaskError;
 
-/// A message to send: the Redis queue key and the kombu JSON envelope
-/// pushed on it.
-pub(crate) type Publish = (String, String);
+pub(crate) use crate::broker::Publish;
 
 /// The retry of `raw`: `retries + 1`, an ETA `countdown` from now, a
 /// fresh delivery tag. `Ok(None)` for v1 messages or unreadable ones.
@@ -34,47 +33,38 @@ pub(crate) fn retry_message(raw: &[u8], countdown: Duration) -> Result<Option<Pu
     Ok(retry_envelope(raw, eta))
 }
 
-/// The envelope of `raw` sent again with `retries + 1` and `eta`.
+/// The message of `raw` sent again with `retries + 1` and `eta`, to the
+/// exchange and routing key it was delivered through. The delivery tag
+/// and `redelivered` marks are dropped: it is a new message.
 fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<Publish> {
-    let mut v: Value = serde_json::from_slice(raw).ok()?;
-    let headers = v.get_mut("headers")?.as_object_mut()?;
+    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+    let headers = &mut env.headers;
     headers.get("task")?;
     let retries = headers.get("retries").and_then(Value::as_u64).unwrap_or(0);
     headers.insert("retries".to_owned(), json!(retries.saturating_add(1)));
     headers.insert("eta".to_owned(), json!(eta.to_string()));
     headers.remove("redelivered");
-    let props = v.get_mut("properties")?.as_object_mut()?;
-    props.insert("delivery_tag".to_owned(), json!(crate::uuid::uuid4()));
-    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
-    let info = props.get_mut("delivery_info")?.as_object_mut()?;
-    info.remove("redelivered");
-    let queue = info.get("routing_key")?.as_str()?.to_owned();
-    Some((
-        crate::broker::keys::queue_key(&queue, priority),
-        v.to_string(),
-    ))
+    let props = &mut env.properties;
+    props.delivery_tag = None;
+    let info = std::mem::take(&mut props.delivery_info);
+    Some(Publish {
+        exchange: info.exchange,
+        routing_key: info.routing_key,
+        priority: props.priority,
+        message: env,
+    })
 }
 
-/// The queue key and envelope of `raw` put back on `queue` by a
-/// requeueing reject: marked `redelivered`, as kombu's restore marks it.
+/// The message `raw` put back on `queue` by a requeueing reject: marked
+/// `redelivered`, as kombu's restore marks it, with its delivery tag.
 /// `None` for an envelope that cannot be read.
 pub(crate) fn requeue_envelope(raw: &[u8], queue: &str) -> Option<Publish> {
-    let mut v: Value = serde_json::from_slice(raw).ok()?;
-    if let Some(h) = v.get_mut("headers").and_then(Value::as_object_mut) {
-        h.insert("redelivered".to_owned(), Value::Bool(true));
-    }
-    let props = v.get_mut("properties")?.as_object_mut()?;
-    let priority = props.get("priority").and_then(kombu_priority).unwrap_or(0);
-    if let Some(info) = props
-        .get_mut("delivery_info")
-        .and_then(Value::as_object_mut)
-    {
-        info.insert("redelivered".to_owned(), Value::Bool(true));
-    }
-    Some((
-        crate::broker::keys::queue_key(queue, priority),
-        v.to_string(),
-    ))
+    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+    env.headers
+        .insert("redelivered".to_owned(), Value::Bool(true));
+    env.properties.delivery_info.redelivered = Some(true);
+    let priority = env.properties.priority;
+    Some(Publish::to_queue(queue, priority, env))
 }
 
 #[cfg(test)]
@@ -84,14 +74,15 @@ mod tests {
     #[test]
     fn requeued_message_goes_to_its_queue_marked_redelivered() {
         let raw = br#"{"body": "", "headers": {"task": "t", "id": "1"}, "properties": {"priority": 5, "delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
-        let (key, payload) = requeue_envelope(raw, "q2").unwrap();
-        assert_eq!(key, crate::broker::keys::queue_key("q2", 5));
-        let v: Value = serde_json::from_str(&payload).unwrap();
-        assert_eq!(v["headers"]["redelivered"], json!(true));
-        assert_eq!(v["properties"]["delivery_info"]["redelivered"], json!(true));
+        let p = requeue_envelope(raw, "q2").unwrap();
+        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q2"));
+        assert_eq!(p.priority, Some(5));
+        let m = &p.message;
+        assert_eq!(m.headers["redelivered"], json!(true));
+        assert_eq!(m.properties.delivery_info.redelivered, Some(true));
         assert_eq!(
-            v["properties"]["delivery_tag"],
-            json!("d1"),
+            m.properties.delivery_tag.as_deref(),
+            Some("d1"),
             "the tag is kept"
         );
         assert!(requeue_envelope(b"not json", "q").is_none());

@@ -116,8 +116,8 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
             cut(&e.to_string(), LOG_REPR_MAX)
         );
     }
-    for (key, payload) in publish {
-        shared.acks.push(key, payload, unacked);
+    for p in publish {
+        shared.acks.push(p, unacked);
     }
     match (&event, &report) {
         (Event::Finished(outcome), Some(r)) => crate::control::hooks::finished(
@@ -140,7 +140,7 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
     let Some(tag) = unacked else { return };
     match fate {
         Fate::Ack => shared.ack(tag),
-        Fate::Requeue((key, payload)) => shared.requeue(tag, key, payload),
+        Fate::Requeue(p) => shared.requeue(tag, *p),
         Fate::Unrequeueable => {
             tracing::error!(
                 "Task {}[{}]: cannot requeue an unreadable message; it is dropped",

@@ -111,17 +111,17 @@ impl Shared {
     }
 
     /// Puts a delivered message back on its queue (a requeueing
-    /// reject): `payload` pushed on `key` and the delivery acked, in that
+    /// reject): `again` pushed back and the delivery acked, in that
     /// order, on Redis (one atomic batch); `basic.reject` with requeue on
     /// AMQP.
-    pub(crate) fn requeue(&self, tag: &str, key: String, payload: String) {
+    pub(crate) fn requeue(&self, tag: &str, again: crate::broker::Publish) {
         let held = self
             .outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take(tag);
         if let Some(tag) = held {
-            self.acks.requeue(tag, key, payload);
+            self.acks.requeue(tag, again);
         }
     }
 

@@ -209,6 +209,19 @@ def concurrency(k, n, secs):
     print("peak", peak)
 
 
+def own_exchange():
+    """A task sent through the client's own direct exchange (queue q2
+    bound to ex2 under rk2, declared by kombu): Celery's Task.retry sends
+    its retries to ex2 with rk2 again, and kombu routes them to q2."""
+    from kombu import Exchange, Queue
+
+    q2 = Queue("q2", Exchange("ex2", type="direct"), routing_key="rk2")
+    with app.connection_for_write() as conn:
+        q2.bind(conn.default_channel).declare()
+    r = app.send_task("greenpool.retry", (2,), exchange="ex2", routing_key="rk2")
+    assert r.get(timeout=T) == 2, r.result
+
+
 def send_many(name, n, args):
     ids = [app.send_task(name, tuple(json.loads(args))).id for _ in range(int(n))]
     print(json.dumps(ids))
@@ -232,6 +245,7 @@ def collect(ids, expect):
     "send_priorities_amqp": send_priorities_amqp,
     "check_priorities": check_priorities,
     "concurrency": concurrency,
+    "own_exchange": own_exchange,
     "send_many": send_many,
     "collect": collect,
 }[scenario](*rest)

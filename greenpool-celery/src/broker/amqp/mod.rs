@@ -75,4 +75,4 @@ pub(crate) mod session;
 pub(crate) mod wire;
 
 pub(crate) use self::outbox::AmqpOutbox;
-pub(crate) use self::wire::amqp_from_envelope;
+pub(crate) use self::wire::amqp_from_publish;

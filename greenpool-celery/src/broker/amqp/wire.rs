@@ -5,13 +5,15 @@
 //! `content_encoding` as basic properties, and the body as raw bytes. The
 //! worker reads every message through one envelope type, so a delivery is
 //! turned into the JSON envelope the Redis transport carries (body in
-//! base64) and a message the worker sends on (a retry, a chain step) is
-//! turned back into AMQP fields, addressed by its `delivery_info`.
+//! base64) and a message the worker sends on (a retry, a chain step), a
+//! [`Publish`], is turned into AMQP fields, addressed by its exchange and
+//! routing key.
 
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use serde_json::{json, Map, Number, Value};
 
+use crate::broker::Publish;
 use crate::error::ProtocolError;
 use crate::protocol::base64;
 
@@ -129,35 +131,39 @@ pub(crate) struct Outgoing {
     pub(crate) properties: BasicProperties,
 }
 
-/// kombu's JSON envelope as an AMQP message to the exchange and routing
-/// key of its `delivery_info`: a retry goes where its delivery came from,
-/// as Celery's `Task.retry` sends it; a message the worker built (a chain
-/// step, a link) names the default exchange and its queue.
-pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolError> {
-    let v: crate::protocol::Envelope =
-        serde_json::from_str(envelope).map_err(ProtocolError::Envelope)?;
+/// A [`Publish`] as an AMQP message: its exchange and routing key, the
+/// headers as the field table, the properties as basic properties, the
+/// body as raw bytes (decoded from base64 when the envelope carries it
+/// so). The envelope's `delivery_info` and `delivery_tag` are kombu's
+/// Redis bookkeeping and are not sent; the broker routes by the
+/// exchange and routing key.
+///
+/// # Errors
+///
+/// [`ProtocolError`] for a body that is not valid base64.
+pub(crate) fn amqp_from_publish(p: &Publish) -> Result<Outgoing, ProtocolError> {
+    let v = &p.message;
     let body = match v.properties.body_encoding.as_deref() {
         Some("base64") => base64::decode(v.body.as_bytes())?,
-        _ => v.body.into_bytes(),
+        _ => v.body.as_bytes().to_vec(),
     };
     let mut props = BasicProperties::default()
-        .with_content_type(ShortString::from(v.content_type))
-        .with_content_encoding(ShortString::from(v.content_encoding))
+        .with_content_type(ShortString::from(v.content_type.as_str()))
+        .with_content_encoding(ShortString::from(v.content_encoding.as_str()))
         .with_headers(json_to_table(&v.headers))
         .with_delivery_mode(v.properties.delivery_mode.unwrap_or(2));
-    if let Some(id) = v.properties.correlation_id {
-        props = props.with_correlation_id(ShortString::from(id));
+    if let Some(id) = &v.properties.correlation_id {
+        props = props.with_correlation_id(ShortString::from(id.as_str()));
     }
-    if let Some(r) = v.properties.reply_to {
-        props = props.with_reply_to(ShortString::from(r));
+    if let Some(r) = &v.properties.reply_to {
+        props = props.with_reply_to(ShortString::from(r.as_str()));
     }
-    if let Some(p) = v.properties.priority {
-        props = props.with_priority(p);
+    if let Some(priority) = p.priority {
+        props = props.with_priority(priority);
     }
-    let info = v.properties.delivery_info;
     Ok(Outgoing {
-        exchange: info.exchange,
-        routing_key: info.routing_key,
+        exchange: p.exchange.clone(),
+        routing_key: p.routing_key.clone(),
         body,
         properties: props,
     })
@@ -167,16 +173,16 @@ pub(crate) fn amqp_from_envelope(envelope: &str) -> Result<Outgoing, ProtocolErr
 mod tests {
     use super::*;
     use crate::protocol::TaskMessage;
+    use std::time::Duration;
 
     #[test]
     fn a_message_survives_the_trip_through_amqp_fields() {
         let mut msg = TaskMessage::new("t.add", vec![json!(1), json!("ü")], Map::new());
-        msg.properties.priority = Some(7);
         msg.properties.reply_to = Some("r-1".into());
-        msg.properties.delivery_info.routing_key = "q".into();
         msg.headers.timelimit.hard = Some(2.5);
-        let out = amqp_from_envelope(&msg.encode().unwrap()).unwrap();
-        assert_eq!(out.routing_key, "q");
+        let p = Publish::to_queue("q", Some(7), msg.to_envelope().unwrap());
+        let out = amqp_from_publish(&p).unwrap();
+        assert_eq!((out.exchange.as_str(), out.routing_key.as_str()), ("", "q"));
         assert_eq!(out.properties.priority(), &Some(7));
         let env = envelope_from_amqp(&Incoming {
             body: &out.body,
@@ -197,29 +203,31 @@ mod tests {
     }
 
     #[test]
-    fn a_message_goes_back_to_the_exchange_it_came_through() {
+    fn a_retry_goes_back_to_the_exchange_it_came_through() {
         let msg = TaskMessage::new("t.add", vec![json!(1)], Map::new());
+        let first =
+            amqp_from_publish(&Publish::to_queue("q", None, msg.to_envelope().unwrap())).unwrap();
+        assert_eq!(first.properties.priority(), &None);
         let env = envelope_from_amqp(&Incoming {
-            body: &serde_json::to_vec(&json!([[1], {}, {}])).unwrap(),
-            properties: &amqp_from_envelope(&msg.encode().unwrap())
-                .unwrap()
-                .properties,
+            body: &first.body,
+            properties: &first.properties,
             exchange: "ex2",
             routing_key: "rk2",
             redelivered: false,
             tag: "1:1",
         });
-        let out = amqp_from_envelope(&env).unwrap();
+        let again = crate::request::retry::retry_message(env.as_bytes(), Duration::ZERO)
+            .unwrap()
+            .unwrap();
+        let out = amqp_from_publish(&again).unwrap();
         assert_eq!(
             (out.exchange.as_str(), out.routing_key.as_str()),
             ("ex2", "rk2")
         );
-        // Built by the worker (a chain step): the default exchange, by queue.
-        let out = amqp_from_envelope(&msg.encode().unwrap()).unwrap();
-        assert_eq!(
-            (out.exchange.as_str(), out.routing_key.as_str()),
-            ("", "celery")
-        );
+        assert_eq!(out.body, first.body);
+        let headers = table_to_json(out.properties.headers().as_ref().unwrap());
+        assert_eq!(headers["retries"], json!(1));
+        assert_eq!(headers["id"], json!(msg.headers.id));
     }
 
     #[test]

@@ -21,6 +21,18 @@
 //! batch N+1 travel while the acks of batch N do), which keeps two round
 //! trips in flight as two independent writers would.
 //!
+//! # Routing follow-ups
+//!
+//! A follow-up names an exchange and a routing key, as Celery publishes
+//! it. Before a batch's COMMIT the broker stage resolves them to queue
+//! lists as kombu does (see [`super::bindings::route`]): the default
+//! exchange by queue name, any other through its binding table, read
+//! with one `SMEMBERS` pipeline for the exchanges the batch names (no
+//! read for a batch without follow-ups to such an exchange). A follow-up
+//! that no queue receives is not pushed: it is logged as an error and
+//! the ack of the late-ack delivery it came from is held back (in this
+//! batch or a later one), so that message stays in `unacked`.
+//!
 //! A batch whose reply was lost is sent again; its once-key (set by the
 //! script's first write, kept a day) makes the second run a no-op, so
 //! follow-up messages are never pushed twice.
@@ -35,13 +47,15 @@
 //! A batch the server rejects for good (an error retrying cannot fix) is
 //! dropped whole with one log line, for the same reason.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::scripts::Scripts;
-use crate::broker::keys::{UNACKED, UNACKED_INDEX};
+use crate::broker::keys::{self, UNACKED, UNACKED_INDEX};
+use crate::broker::Publish;
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::stats::BrokerStats;
@@ -52,8 +66,23 @@ const MAX_BATCH: usize = 1024;
 enum Op {
     Ack(String),
     Store { key: String, payload: String },
-    Push { key: String, payload: String },
+    Push(Box<FollowUp>),
     Flush(oneshot::Sender<()>),
+}
+
+/// A follow-up message waiting to be routed and pushed.
+struct FollowUp {
+    /// The exchange it is sent to (`""`: the default exchange).
+    exchange: String,
+    /// Its routing key.
+    routing_key: String,
+    /// Its priority step's source (0 when it has none).
+    priority: u8,
+    /// The message as kombu's JSON envelope.
+    payload: String,
+    /// The still unacked delivery it came from, whose ack is withheld if
+    /// no queue receives it.
+    origin: Option<String>,
 }
 
 /// Where a batcher writes.
@@ -108,9 +137,28 @@ impl Batcher {
         let _ = self.tx.send(Op::Store { key, payload });
     }
 
-    /// Queues an LPUSH of a new message (a follow-up task).
-    pub(crate) fn push(&self, key: String, payload: String) {
-        let _ = self.tx.send(Op::Push { key, payload });
+    /// Queues a follow-up message: LPUSHed on every queue its exchange
+    /// and routing key route it to (see [`super::bindings::route`]).
+    /// When none does, it is logged as an error and the ack of `origin`
+    /// (the delivery it came from, if still unacked) is not sent.
+    pub(crate) fn push(&self, mut publish: Publish, origin: Option<String>) {
+        match crate::broker::publish::kombu_json(&mut publish) {
+            Ok(payload) => {
+                let f = FollowUp {
+                    exchange: publish.exchange,
+                    routing_key: publish.routing_key,
+                    priority: publish.priority.unwrap_or(0),
+                    payload,
+                    origin,
+                };
+                let _ = self.tx.send(Op::Push(Box::new(f)));
+            }
+            Err(e) => tracing::error!(
+                "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
+                publish.exchange,
+                publish.routing_key
+            ),
+        }
     }
 
     /// Waits until everything queued before this call has been written
@@ -163,13 +211,13 @@ struct Batch {
     acks: Vec<String>,
     store_keys: Vec<String>,
     store_payloads: Vec<String>,
-    pushes: Vec<(String, String)>,
+    follow_ups: Vec<FollowUp>,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.store_keys.is_empty() && self.pushes.is_empty()
+        self.acks.is_empty() && self.store_keys.is_empty() && self.follow_ups.is_empty()
     }
 }
 
@@ -232,7 +280,7 @@ async fn run(
                     b.store_keys.push(key);
                     b.store_payloads.push(payload);
                 }
-                Op::Push { key, payload } => b.pushes.push((key, payload)),
+                Op::Push(f) => b.follow_ups.push(*f),
                 Op::Flush(w) => b.waiters.push(w),
             }
         }
@@ -246,7 +294,7 @@ async fn run(
                     give_up(&b, e, &failed, &gave_up);
                     // Nothing of this batch may be acked now.
                     b.acks.clear();
-                    b.pushes.clear();
+                    b.follow_ups.clear();
                 }
             }
             b.store_keys.clear();
@@ -279,7 +327,7 @@ fn give_up(
         "dropping {} result(s), {} follow-up message(s) and {} ack(s): {e}; \
          their messages stay unacked and come back after the visibility timeout",
         b.store_keys.len(),
-        b.pushes.len(),
+        b.follow_ups.len(),
         b.acks.len()
     );
     if let BrokerError::GaveUp(why) = e {
@@ -298,17 +346,29 @@ async fn broker_stage(
     gave_up: Arc<tokio::sync::Notify>,
 ) {
     let mut batches = Vec::new();
+    // Deliveries whose follow-up no queue received; a request's ack may
+    // come in a later batch than its follow-up.
+    let mut withheld = HashSet::new();
     while rx.recv_many(&mut batches, 64).await > 0 {
         let mut b = Batch::default();
         for mut next in batches.drain(..) {
             b.acks.append(&mut next.acks);
             b.store_keys.append(&mut next.store_keys);
             b.store_payloads.append(&mut next.store_payloads);
-            b.pushes.append(&mut next.pushes);
+            b.follow_ups.append(&mut next.follow_ups);
             b.waiters.append(&mut next.waiters);
         }
         if !b.is_empty() && !is_dead(&failed) {
-            if let Err(e) = commit_broker(&b, &targets, &stats).await {
+            let written = match route_follow_ups(&b, &targets, &stats, &mut withheld).await {
+                Ok(pushes) => {
+                    if !withheld.is_empty() {
+                        b.acks.retain(|t| !withheld.remove(t));
+                    }
+                    commit_broker(&b, &pushes, &targets, &stats).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 give_up(&b, e, &failed, &gave_up);
             }
         }
@@ -350,9 +410,14 @@ async fn store_results(
 /// Writes the broker part of a batch in one COMMIT, retrying through
 /// outages; an error only when the link gives up or the server rejects
 /// the batch for good.
-async fn commit_broker(b: &Batch, t: &Targets, stats: &BrokerStats) -> Result<(), BrokerError> {
+async fn commit_broker(
+    b: &Batch,
+    pushes: &[(String, String)],
+    t: &Targets,
+    stats: &BrokerStats,
+) -> Result<(), BrokerError> {
     let stores = (b.store_keys.as_slice(), b.store_payloads.as_slice());
-    let once = if b.pushes.is_empty() {
+    let once = if pushes.is_empty() {
         String::new()
     } else {
         format!("greenpool.commit.{}", crate::uuid::uuid4())
@@ -362,13 +427,13 @@ async fn commit_broker(b: &Batch, t: &Targets, stats: &BrokerStats) -> Result<()
         &once,
         t.result_expires,
         stores,
-        &b.pushes,
+        pushes,
         &b.acks,
     );
     let what = format!(
         "writing {} result(s), {} follow-up(s) and {} ack(s)",
         stores.0.len(),
-        b.pushes.len(),
+        pushes.len(),
         b.acks.len()
     );
     stats.round_trip();
@@ -382,4 +447,78 @@ async fn commit_broker(b: &Batch, t: &Targets, stats: &BrokerStats) -> Result<()
     stats.add_stored(stores.0.len() as u64);
     stats.add_acked(b.acks.len() as u64);
     Ok(())
+}
+
+/// The list pushes of a batch's follow-ups: each on every queue its
+/// exchange and routing key route it to, at its priority step. The
+/// binding tables of the non-default exchanges named are read first (one
+/// round trip, none when every follow-up goes to the default exchange).
+/// A follow-up no queue receives is logged as an error, and its origin
+/// (when still unacked) goes into `withheld`: that ack is not sent.
+async fn route_follow_ups(
+    b: &Batch,
+    t: &Targets,
+    stats: &BrokerStats,
+    withheld: &mut HashSet<String>,
+) -> Result<Vec<(String, String)>, BrokerError> {
+    if b.follow_ups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tables: BTreeMap<&str, Vec<Vec<u8>>> = b
+        .follow_ups
+        .iter()
+        .map(|f| f.exchange.as_str())
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, Vec::new()))
+        .collect();
+    if !tables.is_empty() {
+        let mut pipe = redis::pipe();
+        for exchange in tables.keys() {
+            pipe.cmd("SMEMBERS").arg(keys::binding_key(exchange));
+        }
+        stats.round_trip();
+        let read: Vec<Vec<Vec<u8>>> = t
+            .broker
+            .call_until_done("reading the bindings", |mut conn| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        for (table, members) in tables.values_mut().zip(read) {
+            *table = members;
+        }
+    }
+    let mut pushes = Vec::with_capacity(b.follow_ups.len());
+    for f in &b.follow_ups {
+        let queues = match tables.get(f.exchange.as_str()) {
+            Some(table) => super::bindings::route(table, &f.routing_key),
+            None if f.routing_key.is_empty() => Vec::new(),
+            None => vec![f.routing_key.clone()],
+        };
+        if queues.is_empty() {
+            unroutable(f);
+            if let Some(o) = &f.origin {
+                withheld.insert(o.clone());
+            }
+        }
+        for q in queues {
+            pushes.push((keys::queue_key(&q, f.priority), f.payload.clone()));
+        }
+    }
+    Ok(pushes)
+}
+
+/// Logs a follow-up that no queue is bound to receive.
+fn unroutable(f: &FollowUp) {
+    let fate = if f.origin.is_some() {
+        "the message it came from stays unacked"
+    } else {
+        "it is lost (the message it came from was acked when its task started)"
+    };
+    tracing::error!(
+        "cannot send a follow-up: no queue is bound to exchange {:?} with routing key {:?}; {fate}",
+        f.exchange,
+        f.routing_key
+    );
 }
