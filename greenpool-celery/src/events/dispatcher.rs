@@ -115,6 +115,41 @@ impl EventDispatcher {
     }
 }
 
+/// The events a test dispatcher sent, kept instead of published.
+#[cfg(test)]
+pub(crate) struct Captured(mpsc::UnboundedReceiver<Op>);
+
+#[cfg(test)]
+impl EventDispatcher {
+    /// A dispatcher for node `hostname` that publishes nothing: what it
+    /// sends is kept in the [`Captured`] returned with it.
+    pub(crate) fn captured(hostname: &str, task_events: bool) -> (Self, Captured) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let d = EventDispatcher {
+            hostname: hostname.to_owned(),
+            pid: std::process::id(),
+            clock: Arc::new(LamportClock::default()),
+            task_events: AtomicBool::new(task_events),
+            tx,
+        };
+        (d, Captured(rx))
+    }
+}
+
+#[cfg(test)]
+impl Captured {
+    /// The bodies of the events sent since the last call, in order.
+    pub(crate) fn take(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(op) = self.0.try_recv() {
+            if let Op::Publish { body, .. } = op {
+                out.push(body);
+            }
+        }
+        out
+    }
+}
+
 async fn run(mut rx: mpsc::UnboundedReceiver<Op>, wire: NodeWire) {
     let mut ops = Vec::with_capacity(64);
     while rx.recv_many(&mut ops, MAX_BATCH).await > 0 {
