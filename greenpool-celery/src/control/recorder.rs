@@ -109,7 +109,8 @@ impl Recorder {
     }
 
     /// The event dispatcher: worker events, and turning task events on
-    /// or off. Task events go through the recording methods only.
+    /// or off. Task events go out through the recording methods only
+    /// (the dispatcher has no task-event call of its own).
     pub(crate) fn events(&self) -> &EventDispatcher {
         &self.events
     }
@@ -260,10 +261,14 @@ impl Recorder {
     }
 
     /// Sends task event `kind` of a task named `name` (when task events
-    /// are on) and counts it in the metrics (always).
+    /// are on; `fields` is called only then, so building them costs
+    /// nothing otherwise) and counts it in the metrics (always). The only
+    /// place task events are sent from.
     fn task_event(&self, kind: &str, name: &str, fields: impl FnOnce() -> Map<String, Value>) {
         self.metrics.tasks.event(kind, name);
-        self.events.task(kind, fields);
+        if self.events.task_events() {
+            self.events.send(kind, fields());
+        }
     }
 }
 

@@ -34,7 +34,8 @@ enum Op {
 /// Worker events (`worker-online`, `worker-heartbeat`, `worker-offline`)
 /// always go out, as Celery's do unless heartbeats and gossip are both
 /// off; task events only while task events are enabled (`-E`, or
-/// `enable_events` at run time).
+/// `enable_events` at run time), and only from the node's recorder
+/// (`control/recorder.rs`), which counts them as it sends them.
 #[derive(Debug)]
 pub(crate) struct EventDispatcher {
     hostname: String,
@@ -72,14 +73,6 @@ impl EventDispatcher {
     /// Turns task events on or off; returns the previous setting.
     pub(crate) fn set_task_events(&self, on: bool) -> bool {
         self.task_events.swap(on, Ordering::Relaxed)
-    }
-
-    /// Sends a task event (`task-…`) when task events are on. `fields`
-    /// is called only then, so building them costs nothing otherwise.
-    pub(crate) fn task(&self, kind: &str, fields: impl FnOnce() -> Map<String, Value>) {
-        if self.task_events() {
-            self.send(kind, fields());
-        }
     }
 
     /// Sends an event of type `kind` with `fields` plus the fields every
