@@ -9,7 +9,7 @@ use super::table::{Answer, Args};
 
 /// `enable_events`: task events on.
 pub(crate) fn enable_events(node: &Arc<Node>, _: &Args<'_>) -> Answer {
-    if node.events.set_task_events(true) {
+    if node.recorder.events().set_task_events(true) {
         return Ok(Some(json!({"ok": "task events already enabled"})));
     }
     tracing::info!("Events of group {{task}} enabled by remote.");
@@ -18,7 +18,7 @@ pub(crate) fn enable_events(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 
 /// `disable_events`: task events off (worker events go on).
 pub(crate) fn disable_events(node: &Arc<Node>, _: &Args<'_>) -> Answer {
-    if !node.events.set_task_events(false) {
+    if !node.recorder.events().set_task_events(false) {
         return Ok(Some(json!({"ok": "task events already disabled"})));
     }
     tracing::info!("Events of group {{task}} disabled by remote.");
@@ -30,6 +30,6 @@ pub(crate) fn disable_events(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 pub(crate) fn heartbeat(node: &Arc<Node>, _: &Args<'_>) -> Answer {
     tracing::debug!("Heartbeat requested by remote.");
     let fields = crate::events::heartbeat::fields(node, 5.0);
-    node.events.send("worker-heartbeat", fields);
+    node.recorder.events().send("worker-heartbeat", fields);
     Ok(Some(serde_json::Value::Null))
 }

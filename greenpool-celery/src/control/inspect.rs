@@ -1,8 +1,7 @@
 //! The read-only commands (`celery inspect …`), in the reply shapes of a
 //! stock worker.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -21,13 +20,7 @@ pub(crate) fn ping(_: &Arc<Node>, _: &Args<'_>) -> Answer {
 /// `stats`: totals, pid, clock (a string, as Celery sends it), uptime,
 /// the pool's `info()`, the broker, the prefetch window and rusage.
 pub(crate) fn stats(node: &Arc<Node>, _: &Args<'_>) -> Answer {
-    let total: Map<String, Value> = node
-        .totals
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
+    let total = node.recorder.totals();
     let pool = serde_json::to_value(node.pool.info()).map_err(|e| format!("{e}"))?;
     ok(json!({
         "total": total,
@@ -148,7 +141,10 @@ fn settings(node: &Node) -> Map<String, Value> {
     );
     put("worker_concurrency", json!(c.concurrency));
     put("worker_prefetch_multiplier", json!(c.prefetch_multiplier));
-    put("worker_send_task_events", json!(node.events.task_events()));
+    put(
+        "worker_send_task_events",
+        json!(node.recorder.events().task_events()),
+    );
     put("task_acks_late", json!(c.acks_late));
     put("task_track_started", json!(c.track_started));
     put("result_extended", json!(c.result_extended));
@@ -198,7 +194,7 @@ pub(crate) fn report(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 /// `hello` (mingle): another node starting up sends its revoked ids and
 /// gets ours and our clock; our own hello gets nothing.
 pub(crate) fn hello(node: &Arc<Node>, args: &Args<'_>) -> Answer {
-    if args.str("from_node") == Some(node.hostname.as_str()) {
+    if args.str("from_node") == Some(&*node.hostname) {
         return ok(Value::Null);
     }
     if let Some(theirs) = args.get("revoked") {
@@ -225,11 +221,6 @@ pub(crate) fn hello(node: &Arc<Node>, args: &Args<'_>) -> Answer {
         .map(|(id, at)| (id, json!(at)))
         .collect();
     ok(json!({"revoked": ours, "clock": node.clock.forward()}))
-}
-
-/// Tasks ended since start (heartbeats' `processed`).
-pub(crate) fn processed(node: &Node) -> u64 {
-    node.processed.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

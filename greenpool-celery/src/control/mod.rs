@@ -24,8 +24,10 @@
 //! The state the commands read and steer lives in [`Node`]: held
 //! requests by phase ([`requests`]), the revoked ids ([`revoked`]), the
 //! prefetch window ([`prefetch`]), rate limits ([`rate_limit`]), the
-//! autoscaler ([`autoscale`]). The request path calls into it through
-//! [`hooks`]. [`Control`] is the client side, for Rust programs and the
+//! autoscaler ([`autoscale`]), and every count of a request and the task
+//! events ([`recorder`]). The node is also the one home of the worker's
+//! settings, registry, pool, result store, name and warm shutdown. The
+//! request path calls into it through [`hooks`]. [`Control`] is the client side, for Rust programs and the
 //! `greenpool inspect` / `greenpool control` commands.
 
 mod autoscale;
@@ -43,6 +45,7 @@ mod node;
 mod pool;
 mod prefetch;
 mod rate_limit;
+pub(crate) mod recorder;
 #[cfg(feature = "redis")]
 mod reply;
 mod requests;
@@ -55,7 +58,6 @@ mod table;
 mod wire;
 
 pub use client::{Control, ControlOptions, Replies};
-pub(crate) use inspect::processed;
-pub(crate) use node::Node;
+pub(crate) use node::{Node, NodeParts};
 pub(crate) use service::Service;
 pub(crate) use wire::NodeWire;

@@ -1,7 +1,10 @@
-//! [`Node`]: what the worker's remote control and events see and steer.
+//! [`Node`]: the worker's one state that remote control, events and
+//! every request share: the settings, the registry, the pool, the result
+//! store, the node name and warm shutdown live here, once; the request
+//! path reaches them through `worker::Shared::control`. Every count of a
+//! request is made by the node's [`Recorder`] (`recorder.rs`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -11,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::autoscale::Autoscaler;
 use super::prefetch::Prefetch;
 use super::rate_limit::{parse_rate, RateLimits};
+use super::recorder::Recorder;
 use super::requests::Requests;
 use super::revoked::RevokedSet;
 use super::wire::NodeWire;
@@ -26,25 +30,34 @@ use crate::outbox::ResultStore;
 use crate::protocol::TimeLimit;
 use crate::registry::TaskRegistry;
 
-/// The worker as a Celery node: its pool, its held requests, revoked
-/// ids, limits and event dispatcher, shared by the consumer, every
-/// request, the mailbox and the heartbeat.
+/// The worker as a Celery node: its settings, tasks, pool and result
+/// store, its held requests, revoked ids, limits and the recorder of its
+/// counts and events, shared by the consumer, every request, the mailbox
+/// and the heartbeat.
 #[derive(Debug)]
 pub(crate) struct Node {
-    /// The node name (`celery@host`).
-    pub(crate) hostname: String,
+    /// The node name (`celery@host`), shared by every task's context.
+    pub(crate) hostname: Arc<str>,
+    /// The worker's settings.
     pub(crate) config: WorkerConfig,
+    /// The tasks it runs.
     pub(crate) registry: Arc<TaskRegistry>,
+    /// The pool requests run in.
     pub(crate) pool: TaskPool,
-    /// Where revoked tasks' REVOKED results go: the Redis backend only
-    /// (rpc:// results go to a request's `reply_to`, which a revoke by id
-    /// does not know).
+    /// Where results go (`None` without a result backend); see
+    /// [`Node::results_by_id`] for revokes.
     pub(crate) backend: Option<ResultStore>,
+    /// The node's Lamport clock (events and replies).
     pub(crate) clock: Arc<LamportClock>,
-    pub(crate) events: EventDispatcher,
+    /// Every count of the worker's requests, and the event dispatcher.
+    pub(crate) recorder: Recorder,
+    /// Task ids revoked.
     pub(crate) revoked: RevokedSet,
+    /// The requests held, by phase.
     pub(crate) requests: Arc<Requests>,
+    /// The prefetch window.
     pub(crate) prefetch: Prefetch,
+    /// Rate limits by task name.
     pub(crate) rate_limits: RateLimits,
     /// Time limits set by `time_limit`, by task name.
     pub(crate) time_limits: Mutex<HashMap<String, TimeLimit>>,
@@ -53,36 +66,52 @@ pub(crate) struct Node {
     pub(crate) terminating: Mutex<HashMap<String, i32>>,
     /// The autoscaler, when `--autoscale` is on.
     pub(crate) autoscaler: Option<Autoscaler>,
-    /// Warm shutdown of the worker.
+    /// Warm shutdown of the worker (ETA waits end on it too).
     pub(crate) shutdown: CancellationToken,
     /// The node's own reconnecting connection to the broker: the
     /// mailbox, replies and events.
     pub(crate) wire: NodeWire,
+    /// When the node started (`stats.uptime`).
     pub(crate) started: Instant,
-    /// Tasks that ended, and tasks accepted by name (`stats.total`).
-    pub(crate) processed: AtomicU64,
-    pub(crate) totals: Mutex<BTreeMap<String, u64>>,
     /// The queues consumed (`active_queues`, `add_consumer`,
     /// `cancel_consumer`); the Redis fetch reads the same set.
     pub(crate) queues: Arc<ActiveQueues>,
-    /// The worker's Prometheus metrics.
+}
+
+/// What a node is made of: the worker's parts, each held once by the
+/// node from then on.
+#[derive(Debug)]
+pub(crate) struct NodeParts {
+    /// The worker's settings.
+    pub(crate) config: WorkerConfig,
+    /// The tasks it runs.
+    pub(crate) registry: Arc<TaskRegistry>,
+    /// The pool requests run in (started).
+    pub(crate) pool: TaskPool,
+    /// The transport's result store, if any.
+    pub(crate) backend: Option<ResultStore>,
+    /// Warm shutdown.
+    pub(crate) shutdown: CancellationToken,
+    /// The queues consumed, shared with the transport.
+    pub(crate) queues: Arc<ActiveQueues>,
+    /// The Prometheus metrics.
     pub(crate) metrics: Arc<WorkerMetrics>,
 }
 
 impl Node {
     /// Connects the node's own connection to the worker's broker (Redis
     /// or AMQP, by the URL): the mailbox, replies and events.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn connect(
-        config: &WorkerConfig,
-        registry: Arc<TaskRegistry>,
-        pool: TaskPool,
-        backend: Option<ResultStore>,
-        shutdown: CancellationToken,
-        queues: Arc<ActiveQueues>,
-        metrics: Arc<WorkerMetrics>,
-    ) -> Result<Arc<Node>, BrokerError> {
-        let settings = LinkSettings::from_config(config);
+    pub(crate) async fn connect(parts: NodeParts) -> Result<Arc<Node>, BrokerError> {
+        let NodeParts {
+            config,
+            registry,
+            pool,
+            backend,
+            shutdown,
+            queues,
+            metrics,
+        } = parts;
+        let settings = LinkSettings::from_config(&config);
         let wire = match crate::broker::Transport::of(&config.broker_url)? {
             #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
@@ -126,17 +155,18 @@ impl Node {
         let autoscaler = config
             .autoscale
             .map(|(max, min)| Autoscaler::new(max, min, super::autoscale::KEEPALIVE));
+        let watched = Arc::clone(&metrics);
         let node = Arc::new(Node {
-            hostname: config.hostname.clone(),
-            config: config.clone(),
+            hostname: Arc::from(config.hostname.as_str()),
+            prefetch: Prefetch::new(config.prefetch_count()),
+            config,
             registry,
             pool,
             backend,
             clock,
-            events,
+            recorder: Recorder::new(metrics, events),
             revoked: RevokedSet::default(),
             requests: Arc::new(Requests::default()),
-            prefetch: Prefetch::new(config.prefetch_count()),
             rate_limits,
             time_limits: Mutex::new(HashMap::new()),
             terminating: Mutex::new(HashMap::new()),
@@ -144,13 +174,10 @@ impl Node {
             shutdown,
             wire,
             started: Instant::now(),
-            processed: AtomicU64::new(0),
-            totals: Mutex::new(BTreeMap::new()),
             queues,
-            metrics,
         });
         let weak = Arc::downgrade(&node);
-        node.metrics
+        watched
             .pool
             .watch(move || weak.upgrade().map(|n| n.pool_sample()));
         Ok(node)
@@ -167,20 +194,11 @@ impl Node {
         }
     }
 
-    /// Counts a task that started (`stats.total`).
-    pub(crate) fn count_accepted(&self, name: &str) {
-        let mut t = self.totals.lock().unwrap_or_else(PoisonError::into_inner);
-        match t.get_mut(name) {
-            Some(n) => *n = n.saturating_add(1),
-            None => {
-                t.insert(name.to_owned(), 1);
-            }
-        }
-    }
-
-    /// Counts a task that ended (heartbeats' `processed`).
-    pub(crate) fn count_processed(&self) {
-        self.processed.fetch_add(1, Ordering::Relaxed);
+    /// Where the REVOKED result of a revoke by id goes: the Redis backend
+    /// only (rpc:// results go to a request's `reply_to`, which a revoke
+    /// by id does not know).
+    pub(crate) fn results_by_id(&self) -> Option<&ResultStore> {
+        self.backend.as_ref().filter(|b| b.by_id())
     }
 
     /// The time limits of a task: the message's own, else those set by

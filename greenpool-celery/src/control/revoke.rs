@@ -117,7 +117,7 @@ pub(crate) fn revoke_ids(
 }
 
 fn store_revoked(node: &Node, id: &str) {
-    if let Some(backend) = &node.backend {
+    if let Some(backend) = node.results_by_id() {
         let meta = crate::backend::ResultMeta::new(
             id,
             TaskState::Revoked,

@@ -34,7 +34,8 @@ enum Op {
 /// Worker events (`worker-online`, `worker-heartbeat`, `worker-offline`)
 /// always go out, as Celery's do unless heartbeats and gossip are both
 /// off; task events only while task events are enabled (`-E`, or
-/// `enable_events` at run time).
+/// `enable_events` at run time), and only from the node's recorder
+/// (`control/recorder.rs`), which counts them as it sends them.
 #[derive(Debug)]
 pub(crate) struct EventDispatcher {
     hostname: String,
@@ -74,14 +75,6 @@ impl EventDispatcher {
         self.task_events.swap(on, Ordering::Relaxed)
     }
 
-    /// Sends a task event (`task-…`) when task events are on. `fields`
-    /// is called only then, so building them costs nothing otherwise.
-    pub(crate) fn task(&self, kind: &str, fields: impl FnOnce() -> Map<String, Value>) {
-        if self.task_events() {
-            self.send(kind, fields());
-        }
-    }
-
     /// Sends an event of type `kind` with `fields` plus the fields every
     /// event carries: `hostname`, `utcoffset`, `pid`, `clock`,
     /// `timestamp` and `type`.
@@ -112,6 +105,41 @@ impl EventDispatcher {
         if self.tx.send(Op::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+/// The events a test dispatcher sent, kept instead of published.
+#[cfg(test)]
+pub(crate) struct Captured(mpsc::UnboundedReceiver<Op>);
+
+#[cfg(test)]
+impl EventDispatcher {
+    /// A dispatcher for node `hostname` that publishes nothing: what it
+    /// sends is kept in the [`Captured`] returned with it.
+    pub(crate) fn captured(hostname: &str, task_events: bool) -> (Self, Captured) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let d = EventDispatcher {
+            hostname: hostname.to_owned(),
+            pid: std::process::id(),
+            clock: Arc::new(LamportClock::default()),
+            task_events: AtomicBool::new(task_events),
+            tx,
+        };
+        (d, Captured(rx))
+    }
+}
+
+#[cfg(test)]
+impl Captured {
+    /// The bodies of the events sent since the last call, in order.
+    pub(crate) fn take(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(op) = self.0.try_recv() {
+            if let Op::Publish { body, .. } = op {
+                out.push(body);
+            }
+        }
+        out
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn fields(node: &Node, freq: f64) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("freq".into(), json!(freq));
     m.insert("active".into(), json!(node.requests.active_count()));
-    m.insert("processed".into(), json!(crate::control::processed(node)));
+    m.insert("processed".into(), json!(node.recorder.processed()));
     m.insert("loadavg".into(), json!(loadavg()));
     m.insert("sw_ident".into(), json!("greenpool"));
     m.insert("sw_ver".into(), json!(env!("CARGO_PKG_VERSION")));
@@ -52,7 +52,9 @@ fn sw_sys() -> &'static str {
 /// Sends `worker-online`, then a heartbeat every [`FREQ`] seconds until
 /// `stop`.
 pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
-    node.events.send("worker-online", fields(&node, FREQ));
+    node.recorder
+        .events()
+        .send("worker-online", fields(&node, FREQ));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(FREQ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -61,12 +63,16 @@ pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        node.events.send("worker-heartbeat", fields(&node, FREQ));
+        node.recorder
+            .events()
+            .send("worker-heartbeat", fields(&node, FREQ));
     }
 }
 
 /// Sends `worker-offline` and waits until it is out.
 pub(crate) async fn offline(node: &Node) {
-    node.events.send("worker-offline", fields(node, FREQ));
-    node.events.flush().await;
+    node.recorder
+        .events()
+        .send("worker-offline", fields(node, FREQ));
+    node.recorder.events().flush().await;
 }

@@ -16,4 +16,6 @@ pub(crate) mod heartbeat;
 pub(crate) mod task;
 
 pub(crate) use clock::LamportClock;
+#[cfg(test)]
+pub(crate) use dispatcher::Captured;
 pub(crate) use dispatcher::EventDispatcher;

@@ -1,6 +1,6 @@
-//! Task counters by task name and the run-time histogram, recorded where
-//! the worker sends the matching task event (`control/hooks.rs`), whether
-//! task events are on or not.
+//! Task counters by task name and the run-time histogram, recorded by the
+//! node's recorder (`control/recorder.rs`) with the matching task event
+//! and the report's counts, whether task events are on or not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};

@@ -131,7 +131,7 @@ impl Accepted {
             cut(&self.name, LOG_NAME_MAX),
             cut(&self.id, LOG_NAME_MAX)
         );
-        if let (Some((meta, reply_to)), Some(backend)) = (&self.started, &s.backend) {
+        if let (Some((meta, reply_to)), Some(backend)) = (&self.started, &s.control.backend) {
             backend.store(meta, reply_to.as_deref());
         }
         if let Some((tag, permit)) = self.early {
@@ -155,11 +155,12 @@ pub(super) fn job(shared: &Arc<Shared>, req: Prepared) -> impl IntoJob<TaskOutpu
         listed,
         mut permit,
     } = req;
-    let acks_late = task.options.acks_late.unwrap_or(shared.config.acks_late);
+    let node = &shared.control;
+    let acks_late = task.options.acks_late.unwrap_or(node.config.acks_late);
     let ignore_result = msg.headers.ignore_result || task.options.ignore_result;
     let span = crate::control::hooks::task_span(&msg, &queue);
     // The job owns the arguments; a copy stays only for result_extended.
-    let (args, kwargs) = if shared.config.result_extended {
+    let (args, kwargs) = if node.config.result_extended {
         (msg.args.clone(), msg.kwargs.clone())
     } else {
         (
@@ -181,7 +182,7 @@ pub(super) fn job(shared: &Arc<Shared>, req: Prepared) -> impl IntoJob<TaskOutpu
         parent_id: msg.headers.parent_id.clone(),
         root_id: msg.headers.root_id.clone(),
         queue: queue.clone(),
-        hostname: Arc::clone(&shared.hostname),
+        hostname: Arc::clone(&node.hostname),
     };
     // The tag goes to whichever side acks: the accept callback (early
     // ack) or the outcome callback (late ack).
@@ -190,11 +191,11 @@ pub(super) fn job(shared: &Arc<Shared>, req: Prepared) -> impl IntoJob<TaskOutpu
     } else {
         (Some((tag, permit.take())), None)
     };
-    let started = (shared.config.track_started && !ignore_result).then(|| {
+    let started = (node.config.track_started && !ignore_result).then(|| {
         let meta = shared.meta(
             &msg,
             TaskState::Started,
-            json!({"pid": std::process::id(), "hostname": shared.config.hostname}),
+            json!({"pid": std::process::id(), "hostname": node.config.hostname}),
             None,
         );
         (meta, msg.properties.reply_to.clone())

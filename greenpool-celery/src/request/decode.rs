@@ -15,7 +15,7 @@ use crate::protocol::{Rejected, TaskMessage};
 use crate::registry::RegisteredTask;
 use crate::repr::{cut, cut_bytes, LOG_NAME_MAX, LOG_REPR_MAX};
 use crate::task_error::TaskError;
-use crate::worker::{bump, Shared};
+use crate::worker::Shared;
 
 /// Most bytes of an undecodable queue entry shown in a log line.
 const LOG_RAW_MAX: usize = 200;
@@ -96,12 +96,12 @@ pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
     };
     let id: Arc<str> = Arc::from(msg.headers.id.as_str());
     let name: Arc<str> = Arc::from(msg.headers.task.as_str());
-    let Some(task) = shared.registry.get(&name).cloned() else {
+    let Some(task) = shared.control.registry.get(&name).cloned() else {
         tracing::error!(
             "Received unregistered task of type '{}'. The message has been ignored and discarded.",
             cut(&name, LOG_NAME_MAX)
         );
-        bump(&shared.counters.failed);
+        shared.control.recorder.unrunnable();
         let err = TaskError::new("NotRegistered", &*name).with_module("celery.exceptions");
         if !msg.headers.ignore_result {
             shared.store(&msg, TaskState::Failure, err.to_json(), None);
@@ -176,7 +176,7 @@ fn reject(
 /// Fails a decoded request that cannot run (an unusable time limit):
 /// logged, FAILURE stored, acked.
 fn fail_before_run(shared: &Shared, msg: &TaskMessage, tag: &str, err: TaskError) {
-    bump(&shared.counters.failed);
+    shared.control.recorder.unrunnable();
     let name = cut(msg.headers.display_name(), LOG_NAME_MAX);
     tracing::error!(
         "Task {name}[{}] cannot run: {}",

@@ -30,7 +30,7 @@ pub(super) async fn wait_for_eta(shared: &Shared, eta: Timestamp) -> bool {
             Ok(tref) => {
                 let fired = tokio::select! {
                     r = rx => r.is_ok(),
-                    _ = shared.warm.cancelled() => {
+                    _ = shared.control.shutdown.cancelled() => {
                         let _ = shared.timer.cancel(&tref);
                         false
                     }

@@ -14,9 +14,14 @@
 //! 6. Run: the job's target calls the task.
 //! 7. [`outcome`]: the job's outcome decided, purely, into a `Decision`:
 //!    the state and every write it needs.
-//! 8. [`settle`]: the one place that applies a decision: counters, log
-//!    line, task events, the result store, follow-ups ([`follow_up`],
-//!    [`retry`]), then the requeue or the ack.
+//! 8. [`settle`]: the one place that applies a decision: log line,
+//!    follow-ups ([`follow_up`], [`retry`]), the decision's counter and
+//!    event handed to the node's recorder (`control/recorder.rs`) in one
+//!    call, the result store, then the requeue or the ack.
+//!
+//! No step counts by itself: every count (the report's, `processed`,
+//! `stats.total`, the metrics, the task events) is a call to the
+//! recorder.
 
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ use crate::control::hooks::{self, Listed};
 use crate::protocol::TaskMessage;
 use crate::registry::RegisteredTask;
 use crate::repr::{cut, LOG_NAME_MAX};
-use crate::worker::{bump, Shared};
+use crate::worker::Shared;
 
 mod admit;
 mod decode;
@@ -39,7 +44,7 @@ pub(crate) mod retry;
 mod settle;
 mod traceback;
 
-pub(crate) use outcome::TaskOutput;
+pub(crate) use outcome::{Counter, Event, Report, TaskOutput};
 
 /// A request received and listed, on its way to the pool.
 struct Prepared {
@@ -72,7 +77,7 @@ pub(crate) async fn handle(
     delivery: Delivery,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    bump(&shared.counters.received);
+    shared.control.recorder.delivered();
     let Some(d) = decode::decode(&shared, delivery) else {
         return;
     };
@@ -108,7 +113,7 @@ pub(crate) async fn handle(
     let id = Arc::clone(&req.id);
     let job = admit::job(&shared, req);
     hooks::before_apply(&shared, &name).await;
-    if let Err(e) = shared.pool.apply_async(job).await {
+    if let Err(e) = shared.control.pool.apply_async(job).await {
         // The pool closed (warm shutdown) while the request waited for a
         // slot: the message stays unacked and is given back.
         tracing::debug!(

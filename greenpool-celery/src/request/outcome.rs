@@ -89,7 +89,8 @@ pub(crate) enum Verdict {
     GiveBack,
 }
 
-/// Which counter of the worker's report goes up.
+/// Which counter of the worker's report goes up (counted by the node's
+/// recorder, `control/recorder.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Counter {
     /// `succeeded`.
@@ -137,12 +138,14 @@ pub(crate) enum Log<'a> {
     ShutdownKill(&'a Termination),
 }
 
-/// Which task event (and processed count) a decision sends.
+/// Which task event (and processed count) a decision sends, through the
+/// node's recorder.
 #[derive(Debug)]
 pub(crate) enum Event<'a> {
     /// None (given back, or a requeueing reject).
     None,
-    /// The event of the reported state (`control::hooks::finished`).
+    /// The event of the reported state (`task-succeeded`, `-failed`,
+    /// `-retried` or `-revoked`, by the report's state).
     Finished(&'a Outcome<TaskOutput>),
     /// `task-revoked`, terminated with the signal or revoked before start.
     Revoked(Option<i32>),

@@ -348,3 +348,207 @@ fn follow_up_that_cannot_be_built_fails_the_task() {
     assert_eq!(report(&d).state, TaskState::Failure);
     assert!(d.publish.is_empty(), "no follow-up sent, no link error");
 }
+
+/// What the recorder counted for one decision: the report counter moved
+/// (its name), `processed`, the task metric of the same name, the task
+/// events of that kind, and `task-rejected` events.
+#[derive(Debug, PartialEq)]
+struct Counted {
+    counter: Option<&'static str>,
+    processed: u64,
+    metric: u64,
+    events: usize,
+    rejected: usize,
+}
+
+/// Records decision `d` of `msg` as `settle::apply` does (one
+/// `settled` call, then `rejected`) on a fresh recorder, and reads back
+/// what moved.
+fn counted(msg: &TaskMessage, d: &Decision<'_>) -> Counted {
+    use crate::control::recorder::Recorder;
+    use crate::events::EventDispatcher;
+    use crate::metrics::WorkerMetrics;
+    let metrics = std::sync::Arc::new(WorkerMetrics::new());
+    let (events, mut sent) = EventDispatcher::captured("celery@test", true);
+    let recorder = Recorder::new(std::sync::Arc::clone(&metrics), events);
+    recorder.settled(msg, d.counter, &d.event, d.report.as_ref());
+    if let Some(requeue) = d.rejected {
+        recorder.rejected(msg, requeue);
+    }
+    let r = recorder.report(0);
+    let moved = [
+        ("succeeded", r.succeeded),
+        ("failed", r.failed),
+        ("revoked", r.revoked),
+        ("retried", r.retried),
+    ];
+    assert!(moved.iter().map(|(_, n)| n).sum::<u64>() <= 1, "{moved:?}");
+    let counter = moved.iter().find(|(_, n)| *n == 1).map(|(k, _)| *k);
+    let text = metrics.render();
+    let series = |kind: &str| {
+        let prefix = format!("greenpool_tasks_{kind}_total{{task=\"t.x\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let sent = sent.take();
+    let of_kind = |kind: &str| {
+        sent.iter()
+            .filter(|e| e["type"] == format!("task-{kind}"))
+            .count()
+    };
+    Counted {
+        counter,
+        processed: recorder.processed(),
+        metric: counter.map_or(0, series),
+        events: counter.map_or(0, of_kind),
+        rejected: of_kind("rejected"),
+    }
+}
+
+#[test]
+fn every_decision_is_counted_alike_in_the_report_the_metrics_and_the_events() {
+    let (mut msg, raw) = message();
+    let panic: Box<dyn std::any::Any + Send> = Box::new("boom");
+    let killed = |reason| {
+        Outcome::Terminated(Termination {
+            signal: None,
+            reason,
+        })
+    };
+    // (case, outcome, revoked, unacked, the counter moved, processed,
+    // task-rejected sent)
+    let cases = [
+        (
+            "success",
+            ran(Ok(json!(1))),
+            Revoked::No,
+            false,
+            Some("succeeded"),
+            1,
+            0,
+        ),
+        (
+            "error",
+            ran(Err(TaskError::value_error("x"))),
+            Revoked::No,
+            false,
+            Some("failed"),
+            1,
+            0,
+        ),
+        (
+            "retry",
+            ran(Err(TaskError::retry(Duration::from_secs(1)))),
+            Revoked::No,
+            false,
+            Some("retried"),
+            0,
+            0,
+        ),
+        (
+            "panic",
+            Outcome::Panicked(PanicInfo::from_payload(&*panic)),
+            Revoked::No,
+            false,
+            Some("failed"),
+            1,
+            0,
+        ),
+        (
+            "time limit",
+            killed(TerminateReason::TimeLimit),
+            Revoked::No,
+            false,
+            Some("failed"),
+            1,
+            0,
+        ),
+        (
+            "killed",
+            killed(TerminateReason::Killed),
+            Revoked::No,
+            false,
+            Some("revoked"),
+            1,
+            0,
+        ),
+        (
+            "shutdown",
+            killed(TerminateReason::PoolTerminated),
+            Revoked::No,
+            true,
+            None,
+            0,
+            0,
+        ),
+        (
+            "terminated",
+            killed(TerminateReason::Killed),
+            Revoked::Terminated(15),
+            false,
+            Some("revoked"),
+            1,
+            0,
+        ),
+        (
+            "revoked",
+            ran(Err(TaskError::new("TaskRevokedError", "revoked"))),
+            Revoked::BeforeStart,
+            false,
+            Some("revoked"),
+            1,
+            0,
+        ),
+        (
+            "expired",
+            Outcome::Completed(TaskOutput::Expired(None)),
+            Revoked::No,
+            false,
+            Some("revoked"),
+            1,
+            0,
+        ),
+        (
+            "reject requeue",
+            ran(Err(TaskError::reject("busy", true))),
+            Revoked::No,
+            true,
+            None,
+            0,
+            1,
+        ),
+        (
+            "reject drop",
+            ran(Err(TaskError::reject("bad", false))),
+            Revoked::No,
+            true,
+            Some("failed"),
+            1,
+            1,
+        ),
+    ];
+    for (case, outcome, revoked, unacked, counter, processed, rejected) in cases {
+        let mut i = input(&msg, &raw, &outcome);
+        i.revoked = revoked;
+        i.unacked = unacked;
+        let d = decide(&i);
+        let want = Counted {
+            counter,
+            processed,
+            metric: u64::from(counter.is_some()),
+            events: usize::from(counter.is_some()),
+            rejected,
+        };
+        assert_eq!(counted(&msg, &d), want, "{case}");
+    }
+    // Retries used up: a failure, processed.
+    msg.headers.retries = 3;
+    let outcome = ran(Err(TaskError::retry(Duration::from_secs(1))));
+    let d = decide(&input(&msg, &raw, &outcome));
+    let c = counted(&msg, &d);
+    assert_eq!(
+        (c.counter, c.processed, c.metric, c.events),
+        (Some("failed"), 1, 1, 1)
+    );
+}

@@ -1,7 +1,8 @@
 //! Settling a finished job: the revoked facts looked up, the outcome
 //! decided ([`super::outcome::decide`]), and the decision applied by
-//! [`apply`], the one place that writes a request's end: counters, the
-//! log line, task events, the result store, follow-up messages, the
+//! [`apply`], the one place that writes a request's end: the log line,
+//! follow-up messages, the counts and task event (handed to the node's
+//! recorder, `control/recorder.rs`, in one call), the result store, the
 //! requeue or the ack.
 
 use std::sync::Arc;
@@ -10,12 +11,12 @@ use greenpool::Outcome;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::outcome::{
-    decide, may_be_revoked, Counter, Decision, Event, Fate, Log, OutcomeInput, Revoked, TaskOutput,
+    decide, may_be_revoked, Decision, Fate, Log, OutcomeInput, Revoked, TaskOutput,
 };
 use crate::control::hooks::Listed;
 use crate::protocol::{TaskMessage, Timestamp};
 use crate::repr::{cut, LOG_NAME_MAX, LOG_REPR_MAX};
-use crate::worker::{bump, Shared};
+use crate::worker::Shared;
 
 /// A request whose job is in the pool: what its outcome callback needs.
 pub(super) struct InFlight {
@@ -81,9 +82,10 @@ fn look_up_revoked(shared: &Shared, msg: &TaskMessage, outcome: &Outcome<TaskOut
     }
 }
 
-/// Writes decision `d` for `msg`: the log line, the counter, the task
-/// event, the follow-ups, the result, then the message's fate when it is
-/// still unacked (`unacked`: its delivery tag) and `task-rejected`.
+/// Writes decision `d` for `msg`: the log line, the follow-ups, the
+/// counter and the task event (one call to the recorder), the result,
+/// then the message's fate when it is still unacked (`unacked`: its
+/// delivery tag) and `task-rejected`.
 pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d: Decision<'_>) {
     let Decision {
         log,
@@ -99,15 +101,6 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
     } = d;
     tracing::trace!(?verdict, "settling");
     write_log(msg, &log, report.as_ref().map(|r| &r.result));
-    if let Some(c) = counter {
-        let counters = &shared.counters;
-        bump(match c {
-            Counter::Succeeded => &counters.succeeded,
-            Counter::Failed => &counters.failed,
-            Counter::Revoked => &counters.revoked,
-            Counter::Retried => &counters.retried,
-        });
-    }
     for e in &skipped {
         tracing::error!(
             "cannot send a link error of {}[{}]: {}",
@@ -119,21 +112,8 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
     for p in publish {
         shared.acks.push(p, unacked);
     }
-    match (&event, &report) {
-        (Event::Finished(outcome), Some(r)) => crate::control::hooks::finished(
-            shared,
-            msg,
-            outcome,
-            r.state,
-            &r.result,
-            r.traceback.as_deref(),
-        ),
-        (Event::Revoked(signal), _) => {
-            crate::control::hooks::revoked_finished(shared, msg, *signal)
-        }
-        (Event::Expired, _) => crate::control::hooks::expired(shared, msg),
-        _ => {}
-    }
+    let recorder = &shared.control.recorder;
+    recorder.settled(msg, counter, &event, report.as_ref());
     if let (Some(r), true) = (report, store) {
         shared.store(msg, r.state, r.result, r.traceback);
     }
@@ -152,7 +132,7 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
         Fate::Leave => {}
     }
     if let Some(requeue) = rejected {
-        crate::control::hooks::rejected(shared, msg, requeue);
+        recorder.rejected(msg, requeue);
     }
 }
 

@@ -1,8 +1,9 @@
 //! A worker's life on any transport, written once: set up, consume, stop.
 //!
 //! 1. Set-up: the transport connects (its writer and result store with
-//!    it), then the pool, the control node (remote control and events),
-//!    the shared state, the control service; then the worker is ready.
+//!    it), then the pool, the control node (which holds the settings,
+//!    registry, pool, result store and recorder from then on), the shared
+//!    state, the control service; then the worker is ready.
 //! 2. Consume: each round of deliveries the transport's
 //!    [`next`](WorkerTransport::next) hands out goes to
 //!    [`request::handle`](crate::request::handle), one handler each, with
@@ -24,13 +25,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
-use super::state::{bump, Shared};
+use super::state::Shared;
 use super::{ShutdownHandle, WorkerReport};
 use crate::backend::{ResultMeta, TaskState};
 use crate::broker::transport::{Connect, Feed, Refused, Taken, WorkerTransport};
 use crate::broker::ActiveQueues;
 use crate::config::WorkerConfig;
-use crate::control::{Node, Service};
+use crate::control::{Node, NodeParts, Service};
 use crate::error::{BrokerError, WorkerError};
 use crate::metrics::WorkerMetrics;
 use crate::registry::TaskRegistry;
@@ -80,26 +81,18 @@ pub(crate) async fn run<T: WorkerTransport>(start: Start) -> Result<WorkerReport
         .build()
         .map_err(|e| WorkerError::Pool(e.to_string()))?;
     pool.start().map_err(|e| WorkerError::Pool(e.to_string()))?;
-    let control = Node::connect(
-        &config,
-        Arc::clone(&registry),
-        pool.clone(),
-        // REVOKED for a revoke by id goes where results are found by id.
-        backend.clone().filter(|b| b.by_id()),
-        shutdown.warm.clone(),
+    let control = Node::connect(NodeParts {
+        config,
+        registry,
+        pool: pool.clone(),
+        backend,
+        shutdown: shutdown.warm.clone(),
         queues,
         metrics,
-    )
+    })
     .await?;
-    let shared = Shared::new(
-        config.clone(),
-        registry,
-        pool.clone(),
-        transport.outbox(),
-        backend,
-        &shutdown,
-        Arc::clone(&control),
-    );
+    let shared = Shared::new(Arc::clone(&control), transport.outbox());
+    let config = &control.config;
     tracing::info!(
         "Connected to {}; {} ready (concurrency {}, prefetch {}, queues {})",
         transport.label(),
@@ -126,7 +119,7 @@ pub(crate) async fn run<T: WorkerTransport>(start: Start) -> Result<WorkerReport
     if let Some(e) = failure {
         return Err(WorkerError::Broker(e));
     }
-    Ok(shared.report(restored))
+    Ok(control.recorder.report(restored))
 }
 
 /// The consume loop: every round the transport takes goes to the request
@@ -183,9 +176,10 @@ fn refuse_oversized(shared: &Shared, refused: Refused) {
         reply_to,
         ack,
     } = refused;
-    bump(&shared.counters.received);
-    bump(&shared.counters.failed);
-    let limit = shared.config.limits.max_message_size;
+    let node = &shared.control;
+    node.recorder.delivered();
+    node.recorder.unrunnable();
+    let limit = node.config.limits.max_message_size;
     let id = big.id.as_deref().unwrap_or("unknown id");
     tracing::error!(
         "Refused a message of {} bytes from queue {:?} (task {id}): over the limit of {limit} \
@@ -193,7 +187,7 @@ fn refuse_oversized(shared: &Shared, refused: Refused) {
         big.size,
         big.queue
     );
-    if let (Some(id), Some(backend)) = (&big.id, &shared.backend) {
+    if let (Some(id), Some(backend)) = (&big.id, &node.backend) {
         let err = TaskError::new(
             "MessageTooLarge",
             format!(
@@ -269,7 +263,7 @@ async fn give_back<T: WorkerTransport>(
     shutdown: &ShutdownHandle,
     lost: bool,
 ) -> (u64, Option<BrokerError>) {
-    let grace = shared.config.connection.command_timeout;
+    let grace = shared.control.config.connection.command_timeout;
     let cold = shutdown.cold.clone();
     let cold_deadline = || {
         let cold = cold.clone();

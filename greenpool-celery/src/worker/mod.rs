@@ -7,7 +7,20 @@
 //! * `lifecycle.rs`: set-up, the consume loop and the stopping sequence,
 //!   once for every transport (generic over the transport trait of
 //!   `broker/transport.rs`);
-//! * `state.rs`: `Shared`, the state the request path works on.
+//! * `state.rs`: `Shared`, the state the request path works on: the
+//!   control node (`control/node.rs`, the one home of the settings,
+//!   registry, pool, result store, node name and warm shutdown), the
+//!   writer, the unacked deliveries and the ETA timer.
+//!
+//! # Where counts are made
+//!
+//! Nowhere in `worker/` or `request/` directly: each fact about a request
+//! (delivered, failed before it could run, received, started, settled
+//! with its counter and event, rejected) is handed to the node's recorder
+//! (`control/recorder.rs`), which moves every count at once: the
+//! [`WorkerReport`]'s counters, `processed` and `stats.total`, the
+//! Prometheus task metrics and the task event. So the report,
+//! `inspect stats`, `/metrics` and `celery events` agree.
 //!
 //! The transports never import `worker/`. The request path
 //! (`crate::request`) imports `state.rs`, and `lifecycle.rs` calls the
@@ -64,7 +77,7 @@ use crate::metrics::WorkerMetrics;
 use crate::registry::TaskRegistry;
 use crate::stats::BrokerStats;
 
-pub(crate) use self::state::{bump, Shared};
+pub(crate) use self::state::Shared;
 
 /// Stops a running worker: warm first, cold if asked again.
 #[derive(Debug, Clone)]

@@ -1,7 +1,13 @@
-//! [`Shared`]: the state of a running worker that the consume loop, every
-//! request handler and remote control's hooks share: the settings, the
-//! registry, the pool, the writer, the result store, the books of unacked
-//! deliveries and the counters.
+//! [`Shared`]: the state the consume loop and every request handler
+//! share: the control node (which holds the worker's settings, registry,
+//! pool, result store, name, warm shutdown and its recorder, once), the
+//! writer, the books of unacked deliveries and the ETA timer.
+//!
+//! Counts are not made here: every count of a request (the
+//! [`WorkerReport`](super::WorkerReport)'s, `processed` and `stats.total`,
+//! the Prometheus task metrics and the task events) is made by the
+//! node's recorder (`control/recorder.rs`), reached as
+//! `shared.control.recorder`.
 //!
 //! The request path (`crate::request`) imports this file; the lifecycle
 //! (`worker/lifecycle.rs`) calls the request path. That one edge pair
@@ -9,91 +15,40 @@
 //! lifecycle, not a circle through one file.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use greenpool::{TaskPool, Timer};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::{ShutdownHandle, WorkerReport};
 use crate::backend::{ResultMeta, TaskState};
-use crate::config::WorkerConfig;
-use crate::outbox::{Outbox, ResultStore};
+use crate::control::Node;
+use crate::outbox::Outbox;
 use crate::protocol::TaskMessage;
-use crate::registry::TaskRegistry;
-
-/// What the worker did so far (the [`WorkerReport`]'s counts).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Messages taken off the queues.
-    pub(crate) received: AtomicU64,
-    /// Tasks that returned a value.
-    pub(crate) succeeded: AtomicU64,
-    /// Tasks that failed, and messages that could not run.
-    pub(crate) failed: AtomicU64,
-    /// Requests revoked (expired, or by remote control).
-    pub(crate) revoked: AtomicU64,
-    /// Retries sent on.
-    pub(crate) retried: AtomicU64,
-}
 
 /// State shared by the consumer and every message handler.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    /// The worker's settings.
-    pub(crate) config: WorkerConfig,
-    /// The tasks it runs.
-    pub(crate) registry: Arc<TaskRegistry>,
-    /// The pool requests run in.
-    pub(crate) pool: TaskPool,
+    /// The node: the worker's settings, tasks, pool, result store, name,
+    /// warm shutdown and recorder, and what remote control and events
+    /// see.
+    pub(crate) control: Arc<Node>,
     /// The transport's writer: acks, requeues, follow-ups.
     pub(crate) acks: Outbox,
-    /// Where results go (`None` without a result backend).
-    pub(crate) backend: Option<ResultStore>,
     /// Delivery tags taken but not yet acked, restored at shutdown.
     pub(crate) outstanding: Mutex<HashSet<String>>,
-    /// Warm shutdown (ETA waits end on it).
-    pub(crate) warm: CancellationToken,
-    /// What the worker did (the report's counts).
-    pub(crate) counters: Counters,
     /// The green timer ETA requests wait on.
     pub(crate) timer: Timer,
-    /// The node remote control and events see.
-    pub(crate) control: Arc<crate::control::Node>,
-    /// The node name, shared by every task's context.
-    pub(crate) hostname: Arc<str>,
-}
-
-/// Counts one on `c`.
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Shared {
     /// The state of a worker that has not taken a message yet: no tag
-    /// outstanding, counters at zero, a timer of its own.
-    pub(crate) fn new(
-        config: WorkerConfig,
-        registry: Arc<TaskRegistry>,
-        pool: TaskPool,
-        acks: Outbox,
-        backend: Option<ResultStore>,
-        shutdown: &ShutdownHandle,
-        control: Arc<crate::control::Node>,
-    ) -> Arc<Self> {
+    /// outstanding, a timer of its own.
+    pub(crate) fn new(control: Arc<Node>, acks: Outbox) -> Arc<Self> {
         Arc::new(Shared {
-            hostname: Arc::from(config.hostname.as_str()),
-            config,
-            registry,
-            pool,
-            acks,
-            backend,
-            outstanding: Mutex::new(HashSet::new()),
-            warm: shutdown.warm.clone(),
-            counters: Counters::default(),
-            timer: TaskPool::new_timer(),
             control,
+            acks,
+            outstanding: Mutex::new(HashSet::new()),
+            timer: TaskPool::new_timer(),
         })
     }
 
@@ -134,7 +89,9 @@ impl Shared {
         result: Value,
         traceback: Option<String>,
     ) {
-        let Some(backend) = &self.backend else { return };
+        let Some(backend) = &self.control.backend else {
+            return;
+        };
         backend.store(
             &self.meta(msg, state, result, traceback),
             msg.properties.reply_to.as_deref(),
@@ -155,11 +112,12 @@ impl Shared {
         meta.traceback = traceback;
         meta.group_id = msg.headers.group.clone();
         meta.parent_id = msg.headers.parent_id.clone();
-        if self.config.result_extended {
+        let config = &self.control.config;
+        if config.result_extended {
             meta.name = Some(msg.headers.task.clone());
             meta.args = Some(msg.args.clone());
             meta.kwargs = Some(msg.kwargs.clone());
-            meta.worker = Some(self.config.hostname.clone());
+            meta.worker = Some(config.hostname.clone());
             meta.retries = Some(msg.headers.retries);
             meta.queue = Some(msg.properties.delivery_info.routing_key.clone());
         }
@@ -175,19 +133,5 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .drain()
             .collect()
-    }
-
-    /// The worker's report: its counters, and the messages it gave back.
-    pub(crate) fn report(&self, restored: u64) -> WorkerReport {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WorkerReport {
-            received: load(&c.received),
-            succeeded: load(&c.succeeded),
-            failed: load(&c.failed),
-            revoked: load(&c.revoked),
-            retried: load(&c.retried),
-            restored,
-        }
     }
 }
