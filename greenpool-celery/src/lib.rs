@@ -1,31 +1,73 @@
-//! A Celery worker and client that speak kombu's Redis transport, so that
-//! stock Python clients (`send_task`, `AsyncResult.get`) drive Rust tasks
-//! run in a greenpool [`TaskPool`](greenpool::TaskPool), and Rust code can
-//! call Python tasks.
+//! A Celery worker and client on kombu's Redis transport and on AMQP
+//! (RabbitMQ), so that stock Python clients (`send_task`,
+//! `AsyncResult.get`, `celery inspect`/`control`, `celery events`, Flower)
+//! drive Rust tasks run in a greenpool [`TaskPool`](greenpool::TaskPool),
+//! and Rust code can call Python tasks.
 //!
-//! # Architecture
+//! # One task, fetch to ack
 //!
-//! A message travels through these parts:
+//! Follow one message through the worker (file names in brackets, under
+//! `src/`):
 //!
-//! * [`protocol`](TaskMessage): the JSON envelope kombu pushes on a Redis
-//!   list, its base64 body and the task headers, decoded into a
-//!   [`TaskMessage`] (v1 converted to v2) and encoded back for the client.
-//! * the connection layer: every Redis connection (broker, result
-//!   backend, client, pub/sub) reconnects by itself with backoff and gives
-//!   up after `broker_connection_max_retries` attempts.
-//! * the broker: fetches from the queue lists (priority keys in kombu's
-//!   order) with one atomic script that also records each message in the
-//!   `unacked` hash and `unacked_index` until it is acked, and gives back
-//!   messages of crashed workers after the visibility timeout.
-//! * the registry: maps task names to async Rust functions whose
-//!   arguments are decoded through serde.
-//! * the worker: runs each request as a job in the pool and stores the
-//!   outcome in the result backend (`celery-task-meta-<id>`, SET with EX +
-//!   PUBLISH) in the shape Python's `AsyncResult` reads, then acks it: in
-//!   that order, in batches.
-//! * remote control: the worker answers Celery's pidbox commands
-//!   (`celery inspect`, `celery control`, Flower) and sends events;
-//!   [`Control`] is the client side.
+//! 1. **Start.** [`Worker::run`] (`worker/mod.rs`) picks the transport by
+//!    the URL's scheme and hands it to the one lifecycle
+//!    (`worker/lifecycle.rs`): connect the transport (the narrow
+//!    `WorkerTransport` trait, `broker/transport.rs`), start the pool, the
+//!    remote-control node (`control/node.rs`) and its service, then
+//!    consume. Settings come from [`WorkerConfig`] (`config/`).
+//! 2. **Fetch.** The transport's `next` hands out deliveries
+//!    (`broker/delivery.rs`: queue, tag, envelope). Redis
+//!    (`broker/redis/consumer.rs`) fetches within the prefetch budget with
+//!    one atomic script (`broker/redis/fetch.rs`, `lua/take.lua`); AMQP
+//!    (`broker/amqp/consumer.rs`) takes what the broker delivers under
+//!    `basic.qos`. The lifecycle spawns one request handler per delivery.
+//! 3. **Decode** (`request/decode.rs`, over `protocol/`): the envelope and
+//!    body become a [`TaskMessage`]; its task is looked up in the
+//!    [`TaskRegistry`] (`registry.rs`) and its time limits checked. A
+//!    message that can never run is failed and acked here.
+//! 4. **Revoked or expired** (`request/expiry.rs`,
+//!    `control/hooks.rs::received`), then **ETA** (`request/eta.rs`, the
+//!    pool's green timer), then the **rate limit** (`control/rate_limit.rs`).
+//! 5. **Admit** (`request/admit.rs`): the request becomes a pool job with
+//!    its [`TaskContext`] (`context.rs`); the accept callback acks an
+//!    early-ack request and lists it active; the pool runs the task.
+//! 6. **Settle.** The job's outcome is decided by a pure function
+//!    (`request/outcome.rs`: SUCCESS, RETRY, REVOKED, REJECT, FAILURE, and
+//!    every write each needs) and applied in one place
+//!    (`request/settle.rs`): the counts through the recorder
+//!    (`control/recorder.rs`: report, `inspect stats`, metrics, events),
+//!    the result (`backend/`), follow-ups (`request/follow_up.rs`,
+//!    `request/retry.rs`, `canvas.rs`, as a transport-neutral publish,
+//!    `broker/publish.rs`), then the ack or requeue.
+//! 7. **Store, then ack.** Writes go through the transport's writer
+//!    (`outbox.rs`): on Redis one atomic script per batch writes results
+//!    and follow-ups before the acks (`broker/redis/batch.rs`); on AMQP
+//!    publishes are confirmed before the acks go out
+//!    (`broker/amqp/outbox.rs`).
+//! 8. **Stop.** Warm shutdown stops fetching, lets running jobs finish,
+//!    flushes, gives back what is still unacked and closes
+//!    (`worker/lifecycle.rs`, once for every transport).
+//!
+//! Every connection reconnects by itself with backoff (`conn/` for Redis,
+//! `broker/amqp/session.rs` for AMQP). `RELIABILITY.md` lists the faults
+//! survived and their tests.
+//!
+//! # Where a change goes
+//!
+//! * **A new transport:** implement `WorkerTransport`
+//!   (`broker/transport.rs`) in `broker/<name>/`, add its scheme to
+//!   `broker/mod.rs::Transport` and its writer to `outbox.rs`; the
+//!   lifecycle, the request path and remote control stay as they are.
+//! * **A new remote-control command:** a handler in `control/` and a line
+//!   in its table (`control/table.rs`); [`Control`] (`control/client.rs`)
+//!   sends any command by name.
+//! * **A new outcome** (or a change to what one writes): the decision in
+//!   `request/outcome.rs`, with a unit test in `request/outcome_tests.rs`;
+//!   its writes in `request/settle.rs`, its counts in
+//!   `control/recorder.rs`.
+//! * **A new setting:** a field of [`WorkerConfig`] or of its group
+//!   (`config/`), its rule in `WorkerConfig::validate`, its variable in
+//!   `config/env.rs`.
 //!
 //! Each broker is a cargo feature, both on by default: `redis` (kombu's
 //! Redis transport, the Redis result backend, remote control and events
@@ -33,7 +75,8 @@
 //! result backend). A URL of a broker or result backend left out of the
 //! build is refused with [`BrokerError::NotCompiled`], naming the feature
 //! to rebuild with; with neither feature only the protocol and task layer
-//! ([`TaskMessage`], [`TaskRegistry`]) is built.
+//! ([`TaskMessage`], [`TaskRegistry`]) is built. The `fault-injection`
+//! feature (test builds only) adds the hooks the fault tests use.
 #![doc(test(attr(deny(warnings))))]
 // Without a broker feature only the protocol and task layer is built (no
 // worker, client or remote control): the broker-neutral parts they share
