@@ -102,6 +102,8 @@ mod events;
 mod metrics;
 #[cfg(any(feature = "redis", feature = "amqp"))]
 mod outbox;
+#[cfg(any(feature = "redis", feature = "amqp"))]
+mod outcome;
 pub mod protocol;
 mod registry;
 mod repr;

@@ -13,8 +13,8 @@ pub(crate) use super::requests::Listed;
 use super::requests::Phase;
 use super::revoke::revoked_error;
 use crate::backend::TaskState;
+use crate::outcome::{Counter, Event, TaskOutput as Output};
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
-use crate::request::{Counter, Event, TaskOutput as Output};
 use crate::worker::Shared;
 
 /// The span a task runs in (its job and its outcome callback), so every

@@ -43,8 +43,8 @@ use crate::backend::TaskState;
 use crate::events::task as ev;
 use crate::events::EventDispatcher;
 use crate::metrics::WorkerMetrics;
+use crate::outcome::{Counter, Event, Report, TaskOutput};
 use crate::protocol::TaskMessage;
-use crate::request::{Counter, Event, Report, TaskOutput};
 use crate::worker::WorkerReport;
 
 /// The [`WorkerReport`]'s counts.

@@ -44,8 +44,6 @@ pub(crate) mod retry;
 mod settle;
 mod traceback;
 
-pub(crate) use outcome::{Counter, Event, Report, TaskOutput};
-
 /// A request received and listed, on its way to the pool.
 struct Prepared {
     /// The message, boxed: the job's callbacks own it, and the job is

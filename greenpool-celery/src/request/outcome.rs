@@ -17,19 +17,10 @@ use super::follow_up;
 use super::retry::{requeue_envelope, retry_message, Publish};
 use super::traceback::traceback_text;
 use crate::backend::TaskState;
+pub(crate) use crate::outcome::{Counter, Event, Report, TaskOutput};
 use crate::protocol::{TaskMessage, Timestamp};
 use crate::repr::{cut, LOG_NAME_MAX};
 use crate::task_error::TaskError;
-
-/// What a job returns: the task's result and how long it ran, or the
-/// expiry it found passed when it got its slot.
-#[derive(Debug)]
-pub(crate) enum TaskOutput {
-    /// The task was called: its result and its run time.
-    Ran(Result<Value, TaskError>, Duration),
-    /// The request had expired when its job started (at this time).
-    Expired(Option<Timestamp>),
-}
 
 /// Whether a finished job was revoked by a control command, looked up in
 /// the worker before deciding.
@@ -89,20 +80,6 @@ pub(crate) enum Verdict {
     GiveBack,
 }
 
-/// Which counter of the worker's report goes up (counted by the node's
-/// recorder, `control/recorder.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Counter {
-    /// `succeeded`.
-    Succeeded,
-    /// `failed`.
-    Failed,
-    /// `revoked`.
-    Revoked,
-    /// `retried`.
-    Retried,
-}
-
 /// The log line of a decision.
 #[derive(Debug)]
 pub(crate) enum Log<'a> {
@@ -136,33 +113,6 @@ pub(crate) enum Log<'a> {
     },
     /// `Task n[id] killed by shutdown: …` (warn).
     ShutdownKill(&'a Termination),
-}
-
-/// Which task event (and processed count) a decision sends, through the
-/// node's recorder.
-#[derive(Debug)]
-pub(crate) enum Event<'a> {
-    /// None (given back, or a requeueing reject).
-    None,
-    /// The event of the reported state (`task-succeeded`, `-failed`,
-    /// `-retried` or `-revoked`, by the report's state).
-    Finished(&'a Outcome<TaskOutput>),
-    /// `task-revoked`, terminated with the signal or revoked before start.
-    Revoked(Option<i32>),
-    /// `task-revoked` with `expired`.
-    Expired,
-}
-
-/// The state, result and traceback reported (and stored unless the
-/// result is ignored).
-#[derive(Debug)]
-pub(crate) struct Report {
-    /// The state stored.
-    pub(crate) state: TaskState,
-    /// The result value (or the error's JSON).
-    pub(crate) result: Value,
-    /// The traceback text.
-    pub(crate) traceback: Option<String>,
 }
 
 /// What happens to a message still unacked (late ack); nothing happens
