@@ -2,20 +2,17 @@
 //! requests and shrinks back when idle, after Celery's keep-alive.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-use super::node::Node;
 
 /// How long the pool stays grown after a scale-up (Celery's
 /// `AUTOSCALE_KEEPALIVE`).
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// How often the backlog is looked at (Celery's autoscaler interval).
-const INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
 /// The autoscaler's range and memory.
 #[derive(Debug)]
@@ -74,32 +71,6 @@ impl Autoscaler {
             }
         } else {
             limit
-        }
-    }
-}
-
-/// Runs the autoscaler of `node` until `stop`.
-pub(crate) async fn run(node: Arc<Node>, stop: CancellationToken) {
-    let Some(scaler) = &node.autoscaler else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
-            _ = stop.cancelled() => return,
-        }
-        let limit = node.pool.limit();
-        let target = scaler.target(node.requests.len(), limit, Instant::now());
-        if target > limit {
-            match node.pool.grow(target - limit) {
-                Ok(n) => tracing::info!("autoscaler: pool grown to {n}"),
-                Err(e) => tracing::warn!("autoscaler: cannot grow: {e}"),
-            }
-        } else if target < limit {
-            match node.pool.shrink(limit - target) {
-                Ok(n) => tracing::info!("autoscaler: pool shrunk to {n}"),
-                Err(e) => tracing::warn!("autoscaler: cannot shrink: {e}"),
-            }
         }
     }
 }

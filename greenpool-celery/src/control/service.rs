@@ -29,7 +29,7 @@ impl Service {
                 Arc::clone(node),
                 stop.clone(),
             )),
-            tokio::spawn(super::autoscale::run(Arc::clone(node), stop.clone())),
+            tokio::spawn(autoscale(Arc::clone(node), stop.clone())),
         ];
         let _ = rx.await;
         Service {
@@ -47,5 +47,32 @@ impl Service {
         }
         crate::events::heartbeat::offline(&self.node).await;
         self.node.wire.close().await;
+    }
+}
+
+/// Runs the autoscaler of `node` until `stop` (here rather than in
+/// `autoscale.rs`, which holds only its arithmetic and never sees the node).
+async fn autoscale(node: Arc<Node>, stop: CancellationToken) {
+    let Some(scaler) = &node.autoscaler else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(super::autoscale::INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+        let limit = node.pool.limit();
+        let target = scaler.target(node.requests.len(), limit, tokio::time::Instant::now());
+        if target > limit {
+            match node.pool.grow(target - limit) {
+                Ok(n) => tracing::info!("autoscaler: pool grown to {n}"),
+                Err(e) => tracing::warn!("autoscaler: cannot grow: {e}"),
+            }
+        } else if target < limit {
+            match node.pool.shrink(limit - target) {
+                Ok(n) => tracing::info!("autoscaler: pool shrunk to {n}"),
+                Err(e) => tracing::warn!("autoscaler: cannot shrink: {e}"),
+            }
+        }
     }
 }
