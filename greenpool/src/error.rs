@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::pool::PoolState;
+use crate::pool_state::PoolState;
 
 /// Why [`PoolBuilder::build`](crate::PoolBuilder::build) refused its options.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

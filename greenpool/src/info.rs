@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::pool::PoolState;
+use crate::pool_state::PoolState;
 
 /// A snapshot of the pool, serialised with Celery's keys
 /// (`implementation`, `max-concurrency`, `free-threads`, `running-threads`)

@@ -16,26 +16,14 @@ use crate::context::JobContext;
 use crate::job_id::JobId;
 use crate::outcome::Outcome;
 use crate::run_job::{self, Admitted};
-
-/// The timeout callback: called with `soft = true` when the soft time limit
-/// passes and `soft = false` when the hard one does, with the limit that
-/// passed. It may run twice for one job (soft, then hard); a panic in it is
-/// caught and logged.
-pub type TimeoutCallback = Arc<dyn Fn(bool, Duration) + Send + Sync + 'static>;
+use crate::time_limits::TimeLimits;
+pub use crate::time_limits::TimeoutCallback;
 
 /// The type of an unset result callback.
 pub type NoResultCallback<T> = fn(&Outcome<T>);
 
 /// The type of an unset accept callback.
 pub type NoAcceptCallback = fn(JobId, Instant);
-
-/// A job's time limits.
-#[derive(Clone, Default)]
-pub(crate) struct TimeLimits {
-    pub(crate) hard: Option<Duration>,
-    pub(crate) soft: Option<Duration>,
-    pub(crate) callback: Option<TimeoutCallback>,
-}
 
 /// What every job carries besides its code: name, arguments, limits.
 ///

@@ -86,8 +86,10 @@ mod limiter;
 mod loom;
 mod outcome;
 mod pool;
+mod pool_state;
 mod run_job;
 pub mod signals;
+mod time_limits;
 mod timer;
 mod unwind;
 

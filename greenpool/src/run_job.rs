@@ -30,10 +30,10 @@ use tokio::time::Instant;
 
 use crate::context::JobContext;
 use crate::guard::{JobGuard, EPOCH, REGISTERED};
-use crate::job::TimeLimits;
 use crate::job_id::JobId;
 use crate::outcome::{Outcome, PanicInfo, TerminateReason, Termination};
 use crate::pool::Inner;
+use crate::time_limits::TimeLimits;
 use crate::unwind::{self, CatchPanic};
 
 thread_local! {

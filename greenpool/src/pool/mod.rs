@@ -38,7 +38,7 @@ mod killing;
 mod loom_models;
 mod state;
 
-pub use self::state::PoolState;
+pub use crate::pool_state::PoolState;
 
 use std::collections::BTreeMap;
 use std::fmt;
