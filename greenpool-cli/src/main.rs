@@ -21,6 +21,7 @@ mod worker_bench;
 mod worker_bench_amqp;
 #[cfg(feature = "redis")]
 mod worker_bench_redis;
+mod worker_bench_run;
 
 /// greenpool: Celery's eventlet TaskPool on tokio.
 #[derive(Debug, Parser)]

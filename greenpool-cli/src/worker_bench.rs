@@ -2,7 +2,9 @@
 //! `greenpool.add` messages with results stored, against Python Celery's
 //! eventlet worker on the same Redis in the same run (see
 //! `worker_bench_redis`, with the `redis` feature) or, with `--broker
-//! amqp://...`, on the same RabbitMQ (see `worker_bench_amqp`).
+//! amqp://...`, on the same RabbitMQ (see `worker_bench_amqp`). This file
+//! holds what both share (the arguments, the Python twin, the table);
+//! `worker_bench_run.rs` picks the broker and runs.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -175,34 +177,4 @@ pub(crate) fn twin_dir() -> anyhow::Result<PathBuf> {
         }
     }
     bail!("bench/python/tasks.py not found; run from the repository root")
-}
-
-/// Runs the bench and prints the table.
-pub(crate) async fn run(args: WorkerBenchArgs) -> anyhow::Result<()> {
-    if let Some(broker) = args.broker.as_deref().filter(|b| !b.starts_with("redis")) {
-        return crate::worker_bench_amqp::run(broker, args.tasks, args.concurrency, &args.python)
-            .await;
-    }
-    redis_bench(&args).await
-}
-
-#[cfg(feature = "redis")]
-use crate::worker_bench_redis::run as redis_bench;
-
-/// Without the `redis` feature only the AMQP bench is built.
-#[cfg(not(feature = "redis"))]
-async fn redis_bench(_args: &WorkerBenchArgs) -> anyhow::Result<()> {
-    bail!(
-        "the Redis worker bench needs greenpool built with the `redis` cargo feature; \
-         bench on RabbitMQ with --broker amqp://..."
-    )
-}
-
-/// Entry point of the subcommand: a runtime, then [`run`].
-pub(crate) fn main(args: WorkerBenchArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?
-        .block_on(run(args))
 }

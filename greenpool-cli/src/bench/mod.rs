@@ -193,7 +193,7 @@ impl Pair {
 /// core (tokio's default, as a user's `#[tokio::main]` would have).
 pub(crate) fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if let Some(BenchTarget::Worker(worker_args)) = args.target.take() {
-        return crate::worker_bench::main(worker_args);
+        return crate::worker_bench_run::main(worker_args);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
