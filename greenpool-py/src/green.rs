@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::core::Shared;
-use crate::job::{JobShared, Runner};
+use crate::hooks::Hooks;
+use crate::job::{JobShared, Runner, Stats};
 use crate::release::{Release, Releaser};
 
 /// One coroutine job on its loop.
@@ -26,7 +26,8 @@ use crate::release::{Release, Releaser};
 pub(crate) struct GreenJob {
     job: Arc<JobShared>,
     done: Mutex<Option<Release>>,
-    shared: Arc<Shared>,
+    hooks: Arc<Hooks>,
+    stats: Arc<Stats>,
     releaser: Arc<Releaser>,
 }
 
@@ -34,13 +35,15 @@ impl GreenJob {
     pub(crate) fn new(
         job: Arc<JobShared>,
         done: Release,
-        shared: Arc<Shared>,
+        hooks: Arc<Hooks>,
+        stats: Arc<Stats>,
         releaser: Arc<Releaser>,
     ) -> Self {
         GreenJob {
             job,
             done: Mutex::new(Some(done)),
-            shared,
+            hooks,
+            stats,
             releaser,
         }
     }
@@ -82,12 +85,9 @@ impl GreenJob {
     /// (whose `kill()` and `soft()` a kill or a limit calls, from any
     /// thread). False: do not run it, and `release()`.
     fn begin(&self, py: Python<'_>, driver: Py<PyAny>) -> bool {
-        let begun = self
-            .job
-            .begin(py, &self.shared.hooks, Runner::Loop, Some(driver));
+        let begun = self.job.begin(py, &self.hooks, Runner::Loop, Some(driver));
         if begun {
-            self.shared
-                .stats
+            self.stats
                 .coroutines
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -113,10 +113,8 @@ impl GreenJob {
         } else {
             Err(PyErr::from_value(value.into_bound(py)))
         };
-        let shared = &self.shared;
-        self.job.finish(py, &shared.hooks, &shared.stats, result);
-        shared
-            .stats
+        self.job.finish(py, &self.hooks, &self.stats, result);
+        self.stats
             .coroutines
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.release();

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::core::Shared;
 use crate::error::Error;
 use crate::green::GreenJob;
-use crate::job::{JobShared, WorkItem};
+use crate::hooks::Hooks;
+use crate::job::{JobShared, Stats, WorkItem};
 use crate::release::{Release, Releaser};
 
 /// How long `start` waits for a loop to come up.
@@ -125,7 +125,8 @@ impl Loops {
     pub(crate) fn start(
         &self,
         n: usize,
-        shared: &Arc<Shared>,
+        hooks: &Arc<Hooks>,
+        stats: &Arc<Stats>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(), Error> {
         self.releaser.start(runtime);
@@ -133,10 +134,14 @@ impl Loops {
         for index in 0..n {
             let slot = Arc::new(Slot::new(index).map_err(|e| Error::Runtime(e.to_string()))?);
             let thread_slot = Arc::clone(&slot);
-            let thread_shared = Arc::clone(shared);
+            let thread_state = LoopState {
+                hooks: Arc::clone(hooks),
+                stats: Arc::clone(stats),
+                releaser: Arc::clone(&self.releaser),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("greenpool-loop-{index}"))
-                .spawn(move || loop_main(thread_slot, thread_shared))
+                .spawn(move || loop_main(thread_slot, thread_state))
                 .map_err(|e| Error::Runtime(e.to_string()))?;
             lock(&self.threads).push(thread);
             started.push(slot);
@@ -220,15 +225,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a loop's thread and its jobs use of the pool: the Python hooks,
+/// the counters and the releaser of finished jobs' slots (not the pool's
+/// whole state, which owns the loops).
+#[derive(Debug, Clone)]
+struct LoopState {
+    hooks: Arc<Hooks>,
+    stats: Arc<Stats>,
+    releaser: Arc<Releaser>,
+}
+
 /// One loop's thread: runs the Python loop until it is stopped.
-fn loop_main(slot: Arc<Slot>, shared: Arc<Shared>) {
+fn loop_main(slot: Arc<Slot>, state: LoopState) {
     Python::attach(|py| {
+        let hooks = Arc::clone(&state.hooks);
         let handle = LoopHandle {
             slot: Arc::clone(&slot),
-            releaser: Arc::clone(&shared.loops.releaser),
-            shared: Arc::clone(&shared),
+            state,
         };
-        let ran = Py::new(py, handle).and_then(|h| shared.hooks.run_loop(py, h.into_any()));
+        let ran = Py::new(py, handle).and_then(|h| hooks.run_loop(py, h.into_any()));
         if let Err(e) = ran {
             let ready = *slot.status() == Status::Ready;
             if ready {
@@ -250,8 +265,7 @@ fn loop_main(slot: Arc<Slot>, shared: Arc<Shared>) {
 #[pyclass(module = "greenpool._greenpool", frozen)]
 pub(crate) struct LoopHandle {
     slot: Arc<Slot>,
-    shared: Arc<Shared>,
-    releaser: Arc<Releaser>,
+    state: LoopState,
 }
 
 #[pymethods]
@@ -285,8 +299,9 @@ impl LoopHandle {
                 GreenJob::new(
                     job,
                     release,
-                    Arc::clone(&self.shared),
-                    Arc::clone(&self.releaser),
+                    Arc::clone(&self.state.hooks),
+                    Arc::clone(&self.state.stats),
+                    Arc::clone(&self.state.releaser),
                 )
             })
             .collect()

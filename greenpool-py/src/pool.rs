@@ -140,10 +140,12 @@ impl Pool {
         let inner = &self.inner;
         let runtime = inner.core.handle()?;
         let loops = py.detach(|| {
-            inner
-                .shared
-                .loops
-                .start(inner.loops, &inner.shared, &runtime)
+            inner.shared.loops.start(
+                inner.loops,
+                &inner.shared.hooks,
+                &inner.shared.stats,
+                &runtime,
+            )
         });
         if let Err(e) = loops {
             py.detach(|| inner.shared.loops.close(Duration::from_secs(5)));
