@@ -63,7 +63,8 @@
 //!   sends any command by name.
 //! * **A new outcome** (or a change to what one writes): the decision in
 //!   `request/outcome.rs`, with a unit test in `request/outcome_tests.rs`;
-//!   its writes in `request/settle.rs`, its counts in
+//!   its writes in `request/settle.rs`; the counter and event it records
+//!   in `outcome.rs` (shared with remote control), its counts in
 //!   `control/recorder.rs`.
 //! * **A new setting:** a field of [`WorkerConfig`] or of its group
 //!   (`config/`), its rule in `WorkerConfig::validate`, its variable in
