@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use greenpool_celery::TaskMessage;
 use redis::Commands;
 use serde_json::{json, Map};
+use support::faulty::succeeded;
 use support::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -38,23 +39,6 @@ fn named(url: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let p = Proc::spawn("worker", cmd);
     p.wait_for(" ready.");
     p
-}
-
-fn results(conn: &mut redis::Connection, ids: &[String]) -> usize {
-    let mut n = 0;
-    for chunk in ids.chunks(500) {
-        let keys: Vec<String> = chunk
-            .iter()
-            .map(|id| format!("celery-task-meta-{id}"))
-            .collect();
-        let metas: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(conn).unwrap();
-        n += metas
-            .iter()
-            .flatten()
-            .filter(|m| m.contains("\"SUCCESS\""))
-            .count();
-    }
-    n
 }
 
 fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -87,9 +71,9 @@ fn kill_9_under_load_with_late_acks_loses_nothing() {
     }
     pipe.query::<()>(&mut conn).unwrap();
     let a = worker(&server.url(0), &["-c", "20", "--acks-late"], &[]);
-    until("200 results", || results(&mut conn, &ids) >= 200);
+    until("200 results", || succeeded(&mut conn, &ids) >= 200);
     drop(a); // SIGKILL
-    let before = results(&mut conn, &ids);
+    let before = succeeded(&mut conn, &ids);
     let held: usize = conn.hlen("unacked").unwrap();
     let b = worker(
         &server.url(0),
@@ -104,12 +88,12 @@ fn kill_9_under_load_with_late_acks_loses_nothing() {
         ],
         &[],
     );
-    until("every result", || results(&mut conn, &ids) == n);
+    until("every result", || succeeded(&mut conn, &ids) == n);
     until("an empty unacked hash", || {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
     });
     drop(b);
-    let done = results(&mut conn, &ids);
+    let done = succeeded(&mut conn, &ids);
     println!(
         "kill -9 with acks_late: {n} sent, {before} done before the kill, {held} unacked at the \
          kill, {done} results after, {} lost",
@@ -186,7 +170,7 @@ fn kill_9_between_take_and_record_loses_nothing() {
     let (a, held) = halted_after_take(&mut conn, &server.url(0));
     drop(a); // SIGKILL
     let again = named(&server.url(0), "a@%h", &["-c", "50"], &[]);
-    until("every result", || results(&mut conn, &ids) == n);
+    until("every result", || succeeded(&mut conn, &ids) == n);
     until("an empty unacked hash", || {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
     });
@@ -194,7 +178,7 @@ fn kill_9_between_take_and_record_loses_nothing() {
     // Returned at start (before its first fetch), not found by chance.
     let returned = again.lines_with(&format!("Returned {held} message(s) a previous run of"));
     drop(again);
-    let done = results(&mut conn, &ids);
+    let done = succeeded(&mut conn, &ids);
     println!(
         "kill -9 between take and record: {n} sent, {held} in flight at the kill, {done} results \
          after a restart under the same name (returned at start: {returned}), {} lost, {left} \
@@ -237,12 +221,12 @@ fn a_dead_workers_in_flight_list_is_returned_by_another() {
     let workers: Vec<String> = conn.smembers("greenpool.workers").unwrap();
     drop(b);
     let c = named(&server.url(0), "c@%h", &["-c", "50"], &[]);
-    until("every result", || results(&mut conn, &ids) == n);
+    until("every result", || succeeded(&mut conn, &ids) == n);
     until("an empty unacked hash", || {
         conn.hlen::<_, usize>("unacked").unwrap() == 0
     });
     drop(c);
-    let done = results(&mut conn, &ids);
+    let done = succeeded(&mut conn, &ids);
     println!(
         "dead worker's in-flight list: {n} sent, {held} in flight at the kill, returned by \
          another worker in order: {}, {left} left in flight, workers registered after: \
