@@ -1,7 +1,6 @@
 //! One message as the fetch hands it out.
 
-use serde::de::Error as _;
-
+use super::Received;
 use crate::error::ProtocolError;
 use crate::protocol::WireEnvelope;
 
@@ -10,14 +9,13 @@ use crate::protocol::WireEnvelope;
 pub(crate) struct Delivery {
     /// The queue it came from.
     pub(crate) queue: String,
-    /// The envelope text as the producer pushed it (bytes that are not
-    /// UTF-8 are replaced, for the log line only: such a message is
-    /// refused).
-    pub(crate) raw: String,
+    /// The message as its transport carried it.
+    pub(crate) message: Received,
     /// Its delivery tag; `None` when none could be found (then it was not
     /// recorded in `unacked` and is only to be logged).
     pub(crate) tag: Option<String>,
-    /// The envelope, parsed once here.
+    /// The envelope, parsed once here (its body span points into
+    /// [`Received::span_base`]).
     pub(crate) parsed: Result<WireEnvelope, ProtocolError>,
 }
 
@@ -26,7 +24,9 @@ impl Delivery {
     /// text without a copy when they are UTF-8; the delivery tag is the
     /// envelope's `properties.delivery_tag` (a non-empty string), read by
     /// the same parse that reads the rest.
+    #[cfg(feature = "redis")]
     pub(crate) fn read(queue: String, bytes: Vec<u8>) -> Self {
+        use serde::de::Error as _;
         let (raw, parsed) = match String::from_utf8(bytes) {
             Ok(raw) => {
                 let parsed = WireEnvelope::parse(raw.as_bytes());
@@ -50,8 +50,26 @@ impl Delivery {
             .filter(|t| !t.is_empty());
         Delivery {
             queue,
-            raw,
+            message: Received::Text(raw),
             tag,
+            parsed,
+        }
+    }
+
+    /// A message a transport read into an envelope's fields (AMQP), with
+    /// the transport's own delivery tag: nothing is written as JSON or
+    /// parsed from it.
+    #[cfg(feature = "amqp")]
+    pub(crate) fn of_fields(
+        queue: String,
+        tag: String,
+        envelope: crate::protocol::Envelope,
+    ) -> Self {
+        let parsed = Ok(WireEnvelope::of_fields(&envelope));
+        Delivery {
+            queue,
+            message: Received::Fields(Box::new(envelope)),
+            tag: Some(tag),
             parsed,
         }
     }
@@ -84,7 +102,7 @@ impl Fetched {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 

@@ -10,6 +10,7 @@ mod delivery;
 pub(crate) mod keys;
 mod publish;
 mod queues;
+mod received;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(any(feature = "redis", feature = "amqp"))]
@@ -20,6 +21,7 @@ pub(crate) use self::delivery::Fetched;
 pub(crate) use self::delivery::{Delivery, Oversized};
 pub(crate) use self::publish::Publish;
 pub(crate) use self::queues::{ActiveQueues, ConsumedQueue};
+pub(crate) use self::received::Received;
 #[cfg(feature = "redis")]
 pub(crate) use self::redis::bind;
 

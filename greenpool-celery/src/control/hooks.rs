@@ -13,6 +13,7 @@ pub(crate) use super::requests::Listed;
 use super::requests::Phase;
 use super::revoke::revoked_error;
 use crate::backend::TaskState;
+use crate::broker::Received;
 use crate::outcome::{Counter, Event, TaskOutput as Output};
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
 use crate::worker::Shared;
@@ -32,20 +33,20 @@ pub(crate) fn task_span(msg: &TaskMessage, queue: &str) -> tracing::Span {
 /// A request was decoded and its task is known. Discards it when its id
 /// is revoked (REVOKED stored, `task-revoked` sent, acked) and returns
 /// `None`; otherwise sends `task-received` and lists it as reserved
-/// (under its id, with the envelope text `raw` it came in).
+/// (under its id, with the message it came in).
 pub(crate) fn received(
     shared: &Shared,
     msg: &TaskMessage,
     tag: &str,
     id: &Arc<str>,
-    raw: &Arc<String>,
+    received: &Arc<Received>,
 ) -> Option<Listed> {
     if !still_wanted(shared, msg, tag) {
         return None;
     }
     let node = &shared.control;
     node.recorder.received(msg);
-    Some(node.requests.insert(id, raw, msg.headers.eta))
+    Some(node.requests.insert(id, received, msg.headers.eta))
 }
 
 /// False (after discarding it as revoked) when `msg`'s id was revoked.

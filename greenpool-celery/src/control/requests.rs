@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use greenpool::JobId;
 use serde_json::{json, Value};
 
-use crate::protocol::{TaskMessage, Timestamp};
+use crate::broker::Received;
+use crate::protocol::Timestamp;
 
 /// Where a request is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,7 +42,7 @@ impl Phase {
 #[derive(Debug, Clone)]
 struct Held {
     id: Arc<str>,
-    raw: Arc<String>,
+    received: Arc<Received>,
     eta: Option<Timestamp>,
     phase: Phase,
 }
@@ -55,7 +56,7 @@ impl Held {
         };
         // The message decoded when it was received, so it decodes again;
         // should it not, the request is still shown, without arguments.
-        let msg = TaskMessage::decode(&self.raw).ok();
+        let msg = self.received.message().ok();
         let (name, args, kwargs, delivery) = match &msg {
             Some(m) => {
                 let info = &m.properties.delivery_info;
@@ -131,13 +132,13 @@ impl Requests {
     pub(crate) fn insert(
         self: &Arc<Self>,
         id: &Arc<str>,
-        raw: &Arc<String>,
+        received: &Arc<Received>,
         eta: Option<Timestamp>,
     ) -> Listed {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
         let held = Held {
             id: Arc::clone(id),
-            raw: Arc::clone(raw),
+            received: Arc::clone(received),
             eta,
             phase: Phase::Reserved,
         };
@@ -237,6 +238,7 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::TaskMessage;
     use serde_json::Map;
 
     #[test]
@@ -245,7 +247,7 @@ mod tests {
         let mut msg = TaskMessage::new("t.add", vec![json!(1), json!("x")], Map::new());
         msg.properties.delivery_info.routing_key = "q1".into();
         msg.properties.priority = Some(3);
-        let raw = Arc::new(msg.encode().unwrap());
+        let raw = Arc::new(Received::Text(msg.encode().unwrap()));
         let id: Arc<str> = Arc::from(msg.headers.id.as_str());
         let g = r.insert(&id, &raw, None);
         let reserved = r.reserved("n");
@@ -271,5 +273,23 @@ mod tests {
         assert_eq!(q[&msg.headers.id][0], json!("active"));
         drop(g);
         assert_eq!(r.len(), 0);
+    }
+
+    #[test]
+    fn a_message_held_as_fields_lists_as_its_text_does() {
+        let r = Arc::new(Requests::default());
+        let mut msg = TaskMessage::new("t.add", vec![json!(2)], Map::new());
+        msg.properties.delivery_info.exchange = "ex2".into();
+        let env = msg.to_envelope().unwrap();
+        let id: Arc<str> = Arc::from(msg.headers.id.as_str());
+        let text = Arc::new(Received::Text(serde_json::to_string(&env).unwrap()));
+        let fields = Arc::new(Received::Fields(Box::new(env)));
+        let _a = r.insert(&id, &text, None);
+        let _b = r.insert(&id, &fields, None);
+        let listed = r.reserved("n");
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0], listed[1]);
+        assert_eq!(listed[0]["args"], json!([2]));
+        assert_eq!(listed[0]["delivery_info"]["exchange"], json!("ex2"));
     }
 }

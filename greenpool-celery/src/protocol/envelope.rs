@@ -199,6 +199,38 @@ impl WireEnvelope {
         }
     }
 
+    /// Reads an envelope already held as fields (built from a
+    /// transport's own message, as AMQP carries it), without copying its
+    /// body: the body is the span of all of `env.body`, so the `raw`
+    /// that goes with it is `env.body`'s bytes. Headers of the wrong
+    /// type are salvaged and reported as [`parse`](Self::parse) reports
+    /// them.
+    pub(crate) fn of_fields(env: &Envelope) -> Self {
+        use serde::de::IntoDeserializer;
+        let (headers, problem) =
+            match super::headers::TaskHeaders::deserialize((&env.headers).into_deserializer()) {
+                Ok(h) => (h, None),
+                Err(e) => {
+                    let text = serde_json::to_string(&env.headers).unwrap_or_default();
+                    (
+                        super::headers::TaskHeaders::salvage(&text),
+                        Some(ProtocolError::Headers(e)),
+                    )
+                }
+            };
+        WireEnvelope {
+            body: Some(BodyText::Span {
+                start: 0,
+                len: env.body.len(),
+            }),
+            content_type: env.content_type.clone(),
+            content_encoding: Some(env.content_encoding.clone()),
+            headers,
+            properties: env.properties.clone(),
+            problem,
+        }
+    }
+
     fn own_typed(t: EnvelopeTyped<'_>, raw: &[u8]) -> Self {
         WireEnvelope {
             body: Self::body_text(t.body, raw),

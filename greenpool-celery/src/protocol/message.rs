@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::base64;
 use super::charset;
-use super::envelope::{BodyText, DeliveryInfo, Envelope, Properties, WireEnvelope};
+use super::envelope::{DeliveryInfo, Envelope, Properties, WireEnvelope};
 use super::headers::TaskHeaders;
 use super::nonfinite;
 use super::signature::Embed;
@@ -143,20 +143,13 @@ impl TaskMessage {
     ///
     /// As for [`TaskMessage::decode`].
     pub fn from_envelope(envelope: Envelope) -> Result<Self, ProtocolError> {
-        let (headers, problem) =
-            match serde_json::from_value::<TaskHeaders>(Value::Object(envelope.headers)) {
-                Ok(h) => (h, None),
-                Err(e) => (TaskHeaders::default(), Some(ProtocolError::Headers(e))),
-            };
-        let wire = WireEnvelope {
-            body: Some(BodyText::Owned(envelope.body)),
-            content_type: envelope.content_type,
-            content_encoding: Some(envelope.content_encoding),
-            headers,
-            properties: envelope.properties,
-            problem,
-        };
-        Self::from_wire(wire, &[]).map_err(|r| r.error)
+        Self::from_envelope_ref(&envelope)
+    }
+
+    /// Decodes an envelope held as fields, without taking it.
+    pub(crate) fn from_envelope_ref(envelope: &Envelope) -> Result<Self, ProtocolError> {
+        let wire = WireEnvelope::of_fields(envelope);
+        Self::from_wire(wire, envelope.body.as_bytes()).map_err(|r| r.error)
     }
 
     /// Decodes an envelope read from `raw` (whose body it points into).

@@ -147,7 +147,7 @@ pub(super) fn job(shared: &Arc<Shared>, req: Prepared) -> impl IntoJob<TaskOutpu
         mut msg,
         tag,
         queue,
-        raw,
+        received,
         id,
         name,
         task,
@@ -224,7 +224,7 @@ pub(super) fn job(shared: &Arc<Shared>, req: Prepared) -> impl IntoJob<TaskOutpu
     let in_flight = InFlight {
         shared: Arc::clone(shared),
         msg,
-        raw,
+        received,
         queue,
         max_retries,
         ignore_result,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::traceback::traceback_text;
 use crate::backend::TaskState;
-use crate::broker::Delivery;
+use crate::broker::{Delivery, Received};
 use crate::error::ProtocolError;
 use crate::protocol::{Rejected, TaskMessage};
 use crate::registry::RegisteredTask;
@@ -40,8 +40,8 @@ pub(super) struct Decoded {
     pub(super) tag: String,
     /// The queue it came from.
     pub(super) queue: String,
-    /// The envelope text as received.
-    pub(super) raw: String,
+    /// The message as received.
+    pub(super) message: Received,
     /// The task id, shared by the context, the listing and the callbacks.
     pub(super) id: Arc<str>,
     /// The task name, shared as the id is.
@@ -57,7 +57,7 @@ pub(super) struct Decoded {
 pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
     let Delivery {
         queue,
-        raw,
+        message,
         tag,
         parsed,
     } = delivery;
@@ -69,7 +69,7 @@ pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
             .insert(tag.clone());
     }
     let decoded = match parsed {
-        Ok(wire) => TaskMessage::from_wire(wire, raw.as_bytes()),
+        Ok(wire) => TaskMessage::from_wire(wire, message.span_base()),
         Err(error) => Err(Rejected {
             error,
             partial: None,
@@ -84,13 +84,13 @@ pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
                 error: ProtocolError::MissingHeader("delivery_tag"),
                 partial: Some(Box::new(m)),
             };
-            reject(shared, &queue, raw.as_bytes(), None, rejected, why);
+            reject(shared, &queue, &message, None, rejected, why);
             return None;
         }
         (Err(r), tag) => {
             let why =
                 TaskError::new("DecodeError", r.error.to_string()).with_module("kombu.exceptions");
-            reject(shared, &queue, raw.as_bytes(), tag.as_deref(), r, why);
+            reject(shared, &queue, &message, tag.as_deref(), r, why);
             return None;
         }
     };
@@ -128,7 +128,7 @@ pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
         msg,
         tag,
         queue,
-        raw,
+        message,
         id,
         name,
         task,
@@ -142,12 +142,14 @@ pub(super) fn decode(shared: &Shared, delivery: Delivery) -> Option<Decoded> {
 fn reject(
     shared: &Shared,
     queue: &str,
-    raw: &[u8],
+    message: &Received,
     tag: Option<&str>,
     rejected: Rejected,
     why: TaskError,
 ) {
     let Rejected { error, partial } = rejected;
+    let raw = message.text();
+    let raw = raw.as_bytes();
     match &partial {
         Some(m) => tracing::error!(
             "Can't decode message body of task {}[{}] from queue {}: {error}; \

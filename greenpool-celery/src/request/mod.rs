@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::broker::Delivery;
+use crate::broker::{Delivery, Received};
 use crate::control::hooks::{self, Listed};
 use crate::protocol::TaskMessage;
 use crate::registry::RegisteredTask;
@@ -53,8 +53,8 @@ struct Prepared {
     tag: String,
     /// The queue it came from.
     queue: String,
-    /// The envelope as received, shared with the listing and the retry.
-    raw: Arc<String>,
+    /// The message as received, shared with the listing and the retry.
+    received: Arc<Received>,
     /// The task id.
     id: Arc<str>,
     /// The task name.
@@ -87,16 +87,16 @@ pub(crate) async fn handle(
     if expiry::revoke_if_expired(&shared, &d.msg, &d.tag) {
         return;
     }
-    // Shared with the listing and the retry path (the text is not copied).
-    let raw = Arc::new(d.raw);
-    let Some(listed) = hooks::received(&shared, &d.msg, &d.tag, &d.id, &raw) else {
+    // Shared with the listing and the retry path (not copied).
+    let received = Arc::new(d.message);
+    let Some(listed) = hooks::received(&shared, &d.msg, &d.tag, &d.id, &received) else {
         return;
     };
     let mut req = Prepared {
         msg: Box::new(d.msg),
         tag: d.tag,
         queue: d.queue,
-        raw,
+        received,
         id: d.id,
         name: d.name,
         task: d.task,

@@ -17,6 +17,7 @@ use super::follow_up;
 use super::retry::{requeue_envelope, retry_message, Publish};
 use super::traceback::traceback_text;
 use crate::backend::TaskState;
+use crate::broker::Received;
 pub(crate) use crate::outcome::{Counter, Event, Report, TaskOutput};
 use crate::protocol::{TaskMessage, Timestamp};
 use crate::repr::{cut, LOG_NAME_MAX};
@@ -40,8 +41,8 @@ pub(crate) struct OutcomeInput<'a> {
     pub(crate) msg: &'a TaskMessage,
     /// What the pool reported.
     pub(crate) outcome: &'a Outcome<TaskOutput>,
-    /// The envelope as received (for a retry or a requeue).
-    pub(crate) raw: &'a str,
+    /// The message as received (for a retry or a requeue).
+    pub(crate) received: &'a Received,
     /// The queue the message came from.
     pub(crate) queue: &'a str,
     /// The task's `max_retries` (`None`: no limit).
@@ -412,7 +413,7 @@ fn retry<'a>(input: &OutcomeInput<'a>, e: &'a TaskError, countdown: Duration) ->
     let name = msg.headers.display_name();
     let allowed = input.max_retries.is_none_or(|m| msg.headers.retries < m);
     if allowed {
-        match retry_message(input.raw.as_bytes(), countdown) {
+        match retry_message(input.received, countdown) {
             Ok(Some(again)) => {
                 let report = Report {
                     state: TaskState::Retry,
@@ -502,7 +503,7 @@ fn reject<'a>(input: &OutcomeInput<'a>, e: &'a TaskError, requeue: bool) -> Deci
     if input.unacked {
         d.rejected = Some(requeue);
         if requeue {
-            d.fate = match requeue_envelope(input.raw.as_bytes(), input.queue) {
+            d.fate = match requeue_envelope(input.received, input.queue) {
                 Some(again) => Fate::Requeue(Box::new(again)),
                 None => Fate::Unrequeueable,
             };

@@ -12,23 +12,23 @@ use crate::protocol::{Signature, TaskMessage, Timestamp};
 use crate::task_error::TaskError;
 
 /// A message of `t.x` with id `id1`, and its envelope as received.
-fn message() -> (TaskMessage, String) {
+fn message() -> (TaskMessage, Received) {
     let mut msg = TaskMessage::new("t.x", vec![json!(1)], serde_json::Map::new());
     msg.headers.id = "id1".to_owned();
-    let raw = msg.encode().unwrap();
+    let raw = Received::Text(msg.encode().unwrap());
     (msg, raw)
 }
 
 /// The facts of a plain early-ack request of `msg` that ended `outcome`.
 fn input<'a>(
     msg: &'a TaskMessage,
-    raw: &'a str,
+    received: &'a Received,
     outcome: &'a Outcome<TaskOutput>,
 ) -> OutcomeInput<'a> {
     OutcomeInput {
         msg,
         outcome,
-        raw,
+        received,
         queue: "celery",
         max_retries: Some(3),
         ignore_result: false,
@@ -233,7 +233,8 @@ fn reject_with_requeue_puts_an_unacked_message_back() {
     }
     assert_eq!(d.rejected, Some(true));
     // Unreadable envelope: dropped.
-    i.raw = "not json";
+    let unreadable = Received::Text("not json".to_owned());
+    i.received = &unreadable;
     assert_eq!(decide(&i).fate, Fate::Unrequeueable);
     // Acked at the start: nothing more to do, no task-rejected.
     i.unacked = false;

@@ -14,14 +14,18 @@ use crate::seconds::duration_from_secs;
 use crate::task_error::TaskError;
 
 pub(crate) use crate::broker::Publish;
+use crate::broker::Received;
 
-/// The retry of `raw`: `retries + 1`, an ETA `countdown` from now, a
+/// The retry of `received`: `retries + 1`, an ETA `countdown` from now, a
 /// fresh delivery tag. `Ok(None)` for v1 messages or unreadable ones.
 ///
 /// # Errors
 ///
 /// A `ValueError` when `countdown` is beyond what the clocks can carry.
-pub(crate) fn retry_message(raw: &[u8], countdown: Duration) -> Result<Option<Publish>, TaskError> {
+pub(crate) fn retry_message(
+    received: &Received,
+    countdown: Duration,
+) -> Result<Option<Publish>, TaskError> {
     let countdown = duration_from_secs("retry countdown", countdown.as_secs_f64())
         .map_err(|e| TaskError::value_error(e.to_string()))?;
     let eta = Timestamp::now().checked_add(countdown).ok_or_else(|| {
@@ -30,14 +34,13 @@ pub(crate) fn retry_message(raw: &[u8], countdown: Duration) -> Result<Option<Pu
             countdown.as_secs_f64()
         ))
     })?;
-    Ok(retry_envelope(raw, eta))
+    Ok(received.envelope().and_then(|env| retry_envelope(env, eta)))
 }
 
-/// The message of `raw` sent again with `retries + 1` and `eta`, to the
+/// The message `env` sent again with `retries + 1` and `eta`, to the
 /// exchange and routing key it was delivered through. The delivery tag
 /// and `redelivered` marks are dropped: it is a new message.
-fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<Publish> {
-    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+fn retry_envelope(mut env: Envelope, eta: Timestamp) -> Option<Publish> {
     let headers = &mut env.headers;
     headers.get("task")?;
     let retries = headers.get("retries").and_then(Value::as_u64).unwrap_or(0);
@@ -55,11 +58,11 @@ fn retry_envelope(raw: &[u8], eta: Timestamp) -> Option<Publish> {
     })
 }
 
-/// The message `raw` put back on `queue` by a requeueing reject: marked
+/// The message `received` put back on `queue` by a requeueing reject: marked
 /// `redelivered`, as kombu's restore marks it, with its delivery tag.
 /// `None` for an envelope that cannot be read.
-pub(crate) fn requeue_envelope(raw: &[u8], queue: &str) -> Option<Publish> {
-    let mut env: Envelope = serde_json::from_slice(raw).ok()?;
+pub(crate) fn requeue_envelope(received: &Received, queue: &str) -> Option<Publish> {
+    let mut env = received.envelope()?;
     env.headers
         .insert("redelivered".to_owned(), Value::Bool(true));
     env.properties.delivery_info.redelivered = Some(true);
@@ -74,7 +77,11 @@ mod tests {
     #[test]
     fn requeued_message_goes_to_its_queue_marked_redelivered() {
         let raw = br#"{"body": "", "headers": {"task": "t", "id": "1"}, "properties": {"priority": 5, "delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
-        let p = requeue_envelope(raw, "q2").unwrap();
+        let text = Received::Text(String::from_utf8(raw.to_vec()).unwrap());
+        let p = requeue_envelope(&text, "q2").unwrap();
+        // The same message held as fields is put back the same way.
+        let fields = Received::Fields(Box::new(text.envelope().unwrap()));
+        assert_eq!(requeue_envelope(&fields, "q2"), Some(p.clone()));
         assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q2"));
         assert_eq!(p.priority, Some(5));
         let m = &p.message;
@@ -85,6 +92,7 @@ mod tests {
             Some("d1"),
             "the tag is kept"
         );
-        assert!(requeue_envelope(b"not json", "q").is_none());
+        let unreadable = Received::Text("not json".to_owned());
+        assert!(requeue_envelope(&unreadable, "q").is_none());
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::outcome::{
     decide, may_be_revoked, Decision, Fate, Log, OutcomeInput, Revoked, TaskOutput,
 };
+use crate::broker::Received;
 use crate::control::hooks::Listed;
 use crate::protocol::{TaskMessage, Timestamp};
 use crate::repr::{cut, LOG_NAME_MAX, LOG_REPR_MAX};
@@ -24,8 +25,8 @@ pub(super) struct InFlight {
     pub(super) shared: Arc<Shared>,
     /// The message (its args moved to the job unless `result_extended`).
     pub(super) msg: Box<TaskMessage>,
-    /// The envelope as received, shared with the listing.
-    pub(super) raw: Arc<String>,
+    /// The message as received, shared with the listing.
+    pub(super) received: Arc<Received>,
     /// The queue the message came from.
     pub(super) queue: String,
     /// The task's `max_retries`.
@@ -54,7 +55,7 @@ impl InFlight {
         let input = OutcomeInput {
             msg,
             outcome,
-            raw: &self.raw,
+            received: &self.received,
             queue: &self.queue,
             max_retries: self.max_retries,
             ignore_result: self.ignore_result,

@@ -364,19 +364,18 @@ fn read(
         });
         return;
     }
-    let raw = envelope_from_amqp(&Incoming {
-        body: &d.data,
+    let envelope = envelope_from_amqp(Incoming {
+        body: d.data,
         properties: &d.properties,
         exchange: d.exchange.as_str(),
         routing_key: d.routing_key.as_str(),
         redelivered: d.redelivered,
         tag: &name,
     });
-    let mut delivery = Delivery::read(queue, raw.into_bytes());
-    // Acked by the AMQP delivery tag of this channel, whatever the
-    // envelope says.
-    delivery.tag = Some(name);
-    taken.deliveries.push(delivery);
+    // Acked by the AMQP delivery tag of this channel.
+    taken
+        .deliveries
+        .push(Delivery::of_fields(queue, name, envelope));
 }
 
 /// Sets the prefetch window (`basic.qos`) to `size` messages.

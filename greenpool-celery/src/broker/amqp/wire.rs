@@ -15,7 +15,7 @@ use serde_json::{json, Map, Number, Value};
 
 use crate::broker::Publish;
 use crate::error::ProtocolError;
-use crate::protocol::base64;
+use crate::protocol::{base64, DeliveryInfo, Envelope, Properties};
 
 /// A field-table value as JSON (Python's view of what py-amqp decodes).
 pub(crate) fn amqp_to_json(v: &AMQPValue) -> Value {
@@ -86,7 +86,8 @@ pub(crate) fn json_to_table(m: &Map<String, Value>) -> FieldTable {
 /// What a delivery carries, as [`envelope_from_amqp`] needs it.
 #[derive(Debug)]
 pub(crate) struct Incoming<'a> {
-    pub(crate) body: &'a [u8],
+    /// The body, taken from the delivery (not copied when it is UTF-8).
+    pub(crate) body: Vec<u8>,
     pub(crate) properties: &'a BasicProperties,
     pub(crate) exchange: &'a str,
     pub(crate) routing_key: &'a str,
@@ -95,31 +96,37 @@ pub(crate) struct Incoming<'a> {
     pub(crate) tag: &'a str,
 }
 
-/// The delivery as kombu's JSON envelope text.
-pub(crate) fn envelope_from_amqp(m: &Incoming<'_>) -> String {
+/// The delivery read into an envelope's fields: the headers table as the
+/// task headers, the basic properties as the properties, the body as its
+/// text (base64 only when it is not UTF-8, so that its bytes reach the
+/// charset the message names), and where it came from as kombu's
+/// `delivery_info`. Nothing is written as JSON.
+pub(crate) fn envelope_from_amqp(m: Incoming<'_>) -> Envelope {
     let p = m.properties;
     let s = |o: &Option<ShortString>| o.as_ref().map(|s| s.as_str().to_owned());
-    let headers = p.headers().as_ref().map(table_to_json).unwrap_or_default();
-    let mut info = json!({"exchange": m.exchange, "routing_key": m.routing_key});
-    if m.redelivered {
-        info["redelivered"] = Value::Bool(true);
-    }
-    json!({
-        "body": base64::encode(m.body),
-        "content-encoding": s(p.content_encoding()).unwrap_or_else(|| "utf-8".to_owned()),
-        "content-type": s(p.content_type()).unwrap_or_else(|| "application/json".to_owned()),
-        "headers": headers,
-        "properties": {
-            "correlation_id": s(p.correlation_id()),
-            "reply_to": s(p.reply_to()),
-            "delivery_mode": p.delivery_mode(),
-            "priority": p.priority(),
-            "body_encoding": "base64",
-            "delivery_tag": m.tag,
-            "delivery_info": info,
+    let (body, body_encoding) = match String::from_utf8(m.body) {
+        Ok(text) => (text, None),
+        Err(e) => (base64::encode(e.as_bytes()), Some("base64".to_owned())),
+    };
+    Envelope {
+        body,
+        content_encoding: s(p.content_encoding()).unwrap_or_else(|| "utf-8".to_owned()),
+        content_type: s(p.content_type()).unwrap_or_else(|| "application/json".to_owned()),
+        headers: p.headers().as_ref().map(table_to_json).unwrap_or_default(),
+        properties: Properties {
+            correlation_id: s(p.correlation_id()),
+            reply_to: s(p.reply_to()),
+            delivery_mode: *p.delivery_mode(),
+            delivery_info: DeliveryInfo {
+                exchange: m.exchange.to_owned(),
+                routing_key: m.routing_key.to_owned(),
+                redelivered: m.redelivered.then_some(true),
+            },
+            priority: p.priority().map(|v| v.min(9)),
+            body_encoding,
+            delivery_tag: Some(m.tag.to_owned()),
         },
-    })
-    .to_string()
+    }
 }
 
 /// A message ready for `basic.publish`.
@@ -172,6 +179,7 @@ pub(crate) fn amqp_from_publish(p: &Publish) -> Result<Outgoing, ProtocolError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Received;
     use crate::protocol::TaskMessage;
     use std::time::Duration;
 
@@ -184,15 +192,19 @@ mod tests {
         let out = amqp_from_publish(&p).unwrap();
         assert_eq!((out.exchange.as_str(), out.routing_key.as_str()), ("", "q"));
         assert_eq!(out.properties.priority(), &Some(7));
-        let env = envelope_from_amqp(&Incoming {
-            body: &out.body,
+        let env = envelope_from_amqp(Incoming {
+            body: out.body.clone(),
             properties: &out.properties,
             exchange: "",
             routing_key: "q",
             redelivered: true,
             tag: "1:5",
         });
-        let back = TaskMessage::decode(&env).unwrap();
+        // Read as the worker reads a delivery: no JSON text in between.
+        let delivery = crate::broker::Delivery::of_fields("q".into(), "1:5".into(), env);
+        assert_eq!(delivery.tag.as_deref(), Some("1:5"));
+        let wire = delivery.parsed.unwrap();
+        let back = TaskMessage::from_wire(wire, delivery.message.span_base()).unwrap();
         assert_eq!(back.headers.id, msg.headers.id);
         assert_eq!(back.headers.task, "t.add");
         assert_eq!(back.args, msg.args);
@@ -208,17 +220,18 @@ mod tests {
         let first =
             amqp_from_publish(&Publish::to_queue("q", None, msg.to_envelope().unwrap())).unwrap();
         assert_eq!(first.properties.priority(), &None);
-        let env = envelope_from_amqp(&Incoming {
-            body: &first.body,
+        let env = envelope_from_amqp(Incoming {
+            body: first.body.clone(),
             properties: &first.properties,
             exchange: "ex2",
             routing_key: "rk2",
             redelivered: false,
             tag: "1:1",
         });
-        let again = crate::request::retry::retry_message(env.as_bytes(), Duration::ZERO)
-            .unwrap()
-            .unwrap();
+        let again =
+            crate::request::retry::retry_message(&Received::Fields(Box::new(env)), Duration::ZERO)
+                .unwrap()
+                .unwrap();
         let out = amqp_from_publish(&again).unwrap();
         assert_eq!(
             (out.exchange.as_str(), out.routing_key.as_str()),
@@ -236,5 +249,32 @@ mod tests {
         let back = amqp_to_json(&json_to_amqp(&v));
         assert_eq!(back, v);
         assert_eq!(amqp_to_json(&AMQPValue::Double(f64::NAN)), Value::Null);
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_keeps_its_bytes() {
+        let mut msg = TaskMessage::new("t.add", vec![json!("ü")], Map::new());
+        msg.headers.id = "u16".into();
+        let text = serde_json::to_string(&(&msg.args, &msg.kwargs, &msg.embed)).unwrap();
+        let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let headers = json_to_table(match &serde_json::to_value(&msg.headers).unwrap() {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        });
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-16-le".into())
+            .with_headers(headers);
+        let env = envelope_from_amqp(Incoming {
+            body: utf16,
+            properties: &props,
+            exchange: "",
+            routing_key: "q",
+            redelivered: false,
+            tag: "1:1",
+        });
+        assert_eq!(env.properties.body_encoding.as_deref(), Some("base64"));
+        let back = TaskMessage::from_envelope(env).unwrap();
+        assert_eq!(back.args, vec![json!("ü")]);
     }
 }

@@ -321,7 +321,7 @@ impl RedisBroker {
                     written = out.deliveries.len();
                 }
                 if let Some(tag) = &d.tag {
-                    let entry = unacked_entry(&d.raw, json);
+                    let entry = unacked_entry(&d.message.text(), json);
                     chunk.bytes += entry.len();
                     chunk.hset.arg(tag).arg(entry);
                     chunk.zadd.arg(&at).arg(tag);
