@@ -56,13 +56,10 @@ pub(crate) fn still_wanted(shared: &Shared, msg: &TaskMessage, tag: &str) -> boo
         return true;
     }
     tracing::info!("Discarding revoked task: {}[{id}]", msg.headers.task);
+    let result = revoked_error("revoked").to_json();
+    shared.join_chord(msg, TaskState::Revoked, &result, Some(tag));
     if !msg.headers.ignore_result {
-        shared.store(
-            msg,
-            TaskState::Revoked,
-            revoked_error("revoked").to_json(),
-            None,
-        );
+        shared.store(msg, TaskState::Revoked, result, None);
     }
     // Counted as a request revoked before it started.
     shared

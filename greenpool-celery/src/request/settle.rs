@@ -115,8 +115,14 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
     }
     let recorder = &shared.control.recorder;
     recorder.settled(msg, counter, &event, report.as_ref());
-    if let (Some(r), true) = (report, store) {
-        shared.store(msg, r.state, r.result, r.traceback);
+    if let Some(r) = report {
+        // A chord part joins whether or not its result is stored, as in
+        // Celery; the batcher joins after the batch's results are stored
+        // and before its acks.
+        shared.join_chord(msg, r.state, &r.result, unacked);
+        if store {
+            shared.store(msg, r.state, r.result, r.traceback);
+        }
     }
     let Some(tag) = unacked else { return };
     match fate {

@@ -80,6 +80,39 @@ impl Shared {
         }
     }
 
+    /// Hands the end of `msg` (`state`, `result`) to its chord's join when
+    /// it is a chord header part (see [`crate::canvas::chord`]): queued
+    /// after its result and before its ack, which is `unacked`'s when the
+    /// message is still unacked. A chord cannot be joined without a Redis
+    /// result backend: that is logged as an error, once per part.
+    pub(crate) fn join_chord(
+        &self,
+        msg: &TaskMessage,
+        state: TaskState,
+        result: &Value,
+        unacked: Option<&str>,
+    ) {
+        let Some(part) = crate::canvas::chord::part(msg, state, result) else {
+            return;
+        };
+        #[cfg(feature = "redis")]
+        if let (Some(crate::outbox::ResultStore::Redis(_)), Outbox::Redis(b)) =
+            (&self.control.backend, &self.acks)
+        {
+            b.join(part, unacked.map(str::to_owned));
+            return;
+        }
+        let _ = unacked;
+        tracing::error!(
+            "Chord {} cannot be joined: task {}[{}] is one of its parts, and \
+             this worker's result backend has no chord join (a Redis result \
+             backend has one); the chord's body will not run",
+            crate::repr::cut(&part.group, crate::repr::LOG_NAME_MAX),
+            crate::repr::cut(msg.headers.display_name(), crate::repr::LOG_NAME_MAX),
+            crate::repr::cut(&part.task_id, crate::repr::LOG_NAME_MAX),
+        );
+    }
+
     /// Queues the result of `msg` for storing, when there is a result
     /// backend.
     pub(crate) fn store(

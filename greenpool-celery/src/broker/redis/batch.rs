@@ -67,11 +67,12 @@ enum Op {
     Ack(String),
     Store { key: String, payload: String },
     Push(Box<FollowUp>),
+    Join(Box<super::chord::Joining>),
     Flush(oneshot::Sender<()>),
 }
 
 /// A follow-up message waiting to be routed and pushed.
-struct FollowUp {
+pub(super) struct FollowUp {
     /// The exchange it is sent to (`""`: the default exchange).
     exchange: String,
     /// Its routing key.
@@ -82,7 +83,41 @@ struct FollowUp {
     payload: String,
     /// The still unacked delivery it came from, whose ack is withheld if
     /// no queue receives it.
-    origin: Option<String>,
+    pub(super) origin: Option<String>,
+    /// Its once-key: pushed only by the first write that sets it.
+    pub(super) once: Option<String>,
+}
+
+impl FollowUp {
+    /// `publish` as a follow-up; `None` (logged) when it cannot be
+    /// encoded.
+    pub(super) fn of(mut publish: Publish, origin: Option<String>) -> Option<Self> {
+        match crate::broker::publish::kombu_json(&mut publish) {
+            Ok(payload) => Some(FollowUp {
+                exchange: publish.exchange,
+                routing_key: publish.routing_key,
+                priority: publish.priority.unwrap_or(0),
+                payload,
+                origin,
+                once: None,
+            }),
+            Err(e) => {
+                tracing::error!(
+                    "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
+                    publish.exchange,
+                    publish.routing_key
+                );
+                None
+            }
+        }
+    }
+}
+
+/// A list push of a COMMIT: the queue key, the payload, the once-key.
+pub(super) struct Push {
+    list: String,
+    payload: String,
+    once: Option<String>,
 }
 
 /// Where a batcher writes.
@@ -141,24 +176,20 @@ impl Batcher {
     /// and routing key route it to (see [`super::bindings::route`]).
     /// When none does, it is logged as an error and the ack of `origin`
     /// (the delivery it came from, if still unacked) is not sent.
-    pub(crate) fn push(&self, mut publish: Publish, origin: Option<String>) {
-        match crate::broker::publish::kombu_json(&mut publish) {
-            Ok(payload) => {
-                let f = FollowUp {
-                    exchange: publish.exchange,
-                    routing_key: publish.routing_key,
-                    priority: publish.priority.unwrap_or(0),
-                    payload,
-                    origin,
-                };
-                let _ = self.tx.send(Op::Push(Box::new(f)));
-            }
-            Err(e) => tracing::error!(
-                "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
-                publish.exchange,
-                publish.routing_key
-            ),
+    pub(crate) fn push(&self, publish: Publish, origin: Option<String>) {
+        if let Some(f) = FollowUp::of(publish, origin) {
+            let _ = self.tx.send(Op::Push(Box::new(f)));
         }
+    }
+
+    /// Queues a finished chord part for its chord's join (after the
+    /// results and follow-ups queued before it, before the acks queued
+    /// after it): see [`super::chord`]. `origin` is the part's still
+    /// unacked delivery, whose ack is withheld if the body cannot be
+    /// routed.
+    pub(crate) fn join(&self, part: crate::canvas::chord::ChordPart, origin: Option<String>) {
+        let j = super::chord::Joining { part, origin };
+        let _ = self.tx.send(Op::Join(Box::new(j)));
     }
 
     /// Waits until everything queued before this call has been written
@@ -207,17 +238,24 @@ impl Batcher {
 
 /// One batch, split by kind.
 #[derive(Default)]
-struct Batch {
-    acks: Vec<String>,
-    store_keys: Vec<String>,
-    store_payloads: Vec<String>,
-    follow_ups: Vec<FollowUp>,
+pub(super) struct Batch {
+    pub(super) acks: Vec<String>,
+    pub(super) store_keys: Vec<String>,
+    pub(super) store_payloads: Vec<String>,
+    pub(super) follow_ups: Vec<FollowUp>,
+    /// Chord parts to join, before the broker part of the batch.
+    pub(super) joins: Vec<super::chord::Joining>,
+    /// Keys of concluded chords, deleted once the broker part is written.
+    pub(super) cleanup: Vec<String>,
     waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.store_keys.is_empty() && self.follow_ups.is_empty()
+        self.acks.is_empty()
+            && self.store_keys.is_empty()
+            && self.follow_ups.is_empty()
+            && self.cleanup.is_empty()
     }
 }
 
@@ -228,25 +266,25 @@ fn commit(
     once: &str,
     expires: u64,
     stores: (&[String], &[String]),
-    pushes: &[(String, String)],
+    pushes: &[Push],
     acks: &[String],
 ) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(sha)
-        .arg(3 + stores.0.len() + pushes.len())
+        .arg(3 + stores.0.len() + 2 * pushes.len())
         .arg(UNACKED)
         .arg(UNACKED_INDEX)
         .arg(once)
         .arg(stores.0);
-    for (key, _) in pushes {
-        cmd.arg(key);
+    for p in pushes {
+        cmd.arg(&p.list).arg(p.once.as_deref().unwrap_or(""));
     }
     cmd.arg(expires)
         .arg(stores.0.len())
         .arg(pushes.len())
         .arg(stores.1);
-    for (_, payload) in pushes {
-        cmd.arg(payload);
+    for p in pushes {
+        cmd.arg(&p.payload);
     }
     cmd.arg(acks);
     cmd
@@ -281,9 +319,12 @@ async fn run(
                     b.store_payloads.push(payload);
                 }
                 Op::Push(f) => b.follow_ups.push(*f),
+                Op::Join(j) => b.joins.push(*j),
                 Op::Flush(w) => b.waiters.push(w),
             }
         }
+        // Stores to a separate backend and joins queue into the same
+        // batch: the results of parts first, then their joins.
         if let Some(backend) = targets
             .backend
             .as_ref()
@@ -299,6 +340,15 @@ async fn run(
             }
             b.store_keys.clear();
             b.store_payloads.clear();
+        }
+        if !b.joins.is_empty() && !is_dead(&failed) {
+            if let Err(e) = super::chord::join_all(&mut b, &targets, &stats).await {
+                give_up(&b, e, &failed, &gave_up);
+                b.acks.clear();
+                b.follow_ups.clear();
+                b.store_keys.clear();
+                b.store_payloads.clear();
+            }
         }
         if to_broker.send(b).is_err() {
             break;
@@ -356,6 +406,7 @@ async fn broker_stage(
             b.store_keys.append(&mut next.store_keys);
             b.store_payloads.append(&mut next.store_payloads);
             b.follow_ups.append(&mut next.follow_ups);
+            b.cleanup.append(&mut next.cleanup);
             b.waiters.append(&mut next.waiters);
         }
         if !b.is_empty() && !is_dead(&failed) {
@@ -368,8 +419,9 @@ async fn broker_stage(
                 }
                 Err(e) => Err(e),
             };
-            if let Err(e) = written {
-                give_up(&b, e, &failed, &gave_up);
+            match written {
+                Ok(()) => super::chord::clean_up(&b.cleanup, &targets, &stats).await,
+                Err(e) => give_up(&b, e, &failed, &gave_up),
             }
         }
         for w in b.waiters {
@@ -386,15 +438,27 @@ async fn store_results(
     t: &Targets,
     stats: &BrokerStats,
 ) -> Result<(), BrokerError> {
+    store_on(backend, t, stats, &b.store_keys, &b.store_payloads).await
+}
+
+/// Stores results (`keys`, `payloads`) on `backend`, retrying through
+/// outages.
+pub(super) async fn store_on(
+    backend: &Link,
+    t: &Targets,
+    stats: &BrokerStats,
+    keys: &[String],
+    payloads: &[String],
+) -> Result<(), BrokerError> {
     let cmd = commit(
         &t.scripts.commit,
         "",
         t.result_expires,
-        (&b.store_keys, &b.store_payloads),
+        (keys, payloads),
         &[],
         &[],
     );
-    let what = format!("storing {} result(s)", b.store_keys.len());
+    let what = format!("storing {} result(s)", keys.len());
     stats.round_trip();
     backend
         .call_until_done(&what, |mut conn| {
@@ -403,7 +467,7 @@ async fn store_results(
         })
         .await?
         .map_err(BrokerError::Redis)?;
-    stats.add_stored(b.store_keys.len() as u64);
+    stats.add_stored(keys.len() as u64);
     Ok(())
 }
 
@@ -412,7 +476,7 @@ async fn store_results(
 /// the batch for good.
 async fn commit_broker(
     b: &Batch,
-    pushes: &[(String, String)],
+    pushes: &[Push],
     t: &Targets,
     stats: &BrokerStats,
 ) -> Result<(), BrokerError> {
@@ -460,7 +524,7 @@ async fn route_follow_ups(
     t: &Targets,
     stats: &BrokerStats,
     withheld: &mut HashSet<String>,
-) -> Result<Vec<(String, String)>, BrokerError> {
+) -> Result<Vec<Push>, BrokerError> {
     if b.follow_ups.is_empty() {
         return Ok(Vec::new());
     }
@@ -503,7 +567,11 @@ async fn route_follow_ups(
             }
         }
         for q in queues {
-            pushes.push((keys::queue_key(&q, f.priority), f.payload.clone()));
+            pushes.push(Push {
+                list: keys::queue_key(&q, f.priority),
+                payload: f.payload.clone(),
+                once: f.once.clone(),
+            });
         }
     }
     Ok(pushes)

@@ -63,11 +63,16 @@ pub(crate) const RETURN: &str = include_str!("lua/return.lua");
 /// pushes once.
 ///
 /// KEYS: `unacked`, `unacked_index`, the batch's once-key (`""` when the
-/// batch pushes nothing), then the result keys, then the queue keys of
-/// the pushes.
+/// batch pushes nothing), then the result keys, then for each push its
+/// queue key and its own once-key (`""`: none).
 /// ARGV: result expiry seconds (0: none), number of results, number of
 /// pushes, then one payload per result, one per push, then the tags to
 /// ack.
+///
+/// A push with a once-key is made only by the first script run that sets
+/// that key (kept a day); pushes sharing a key (one message routed to
+/// several queues) are made together or not at all. A chord's body is
+/// pushed so, once whatever number of times its join concludes.
 ///
 /// A result is stored unless the stored state is already SUCCESS, and
 /// PUBLISHed on its key (what `AsyncResult.get` listens to). Returns how
@@ -83,6 +88,22 @@ pub(crate) const COMMIT: &str = include_str!("lua/commit.lua");
 /// Returns 1 if it was restored.
 pub(crate) const RESTORE: &str = include_str!("lua/restore.lua");
 
+/// Adds a finished chord part to its chord's join, as Celery's Redis
+/// backend does (`ZADD` scored by the part's place, then the count, the
+/// parts added later and the chord's size, each key's expiry renewed),
+/// and claims the chord when the count reaches the size: see
+/// [`crate::canvas::chord`].
+///
+/// KEYS: the join's sorted set (`.j`), its added count (`.t`), its size
+/// (`.s`), greenpool's claim key. ARGV: the member, its score, result
+/// expiry seconds (0: none), the part's task id.
+///
+/// Returns the members in score order when this part concludes the chord
+/// (the count reached, and the chord not claimed by another part); an
+/// empty list otherwise. A part whose id already holds the claim (its
+/// message came back after a lost worker) concludes again.
+pub(crate) const JOIN: &str = include_str!("lua/join.lua");
+
 /// Deletes a lock key only if it still holds our token.
 pub(crate) const UNLOCK: &str = include_str!("lua/unlock.lua");
 
@@ -94,23 +115,31 @@ pub(crate) struct Scripts {
     pub(crate) commit: String,
     pub(crate) restore: String,
     pub(crate) unlock: String,
+    pub(crate) join: String,
 }
 
 impl Scripts {
     /// Loads every script (`SCRIPT LOAD` is idempotent), in one round trip.
     pub(crate) async fn load(conn: &mut MultiplexedConnection) -> redis::RedisResult<Self> {
         let mut pipe = redis::pipe();
-        for src in [TAKE, RETURN, COMMIT, RESTORE, UNLOCK] {
+        for src in [TAKE, RETURN, COMMIT, RESTORE, UNLOCK, JOIN] {
             pipe.cmd("SCRIPT").arg("LOAD").arg(src);
         }
-        let (take, give_back, commit, restore, unlock): (String, String, String, String, String) =
-            pipe.query_async(conn).await?;
+        let (take, give_back, commit, restore, unlock, join): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = pipe.query_async(conn).await?;
         Ok(Scripts {
             take,
             give_back,
             commit,
             restore,
             unlock,
+            join,
         })
     }
 

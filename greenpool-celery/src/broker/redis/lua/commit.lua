@@ -27,8 +27,20 @@ for i = 1, nstore do
     stored = stored + 1
   end
 end
+local once = {}
 for i = 1, npush do
-  redis.call('LPUSH', KEYS[3 + nstore + i], ARGV[3 + nstore + i])
+  local list = KEYS[2 + nstore + 2 * i]
+  local guard = KEYS[3 + nstore + 2 * i]
+  local go = true
+  if guard ~= '' then
+    if once[guard] == nil then
+      once[guard] = redis.call('SET', guard, '1', 'NX', 'EX', 86400) ~= false
+    end
+    go = once[guard]
+  end
+  if go then
+    redis.call('LPUSH', list, ARGV[3 + nstore + i])
+  end
 end
 local first = 4 + nstore + npush
 local n = #ARGV

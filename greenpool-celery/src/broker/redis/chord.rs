@@ -1,0 +1,162 @@
+//! The batcher's chord step: the parts of a batch joined in the result
+//! backend (the [`JOIN`](super::scripts::JOIN) script), and what a
+//! concluded chord writes added to the same batch: the body (or its link
+//! errors) as a follow-up pushed under the chord's once-key, the body's
+//! FAILURE as a result, and the chord's keys for deleting once the
+//! batch's broker part is written. What a conclusion is, is decided in
+//! [`crate::canvas::chord`].
+
+use super::batch::Targets;
+use super::batch::{Batch, FollowUp};
+use crate::backend::{result_key, ResultMeta, TaskState};
+use crate::canvas::chord::{conclude, ChordPart, Conclusion, JoinKeys};
+use crate::conn::Link;
+use crate::error::BrokerError;
+use crate::stats::BrokerStats;
+
+/// A chord part waiting for its join.
+#[derive(Debug)]
+pub(crate) struct Joining {
+    /// The part.
+    pub(crate) part: ChordPart,
+    /// Its still unacked delivery (late ack), whose ack is withheld if
+    /// the body cannot be routed.
+    pub(crate) origin: Option<String>,
+}
+
+/// The link the chord keys live on: the result backend's.
+fn backend(t: &Targets) -> &Link {
+    t.backend.as_deref().unwrap_or(&t.broker)
+}
+
+/// Joins every part of `b`, in order, and adds what the concluded chords
+/// write to `b`.
+///
+/// # Errors
+///
+/// When the backend's link gives up or the server refuses the script.
+pub(super) async fn join_all(
+    b: &mut Batch,
+    t: &Targets,
+    stats: &BrokerStats,
+) -> Result<(), BrokerError> {
+    let link = backend(t);
+    for j in std::mem::take(&mut b.joins) {
+        let keys = JoinKeys::of(&j.part.group);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&t.scripts.join)
+            .arg(4)
+            .arg(&keys.joined)
+            .arg(&keys.added)
+            .arg(&keys.size)
+            .arg(&keys.claim)
+            .arg(&j.part.member)
+            .arg(&j.part.score)
+            .arg(t.result_expires)
+            .arg(&j.part.task_id);
+        stats.round_trip();
+        let members: Vec<Vec<u8>> = link
+            .call_until_done("joining a chord part", |mut conn| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut conn).await }
+            })
+            .await?
+            .map_err(BrokerError::Redis)?;
+        if members.is_empty() {
+            continue;
+        }
+        let conclusion = conclude(&j.part, &members);
+        write(b, t, stats, &j, &keys, conclusion).await?;
+    }
+    Ok(())
+}
+
+/// Adds what `conclusion` writes to `b` (the body's FAILURE is stored
+/// at once when the backend is a separate server, as the batch's results
+/// already were).
+async fn write(
+    b: &mut Batch,
+    t: &Targets,
+    stats: &BrokerStats,
+    j: &Joining,
+    keys: &JoinKeys,
+    conclusion: Conclusion,
+) -> Result<(), BrokerError> {
+    let group = crate::repr::cut(&j.part.group, crate::repr::LOG_NAME_MAX);
+    let publishes = match conclusion {
+        Conclusion::Run(p) => {
+            tracing::debug!("chord {group}: every part is in, sending its body");
+            vec![p]
+        }
+        Conclusion::Fail {
+            body_id,
+            error,
+            errbacks,
+        } => {
+            tracing::error!("Chord {group} raised: {error}");
+            if let Some(id) = body_id {
+                let meta = ResultMeta::new(&id, TaskState::Failure, error.to_json());
+                match serde_json::to_string(&meta) {
+                    Ok(payload) => store(b, t, stats, result_key(&id), payload).await?,
+                    Err(e) => tracing::error!("cannot encode the result of {id}: {e}"),
+                }
+            }
+            errbacks
+        }
+    };
+    for p in publishes {
+        if let Some(mut f) = FollowUp::of(p, j.origin.clone()) {
+            f.once = Some(keys.once.clone());
+            b.follow_ups.push(f);
+        }
+    }
+    b.cleanup.extend([
+        keys.joined.clone(),
+        keys.added.clone(),
+        keys.size.clone(),
+        keys.claim.clone(),
+    ]);
+    Ok(())
+}
+
+/// Stores the body's result: in the batch's COMMIT when results share
+/// the broker's server, else on the backend now.
+async fn store(
+    b: &mut Batch,
+    t: &Targets,
+    stats: &BrokerStats,
+    key: String,
+    payload: String,
+) -> Result<(), BrokerError> {
+    let Some(link) = t.backend.as_deref() else {
+        b.store_keys.push(key);
+        b.store_payloads.push(payload);
+        return Ok(());
+    };
+    let keys = [key];
+    let payloads = [payload];
+    super::batch::store_on(link, t, stats, &keys, &payloads).await
+}
+
+/// Deletes the keys of the chords a written batch concluded. A failure
+/// is only logged: the keys expire with the results, and the once-key
+/// keeps a body from being sent again meanwhile.
+pub(super) async fn clean_up(keys: &[String], t: &Targets, stats: &BrokerStats) {
+    if keys.is_empty() {
+        return;
+    }
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(keys);
+    stats.round_trip();
+    let done = backend(t)
+        .call_until_done("deleting the keys of finished chords", |mut conn| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<i64>(&mut conn).await }
+        })
+        .await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("cannot delete the keys of finished chords: {e}"),
+        Err(e) => tracing::warn!("cannot delete the keys of finished chords: {e}"),
+    }
+}

@@ -1,0 +1,226 @@
+//! A chord's join, as Celery's Redis result backend does it
+//! (`on_chord_part_return`): each header part that ends (SUCCESS,
+//! FAILURE or REVOKED) adds `[1, id, state, result]` to the chord's
+//! sorted set `celery-taskset-meta-<group>.j`, scored by its place in
+//! the header; the part that brings the set to the chord's size (`.s`,
+//! set by the client, plus `.t`, parts added later) sends the body with
+//! the header's results in order as its first argument. A failed part
+//! fails the body instead, with `ChordError`, and sends the body's link
+//! errors.
+//!
+//! This file holds what is decided without I/O: which finished request
+//! is a chord part ([`part`]), the keys of a chord ([`JoinKeys`]) and
+//! what to do once every part is in ([`conclude`]). The writes are made
+//! by the Redis batcher (`broker/redis/chord.rs`), in the batch that
+//! stores the part's result and before the part's ack.
+//!
+//! # Exactly once
+//!
+//! The join runs in one script: the part is added, and when the count is
+//! reached the chord is claimed under the part's task id (`.greenpool`
+//! key, a day) and the members are read. The body (or its link errors)
+//! is then pushed under a once-key on the broker (`greenpool.chord.<group>`,
+//! a day), in the same atomic write as the part's ack, and the chord's
+//! keys are deleted after it. Should the worker die between the join and
+//! that write, the part's message (late ack) comes back, its join finds
+//! the chord claimed under its own id and concludes again, and the
+//! once-key keeps the body from being pushed twice. With early acks the
+//! part's message is gone once it started; as with Celery, a worker lost
+//! in that window leaves the chord unfinished.
+
+use serde_json::{json, Value};
+
+use crate::backend::TaskState;
+use crate::broker::Publish;
+use crate::protocol::{Signature, TaskHeaders, TaskMessage};
+use crate::task_error::TaskError;
+
+/// Celery's prefix of group keys in the result backend.
+const GROUP_PREFIX: &str = "celery-taskset-meta-";
+
+/// A finished header part, as the join needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ChordPart {
+    /// The chord's group id.
+    pub(crate) group: String,
+    /// The part's task id (the claim is made under it).
+    pub(crate) task_id: String,
+    /// Its score in the join: its place in the header, `+inf` without one.
+    pub(crate) score: String,
+    /// Its member of the join, `[1, id, state, result]` as JSON.
+    pub(crate) member: String,
+    /// The chord body.
+    pub(crate) body: Signature,
+    /// The part's ids, as the parent of the body.
+    pub(crate) parent: TaskHeaders,
+    /// The part's priority, inherited by the body.
+    pub(crate) priority: Option<u8>,
+}
+
+/// The keys of one chord.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JoinKeys {
+    /// The sorted set of finished parts (`.j`).
+    pub(crate) joined: String,
+    /// Parts added to the chord after it started (`.t`).
+    pub(crate) added: String,
+    /// The header's size, set by the client (`.s`).
+    pub(crate) size: String,
+    /// greenpool's claim of the conclusion (`.greenpool`).
+    pub(crate) claim: String,
+    /// The once-key of the body's push, on the broker.
+    pub(crate) once: String,
+}
+
+impl JoinKeys {
+    /// The keys of the chord of `group`.
+    pub(crate) fn of(group: &str) -> Self {
+        JoinKeys {
+            joined: format!("{GROUP_PREFIX}{group}.j"),
+            added: format!("{GROUP_PREFIX}{group}.t"),
+            size: format!("{GROUP_PREFIX}{group}.s"),
+            claim: format!("{GROUP_PREFIX}{group}.greenpool"),
+            once: format!("greenpool.chord.{group}"),
+        }
+    }
+}
+
+/// The chord part of a request of `msg` that ended in `state` with
+/// `result`: `None` unless the message is a header part (it names a chord
+/// body and a group) and the state is one Celery joins on (SUCCESS,
+/// FAILURE, REVOKED; a retry is not an end).
+pub(crate) fn part(msg: &TaskMessage, state: TaskState, result: &Value) -> Option<ChordPart> {
+    if !matches!(
+        state,
+        TaskState::Success | TaskState::Failure | TaskState::Revoked
+    ) {
+        return None;
+    }
+    let body = msg.embed.chord.as_ref()?;
+    let group = msg.headers.group.as_deref().filter(|g| !g.is_empty())?;
+    let id = &msg.headers.id;
+    let score = match msg.headers.group_index {
+        Some(i) => i.to_string(),
+        None => "+inf".to_owned(),
+    };
+    let member = json!([1, id, state.as_str(), result]).to_string();
+    let parent = TaskHeaders {
+        id: id.clone(),
+        root_id: msg.headers.root_id.clone(),
+        ..TaskHeaders::default()
+    };
+    Some(ChordPart {
+        group: group.to_owned(),
+        task_id: id.clone(),
+        score,
+        member,
+        body: body.clone(),
+        parent,
+        priority: msg.properties.priority,
+    })
+}
+
+/// What the last part of a chord does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Conclusion {
+    /// Send the body.
+    Run(Publish),
+    /// Fail the body: store `error` as its FAILURE (when it has a task
+    /// id) and send its link errors.
+    Fail {
+        /// The body's task id.
+        body_id: Option<String>,
+        /// The `ChordError`.
+        error: TaskError,
+        /// The body's link errors, called with its id.
+        errbacks: Vec<Publish>,
+    },
+}
+
+/// What to do once every part of `part`'s chord is in; `members` are the
+/// join's members in header order.
+pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>]) -> Conclusion {
+    let mut results = Vec::with_capacity(members.len());
+    for m in members {
+        match unpack(m) {
+            Ok(v) => results.push(v),
+            Err(e) => return fail(part, e),
+        }
+    }
+    let results = Value::Array(results);
+    match crate::canvas::message_for(
+        &part.body,
+        Some(&results),
+        None,
+        &part.parent,
+        part.priority,
+    ) {
+        Ok(Some(p)) => Conclusion::Run(p),
+        Ok(None) => fail(
+            part,
+            chord_error("Callback error: the chord body names no task".to_owned()),
+        ),
+        Err(e) => fail(part, chord_error(format!("Callback error: {e}"))),
+    }
+}
+
+/// One member's result, or the `ChordError` of a part that failed.
+fn unpack(member: &[u8]) -> Result<Value, TaskError> {
+    let parsed: Result<(Value, String, String, Value), _> = serde_json::from_slice(member);
+    let (_, id, state, result) = match parsed {
+        Ok(t) => t,
+        Err(e) => return Err(chord_error(format!("Join error: {e}"))),
+    };
+    if state == TaskState::Failure.as_str() || state == TaskState::Revoked.as_str() {
+        let shown = TaskError::from_json(&result)
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| crate::repr::repr(&result));
+        return Err(chord_error(format!("Dependency {id} raised {shown}")));
+    }
+    Ok(result)
+}
+
+fn chord_error(message: String) -> TaskError {
+    TaskError::new("ChordError", message).with_module("celery.exceptions")
+}
+
+/// The body failed with `error`: its link errors, called with its id.
+fn fail(part: &ChordPart, error: TaskError) -> Conclusion {
+    let body_id = part
+        .body
+        .options()
+        .and_then(|o| o.get("task_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut errbacks = Vec::new();
+    let links = part.body.options().and_then(|o| o.get("link_error"));
+    let links: Vec<Signature> = match links {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_object().map(|m| Signature(m.clone())))
+            .collect(),
+        Some(Value::Object(m)) => vec![Signature(m.clone())],
+        _ => Vec::new(),
+    };
+    let first = body_id.clone().map(Value::String);
+    for sig in &links {
+        match crate::canvas::message_for(sig, first.as_ref(), None, &part.parent, part.priority) {
+            Ok(Some(p)) => errbacks.push(p),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                "cannot send a link error of chord {}: {}",
+                crate::repr::cut(&part.group, crate::repr::LOG_NAME_MAX),
+                crate::repr::cut(&e.to_string(), crate::repr::LOG_REPR_MAX)
+            ),
+        }
+    }
+    Conclusion::Fail {
+        body_id,
+        error,
+        errbacks,
+    }
+}
+
+#[cfg(test)]
+#[path = "chord_tests.rs"]
+mod tests;

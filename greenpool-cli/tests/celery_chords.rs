@@ -1,0 +1,197 @@
+//! Chords sent by the stock Python client and joined by `greenpool worker`
+//! as Celery's Redis backend joins them: every form of a chord, beside a
+//! Python worker on the same Redis, and across a worker killed with
+//! SIGKILL. Each test on its own redis-server; each prints its counts.
+
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
+#[path = "../../greenpool-celery/tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use greenpool_celery::TaskMessage;
+use redis::Commands;
+use support::process::Proc;
+use support::RedisServer;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn setup() -> Option<(RedisServer, PathBuf)> {
+    let server = RedisServer::start()?;
+    let python = support::python()?;
+    Some((server, python))
+}
+
+/// A `greenpool worker` on `server` named `name`, waited until ready.
+fn greenpool(server: &RedisServer, name: &str, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.arg("worker")
+        .arg("--broker")
+        .arg(server.url(0))
+        .args(["-n", name, "--loglevel", "info"])
+        .args(args)
+        .env_remove("RUST_LOG");
+    let p = Proc::spawn("greenpool", cmd);
+    p.wait_for(" ready.");
+    p
+}
+
+/// `celery worker -P eventlet` with the Python twin of the built-in
+/// tasks, waited until ready.
+fn python_worker(python: &Path, server: &RedisServer, args: &[&str]) -> Proc {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/python");
+    let mut cmd = Command::new(python.with_file_name("celery"));
+    cmd.current_dir(dir)
+        .args(["-A", "tasks", "worker", "-P", "eventlet", "-l", "info"])
+        .args(["-n", "py@%h"])
+        .args(args)
+        .env("GREENPOOL_BROKER_URL", server.url(0));
+    let p = Proc::spawn("celery", cmd);
+    p.wait_for("ready.");
+    p
+}
+
+/// Runs a scenario of tests/python/chords.py; returns its stdout.
+fn py(python: &Path, server: &RedisServer, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/chords.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(server.url(0)).args(args);
+    support::process::stdout_of(cmd, &format!("python {args:?}"))
+}
+
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20)); // polling a condition
+    }
+}
+
+/// How many log lines of `logs` say task `name[id]` succeeded, per id.
+fn runs(logs: &[&[String]], name: &str, ids: &[String]) -> HashMap<String, usize> {
+    let mut n: HashMap<String, usize> = ids.iter().map(|i| (i.clone(), 0)).collect();
+    for line in logs.iter().flat_map(|l| l.iter()) {
+        let Some(rest) = line.split(&format!("{name}[")).nth(1) else {
+            continue;
+        };
+        let Some((id, tail)) = rest.split_once(']') else {
+            continue;
+        };
+        if tail.trim_start().starts_with("succeeded") {
+            if let Some(c) = n.get_mut(id) {
+                *c += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The chord forms of a Celery user, on a greenpool worker alone: the
+/// body with the header's results in order, an immutable body, a header
+/// of one, a failed part (the body fails with `ChordError` and its link
+/// error runs), a chord of 1,000 parts, the chord's keys removed once
+/// done, and a saved group result restored.
+#[test]
+fn chords_from_the_stock_client_run_as_on_a_python_worker() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let w = greenpool(&server, "gp@%h", &["-c", "50"]);
+    assert!(py(&python, &server, &["forms"]).contains("OK"));
+    let log = w.stop_and_log();
+    let raised = log.iter().filter(|l| l.contains("ChordError")).count();
+    assert_eq!(raised, 1, "the failed chord is logged once: {log:?}");
+}
+
+/// A greenpool worker and `celery -P eventlet` on one Redis share 100
+/// chords of 10: each body runs once, on one of the two.
+#[test]
+fn mixed_workers_finish_100_chords_of_10_each_body_once() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let gw = greenpool(&server, "gp@%h", &["-c", "20", "-Q", "celery,bodies"]);
+    let pw = python_worker(&python, &server, &["-c", "20", "-Q", "celery,bodies"]);
+    let out = py(&python, &server, &["send", "100", "10", "bodies", "0"]);
+    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    assert!(py(&python, &server, &["wait", "100", "10", "0", out.trim()]).contains("OK"));
+    let (g, p) = (gw.stop_and_log(), pw.stop_and_log());
+    let bodies = runs(&[&g, &p], "greenpool.echo", &ids);
+    let parts_here = g.iter().filter(|l| l.contains("greenpool.add[")).count();
+    let parts_there = p.iter().filter(|l| l.contains("greenpool.add[")).count();
+    let once = bodies.values().filter(|&&n| n == 1).count();
+    println!(
+        "mixed workers: 100 chords of 10, parts logged {parts_here} by greenpool and \
+         {parts_there} by Python; bodies run once: {once}, not once: {}",
+        100 - once
+    );
+    assert!(parts_here > 0 && parts_there > 0, "both workers ran parts");
+    assert_eq!(once, 100, "{bodies:?}");
+}
+
+/// SIGKILL of a late-ack worker in the middle of 200 chords of 20: a
+/// second worker gets the killed one's parts back (visibility timeout)
+/// and every chord's body is sent once. The bodies go to a queue no
+/// worker consumes, so that what was sent is counted, not what ran.
+#[test]
+fn kill_9_mid_chords_with_late_acks_sends_every_body_once() {
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let (n, size) = (200, 20);
+    let out = py(&python, &server, &["send", "200", "20", "bodies", "0.01"]);
+    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    let mut conn = server.conn(0);
+    let a = greenpool(&server, "a@%h", &["-c", "20", "--acks-late"]);
+    until("20 bodies sent", || {
+        conn.llen::<_, usize>("bodies").unwrap() >= 20
+    });
+    drop(a); // SIGKILL
+    let before: usize = conn.llen("bodies").unwrap();
+    let held: usize = conn.hlen("unacked").unwrap();
+    let b = greenpool(
+        &server,
+        "b@%h",
+        &[
+            "-c",
+            "50",
+            "--acks-late",
+            "--visibility-timeout",
+            "1",
+            "--restore-interval",
+            "0.5",
+        ],
+    );
+    until("every part done", || {
+        conn.llen::<_, usize>("celery").unwrap() == 0
+            && conn.hlen::<_, usize>("unacked").unwrap() == 0
+            && conn.llen::<_, usize>("bodies").unwrap() >= n
+    });
+    drop(b);
+    let sent: Vec<String> = conn.lrange("bodies", 0, -1).unwrap();
+    let mut per_body: HashMap<String, usize> = HashMap::new();
+    for raw in &sent {
+        let m = TaskMessage::decode(raw).unwrap();
+        assert_eq!(m.args[0].as_array().map(Vec::len), Some(size), "{m:?}");
+        *per_body.entry(m.headers.id).or_default() += 1;
+    }
+    let once = ids.iter().filter(|i| per_body.get(*i) == Some(&1)).count();
+    let unfinished: usize = conn
+        .keys::<_, Vec<String>>("celery-taskset-meta-*.s")
+        .unwrap()
+        .len();
+    println!(
+        "kill -9 mid-chords with acks_late: {n} chords of {size}, {before} bodies sent before \
+         the kill, {held} parts unacked at the kill; after: {} bodies sent, {once} chords sent \
+         once, {} twice or more, {} never, {unfinished} chords left unfinished",
+        sent.len(),
+        per_body.values().filter(|&&c| c > 1).count(),
+        ids.iter().filter(|i| !per_body.contains_key(*i)).count(),
+    );
+    assert_eq!((once, sent.len(), unfinished), (n, n, 0));
+}

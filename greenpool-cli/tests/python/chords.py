@@ -1,0 +1,102 @@
+"""Python side of the chord tests: a Celery user's chords, sent by the
+stock client to whatever workers serve the broker.
+
+Usage: python chords.py BROKER_URL SCENARIO [ARGS...]
+The result backend is the broker (Celery's Redis backend). Each scenario
+asserts what a Celery user expects and prints OK (`send` prints the body
+ids instead).
+"""
+import json
+import sys
+import time
+import uuid
+
+from celery import Celery, chord, group, signature
+from celery.exceptions import ChordError
+from celery.result import GroupResult
+
+url, scenario, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+app = Celery("chords", broker=url, backend=url)
+T = 30  # seconds any single result may take
+add = signature("greenpool.add", app=app)
+echo = signature("greenpool.echo", app=app)
+fail = signature("greenpool.fail", app=app)
+
+
+def forms():
+    # the body gets the header's results in header order, then its own args
+    r = chord(add.clone((i, i)) for i in range(10))(echo.clone(("tail",)))
+    assert r.get(timeout=T) == {"args": [[2 * i for i in range(10)], "tail"], "kwargs": {}}, r.result
+    # the chord's keys go once the body is sent
+    gid = r.parent.id
+    deadline = time.monotonic() + T
+    while app.backend.client.keys(f"celery-taskset-meta-{gid}.*"):
+        assert time.monotonic() < deadline, "the chord's keys stay"
+        time.sleep(0.05)  # polling a condition
+    # an immutable body ignores them
+    r = chord([add.clone((1, 1)), add.clone((2, 2))])(signature("greenpool.echo", ("only",), app=app, immutable=True))
+    assert r.get(timeout=T) == {"args": ["only"], "kwargs": {}}, r.result
+    # a header of one
+    r = chord([add.clone((5, 5))])(echo.clone())
+    assert r.get(timeout=T) == {"args": [[10]], "kwargs": {}}, r.result
+    # a failed part fails the body with ChordError and calls the body's errback
+    eb = echo.clone().set(task_id="eb-" + str(uuid.uuid4()))
+    body = echo.clone().set(link_error=[eb])
+    r = chord([add.clone((1, 1)), fail.clone(("boom",))], body).apply_async()
+    # (the chord's own result raises the part's error first, as Celery's
+    # get() re-raises a parent's; the body's result is the ChordError)
+    bare = app.AsyncResult(r.id)
+    try:
+        bare.get(timeout=T)
+    except ChordError as e:
+        assert "Dependency" in str(e) and "boom" in str(e), e
+    else:
+        raise AssertionError("no ChordError")
+    assert bare.state == "FAILURE", bare.state
+    assert app.AsyncResult(eb.id).get(timeout=T) == {"args": [r.id], "kwargs": {}}
+    # a thousand parts
+    r = chord(add.clone((i, 0)) for i in range(1000))(echo.clone())
+    assert r.get(timeout=120) == {"args": [list(range(1000))], "kwargs": {}}
+    # a group's result saved and restored by the client, over greenpool's results
+    g = group(add.clone((i, 1)) for i in range(5)).apply_async()
+    g.save()
+    back = GroupResult.restore(g.id, app=app)
+    assert back.get(timeout=T) == [i + 1 for i in range(5)]
+
+
+def parts(c, size, secs):
+    """The header of chord C: SIZE adds, or SIZE sleeps of SECS when SECS > 0."""
+    if float(secs) > 0:
+        return [signature("greenpool.sleep", (float(secs),), app=app) for _ in range(int(size))]
+    return [add.clone((c, i)) for i in range(int(size))]
+
+
+def results(c, size, secs):
+    if float(secs) > 0:
+        return [float(secs)] * int(size)
+    return [c + i for i in range(int(size))]
+
+
+def send(n, size, queue, secs):
+    """Sends N chords of SIZE parts whose bodies go to QUEUE; prints the
+    body ids."""
+    ids = []
+    for c in range(int(n)):
+        body = echo.clone(("chord", c)).set(queue=queue)
+        ids.append(chord(parts(c, size, secs), body).apply_async().id)
+    print(json.dumps(ids))
+
+
+def wait(n, size, secs, ids):
+    """Waits for every body of `send` and checks its results."""
+    ids = json.loads(ids)
+    assert len(ids) == int(n)
+    for c, i in enumerate(ids):
+        got = app.AsyncResult(i).get(timeout=120)
+        want = {"args": [results(c, size, secs), "chord", c], "kwargs": {}}
+        assert got == want, (c, got)
+
+
+{"forms": forms, "send": send, "wait": wait}[scenario](*rest)
+if scenario != "send":
+    print("OK")
