@@ -21,6 +21,12 @@ impl RedisBackend {
         RedisBackend { batcher }
     }
 
+    /// Queues `payload` for storing at `key` as a result is stored (with
+    /// the results' expiry, and PUBLISHed).
+    pub(crate) fn store_raw(&self, key: String, payload: String) {
+        self.batcher.store(key, payload);
+    }
+
     /// Queues `meta` for storing.
     pub(crate) fn store(&self, meta: &ResultMeta) {
         match serde_json::to_string(meta) {

@@ -30,8 +30,8 @@
 
 use serde_json::{json, Value};
 
+use super::{apply, Applied, Caller};
 use crate::backend::TaskState;
-use crate::broker::Publish;
 use crate::protocol::{Signature, TaskHeaders, TaskMessage};
 use crate::task_error::TaskError;
 
@@ -123,8 +123,8 @@ pub(crate) fn part(msg: &TaskMessage, state: TaskState, result: &Value) -> Optio
 /// What the last part of a chord does.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Conclusion {
-    /// Send the body.
-    Run(Publish),
+    /// Send the body (one message, or more for a group body).
+    Run(Applied),
     /// Fail the body: store `error` as its FAILURE (when it has a task
     /// id) and send its link errors.
     Fail {
@@ -133,7 +133,7 @@ pub(crate) enum Conclusion {
         /// The `ChordError`.
         error: TaskError,
         /// The body's link errors, called with its id.
-        errbacks: Vec<Publish>,
+        errbacks: Applied,
     },
 }
 
@@ -148,18 +148,20 @@ pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>]) -> Conclusion {
         }
     }
     let results = Value::Array(results);
-    match crate::canvas::message_for(
-        &part.body,
-        Some(&results),
-        None,
-        &part.parent,
-        part.priority,
-    ) {
-        Ok(Some(p)) => Conclusion::Run(p),
-        Ok(None) => fail(
+    // Chain steps after the chord ride in the body's options (last first).
+    let rest: Vec<Signature> = match part.body.options().and_then(|o| o.get("chain")) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| i.as_object().map(|m| Signature(m.clone())))
+            .collect(),
+        _ => Vec::new(),
+    };
+    match apply(&part.body, Some(&results), rest, caller(part)) {
+        Ok(a) if a.publish.is_empty() => fail(
             part,
             chord_error("Callback error: the chord body names no task".to_owned()),
         ),
+        Ok(a) => Conclusion::Run(a),
         Err(e) => fail(part, chord_error(format!("Callback error: {e}"))),
     }
 }
@@ -180,6 +182,15 @@ fn unpack(member: &[u8]) -> Result<Value, TaskError> {
     Ok(result)
 }
 
+/// The body is applied as the part's follow-up, on a backend that joins.
+fn caller(part: &ChordPart) -> Caller<'_> {
+    Caller {
+        parent: &part.parent,
+        priority: part.priority,
+        joins_chords: true,
+    }
+}
+
 fn chord_error(message: String) -> TaskError {
     TaskError::new("ChordError", message).with_module("celery.exceptions")
 }
@@ -192,7 +203,7 @@ fn fail(part: &ChordPart, error: TaskError) -> Conclusion {
         .and_then(|o| o.get("task_id"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let mut errbacks = Vec::new();
+    let mut errbacks = Applied::default();
     let links = part.body.options().and_then(|o| o.get("link_error"));
     let links: Vec<Signature> = match links {
         Some(Value::Array(items)) => items
@@ -204,9 +215,8 @@ fn fail(part: &ChordPart, error: TaskError) -> Conclusion {
     };
     let first = body_id.clone().map(Value::String);
     for sig in &links {
-        match crate::canvas::message_for(sig, first.as_ref(), None, &part.parent, part.priority) {
-            Ok(Some(p)) => errbacks.push(p),
-            Ok(None) => {}
+        match apply(sig, first.as_ref(), Vec::new(), caller(part)) {
+            Ok(a) => errbacks.extend(a),
             Err(e) => tracing::error!(
                 "cannot send a link error of chord {}: {}",
                 crate::repr::cut(&part.group, crate::repr::LOG_NAME_MAX),

@@ -65,9 +65,10 @@ fn the_last_part_sends_the_body_with_the_results_in_order() {
         br#"[1, "p1", "SUCCESS", 3]"#.to_vec(),
         br#"[1, "p2", "SUCCESS", {"a": [7]}]"#.to_vec(),
     ];
-    let Conclusion::Run(publish) = conclude(&p, &members) else {
+    let Conclusion::Run(applied) = conclude(&p, &members) else {
         panic!("the body should run");
     };
+    let [publish] = <[_; 1]>::try_from(applied.publish).unwrap();
     assert_eq!(publish.routing_key, "celery");
     assert_eq!(publish.priority, Some(4));
     let m = TaskMessage::from_envelope(publish.message).unwrap();
@@ -83,9 +84,10 @@ fn an_immutable_body_gets_no_results() {
     let mut b = body();
     b["immutable"] = json!(true);
     let p = part(&header(Some(0), b), TaskState::Success, &json!(3)).unwrap();
-    let Conclusion::Run(publish) = conclude(&p, &[br#"[1, "p1", "SUCCESS", 3]"#.to_vec()]) else {
+    let Conclusion::Run(applied) = conclude(&p, &[br#"[1, "p1", "SUCCESS", 3]"#.to_vec()]) else {
         panic!("the body should run");
     };
+    let publish = applied.publish[0].clone();
     let m = TaskMessage::from_envelope(publish.message).unwrap();
     assert_eq!(m.args, vec![json!(10)]);
 }
@@ -113,8 +115,8 @@ fn a_failed_part_fails_the_body_and_calls_its_link_errors() {
         error.args(),
         &[json!("Dependency p2 raised ValueError('boom')")]
     );
-    assert_eq!(errbacks.len(), 1);
-    let eb = TaskMessage::from_envelope(errbacks[0].message.clone()).unwrap();
+    assert_eq!(errbacks.publish.len(), 1);
+    let eb = TaskMessage::from_envelope(errbacks.publish[0].message.clone()).unwrap();
     assert_eq!(eb.headers.task, "t.on_err");
     assert_eq!(eb.args, vec![json!("b1")]);
     // A revoked part fails the body too.

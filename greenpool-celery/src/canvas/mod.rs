@@ -2,8 +2,8 @@
 //! callbacks and the next chain step with the result, link errors with
 //! the failed task's id.
 //!
-//! Only plain task signatures are sent; group, chord and nested chain
-//! signatures in callbacks are logged and skipped. A chord whose header
+//! A task signature becomes one message here ([`message_for`]); chains,
+//! groups and chords are applied in [`apply`], and a chord whose header
 //! parts run here is joined as Celery's Redis backend joins it: see
 //! [`chord`].
 
@@ -12,6 +12,10 @@ use serde_json::{Map, Value};
 // Without Redis nothing joins: the keys and the conclusion go unused.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod chord;
+
+pub(crate) mod apply;
+
+pub(crate) use apply::{apply, Applied, Caller};
 
 use crate::broker::Publish;
 use crate::protocol::{kombu_priority, Signature, TaskHeaders, TaskMessage, Timestamp};
@@ -85,13 +89,16 @@ fn limit(what: &'static str, v: Option<&Value>) -> Result<Option<f64>, TaskError
 /// The message that applies `sig` (as `sig.apply_async`
 /// would), with `first` prepended to its args unless it is immutable,
 /// `chain` as the rest of the chain, and `parent` as the calling task.
-/// `Ok(None)` for signatures this worker cannot send (logged).
+/// `Ok(None)` for a signature without a task name (logged). The options
+/// `group_id`, `group_index` and `chord` (set by [`apply`] on group and
+/// chord members) become the message's group headers and chord body.
 ///
 /// # Errors
 ///
 /// The error Python's `apply_async` would raise for options that cannot
 /// be used (`countdown` of `1e19`, a NaN time limit, ...): the calling
-/// task then fails with it.
+/// task then fails with it. A chain, group or chord signature is applied
+/// by [`apply`], not here: it is a `NotImplementedError`.
 pub(crate) fn message_for(
     sig: &Signature,
     first: Option<&Value>,
@@ -105,11 +112,13 @@ pub(crate) fn message_for(
     };
     let shown = cut(task, LOG_NAME_MAX);
     if let Some(kind) = sig.0.get("subtask_type").and_then(Value::as_str) {
-        tracing::warn!(
-            "skipping follow-up {shown}: {} signatures are not supported",
-            cut(kind, LOG_NAME_MAX)
-        );
-        return Ok(None);
+        return Err(TaskError::new(
+            "NotImplementedError",
+            format!(
+                "{shown}: a {} signature is applied as a canvas, not sent as one task",
+                cut(kind, LOG_NAME_MAX)
+            ),
+        ));
     }
     let empty = Map::new();
     let opts = sig.options().unwrap_or(&empty);
@@ -143,6 +152,13 @@ pub(crate) fn message_for(
     msg.embed.callbacks = signatures(opts.get("link"));
     msg.embed.errbacks = signatures(opts.get("link_error"));
     msg.embed.chain = chain.filter(|c| !c.is_empty());
+    if let Some(group) = opts.get("group_id").and_then(Value::as_str) {
+        msg.headers.group = Some(group.to_owned());
+        msg.headers.group_index = opts.get("group_index").and_then(Value::as_i64);
+    }
+    if let Some(Value::Object(body)) = opts.get("chord") {
+        msg.embed.chord = Some(Signature(body.clone()));
+    }
     let queue = opts
         .get("queue")
         .and_then(|q| q.as_str().or_else(|| q.get("name").and_then(Value::as_str)))
@@ -217,9 +233,8 @@ mod tests {
             vec![json!(1)]
         );
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
-        assert!(message_for(&group, None, None, &parent, None)
-            .unwrap()
-            .is_none());
+        let e = message_for(&group, None, None, &parent, None).unwrap_err();
+        assert_eq!(e.exc_type(), "NotImplementedError");
     }
 
     #[test]

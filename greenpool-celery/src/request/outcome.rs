@@ -57,6 +57,9 @@ pub(crate) struct OutcomeInput<'a> {
     pub(crate) hard_limit: Option<f64>,
     /// Revoked-by-control facts.
     pub(crate) revoked: Revoked,
+    /// The result backend joins chords (Redis does, rpc:// does not): a
+    /// chord among the follow-ups can be started.
+    pub(crate) joins_chords: bool,
 }
 
 /// The state a request ends in.
@@ -150,6 +153,9 @@ pub(crate) struct Decision<'a> {
     /// Follow-up messages (links, chain step, link errors, the retry),
     /// sent before the message is acked.
     pub(crate) publish: Vec<Publish>,
+    /// Sizes of the chords those messages start (group id, parts), set
+    /// in the result backend before they are sent.
+    pub(crate) chord_sizes: Vec<(String, usize)>,
     /// Link errors that could not be built: logged, not sent.
     pub(crate) skipped: Vec<TaskError>,
     /// What happens to a still-unacked message.
@@ -177,6 +183,7 @@ impl<'a> Decision<'a> {
             report: Some(report),
             store: !input.ignore_result,
             publish: Vec::new(),
+            chord_sizes: Vec::new(),
             skipped: Vec::new(),
             fate: Fate::Ack,
             rejected: None,
@@ -318,6 +325,7 @@ pub(crate) fn expired<'a>(ignore_result: bool, at: Option<Timestamp>) -> Decisio
         }),
         store: !ignore_result,
         publish: Vec::new(),
+        chord_sizes: Vec::new(),
         skipped: Vec::new(),
         fate: Fate::Ack,
         rejected: None,
@@ -334,6 +342,7 @@ fn give_back(t: &Termination) -> Decision<'_> {
         report: None,
         store: false,
         publish: Vec::new(),
+        chord_sizes: Vec::new(),
         skipped: Vec::new(),
         fate: Fate::Leave,
         rejected: None,
@@ -343,8 +352,8 @@ fn give_back(t: &Termination) -> Decision<'_> {
 /// SUCCESS with the link callbacks and chain step; FAILURE when one of
 /// them cannot be built (no link error sent then).
 fn success<'a>(input: &OutcomeInput<'a>, v: &Value, runtime: Duration) -> Decision<'a> {
-    match follow_up::on_success(input.msg, v) {
-        Ok(publish) => {
+    match follow_up::on_success(input.msg, v, input.joins_chords) {
+        Ok(applied) => {
             let report = Report {
                 state: TaskState::Success,
                 result: v.clone(),
@@ -358,7 +367,8 @@ fn success<'a>(input: &OutcomeInput<'a>, v: &Value, runtime: Duration) -> Decisi
                 Event::Finished(input.outcome),
                 report,
             );
-            d.publish = publish;
+            d.publish = applied.publish;
+            d.chord_sizes = applied.chord_sizes;
             d
         }
         Err(e) => {
@@ -400,7 +410,10 @@ fn failure<'a>(
         Event::Finished(input.outcome),
         report,
     );
-    (d.publish, d.skipped) = follow_up::on_failure(input.msg);
+    let (applied, skipped) = follow_up::on_failure(input.msg, input.joins_chords);
+    d.publish = applied.publish;
+    d.chord_sizes = applied.chord_sizes;
+    d.skipped = skipped;
     d
 }
 
@@ -476,6 +489,7 @@ fn reject<'a>(input: &OutcomeInput<'a>, e: &'a TaskError, requeue: bool) -> Deci
             report: None,
             store: false,
             publish: Vec::new(),
+            chord_sizes: Vec::new(),
             skipped: Vec::new(),
             fate: Fate::Ack,
             rejected: None,

@@ -35,6 +35,7 @@ fn input<'a>(
         unacked: false,
         hard_limit: None,
         revoked: Revoked::No,
+        joins_chords: true,
     }
 }
 
@@ -54,6 +55,30 @@ fn signature(v: Value) -> Signature {
         Value::Object(m) => Signature(m),
         _ => unreachable!(),
     }
+}
+
+#[test]
+fn a_chord_step_sets_its_size_and_sends_its_header_or_fails_visibly() {
+    let (mut msg, raw) = message();
+    let part = json!({"task": "t.a", "args": [], "kwargs": {}, "options": {}, "immutable": false});
+    msg.embed.chain = Some(vec![signature(json!({
+        "task": "celery.chord", "subtask_type": "chord", "options": {"task_id": "c1"},
+        "kwargs": {"header": [part.clone(), part], "body": {"task": "t.sum", "args": []}},
+    }))]);
+    let outcome = ran(Ok(json!(1)));
+    let d = decide(&input(&msg, &raw, &outcome));
+    assert_eq!(d.verdict, Verdict::Success);
+    assert_eq!(d.chord_sizes, vec![("c1".to_owned(), 2)]);
+    assert_eq!(d.publish.len(), 2);
+    // Where the backend cannot join, the task fails with the reason
+    // rather than succeed with a chord that never ends.
+    let mut i = input(&msg, &raw, &outcome);
+    i.joins_chords = false;
+    let d = decide(&i);
+    assert_eq!(d.verdict, Verdict::Failure);
+    assert_eq!(report(&d).state, TaskState::Failure);
+    assert_eq!(report(&d).result["exc_type"], json!("NotImplementedError"));
+    assert!(d.publish.is_empty() && d.chord_sizes.is_empty());
 }
 
 #[test]

@@ -62,6 +62,7 @@ impl InFlight {
             unacked: self.late_tag.is_some(),
             hard_limit: self.hard_limit,
             revoked: look_up_revoked(shared, msg, outcome),
+            joins_chords: shared.joins_chords(),
         };
         apply(shared, msg, self.late_tag.as_deref(), decide(&input));
         drop(self.permit);
@@ -95,6 +96,7 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
         report,
         store,
         publish,
+        chord_sizes,
         skipped,
         fate,
         rejected,
@@ -109,6 +111,9 @@ pub(super) fn apply(shared: &Shared, msg: &TaskMessage, unacked: Option<&str>, d
             cut(&msg.headers.id, LOG_NAME_MAX),
             cut(&e.to_string(), LOG_REPR_MAX)
         );
+    }
+    for (group, size) in chord_sizes {
+        shared.set_chord_size(&group, size);
     }
     for p in publish {
         shared.acks.push(p, unacked);

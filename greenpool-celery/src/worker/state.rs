@@ -113,6 +113,28 @@ impl Shared {
         );
     }
 
+    /// Whether the result backend joins chords (a Redis backend does).
+    pub(crate) fn joins_chords(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(crate::outbox::ResultStore::Redis(_)) = &self.control.backend {
+            return true;
+        }
+        false
+    }
+
+    /// Sets the size of the chord of `group` in the result backend (as
+    /// the client's `set_chord_size` does), before its parts are sent.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn set_chord_size(&self, group: &str, size: usize) {
+        #[cfg(feature = "redis")]
+        if let Some(crate::outbox::ResultStore::Redis(b)) = &self.control.backend {
+            b.store_raw(
+                crate::canvas::chord::JoinKeys::of(group).size,
+                size.to_string(),
+            );
+        }
+    }
+
     /// Queues the result of `msg` for storing, when there is a result
     /// backend.
     pub(crate) fn store(

@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 
-from celery import Celery, chord, group, signature
+from celery import Celery, chain, chord, group, signature
 from celery.exceptions import ChordError
 from celery.result import GroupResult
 
@@ -57,6 +57,23 @@ def forms():
     # a thousand parts
     r = chord(add.clone((i, 0)) for i in range(1000))(echo.clone())
     assert r.get(timeout=120) == {"args": [list(range(1000))], "kwargs": {}}
+    # canvases as chain steps, applied by the worker that ran the step
+    # before: a group at the end, a chord at the end, a group followed by
+    # a task (which Celery upgrades to a chord), a chord whose body is a
+    # group, a chain in a chain
+    r = chain(add.clone((1, 1)), group(add.clone((1,)), add.clone((2,)))).apply_async()
+    assert r.get(timeout=T) == [3, 4], r
+    r = chain(add.clone((1, 1)), chord([add.clone((1,)), add.clone((2,))], echo.clone())).apply_async()
+    assert r.get(timeout=T) == {"args": [[3, 4]], "kwargs": {}}, r.result
+    r = chain(add.clone((1, 1)), group(add.clone((1,)), add.clone((2,))), echo.clone()).apply_async()
+    assert r.get(timeout=T) == {"args": [[3, 4]], "kwargs": {}}, r.result
+    r = chord([add.clone((1, 1)), add.clone((2, 2))], group(echo.clone(("a",)), echo.clone(("b",))))()
+    assert r.get(timeout=T) == [{"args": [[2, 4], "a"], "kwargs": {}}, {"args": [[2, 4], "b"], "kwargs": {}}], r
+    r = chain(add.clone((1, 1)), chain(add.clone((10,)), add.clone((100,)))).apply_async()
+    assert r.get(timeout=T) == 112, r
+    # a chord in a chain, followed by more steps
+    r = chain(add.clone((1, 1)), chord([add.clone((1,)), add.clone((2,))], echo.clone()), echo.clone(("end",))).apply_async()
+    assert r.get(timeout=T) == {"args": [{"args": [[3, 4]], "kwargs": {}}, "end"], "kwargs": {}}, r.result
     # a group's result saved and restored by the client, over greenpool's results
     g = group(add.clone((i, 1)) for i in range(5)).apply_async()
     g.save()

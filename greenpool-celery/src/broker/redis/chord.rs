@@ -83,10 +83,10 @@ async fn write(
     conclusion: Conclusion,
 ) -> Result<(), BrokerError> {
     let group = crate::repr::cut(&j.part.group, crate::repr::LOG_NAME_MAX);
-    let publishes = match conclusion {
-        Conclusion::Run(p) => {
+    let applied = match conclusion {
+        Conclusion::Run(a) => {
             tracing::debug!("chord {group}: every part is in, sending its body");
-            vec![p]
+            a
         }
         Conclusion::Fail {
             body_id,
@@ -104,6 +104,11 @@ async fn write(
             errbacks
         }
     };
+    // A body that starts a chord of its own sets its size first.
+    for (id, size) in applied.chord_sizes {
+        store(b, t, stats, JoinKeys::of(&id).size, size.to_string()).await?;
+    }
+    let publishes = applied.publish;
     for p in publishes {
         if let Some(mut f) = FollowUp::of(p, j.origin.clone()) {
             f.once = Some(keys.once.clone());
