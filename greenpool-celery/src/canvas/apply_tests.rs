@@ -158,8 +158,10 @@ fn what_cannot_be_applied_is_an_error_not_a_skip() {
 #[test]
 fn a_chord_followed_by_more_steps_hands_them_to_its_body() {
     let p = parent();
-    let chord = sig(json!({"task": "celery.chord", "subtask_type": "chord", "options": {},
-        "kwargs": {"header": [task("t.a", json!([1]))], "body": task("t.sum", json!([]))}}));
+    let chord = sig(
+        json!({"task": "celery.chord", "subtask_type": "chord", "options": {},
+        "kwargs": {"header": [task("t.a", json!([1]))], "body": task("t.sum", json!([]))}}),
+    );
     let rest = vec![sig(task("t.z", json!([]))), sig(task("t.y", json!([])))];
     let a = apply(&chord, None, rest, caller(&p, true)).unwrap();
     let m = messages(&a);

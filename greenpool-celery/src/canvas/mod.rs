@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 pub(crate) mod chord;
 
 pub(crate) mod apply;
+pub(crate) mod builtins;
 
 pub(crate) use apply::{apply, Applied, Caller};
 

@@ -73,7 +73,10 @@ pub(crate) fn revoked(node: &Arc<Node>, _: &Args<'_>) -> Answer {
 /// `"name [k=v …]"` for the attributes the worker knows (`rate_limit`).
 pub(crate) fn registered(node: &Arc<Node>, args: &Args<'_>) -> Answer {
     let items = args.list("taskinfoitems");
+    // Celery's built-ins (`celery.*`) only when asked for, as Celery does.
+    let builtins = args.flag("builtins");
     let mut names: Vec<&str> = node.registry.names();
+    names.retain(|n| builtins || !n.starts_with("celery."));
     names.sort_unstable();
     let out: Vec<Value> = names
         .into_iter()

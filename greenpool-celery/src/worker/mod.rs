@@ -167,11 +167,16 @@ impl Worker {
     /// # Errors
     ///
     /// [`WorkerError::Config`] for unusable settings.
-    pub fn new(config: WorkerConfig, registry: TaskRegistry) -> Result<Self, WorkerError> {
+    pub fn new(config: WorkerConfig, mut registry: TaskRegistry) -> Result<Self, WorkerError> {
         config.validate()?;
+        // Celery's built-in tasks, under the names the user left free.
+        let late = crate::canvas::builtins::Late::default();
+        crate::canvas::builtins::install(&mut registry, &late);
+        let registry = Arc::new(registry);
+        let _ = late.set(Arc::downgrade(&registry));
         Ok(Worker {
             config,
-            registry: Arc::new(registry),
+            registry,
             shutdown: ShutdownHandle {
                 warm: CancellationToken::new(),
                 cold: CancellationToken::new(),

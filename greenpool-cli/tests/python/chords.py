@@ -74,6 +74,23 @@ def forms():
     # a chord in a chain, followed by more steps
     r = chain(add.clone((1, 1)), chord([add.clone((1,)), add.clone((2,))], echo.clone()), echo.clone(("end",))).apply_async()
     assert r.get(timeout=T) == {"args": [{"args": [[3, 4]], "kwargs": {}}, "end"], "kwargs": {}}, r.result
+    # map, starmap and chunks: Celery's built-in tasks, served here
+    from celery import chunks, xmap, xstarmap
+    assert xmap(echo, [1, 2], app=app).apply_async().get(timeout=T) == [
+        {"args": [1], "kwargs": {}}, {"args": [2], "kwargs": {}}]
+    assert xstarmap(add, [(1, 2), (3, 4)], app=app).apply_async().get(timeout=T) == [3, 7]
+    r = chunks(add, [(i, i) for i in range(10)], 3, app=app).apply_async()
+    assert r.get(timeout=T) == [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]], r
+    acc = signature("celery.accumulate", (1, 2, 3), {"index": 1}, app=app)
+    assert acc.apply_async().get(timeout=T) == 2
+    assert signature("celery.backend_cleanup", app=app).apply_async().get(timeout=T) is None
+    # a canvas sent as one celery.group message is refused with the reason
+    try:
+        app.send_task("celery.group", (), {"tasks": [], "result": [], "group_id": "g", "partial_args": []}).get(timeout=T)
+    except NotImplementedError as e:
+        assert "canvas" in str(e), e
+    else:
+        raise AssertionError("celery.group ran")
     # a group's result saved and restored by the client, over greenpool's results
     g = group(add.clone((i, 1)) for i in range(5)).apply_async()
     g.save()
