@@ -16,11 +16,14 @@
 //!    remote-control node (`control/node.rs`) and its service, then
 //!    consume. Settings come from [`WorkerConfig`] (`config/`).
 //! 2. **Fetch.** The transport's `next` hands out deliveries
-//!    (`broker/delivery.rs`: queue, tag, envelope). Redis
+//!    (`broker/delivery.rs`: queue, tag, envelope; the message as its
+//!    transport carried it, `broker/received.rs`, is kept for the retry,
+//!    the requeue and the listing). Redis
 //!    (`broker/redis/consumer.rs`) fetches within the prefetch budget with
 //!    one atomic script (`broker/redis/fetch.rs`, `lua/take.lua`); AMQP
 //!    (`broker/amqp/consumer.rs`) takes what the broker delivers under
-//!    `basic.qos`. The lifecycle spawns one request handler per delivery.
+//!    `basic.qos` and reads it into the envelope's fields
+//!    (`broker/amqp/wire.rs`). The lifecycle spawns one request handler per delivery.
 //! 3. **Decode** (`request/decode.rs`, over `protocol/`): the envelope and
 //!    body become a [`TaskMessage`]; its task is looked up in the
 //!    [`TaskRegistry`] (`registry.rs`) and its time limits checked. A
@@ -36,12 +39,16 @@
 //!    every write each needs) and applied in one place
 //!    (`request/settle.rs`): the counts through the recorder
 //!    (`control/recorder.rs`: report, `inspect stats`, metrics, events),
-//!    the result (`backend/`), follow-ups (`request/follow_up.rs`,
-//!    `request/retry.rs`, `canvas.rs`, as a transport-neutral publish,
-//!    `broker/publish.rs`), then the ack or requeue.
+//!    the result (`backend/`), a chord part's join (`canvas/chord.rs`),
+//!    follow-ups (`request/follow_up.rs`, `request/retry.rs`; chains,
+//!    groups and chords applied in `canvas/apply.rs`; each a
+//!    transport-neutral publish, `broker/publish.rs`), then the ack or
+//!    requeue. Celery's built-in tasks (`celery.map`, ...) are in
+//!    `canvas/builtins.rs`.
 //! 7. **Store, then ack.** Writes go through the transport's writer
 //!    (`outbox.rs`): on Redis one atomic script per batch writes results
-//!    and follow-ups before the acks (`broker/redis/batch.rs`); on AMQP
+//!    and follow-ups before the acks (`broker/redis/batch.rs`), joining
+//!    chord parts between the two (`broker/redis/chord.rs`); on AMQP
 //!    publishes are confirmed before the acks go out
 //!    (`broker/amqp/outbox.rs`).
 //! 8. **Stop.** Warm shutdown stops fetching, lets running jobs finish,
@@ -66,6 +73,9 @@
 //!   its writes in `request/settle.rs`; the counter and event it records
 //!   in `outcome.rs` (shared with remote control), its counts in
 //!   `control/recorder.rs`.
+//! * **A new canvas form:** its application in `canvas/apply.rs` (pure,
+//!   tested in `canvas/apply_tests.rs`); what a chord's join decides in
+//!   `canvas/chord.rs`, what it writes in `broker/redis/chord.rs`.
 //! * **A new setting:** a field of [`WorkerConfig`] or of its group
 //!   (`config/`), its rule in `WorkerConfig::validate`, its variable in
 //!   `config/env.rs`.
