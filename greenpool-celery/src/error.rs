@@ -121,6 +121,11 @@ pub enum BrokerError {
         /// The cargo feature that brings it.
         feature: &'static str,
     },
+    /// A canvas the client cannot send (a chord without a Redis result
+    /// backend, a form greenpool does not apply, options that cannot be
+    /// used): nothing of it was sent.
+    #[error("cannot send the canvas: {0}")]
+    Canvas(String),
     /// The client has no result backend to read results from (builds
     /// with the `redis` feature report this as a `Redis` client error, as
     /// they always have).

@@ -130,7 +130,7 @@ mod worker;
 pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
 #[cfg(any(feature = "redis", feature = "amqp"))]
-pub use client::{AsyncResult, Client, SendOptions};
+pub use client::{AsyncResult, CanvasResult, Client, GroupResult, SendOptions};
 pub use config::{
     host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, RedisOptions, WorkerConfig,
     DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,

@@ -1,22 +1,33 @@
-//! `greenpool call`: send a task by name, like `celery call`.
+//! `greenpool call`: send a task by name, like `celery call`, or a canvas
+//! (chain, group, chord) written as JSON.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use greenpool_celery::{Client, SendOptions, Timestamp};
+use greenpool_celery::{Client, SendOptions, Signature, Timestamp};
 use serde_json::{Map, Value};
 
 /// Arguments of `greenpool call`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CallArgs {
-    /// Task name, e.g. greenpool.add.
-    name: String,
+    /// Task name, e.g. greenpool.add (not with --canvas).
+    #[arg(required_unless_present = "canvas")]
+    name: Option<String>,
     /// Positional arguments as a JSON list, e.g. '[2, 3]'.
     #[arg(default_value = "[]")]
     args: String,
     /// Keyword arguments as a JSON object.
     #[arg(long, default_value = "{}")]
     kwargs: String,
+    /// Send a canvas instead of one task: a Celery signature as JSON, as
+    /// Python's `dict(signature)` writes it, e.g. '{"task": "celery.chord",
+    /// "subtask_type": "chord", "kwargs": {"header": [...], "body": {...}}}';
+    /// call options go in each signature's "options".
+    #[arg(
+        long,
+        conflicts_with_all = ["name", "queue", "countdown", "expires", "priority"]
+    )]
+    canvas: Option<String>,
     /// Broker URL.
     #[arg(
         short = 'b',
@@ -28,9 +39,9 @@ pub(crate) struct CallArgs {
     /// Result backend URL (default: the broker's).
     #[arg(long, env = "GREENPOOL_RESULT_BACKEND")]
     result_backend: Option<String>,
-    /// Queue to send to.
-    #[arg(short = 'Q', long, default_value = "celery")]
-    queue: String,
+    /// Queue to send to [default: celery].
+    #[arg(short = 'Q', long)]
+    queue: Option<String>,
     /// Run no earlier than this many seconds from now.
     #[arg(long)]
     countdown: Option<f64>,
@@ -59,7 +70,8 @@ pub(crate) fn run(a: CallArgs) -> anyhow::Result<()> {
         serde_json::from_str(&a.args).context("ARGS must be a JSON list, e.g. '[2, 3]'")?;
     let kwargs: Map<String, Value> = serde_json::from_str(&a.kwargs)
         .context("--kwargs must be a JSON object, e.g. '{\"y\": 3}'")?;
-    let mut options = SendOptions::default().queue(a.queue.clone());
+    let mut options =
+        SendOptions::default().queue(a.queue.clone().unwrap_or_else(|| "celery".to_owned()));
     if let Some(c) = a.countdown {
         let eta = Timestamp::now()
             .checked_add(seconds("countdown", c)?)
@@ -80,10 +92,35 @@ pub(crate) fn run(a: CallArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let canvas: Option<Signature> = a
+        .canvas
+        .as_deref()
+        .map(|c| {
+            serde_json::from_str::<Value>(c)
+                .ok()
+                .and_then(|v| match v {
+                    Value::Object(m) => Some(Signature(m)),
+                    _ => None,
+                })
+                .context("--canvas must be a signature as a JSON object, e.g. '{\"task\": \"celery.group\", \"subtask_type\": \"group\", \"kwargs\": {\"tasks\": [...]}}'")
+        })
+        .transpose()?;
     runtime.block_on(async move {
         let backend = a.result_backend.clone().unwrap_or_else(|| a.broker.clone());
         let client = Client::connect(&a.broker, Some(&backend)).await?;
-        let result = client.send_task(&a.name, args, kwargs, options).await?;
+        if let Some(canvas) = canvas {
+            let result = client.apply(&canvas).await?;
+            println!("{}", result.id());
+            if a.wait {
+                println!("{}", result.get(timeout).await?);
+            }
+            return Ok(());
+        }
+        let name = a
+            .name
+            .as_deref()
+            .context("a task name or --canvas is needed")?;
+        let result = client.send_task(name, args, kwargs, options).await?;
         println!("{}", result.id());
         if a.wait {
             let value = result.get(timeout).await?;

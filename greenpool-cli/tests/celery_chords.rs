@@ -195,3 +195,66 @@ fn kill_9_mid_chords_with_late_acks_sends_every_body_once() {
     );
     assert_eq!((once, sent.len(), unfinished), (n, n, 0));
 }
+
+/// `greenpool call --canvas JSON --wait` on `server`: its stdout lines
+/// (the id, then the result).
+fn call_canvas(server: &RedisServer, canvas: &serde_json::Value) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .args(["call", "--canvas", &canvas.to_string(), "--wait", "--timeout", "60"])
+        .args(["-b", &server.url(0)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+fn task(name: &str, args: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"task": name, "args": args, "kwargs": {}, "options": {},
+        "subtask_type": null, "immutable": false})
+}
+
+/// The canvases of the Rust client (through `greenpool call --canvas`),
+/// run by a greenpool worker and by a Python worker alike: a chord, a
+/// group, a chain ending in a chord.
+#[test]
+fn the_rust_client_sends_canvases_that_either_worker_runs() {
+    use serde_json::json;
+    let Some((server, python)) = setup() else {
+        return;
+    };
+    let header: Vec<_> = (0..10).map(|i| task("greenpool.add", json!([i, i]))).collect();
+    let chord = json!({"task": "celery.chord", "subtask_type": "chord", "options": {},
+        "args": [], "immutable": false,
+        "kwargs": {"kwargs": {}, "header": header, "body": task("greenpool.echo", json!(["tail"]))}});
+    let group = json!({"task": "celery.group", "subtask_type": "group", "options": {},
+        "args": [], "immutable": false,
+        "kwargs": {"tasks": [task("greenpool.add", json!([1, 1])), task("greenpool.add", json!([2, 2]))]}});
+    let chain = json!({"task": "celery.chain", "subtask_type": "chain", "options": {},
+        "args": [], "immutable": false,
+        "kwargs": {"tasks": [task("greenpool.add", json!([1, 1])), {
+            "task": "celery.chord", "subtask_type": "chord", "options": {}, "args": [], "immutable": false,
+            "kwargs": {"kwargs": {}, "header": [task("greenpool.add", json!([10])), task("greenpool.add", json!([20]))],
+                "body": task("greenpool.echo", json!([]))}}]}});
+    let sums: Vec<i64> = (0..10).map(|i| 2 * i).collect();
+    let check = |server: &RedisServer| {
+        let out = call_canvas(server, &chord);
+        let got: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
+        assert_eq!(got, json!({"args": [sums, "tail"], "kwargs": {}}));
+        let out = call_canvas(server, &group);
+        assert_eq!(out[1], "[2,4]");
+        let out = call_canvas(server, &chain);
+        let got: serde_json::Value = serde_json::from_str(&out[1]).unwrap();
+        assert_eq!(got, json!({"args": [[12, 22]], "kwargs": {}}));
+    };
+    let gw = greenpool(&server, "gp@%h", &["-c", "20"]);
+    check(&server);
+    drop(gw);
+    let pw = python_worker(&python, &server, &["-c", "20"]);
+    check(&server);
+    drop(pw);
+}

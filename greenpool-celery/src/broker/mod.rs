@@ -8,7 +8,7 @@ pub(crate) mod amqp;
 mod delivery;
 #[cfg(feature = "redis")]
 pub(crate) mod keys;
-mod publish;
+pub(crate) mod publish;
 mod queues;
 mod received;
 #[cfg(feature = "redis")]

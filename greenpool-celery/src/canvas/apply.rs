@@ -44,8 +44,8 @@ impl Applied {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller<'a> {
     /// The calling task's headers (its id and root id become the parent
-    /// and root of what is sent).
-    pub(crate) parent: &'a TaskHeaders,
+    /// and root of what is sent); `None` for a client.
+    pub(crate) parent: Option<&'a TaskHeaders>,
     /// Its priority, inherited when a signature names none.
     pub(crate) priority: Option<u8>,
     /// Whether the result backend joins chords (Redis does; rpc:// not).

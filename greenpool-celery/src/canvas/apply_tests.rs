@@ -23,7 +23,7 @@ fn parent() -> TaskHeaders {
 
 fn caller(parent: &TaskHeaders, joins_chords: bool) -> Caller<'_> {
     Caller {
-        parent,
+        parent: Some(parent),
         priority: Some(3),
         joins_chords,
     }

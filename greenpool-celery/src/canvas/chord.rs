@@ -185,7 +185,7 @@ fn unpack(member: &[u8]) -> Result<Value, TaskError> {
 /// The body is applied as the part's follow-up, on a backend that joins.
 fn caller(part: &ChordPart) -> Caller<'_> {
     Caller {
-        parent: &part.parent,
+        parent: Some(&part.parent),
         priority: part.priority,
         joins_chords: true,
     }

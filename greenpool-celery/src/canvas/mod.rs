@@ -89,7 +89,8 @@ fn limit(what: &'static str, v: Option<&Value>) -> Result<Option<f64>, TaskError
 
 /// The message that applies `sig` (as `sig.apply_async`
 /// would), with `first` prepended to its args unless it is immutable,
-/// `chain` as the rest of the chain, and `parent` as the calling task.
+/// `chain` as the rest of the chain, and `parent` as the calling task
+/// (`None`: sent by a client, a root of its own).
 /// `Ok(None)` for a signature without a task name (logged). The options
 /// `group_id`, `group_index` and `chord` (set by [`apply`] on group and
 /// chord members) become the message's group headers and chord body.
@@ -104,7 +105,7 @@ pub(crate) fn message_for(
     sig: &Signature,
     first: Option<&Value>,
     chain: Option<Vec<Signature>>,
-    parent: &TaskHeaders,
+    parent: Option<&TaskHeaders>,
     parent_priority: Option<u8>,
 ) -> Result<Option<Publish>, TaskError> {
     let Some(task) = sig.task() else {
@@ -141,8 +142,17 @@ pub(crate) fn message_for(
         msg.headers.id = id.to_owned();
         msg.properties.correlation_id = Some(id.to_owned());
     }
-    msg.headers.parent_id = Some(parent.id.clone());
-    msg.headers.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
+    // Sent by a task: its child, under its root. Sent by a client: a root.
+    match parent {
+        Some(parent) => {
+            msg.headers.parent_id = Some(parent.id.clone());
+            msg.headers.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));
+        }
+        None => {
+            msg.headers.parent_id = None;
+            msg.headers.root_id = Some(msg.headers.id.clone());
+        }
+    }
     msg.headers.eta = eta;
     msg.headers.expires = expires;
     msg.headers.timelimit.hard = hard;
@@ -202,7 +212,7 @@ mod tests {
         let next = sig(json!({"task": "t.add", "args": [3], "kwargs": {},
             "options": {"task_id": "c2", "queue": "q", "priority": 6}, "subtask_type": null, "immutable": false}));
         let rest = vec![sig(json!({"task": "t.add", "args": [4]}))];
-        let p = message_for(&next, Some(&json!(3)), Some(rest), &parent, None)
+        let p = message_for(&next, Some(&json!(3)), Some(rest), Some(&parent), None)
             .unwrap()
             .unwrap();
         assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("", "q"));
@@ -224,7 +234,7 @@ mod tests {
             ..TaskHeaders::default()
         };
         let im = sig(json!({"task": "t.x", "args": [1], "immutable": true}));
-        let p = message_for(&im, Some(&json!(9)), None, &parent, Some(2))
+        let p = message_for(&im, Some(&json!(9)), None, Some(&parent), Some(2))
             .unwrap()
             .unwrap();
         assert_eq!((p.routing_key.as_str(), p.priority), ("celery", Some(2)));
@@ -234,7 +244,7 @@ mod tests {
             vec![json!(1)]
         );
         let group = sig(json!({"task": "celery.group", "subtask_type": "group"}));
-        let e = message_for(&group, None, None, &parent, None).unwrap_err();
+        let e = message_for(&group, None, None, Some(&parent), None).unwrap_err();
         assert_eq!(e.exc_type(), "NotImplementedError");
     }
 
@@ -254,14 +264,14 @@ mod tests {
             json!({"eta": "next tuesday"}),
         ] {
             let s = sig(json!({"task": "t.x", "args": [], "options": opts}));
-            let e = message_for(&s, None, None, &parent, None).unwrap_err();
+            let e = message_for(&s, None, None, Some(&parent), None).unwrap_err();
             assert!(
                 matches!(e.exc_type(), "ValueError" | "OverflowError"),
                 "{opts}: {e}"
             );
         }
         let odd = sig(json!({"task": "t.x", "options": {"priority": 300, "countdown": 0}}));
-        let p = message_for(&odd, None, None, &parent, None)
+        let p = message_for(&odd, None, None, Some(&parent), None)
             .unwrap()
             .unwrap();
         assert_eq!((p.routing_key.as_str(), p.priority), ("celery", Some(9)));

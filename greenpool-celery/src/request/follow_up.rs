@@ -13,7 +13,7 @@ use crate::task_error::TaskError;
 /// result backend joins chords.
 fn caller(msg: &TaskMessage, joins_chords: bool) -> Caller<'_> {
     Caller {
-        parent: &msg.headers,
+        parent: Some(&msg.headers),
         priority: msg.properties.priority,
         joins_chords,
     }

@@ -19,6 +19,10 @@ use crate::error::{BrokerError, ResultError};
 use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
 use crate::task_error::TaskError;
 
+mod canvas;
+
+pub use canvas::{CanvasResult, GroupResult};
+
 /// Options of one call, as `apply_async` takes them.
 ///
 /// ```
