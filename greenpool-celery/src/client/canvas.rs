@@ -178,9 +178,10 @@ impl Client {
     /// `apply_async()`; the result to wait on.
     ///
     /// ```no_run
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     /// use greenpool_celery::{Client, Signature};
     /// use serde_json::json;
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = Client::connect("redis://127.0.0.1:6379/0", Some("redis://127.0.0.1:6379/0")).await?;
     /// let add = |x: i64| Signature::new("greenpool.add", vec![json!(x), json!(x)], Default::default());
     /// let sum = Signature::new("greenpool.echo", vec![], Default::default());
