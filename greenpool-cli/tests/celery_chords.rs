@@ -173,13 +173,7 @@ fn kill_9_mid_chords_with_late_acks_sends_every_body_once() {
             && conn.llen::<_, usize>("bodies").unwrap() >= n
     });
     drop(b);
-    let sent: Vec<String> = conn.lrange("bodies", 0, -1).unwrap();
-    let mut per_body: HashMap<String, usize> = HashMap::new();
-    for raw in &sent {
-        let m = TaskMessage::decode(raw).unwrap();
-        assert_eq!(m.args[0].as_array().map(Vec::len), Some(size), "{m:?}");
-        *per_body.entry(m.headers.id).or_default() += 1;
-    }
+    let (sent, per_body) = bodies_sent(&mut conn, size);
     let once = ids.iter().filter(|i| per_body.get(*i) == Some(&1)).count();
     let unfinished: usize = conn
         .keys::<_, Vec<String>>("celery-taskset-meta-*.s")
@@ -189,11 +183,96 @@ fn kill_9_mid_chords_with_late_acks_sends_every_body_once() {
         "kill -9 mid-chords with acks_late: {n} chords of {size}, {before} bodies sent before \
          the kill, {held} parts unacked at the kill; after: {} bodies sent, {once} chords sent \
          once, {} twice or more, {} never, {unfinished} chords left unfinished",
-        sent.len(),
+        sent,
         per_body.values().filter(|&&c| c > 1).count(),
         ids.iter().filter(|i| !per_body.contains_key(*i)).count(),
     );
-    assert_eq!((once, sent.len(), unfinished), (n, n, 0));
+    assert_eq!((once, sent, unfinished), (n, n, 0));
+}
+
+/// The bodies the bodies queue holds, counted per body id; each one's
+/// header results checked to number `size`.
+fn bodies_sent(conn: &mut redis::Connection, size: usize) -> (usize, HashMap<String, usize>) {
+    let sent: Vec<String> = conn.lrange("bodies", 0, -1).unwrap();
+    let mut per_body: HashMap<String, usize> = HashMap::new();
+    for raw in &sent {
+        let m = TaskMessage::decode(raw).unwrap();
+        assert_eq!(m.args[0].as_array().map(Vec::len), Some(size), "{m:?}");
+        *per_body.entry(m.headers.id).or_default() += 1;
+    }
+    (sent.len(), per_body)
+}
+
+/// Redis stopped and started again (AOF on) in the middle of 200 chords
+/// of 20, with late acks and with early acks: the worker reconnects, and
+/// every chord's body is sent once.
+fn redis_restart_mid_chords(acks_late: bool) {
+    let dir = std::env::temp_dir().join(format!(
+        "greenpool-chords-restart-{}-{}",
+        std::process::id(),
+        support::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_string_lossy().into_owned();
+    let Some(python) = support::python() else {
+        return;
+    };
+    let Some(server) = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir,
+    ]) else {
+        return;
+    };
+    let (n, size) = (200, 20);
+    let out = py(&python, &server, &["send", "200", "20", "bodies", "0.01"]);
+    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    let mut conn = server.conn(0);
+    let mut args = vec!["-c", "20", "--broker-connection-max-retries", "0"];
+    if acks_late {
+        args.push("--acks-late");
+    }
+    let w = greenpool(&server, "restart@%h", &args);
+    until("20 bodies sent", || conn.llen::<_, usize>("bodies").unwrap() >= 20);
+    let before: usize = conn.llen("bodies").unwrap();
+    let server = server.restart(Duration::from_secs(1));
+    let mut conn = server.conn(0);
+    until("every part done", || {
+        conn.llen::<_, usize>("celery").unwrap() == 0
+            && conn.hlen::<_, usize>("unacked").unwrap() == 0
+            && conn.llen::<_, usize>("bodies").unwrap() >= n
+    });
+    let log = w.stop_and_log();
+    let (sent, per_body) = bodies_sent(&mut conn, size);
+    let once = ids.iter().filter(|i| per_body.get(*i) == Some(&1)).count();
+    println!(
+        "redis restart mid-chords, {} acks: {n} chords of {size}, {before} bodies sent before \
+         the restart; after: {sent} bodies sent, {once} chords sent once, {} twice or more, {} \
+         never; connection losses logged: {}",
+        if acks_late { "late" } else { "early" },
+        per_body.values().filter(|&&c| c > 1).count(),
+        ids.iter().filter(|i| !per_body.contains_key(*i)).count(),
+        log.iter().filter(|l| l.contains("lost")).count(),
+    );
+    assert!(
+        log.iter().any(|l| l.contains("lost")),
+        "the worker saw the restart"
+    );
+    assert_eq!((once, sent), (n, n));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn redis_restart_mid_chords_late_acks_sends_every_body_once() {
+    redis_restart_mid_chords(true);
+}
+
+#[test]
+fn redis_restart_mid_chords_early_acks_sends_every_body_once() {
+    redis_restart_mid_chords(false);
 }
 
 /// `greenpool call --canvas JSON --wait` on `server`: its stdout lines
