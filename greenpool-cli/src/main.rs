@@ -20,6 +20,8 @@ mod worker;
 mod worker_bench;
 mod worker_bench_amqp;
 #[cfg(feature = "redis")]
+mod worker_bench_canvas;
+#[cfg(feature = "redis")]
 mod worker_bench_redis;
 mod worker_bench_run;
 

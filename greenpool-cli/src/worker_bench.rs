@@ -33,6 +33,18 @@ pub(crate) struct WorkerBenchArgs {
     /// $GREENPOOL_PYTHON, else .venv/bin/python); `none` skips it.
     #[arg(long)]
     pub(crate) python: Option<String>,
+    /// Time chords instead of single tasks (Redis): `--chords` chords of
+    /// `--chord-size` `greenpool.add` parts, each joined into a
+    /// `greenpool.echo` body; chords per second and Redis commands per
+    /// chord.
+    #[arg(long, conflicts_with = "broker")]
+    pub(crate) canvas: bool,
+    /// Chords with --canvas.
+    #[arg(long, default_value_t = 1000, requires = "canvas")]
+    pub(crate) chords: usize,
+    /// Parts of each chord with --canvas.
+    #[arg(long, default_value_t = 10, requires = "canvas")]
+    pub(crate) chord_size: usize,
 }
 
 /// One worker's figures.
@@ -69,7 +81,10 @@ pub(crate) fn find_python(arg: &Option<String>) -> Option<PathBuf> {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    ok.then_some(candidate)
+    // The Python worker runs in bench/python: a relative path would not
+    // name the same file from there (made absolute, not resolved: a
+    // venv's python is a symlink whose target lacks the venv).
+    ok.then(|| std::path::absolute(&candidate).unwrap_or(candidate))
 }
 
 /// The broker-specific columns of the table: the rate's unit, what is

@@ -184,6 +184,45 @@ async fn commandstats(
     Ok((per.iter().map(|p| p.1).sum(), per))
 }
 
+/// Enqueues what each worker drains: `--tasks` adds, or with `--canvas`
+/// the chords (their bodies' ids returned).
+async fn enqueue_load(
+    conn: &mut MultiplexedConnection,
+    results: &mut MultiplexedConnection,
+    args: &WorkerBenchArgs,
+) -> anyhow::Result<Vec<String>> {
+    if args.canvas {
+        crate::worker_bench_canvas::enqueue(conn, results, args.chords, args.chord_size).await
+    } else {
+        enqueue(conn, args.tasks).await?;
+        Ok(Vec::new())
+    }
+}
+
+/// Waits until the load is drained: every result stored, or every
+/// chord's body.
+async fn wait_load(
+    results: &mut MultiplexedConnection,
+    args: &WorkerBenchArgs,
+    bodies: &[String],
+    label: &str,
+) -> anyhow::Result<()> {
+    if args.canvas {
+        crate::worker_bench_canvas::wait(results, bodies, args.chord_size, label).await
+    } else {
+        wait_results(results, args.tasks, label).await
+    }
+}
+
+/// What the rate counts: tasks, or chords.
+fn units(args: &WorkerBenchArgs) -> usize {
+    if args.canvas {
+        args.chords
+    } else {
+        args.tasks
+    }
+}
+
 async fn bench_greenpool(
     url: &str,
     results_url: &str,
@@ -191,7 +230,7 @@ async fn bench_greenpool(
 ) -> anyhow::Result<Run> {
     let mut conn = connect(&format!("{url}/0")).await?;
     let mut results = connect(results_url).await?;
-    enqueue(&mut conn, args.tasks).await?;
+    let bodies = enqueue_load(&mut conn, &mut results, args).await?;
     let config = WorkerConfig::new(format!("{url}/0"))
         .result_backend(Some(results_url.to_owned()))
         .concurrency(args.concurrency)
@@ -206,7 +245,7 @@ async fn bench_greenpool(
     let task = tokio::spawn(worker.run());
     notified.await;
     let trips_before = stats.round_trips();
-    wait_results(&mut results, args.tasks, "greenpool      ").await?;
+    wait_load(&mut results, args, &bodies, "greenpool      ").await?;
     let round_trips = stats.round_trips() - trips_before;
     stop.warm();
     task.await??;
@@ -214,7 +253,7 @@ async fn bench_greenpool(
     let elapsed = result_span(&mut results).await?;
     Ok(Run {
         name: "greenpool worker",
-        tasks: args.tasks,
+        tasks: units(args),
         elapsed,
         commands,
         round_trips: Some(round_trips),
@@ -230,21 +269,38 @@ async fn bench_python(
 ) -> anyhow::Result<Run> {
     let mut conn = connect(&format!("{url}/0")).await?;
     let mut results = connect(results_url).await?;
-    enqueue(&mut conn, args.tasks).await?;
-    let child = start_python_worker(python, args.concurrency, &format!("{url}/0"), results_url)?;
-    let outcome = wait_results(&mut results, args.tasks, "celery eventlet").await;
+    let bodies = enqueue_load(&mut conn, &mut results, args).await?;
+    let mut child =
+        start_python_worker(python, args.concurrency, &format!("{url}/0"), results_url)?;
+    let outcome = tokio::select! {
+        r = wait_load(&mut results, args, &bodies, "celery eventlet") => r,
+        e = exited(&mut child) => Err(e),
+    };
     stop_python_worker(child);
     outcome?;
     let (commands, top) = commandstats(&mut conn).await?;
     let elapsed = result_span(&mut results).await?;
     Ok(Run {
         name: "celery -P eventlet",
-        tasks: args.tasks,
+        tasks: units(args),
         elapsed,
         commands,
         round_trips: None,
         top,
     })
+}
+
+/// Resolves when the Python worker exits (it should not, before the
+/// load is drained): the error to stop the bench with.
+async fn exited(child: &mut Child) -> anyhow::Error {
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return anyhow::anyhow!(
+                "the Python worker exited ({status}) before the load was drained"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs both sides on Redis and prints the table.
@@ -261,23 +317,38 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
     };
     // Results in db 1, as many deployments keep them, so DBSIZE counts them.
     let results_url = format!("{url}/1");
-    println!(
-        "worker bench: {} greenpool.add messages pre-enqueued, -c {}, results in {results_url}",
-        args.tasks, args.concurrency
-    );
+    if args.canvas {
+        println!(
+            "worker bench: {} chords of {} greenpool.add parts (body greenpool.echo) \
+             pre-enqueued, -c {}, results in {results_url}",
+            args.chords, args.chord_size, args.concurrency
+        );
+    } else {
+        println!(
+            "worker bench: {} greenpool.add messages pre-enqueued, -c {}, results in {results_url}",
+            args.tasks, args.concurrency
+        );
+    }
     let mut runs = vec![bench_greenpool(&url, &results_url, args).await?];
     if let Some(py) = baseline_python(&args.python) {
         runs.push(bench_python(&py, &url, &results_url, args).await?);
     }
-    print_table(
-        &runs,
-        &Columns {
+    let columns = if args.canvas {
+        Columns {
+            rate: "chords/s",
+            per_task: "redis cmds/chord",
+            trips: "round trips/chord",
+            no_trips: "n/a",
+        }
+    } else {
+        Columns {
             rate: "tasks/s",
             per_task: "redis cmds/t",
             trips: "round trips/t",
             no_trips: "n/a",
-        },
-    );
+        }
+    };
+    print_table(&runs, &columns);
     for r in &runs {
         let top: Vec<String> = r
             .top
@@ -285,7 +356,8 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
             .take(8)
             .map(|(n, c)| format!("{n} {:.2}", *c as f64 / r.tasks as f64))
             .collect();
-        println!("  {} commands per task: {}", r.name, top.join(", "));
+        let per = if args.canvas { "chord" } else { "task" };
+        println!("  {} commands per {per}: {}", r.name, top.join(", "));
     }
     print_verdict(&runs);
     Ok(())

@@ -36,6 +36,23 @@ fn python_client_runs_the_interop_suite_over_amqp_with_redis_results() {
     w.stop();
 }
 
+/// Every chord form of the chord suite on RabbitMQ with results in Redis:
+/// the parts are joined in the Redis backend and the body (or its link
+/// errors) is published to RabbitMQ, confirmed before the last part's
+/// ack.
+#[test]
+fn python_client_chords_over_amqp_with_redis_results() {
+    let Some((node, python, _redis, backend)) = setup_with_results() else {
+        return;
+    };
+    let w = worker(&node, &backend, &["-c", "20"]);
+    let env = [("CHORDS_BACKEND", backend.as_str())];
+    let url = node.url();
+    let out = run_python(&python, "chords.py", &[url.as_str(), "forms"], &env);
+    assert!(out.contains("OK"), "{out}");
+    w.stop();
+}
+
 /// Every remote-control command through the stock `app.control` /
 /// `inspect()` over AMQP, and the task and worker events a stock
 /// `EventReceiver` sees on the `celeryev` topic exchange (the same

@@ -236,7 +236,9 @@ fn redis_restart_mid_chords(acks_late: bool) {
         args.push("--acks-late");
     }
     let w = greenpool(&server, "restart@%h", &args);
-    until("20 bodies sent", || conn.llen::<_, usize>("bodies").unwrap() >= 20);
+    until("20 bodies sent", || {
+        conn.llen::<_, usize>("bodies").unwrap() >= 20
+    });
     let before: usize = conn.llen("bodies").unwrap();
     let server = server.restart(Duration::from_secs(1));
     let mut conn = server.conn(0);
@@ -279,7 +281,14 @@ fn redis_restart_mid_chords_early_acks_sends_every_body_once() {
 /// (the id, then the result).
 fn call_canvas(server: &RedisServer, canvas: &serde_json::Value) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
-        .args(["call", "--canvas", &canvas.to_string(), "--wait", "--timeout", "60"])
+        .args([
+            "call",
+            "--canvas",
+            &canvas.to_string(),
+            "--wait",
+            "--timeout",
+            "60",
+        ])
         .args(["-b", &server.url(0)])
         .output()
         .unwrap();
@@ -306,7 +315,9 @@ fn the_rust_client_sends_canvases_that_either_worker_runs() {
     let Some((server, python)) = setup() else {
         return;
     };
-    let header: Vec<_> = (0..10).map(|i| task("greenpool.add", json!([i, i]))).collect();
+    let header: Vec<_> = (0..10)
+        .map(|i| task("greenpool.add", json!([i, i])))
+        .collect();
     let chord = json!({"task": "celery.chord", "subtask_type": "chord", "options": {},
         "args": [], "immutable": false,
         "kwargs": {"kwargs": {}, "header": header, "body": task("greenpool.echo", json!(["tail"]))}});
@@ -336,4 +347,43 @@ fn the_rust_client_sends_canvases_that_either_worker_runs() {
     let pw = python_worker(&python, &server, &["-c", "20"]);
     check(&server);
     drop(pw);
+}
+
+/// `greenpool bench worker --canvas` drains its chords and reports chords
+/// per second and Redis commands per chord (the baseline left out here;
+/// the bench itself checks every body got its results).
+#[test]
+fn the_canvas_bench_drains_its_chords() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+        .args([
+            "bench",
+            "worker",
+            "--canvas",
+            "--chords",
+            "30",
+            "--chord-size",
+            "5",
+        ])
+        .args(["-c", "50", "--python", "none", "--redis", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("chords/s") && stdout.contains("redis cmds/chord"),
+        "{stdout}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("greenpool worker "))
+        .unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(2), Some("30"), "{stdout}");
 }

@@ -27,6 +27,12 @@ impl RedisBackend {
         self.batcher.store(key, payload);
     }
 
+    /// Queues a finished chord part for its chord's join (see
+    /// [`crate::canvas::chord`]).
+    pub(crate) fn join(&self, part: crate::canvas::chord::ChordPart, origin: Option<String>) {
+        self.batcher.join(part, origin);
+    }
+
     /// Queues `meta` for storing.
     pub(crate) fn store(&self, meta: &ResultMeta) {
         match serde_json::to_string(meta) {

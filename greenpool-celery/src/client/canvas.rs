@@ -319,7 +319,10 @@ mod tests {
         assert!(first["task_id"].is_string());
         assert_eq!(first["reply_to"], json!("rq"));
         let chord = &tasks[1];
-        assert!(chord["options"]["task_id"].is_string(), "the chord's group id");
+        assert!(
+            chord["options"]["task_id"].is_string(),
+            "the chord's group id"
+        );
         for part in chord["kwargs"]["header"].as_array().unwrap() {
             assert!(part["options"]["task_id"].is_string());
         }
@@ -331,7 +334,10 @@ mod tests {
         assert_eq!(members.len(), 2);
         let mut odd = Signature::new("x", vec![], Map::new());
         odd.0.insert("subtask_type".into(), json!("weird"));
-        assert!(matches!(freeze(&mut odd, None), Err(BrokerError::Canvas(_))));
+        assert!(matches!(
+            freeze(&mut odd, None),
+            Err(BrokerError::Canvas(_))
+        ));
         assert!(freeze(&mut Signature::chain(vec![]), None).is_err());
     }
 }

@@ -96,9 +96,7 @@ impl Shared {
             return;
         };
         #[cfg(feature = "redis")]
-        if let (Some(crate::outbox::ResultStore::Redis(_)), Outbox::Redis(b)) =
-            (&self.control.backend, &self.acks)
-        {
+        if let Some(crate::outbox::ResultStore::Redis(b)) = &self.control.backend {
             b.join(part, unacked.map(str::to_owned));
             return;
         }

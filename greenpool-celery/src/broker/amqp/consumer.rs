@@ -140,19 +140,21 @@ impl WorkerTransport for AmqpTransport {
         // Results: rpc:// replies through the outbox, or a Redis backend
         // through a batcher the outbox flushes before its acks.
         let mut results_batcher = None;
+        let mut forwarded = None;
         let mut rpc = false;
         match &config.result_backend {
             None => {}
             Some(url) if is_rpc(url) => rpc = true,
             Some(url) => {
-                results_batcher = Some(
-                    super::results::open(url, settings, config, how.stats, how.metrics).await?,
-                );
+                let (b, f) =
+                    super::results::open(url, settings, config, how.stats, how.metrics).await?;
+                results_batcher = Some(b);
+                forwarded = Some(f);
             }
         }
         let outbox = Arc::new(AmqpOutbox::spawn(
             Arc::clone(&session),
-            results_batcher.clone(),
+            results_batcher.clone().zip(forwarded),
             Arc::clone(how.stats),
         ));
         let results = if rpc {

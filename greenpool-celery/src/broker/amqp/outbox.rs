@@ -38,7 +38,7 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::results::ResultsBatcher;
+use super::results::{Forwarded, ResultsBatcher};
 use super::session::{Live, Session};
 use super::wire::Outgoing;
 use crate::error::BrokerError;
@@ -80,10 +80,11 @@ pub(crate) fn split_tag(name: &str) -> Option<(u64, u64)> {
 
 impl AmqpOutbox {
     /// Starts the sender on `session`; results for a Redis backend go
-    /// through `results` (flushed before each round's acks).
+    /// through `results` (flushed before each round's acks), whose
+    /// concluded chords come back through its `Forwarded`.
     pub(crate) fn spawn(
         session: Arc<Session>,
-        results: Option<Arc<ResultsBatcher>>,
+        results: Option<(Arc<ResultsBatcher>, Forwarded)>,
         stats: Arc<BrokerStats>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -161,30 +162,55 @@ impl AmqpOutbox {
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     session: Arc<Session>,
-    results: Option<Arc<ResultsBatcher>>,
+    mut results: Option<(Arc<ResultsBatcher>, Forwarded)>,
     stats: Arc<BrokerStats>,
 ) {
     let mut round = Vec::with_capacity(MAX_ROUND);
     // Deliveries whose follow-up came back unroutable; a request's ack may
     // come in a later round than its follow-up.
     let mut withheld = HashSet::new();
-    while rx.recv_many(&mut round, MAX_ROUND).await > 0 {
+    let mut chords = Vec::new();
+    loop {
+        // A chord concluded while nothing else is queued (its last part
+        // acked early) starts a round of its own.
+        tokio::select! {
+            n = rx.recv_many(&mut round, MAX_ROUND) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            Some(c) = concluded(&mut results) => chords.push(c),
+        }
         send_round(
             &session,
-            results.as_deref(),
+            results.as_mut().map(|(b, f)| (&**b, f)),
             &stats,
-            &mut round,
+            (&mut round, &mut chords),
             &mut withheld,
         )
         .await;
     }
 }
 
+/// The next concluded chord of the results backend; pending for ever
+/// without one.
+async fn concluded(
+    results: &mut Option<(Arc<ResultsBatcher>, Forwarded)>,
+) -> Option<super::results::Concluded> {
+    match results {
+        Some((_, forwarded)) => forwarded.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one round: the results (on a Redis backend, whose chord joins
+/// hand back the messages of the chords they concluded), then every
+/// publish, confirmed, then the acks and rejects.
 async fn send_round(
     session: &Session,
-    results: Option<&ResultsBatcher>,
+    results: Option<(&ResultsBatcher, &mut Forwarded)>,
     stats: &BrokerStats,
-    round: &mut Vec<Op>,
+    (round, chords): (&mut Vec<Op>, &mut Vec<super::results::Concluded>),
     withheld: &mut HashSet<String>,
 ) {
     let mut publishes = Vec::new();
@@ -198,14 +224,32 @@ async fn send_round(
             Op::Flush(tx) => flushes.push(tx),
         }
     }
+    let mut chord_keys = Vec::new();
+    if let Some((b, forwarded)) = results {
+        if !settles.is_empty() {
+            b.flush().await;
+        }
+        while let Ok(c) = forwarded.try_recv() {
+            chords.push(c);
+        }
+        for c in chords.drain(..) {
+            let (messages, origin, keys) = super::results::parts(c);
+            publishes.extend(chord_messages(messages, origin));
+            chord_keys.extend(keys);
+        }
+        if !publishes.is_empty() {
+            withheld.extend(publish_all(session, stats, publishes).await);
+            publishes = Vec::new();
+        }
+        if !chord_keys.is_empty() {
+            b.delete(std::mem::take(&mut chord_keys));
+        }
+    }
     if !publishes.is_empty() {
         withheld.extend(publish_all(session, stats, publishes).await);
     }
     let settles = withhold_acks(settles, withheld);
     if !settles.is_empty() {
-        if let Some(b) = results {
-            b.flush().await;
-        }
         if let Some(live) = session.current() {
             settle(&live, stats, settles).await;
         }
@@ -213,6 +257,28 @@ async fn send_round(
     for f in flushes {
         let _ = f.send(());
     }
+}
+
+/// A concluded chord's messages as follow-ups of `origin` (its last
+/// part's delivery, whose ack waits for their confirms).
+fn chord_messages(
+    messages: Vec<crate::broker::Publish>,
+    origin: Option<String>,
+) -> impl Iterator<Item = Publish> {
+    messages
+        .into_iter()
+        .filter_map(|p| match super::wire::amqp_from_publish(&p) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!("cannot send a chord's message: {e}");
+                None
+            }
+        })
+        .map(move |message| Publish {
+            message,
+            follow_up: true,
+            origin: origin.clone(),
+        })
 }
 
 /// Drops from `settles` the acks of deliveries in `withheld` (whose

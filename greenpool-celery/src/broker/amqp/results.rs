@@ -1,11 +1,15 @@
 //! Results of a worker on AMQP in a Redis result backend: a batcher on a
 //! link of its own, which the AMQP outbox flushes before each round's
-//! acks ([`outbox`](super::outbox)). Without the `redis` feature there is
+//! acks ([`outbox`](super::outbox)). Chord parts are joined there too; a
+//! concluded chord's messages come back to the outbox ([`Concluded`]),
+//! which publishes them before that round's acks. Without the `redis` feature there is
 //! no such backend: a result backend URL other than rpc:// (or the
 //! broker's own) stops the worker with
 //! [`BrokerError::NotCompiled`](crate::BrokerError::NotCompiled).
 
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::config::WorkerConfig;
 use crate::conn::LinkSettings;
@@ -17,6 +21,31 @@ use crate::stats::BrokerStats;
 /// The Redis result backend's batcher.
 #[cfg(feature = "redis")]
 pub(crate) use crate::broker::redis::batch::Batcher as ResultsBatcher;
+
+/// A concluded chord's messages and keys, from the backend's batcher.
+#[cfg(feature = "redis")]
+pub(crate) use crate::broker::redis::chord::Concluded;
+
+/// Without the `redis` feature no chord is joined.
+#[cfg(not(feature = "redis"))]
+#[derive(Debug)]
+pub(crate) enum Concluded {}
+
+/// Where the outbox receives concluded chords.
+pub(crate) type Forwarded = mpsc::UnboundedReceiver<Concluded>;
+
+/// A concluded chord's messages, the delivery whose ack waits for them,
+/// and the chord's keys.
+#[cfg(feature = "redis")]
+pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, Vec<String>) {
+    (c.publish, c.origin, c.keys)
+}
+
+/// Never runs: there is no value to call it with.
+#[cfg(not(feature = "redis"))]
+pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, Vec<String>) {
+    match c {}
+}
 
 /// Without the `redis` feature no Redis result backend, hence no batcher,
 /// can exist.
@@ -35,10 +64,16 @@ impl ResultsBatcher {
     pub(crate) async fn close(&self) {
         match *self {}
     }
+
+    /// Never runs: there is no value to call it on.
+    pub(crate) fn delete(&self, _keys: Vec<String>) {
+        match *self {}
+    }
 }
 
 /// Opens the Redis result backend at `url`: its link (loading the
-/// scripts on every connection) and the batcher writing through it.
+/// scripts on every connection), the batcher writing through it, and
+/// where its concluded chords come out.
 #[cfg(feature = "redis")]
 pub(crate) async fn open(
     url: &str,
@@ -46,7 +81,7 @@ pub(crate) async fn open(
     config: &WorkerConfig,
     stats: &Arc<BrokerStats>,
     metrics: &WorkerMetrics,
-) -> Result<Arc<ResultsBatcher>, WorkerError> {
+) -> Result<(Arc<ResultsBatcher>, Forwarded), WorkerError> {
     use crate::broker::redis::batch::Targets;
     use crate::broker::redis::scripts::Scripts;
     use crate::conn::Link;
@@ -60,15 +95,18 @@ pub(crate) async fn open(
         })
         .await?
         .map_err(BrokerError::Redis)?;
-    Ok(Arc::new(ResultsBatcher::spawn(
+    let (tx, rx) = mpsc::unbounded_channel();
+    let batcher = Arc::new(ResultsBatcher::spawn(
         Targets {
             broker: link,
             backend: None,
             scripts,
             result_expires: config.result_expires.map_or(0, |d| d.as_secs()),
+            forward: Some(tx),
         },
         Arc::clone(stats),
-    )))
+    ));
+    Ok((batcher, rx))
 }
 
 /// Refuses the result backend at `url`: without the `redis` feature only
@@ -80,7 +118,7 @@ pub(crate) async fn open(
     _config: &WorkerConfig,
     _stats: &Arc<BrokerStats>,
     _metrics: &WorkerMetrics,
-) -> Result<Arc<ResultsBatcher>, WorkerError> {
+) -> Result<(Arc<ResultsBatcher>, Forwarded), WorkerError> {
     Err(crate::broker::backend_left_out(url).into())
 }
 

@@ -65,9 +65,15 @@ const MAX_BATCH: usize = 1024;
 
 enum Op {
     Ack(String),
-    Store { key: String, payload: String },
+    Store {
+        key: String,
+        payload: String,
+    },
     Push(Box<FollowUp>),
     Join(Box<super::chord::Joining>),
+    // Sent only by the AMQP outbox, for a Redis result backend.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    Delete(Vec<String>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -130,6 +136,12 @@ pub(crate) struct Targets {
     pub(crate) scripts: Scripts,
     /// Result expiry in seconds (0: never).
     pub(crate) result_expires: u64,
+    /// Where a concluded chord's messages go when the broker is not this
+    /// Redis (a Redis result backend beside an AMQP broker): handed to the
+    /// broker's writer with the chord's keys, which it deletes through
+    /// [`Batcher::delete`] once the messages are confirmed. `None`: pushed
+    /// here, in the batch's COMMIT.
+    pub(crate) forward: Option<mpsc::UnboundedSender<super::chord::Concluded>>,
 }
 
 /// A background task that sends queued operations in batches.
@@ -190,6 +202,13 @@ impl Batcher {
     pub(crate) fn join(&self, part: crate::canvas::chord::ChordPart, origin: Option<String>) {
         let j = super::chord::Joining { part, origin };
         let _ = self.tx.send(Op::Join(Box::new(j)));
+    }
+
+    /// Queues the deletion of `keys` (a concluded chord's, once its
+    /// forwarded messages are confirmed), after the next batch's writes.
+    #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
+    pub(crate) fn delete(&self, keys: Vec<String>) {
+        let _ = self.tx.send(Op::Delete(keys));
     }
 
     /// Waits until everything queued before this call has been written
@@ -320,6 +339,7 @@ async fn run(
                 }
                 Op::Push(f) => b.follow_ups.push(*f),
                 Op::Join(j) => b.joins.push(*j),
+                Op::Delete(keys) => b.cleanup.extend(keys),
                 Op::Flush(w) => b.waiters.push(w),
             }
         }

@@ -14,6 +14,19 @@ use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::stats::BrokerStats;
 
+/// A concluded chord whose messages go to another broker (see
+/// [`Targets::forward`]): send `publish`, then delete `keys`.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "amqp"), allow(dead_code))] // read by the AMQP outbox
+pub(crate) struct Concluded {
+    /// The body (or its link errors), in order.
+    pub(crate) publish: Vec<crate::broker::Publish>,
+    /// The part's still unacked delivery, whose ack waits for them.
+    pub(crate) origin: Option<String>,
+    /// The chord's keys, deleted once the messages are confirmed.
+    pub(crate) keys: Vec<String>,
+}
+
 /// A chord part waiting for its join.
 #[derive(Debug)]
 pub(crate) struct Joining {
@@ -108,6 +121,23 @@ async fn write(
     for (id, size) in applied.chord_sizes {
         store(b, t, stats, JoinKeys::of(&id).size, size.to_string()).await?;
     }
+    let keys_of_chord = vec![
+        keys.joined.clone(),
+        keys.added.clone(),
+        keys.size.clone(),
+        keys.claim.clone(),
+    ];
+    if let Some(forward) = &t.forward {
+        let c = Concluded {
+            publish: applied.publish,
+            origin: j.origin.clone(),
+            keys: keys_of_chord,
+        };
+        if forward.send(c).is_err() {
+            tracing::error!("chord {group}: the broker's writer is gone; its body is not sent");
+        }
+        return Ok(());
+    }
     let publishes = applied.publish;
     for p in publishes {
         if let Some(mut f) = FollowUp::of(p, j.origin.clone()) {
@@ -115,12 +145,7 @@ async fn write(
             b.follow_ups.push(f);
         }
     }
-    b.cleanup.extend([
-        keys.joined.clone(),
-        keys.added.clone(),
-        keys.size.clone(),
-        keys.claim.clone(),
-    ]);
+    b.cleanup.extend(keys_of_chord);
     Ok(())
 }
 

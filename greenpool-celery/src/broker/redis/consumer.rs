@@ -83,6 +83,7 @@ impl WorkerTransport for RedisTransport {
         };
         let acks = Arc::new(Batcher::spawn(
             Targets {
+                forward: None,
                 broker: broker_link,
                 backend: backend_link,
                 scripts: broker.scripts().clone(),

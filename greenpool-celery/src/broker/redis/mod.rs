@@ -25,7 +25,7 @@
 
 pub(crate) mod batch;
 mod bindings;
-mod chord;
+pub(crate) mod chord;
 pub(crate) mod consumer;
 mod fetch;
 mod liveness;
