@@ -16,17 +16,21 @@
 //!
 //! # Exactly once
 //!
-//! The join runs in one script: the part is added, and when the count is
-//! reached the chord is claimed under the part's task id (`.greenpool`
-//! key, a day) and the members are read. The body (or its link errors)
-//! is then pushed under a once-key on the broker (`greenpool.chord.<group>`,
-//! a day), in the same atomic write as the part's ack, and the chord's
-//! keys are deleted after it. Should the worker die between the join and
-//! that write, the part's message (late ack) comes back, its join finds
-//! the chord claimed under its own id and concludes again, and the
-//! once-key keeps the body from being pushed twice. With early acks the
-//! part's message is gone once it started; as with Celery, a worker lost
-//! in that window leaves the chord unfinished.
+//! The join runs in one script, on the keys Celery 5.7's Redis backend
+//! uses, so Python workers of that version and greenpool workers share a
+//! chord safely: a part is added once (its `id:score` kept in `.d`), and
+//! when the count is reached the chord is claimed (`.c`, set to the
+//! part's task id for [`CLAIM_SECONDS`]) and the members are read. The
+//! body (or its link errors) is then pushed under a once-key on the
+//! broker (`greenpool.chord.<group>`, a day), in the same atomic write as
+//! the part's ack; after it the chord's keys are deleted and `.c` is set
+//! to `done` for [`DONE_SECONDS`], so a late duplicate does nothing.
+//! Should the worker die between the join and that write, the part's
+//! message (late ack) comes back; its join finds the claim its own or
+//! expired and concludes again (as would a Python worker's), and the
+//! once-key keeps greenpool from pushing the body twice. With early acks
+//! the part's message is gone once it started; as with Celery, a worker
+//! lost in that window leaves the chord unfinished.
 
 use serde_json::{json, Value};
 
@@ -37,6 +41,13 @@ use crate::task_error::TaskError;
 
 /// Celery's prefix of group keys in the result backend.
 const GROUP_PREFIX: &str = "celery-taskset-meta-";
+
+/// How long a claim holds before another part may conclude the chord
+/// (Celery's default: twice its join timeout of 5 s).
+pub(crate) const CLAIM_SECONDS: u64 = 10;
+
+/// How long a concluded chord's claim key reads `done` (Celery's least).
+pub(crate) const DONE_SECONDS: u64 = 300;
 
 /// A finished header part, as the join needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +77,9 @@ pub(crate) struct JoinKeys {
     pub(crate) added: String,
     /// The header's size, set by the client (`.s`).
     pub(crate) size: String,
-    /// greenpool's claim of the conclusion (`.greenpool`).
+    /// The parts added, as `id:score` (`.d`).
+    pub(crate) parts: String,
+    /// The claim of the conclusion, then `done` (`.c`).
     pub(crate) claim: String,
     /// The once-key of the body's push, on the broker.
     pub(crate) once: String,
@@ -79,7 +92,8 @@ impl JoinKeys {
             joined: format!("{GROUP_PREFIX}{group}.j"),
             added: format!("{GROUP_PREFIX}{group}.t"),
             size: format!("{GROUP_PREFIX}{group}.s"),
-            claim: format!("{GROUP_PREFIX}{group}.greenpool"),
+            parts: format!("{GROUP_PREFIX}{group}.d"),
+            claim: format!("{GROUP_PREFIX}{group}.c"),
             once: format!("greenpool.chord.{group}"),
         }
     }

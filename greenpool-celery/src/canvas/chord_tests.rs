@@ -147,6 +147,7 @@ fn the_keys_are_celerys() {
     assert_eq!(k.joined, "celery-taskset-meta-g1.j");
     assert_eq!(k.added, "celery-taskset-meta-g1.t");
     assert_eq!(k.size, "celery-taskset-meta-g1.s");
-    assert_eq!(k.claim, "celery-taskset-meta-g1.greenpool");
+    assert_eq!(k.parts, "celery-taskset-meta-g1.d");
+    assert_eq!(k.claim, "celery-taskset-meta-g1.c");
     assert_eq!(k.once, "greenpool.chord.g1");
 }

@@ -248,9 +248,16 @@ impl Client {
     async fn set_chord_size(&self, group: &str, size: usize) -> Result<(), BrokerError> {
         #[cfg(feature = "redis")]
         if let Some(link) = &self.backend {
-            let key = crate::canvas::chord::JoinKeys::of(group).size;
-            let mut set = redis::cmd("SET");
-            set.arg(&key).arg(size).arg("EX").arg(86_400);
+            // As Celery's client: a reapplied frozen chord is a new run.
+            let keys = crate::canvas::chord::JoinKeys::of(group);
+            let mut set = redis::pipe();
+            set.cmd("DEL").arg(&keys.claim).ignore();
+            set.cmd("SET")
+                .arg(&keys.size)
+                .arg(size)
+                .arg("EX")
+                .arg(86_400)
+                .ignore();
             let _: () = link
                 .call_until_done("setting a chord's size", |mut conn| {
                     let set = &set;

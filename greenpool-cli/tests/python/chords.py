@@ -29,12 +29,15 @@ def forms():
     # the body gets the header's results in header order, then its own args
     r = chord(add.clone((i, i)) for i in range(10))(echo.clone(("tail",)))
     assert r.get(timeout=T) == {"args": [[2 * i for i in range(10)], "tail"], "kwargs": {}}, r.result
-    # the chord's keys go once the body is sent
+    # the chord's keys go once the body is sent; its claim reads "done"
+    # (Celery 5.7's marker against late duplicates)
     gid = r.parent.id
     deadline = time.monotonic() + T
-    while app.backend.client.keys(f"celery-taskset-meta-{gid}.*"):
+    client = app.backend.client
+    while client.keys(f"celery-taskset-meta-{gid}.[jstd]"):
         assert time.monotonic() < deadline, "the chord's keys stay"
         time.sleep(0.05)  # polling a condition
+    assert client.get(f"celery-taskset-meta-{gid}.c") == b"done"
     # an immutable body ignores them
     r = chord([add.clone((1, 1)), add.clone((2, 2))])(signature("greenpool.echo", ("only",), app=app, immutable=True))
     assert r.get(timeout=T) == {"args": ["only"], "kwargs": {}}, r.result
@@ -73,6 +76,25 @@ def forms():
     assert r.get(timeout=T) == [{"args": [[2, 4], "a"], "kwargs": {}}, {"args": [[2, 4], "b"], "kwargs": {}}], r
     r = chain(add.clone((1, 1)), chain(add.clone((10,)), add.clone((100,)))).apply_async()
     assert r.get(timeout=T) == 112, r
+    # links and link errors that are groups or chains
+    e1, e2 = (echo.clone((n,)).set(task_id=f"{n}-" + str(uuid.uuid4())) for n in ("e1", "e2"))
+    f = fail.clone(("x",)).set(link_error=group(e1, e2)).apply_async()
+    assert app.AsyncResult(e1.id).get(timeout=T) == {"args": [f.id, "e1"], "kwargs": {}}
+    assert app.AsyncResult(e2.id).get(timeout=T) == {"args": [f.id, "e2"], "kwargs": {}}
+    l1, l2 = (echo.clone((n,)).set(task_id=f"{n}-" + str(uuid.uuid4())) for n in ("l1", "l2"))
+    add.clone((1, 2)).set(link=group(l1, l2)).apply_async()
+    assert app.AsyncResult(l1.id).get(timeout=T) == {"args": [3, "l1"], "kwargs": {}}
+    assert app.AsyncResult(l2.id).get(timeout=T) == {"args": [3, "l2"], "kwargs": {}}
+    c2 = add.clone((100,)).set(task_id="c2-" + str(uuid.uuid4()))
+    add.clone((1, 2)).set(link=chain(add.clone((10,)), c2)).apply_async()
+    assert app.AsyncResult(c2.id).get(timeout=T) == 113
+    # a chord of chords: each inner body is a part of the outer chord
+    inner1 = chord([add.clone((1, 1)), add.clone((2, 2))], echo.clone(("i1",)))
+    inner2 = chord([add.clone((3, 3))], echo.clone(("i2",)))
+    r = chord([inner1, inner2], echo.clone(("outer",)))()
+    assert r.get(timeout=T) == {"args": [[{"args": [[2, 4], "i1"], "kwargs": {}},
+                                          {"args": [[6], "i2"], "kwargs": {}}], "outer"],
+                                "kwargs": {}}, r.result
     # a chord in a chain, followed by more steps
     r = chain(add.clone((1, 1)), chord([add.clone((1,)), add.clone((2,))], echo.clone()), echo.clone(("end",))).apply_async()
     assert r.get(timeout=T) == {"args": [{"args": [[3, 4]], "kwargs": {}}, "end"], "kwargs": {}}, r.result

@@ -233,9 +233,9 @@ async fn send_round(
             chords.push(c);
         }
         for c in chords.drain(..) {
-            let (messages, origin, keys) = super::results::parts(c);
+            let (messages, origin, group) = super::results::parts(c);
             publishes.extend(chord_messages(messages, origin));
-            chord_keys.extend(keys);
+            chord_keys.push(group);
         }
         if !publishes.is_empty() {
             withheld.extend(publish_all(session, stats, publishes).await);

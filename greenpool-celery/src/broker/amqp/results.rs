@@ -37,13 +37,13 @@ pub(crate) type Forwarded = mpsc::UnboundedReceiver<Concluded>;
 /// A concluded chord's messages, the delivery whose ack waits for them,
 /// and the chord's keys.
 #[cfg(feature = "redis")]
-pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, Vec<String>) {
-    (c.publish, c.origin, c.keys)
+pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, String) {
+    (c.publish, c.origin, c.group)
 }
 
 /// Never runs: there is no value to call it with.
 #[cfg(not(feature = "redis"))]
-pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, Vec<String>) {
+pub(crate) fn parts(c: Concluded) -> (Vec<crate::broker::Publish>, Option<String>, String) {
     match c {}
 }
 

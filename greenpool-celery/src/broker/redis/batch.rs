@@ -204,8 +204,8 @@ impl Batcher {
         let _ = self.tx.send(Op::Join(Box::new(j)));
     }
 
-    /// Queues the deletion of `keys` (a concluded chord's, once its
-    /// forwarded messages are confirmed), after the next batch's writes.
+    /// Queues the clean-up of the chords of `keys`, group ids (concluded,
+    /// their forwarded messages confirmed), after the next batch's writes.
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     pub(crate) fn delete(&self, keys: Vec<String>) {
         let _ = self.tx.send(Op::Delete(keys));
@@ -264,7 +264,8 @@ pub(super) struct Batch {
     pub(super) follow_ups: Vec<FollowUp>,
     /// Chord parts to join, before the broker part of the batch.
     pub(super) joins: Vec<super::chord::Joining>,
-    /// Keys of concluded chords, deleted once the broker part is written.
+    /// Groups of concluded chords, cleaned up once the broker part is
+    /// written.
     pub(super) cleanup: Vec<String>,
     waiters: Vec<oneshot::Sender<()>>,
 }

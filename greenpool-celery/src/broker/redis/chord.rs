@@ -23,8 +23,9 @@ pub(crate) struct Concluded {
     pub(crate) publish: Vec<crate::broker::Publish>,
     /// The part's still unacked delivery, whose ack waits for them.
     pub(crate) origin: Option<String>,
-    /// The chord's keys, deleted once the messages are confirmed.
-    pub(crate) keys: Vec<String>,
+    /// The chord's group, whose keys are cleaned up once the messages
+    /// are confirmed.
+    pub(crate) group: String,
 }
 
 /// A chord part waiting for its join.
@@ -58,15 +59,17 @@ pub(super) async fn join_all(
         let keys = JoinKeys::of(&j.part.group);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&t.scripts.join)
-            .arg(4)
+            .arg(5)
             .arg(&keys.joined)
             .arg(&keys.added)
             .arg(&keys.size)
+            .arg(&keys.parts)
             .arg(&keys.claim)
             .arg(&j.part.member)
             .arg(&j.part.score)
             .arg(t.result_expires)
-            .arg(&j.part.task_id);
+            .arg(&j.part.task_id)
+            .arg(crate::canvas::chord::CLAIM_SECONDS);
         stats.round_trip();
         let members: Vec<Vec<u8>> = link
             .call_until_done("joining a chord part", |mut conn| {
@@ -121,17 +124,11 @@ async fn write(
     for (id, size) in applied.chord_sizes {
         store(b, t, stats, JoinKeys::of(&id).size, size.to_string()).await?;
     }
-    let keys_of_chord = vec![
-        keys.joined.clone(),
-        keys.added.clone(),
-        keys.size.clone(),
-        keys.claim.clone(),
-    ];
     if let Some(forward) = &t.forward {
         let c = Concluded {
             publish: applied.publish,
             origin: j.origin.clone(),
-            keys: keys_of_chord,
+            group: j.part.group.clone(),
         };
         if forward.send(c).is_err() {
             tracing::error!("chord {group}: the broker's writer is gone; its body is not sent");
@@ -145,7 +142,7 @@ async fn write(
             b.follow_ups.push(f);
         }
     }
-    b.cleanup.extend(keys_of_chord);
+    b.cleanup.push(j.part.group.clone());
     Ok(())
 }
 
@@ -168,20 +165,35 @@ async fn store(
     super::batch::store_on(link, t, stats, &keys, &payloads).await
 }
 
-/// Deletes the keys of the chords a written batch concluded. A failure
-/// is only logged: the keys expire with the results, and the once-key
-/// keeps a body from being sent again meanwhile.
-pub(super) async fn clean_up(keys: &[String], t: &Targets, stats: &BrokerStats) {
-    if keys.is_empty() {
+/// Cleans up the chords of `groups` that a written batch concluded: their
+/// keys deleted and the claim set to `done`, as Celery does. A failure is
+/// only logged: the keys expire with the results, and the once-key keeps
+/// a body from being sent again meanwhile.
+pub(super) async fn clean_up(groups: &[String], t: &Targets, stats: &BrokerStats) {
+    if groups.is_empty() {
         return;
     }
-    let mut cmd = redis::cmd("DEL");
-    cmd.arg(keys);
+    let mut pipe = redis::pipe();
+    for g in groups {
+        let k = JoinKeys::of(g);
+        pipe.cmd("DEL")
+            .arg(&k.joined)
+            .arg(&k.added)
+            .arg(&k.size)
+            .arg(&k.parts)
+            .ignore();
+        pipe.cmd("SET")
+            .arg(&k.claim)
+            .arg("done")
+            .arg("EX")
+            .arg(crate::canvas::chord::DONE_SECONDS)
+            .ignore();
+    }
     stats.round_trip();
     let done = backend(t)
-        .call_until_done("deleting the keys of finished chords", |mut conn| {
-            let cmd = &cmd;
-            async move { cmd.query_async::<i64>(&mut conn).await }
+        .call_until_done("cleaning up finished chords", |mut conn| {
+            let pipe = &pipe;
+            async move { pipe.query_async::<()>(&mut conn).await }
         })
         .await;
     match done {

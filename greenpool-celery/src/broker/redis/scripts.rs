@@ -88,20 +88,21 @@ pub(crate) const COMMIT: &str = include_str!("lua/commit.lua");
 /// Returns 1 if it was restored.
 pub(crate) const RESTORE: &str = include_str!("lua/restore.lua");
 
-/// Adds a finished chord part to its chord's join, as Celery's Redis
-/// backend does (`ZADD` scored by the part's place, then the count, the
-/// parts added later and the chord's size, each key's expiry renewed),
-/// and claims the chord when the count reaches the size: see
-/// [`crate::canvas::chord`].
+/// Adds a finished chord part to its chord's join, with the keys and
+/// steps of Celery's Redis backend (5.7): nothing once the claim key
+/// reads `done`; the part added once (`ZADD` scored by its place, and its
+/// `id:score` in the `.d` set); the count, the parts added later and the
+/// chord's size read, each key's expiry renewed; and the chord claimed
+/// (`.c`) when the count reaches the size: see [`crate::canvas::chord`].
 ///
-/// KEYS: the join's sorted set (`.j`), its added count (`.t`), its size
-/// (`.s`), greenpool's claim key. ARGV: the member, its score, result
-/// expiry seconds (0: none), the part's task id.
+/// KEYS: `.j`, `.t`, `.s`, `.d`, `.c` of the chord's group. ARGV: the
+/// member, its score, result expiry seconds (0: none), the part's task
+/// id, the claim's lifetime in seconds.
 ///
 /// Returns the members in score order when this part concludes the chord
-/// (the count reached, and the chord not claimed by another part); an
-/// empty list otherwise. A part whose id already holds the claim (its
-/// message came back after a lost worker) concludes again.
+/// (the count reached, and the claim free, expired or already this
+/// part's: its message came back after a lost worker); an empty list
+/// otherwise.
 pub(crate) const JOIN: &str = include_str!("lua/join.lua");
 
 /// Deletes a lock key only if it still holds our token.

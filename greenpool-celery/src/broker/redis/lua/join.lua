@@ -1,18 +1,26 @@
 -- The JOIN script: documented at its constant in ../scripts.rs.
-local expires = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local ready = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
-local added = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local size = redis.call('GET', KEYS[3])
-if expires > 0 then
-  redis.call('EXPIRE', KEYS[1], expires)
-  redis.call('EXPIRE', KEYS[2], expires)
-  redis.call('EXPIRE', KEYS[3], expires)
+local jkey, tkey, skey, dkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local value, score, tid = ARGV[1], ARGV[2], ARGV[4]
+local expires, claim_expires = tonumber(ARGV[3]), tonumber(ARGV[5])
+-- A chord already concluded and cleaned up: a late duplicate does nothing.
+if redis.call('GET', ckey) == 'done' then return {} end
+-- A part is added once, however often its message comes back.
+local member = tid .. ':' .. score
+if redis.call('SISMEMBER', dkey, member) == 0 then
+  redis.call('ZADD', jkey, score, value)
+  redis.call('SADD', dkey, member)
 end
-if not size then return {} end
-local total = tonumber(size)
-if total == nil or ready ~= total + added then return {} end
-local claim = redis.call('GET', KEYS[4])
-if claim and claim ~= ARGV[4] then return {} end
-redis.call('SET', KEYS[4], ARGV[4], 'EX', 86400)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local ready = redis.call('ZCOUNT', jkey, '-inf', '+inf')
+if expires > 0 then
+  for _, key in ipairs({jkey, tkey, skey, dkey}) do
+    redis.call('EXPIRE', key, expires)
+  end
+end
+local added = tonumber(redis.call('GET', tkey) or '0') or 0
+local size = tonumber(redis.call('GET', skey) or '')
+if size == nil or ready ~= size + added then return {} end
+-- Claimed by another part (or worker) whose claim has not expired.
+local claim = redis.call('GET', ckey)
+if claim and claim ~= tid then return {} end
+redis.call('SET', ckey, tid, 'EX', claim_expires)
+return redis.call('ZRANGE', jkey, 0, -1)
