@@ -24,7 +24,7 @@ pub(crate) use crate::broker::redis::batch::Batcher as ResultsBatcher;
 
 /// A concluded chord's messages and keys, from the backend's batcher.
 #[cfg(feature = "redis")]
-pub(crate) use crate::broker::redis::chord::Concluded;
+pub(crate) use crate::broker::redis::writes::Concluded;
 
 /// Without the `redis` feature no chord is joined.
 #[cfg(not(feature = "redis"))]

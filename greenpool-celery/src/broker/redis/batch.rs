@@ -47,14 +47,14 @@
 //! A batch the server rejects for good (an error retrying cannot fix) is
 //! dropped whole with one log line, for the same reason.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::scripts::Scripts;
-use crate::broker::keys::{self, UNACKED, UNACKED_INDEX};
+pub(crate) use super::writes::Targets;
+use super::writes::{commit, route_follow_ups, store_on, FollowUp, Push};
 use crate::broker::Publish;
 use crate::conn::Link;
 use crate::error::BrokerError;
@@ -75,73 +75,6 @@ enum Op {
     #[cfg_attr(not(feature = "amqp"), allow(dead_code))]
     Delete(Vec<String>),
     Flush(oneshot::Sender<()>),
-}
-
-/// A follow-up message waiting to be routed and pushed.
-pub(super) struct FollowUp {
-    /// The exchange it is sent to (`""`: the default exchange).
-    exchange: String,
-    /// Its routing key.
-    routing_key: String,
-    /// Its priority step's source (0 when it has none).
-    priority: u8,
-    /// The message as kombu's JSON envelope.
-    payload: String,
-    /// The still unacked delivery it came from, whose ack is withheld if
-    /// no queue receives it.
-    pub(super) origin: Option<String>,
-    /// Its once-key: pushed only by the first write that sets it.
-    pub(super) once: Option<String>,
-}
-
-impl FollowUp {
-    /// `publish` as a follow-up; `None` (logged) when it cannot be
-    /// encoded.
-    pub(super) fn of(mut publish: Publish, origin: Option<String>) -> Option<Self> {
-        match crate::broker::publish::kombu_json(&mut publish) {
-            Ok(payload) => Some(FollowUp {
-                exchange: publish.exchange,
-                routing_key: publish.routing_key,
-                priority: publish.priority.unwrap_or(0),
-                payload,
-                origin,
-                once: None,
-            }),
-            Err(e) => {
-                tracing::error!(
-                    "cannot send a follow-up to exchange {:?} with routing key {:?}: {e}",
-                    publish.exchange,
-                    publish.routing_key
-                );
-                None
-            }
-        }
-    }
-}
-
-/// A list push of a COMMIT: the queue key, the payload, the once-key.
-pub(super) struct Push {
-    list: String,
-    payload: String,
-    once: Option<String>,
-}
-
-/// Where a batcher writes.
-#[derive(Debug, Clone)]
-pub(crate) struct Targets {
-    /// Follow-ups and acks (and results when `backend` is `None`).
-    pub(crate) broker: Arc<Link>,
-    /// The result backend when it is another server or database.
-    pub(crate) backend: Option<Arc<Link>>,
-    pub(crate) scripts: Scripts,
-    /// Result expiry in seconds (0: never).
-    pub(crate) result_expires: u64,
-    /// Where a concluded chord's messages go when the broker is not this
-    /// Redis (a Redis result backend beside an AMQP broker): handed to the
-    /// broker's writer with the chord's keys, which it deletes through
-    /// [`Batcher::delete`] once the messages are confirmed. `None`: pushed
-    /// here, in the batch's COMMIT.
-    pub(crate) forward: Option<mpsc::UnboundedSender<super::chord::Concluded>>,
 }
 
 /// A background task that sends queued operations in batches.
@@ -279,37 +212,6 @@ impl Batch {
     }
 }
 
-/// The COMMIT call for results `stores` (keys, payloads), `pushes` and
-/// `acks`, under `once` (`""`: no pushes, no once-key needed).
-fn commit(
-    sha: &str,
-    once: &str,
-    expires: u64,
-    stores: (&[String], &[String]),
-    pushes: &[Push],
-    acks: &[String],
-) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha)
-        .arg(3 + stores.0.len() + 2 * pushes.len())
-        .arg(UNACKED)
-        .arg(UNACKED_INDEX)
-        .arg(once)
-        .arg(stores.0);
-    for p in pushes {
-        cmd.arg(&p.list).arg(p.once.as_deref().unwrap_or(""));
-    }
-    cmd.arg(expires)
-        .arg(stores.0.len())
-        .arg(pushes.len())
-        .arg(stores.1);
-    for p in pushes {
-        cmd.arg(&p.payload);
-    }
-    cmd.arg(acks);
-    cmd
-}
-
 async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     targets: Targets,
@@ -363,12 +265,21 @@ async fn run(
             b.store_payloads.clear();
         }
         if !b.joins.is_empty() && !is_dead(&failed) {
-            if let Err(e) = super::chord::join_all(&mut b, &targets, &stats).await {
-                give_up(&b, e, &failed, &gave_up);
-                b.acks.clear();
-                b.follow_ups.clear();
-                b.store_keys.clear();
-                b.store_payloads.clear();
+            let joins = std::mem::take(&mut b.joins);
+            match super::chord::join_all(joins, &targets, &stats).await {
+                Ok(j) => {
+                    b.follow_ups.extend(j.follow_ups);
+                    b.store_keys.extend(j.store_keys);
+                    b.store_payloads.extend(j.store_payloads);
+                    b.cleanup.extend(j.cleanup);
+                }
+                Err(e) => {
+                    give_up(&b, e, &failed, &gave_up);
+                    b.acks.clear();
+                    b.follow_ups.clear();
+                    b.store_keys.clear();
+                    b.store_payloads.clear();
+                }
             }
         }
         if to_broker.send(b).is_err() {
@@ -431,15 +342,16 @@ async fn broker_stage(
             b.waiters.append(&mut next.waiters);
         }
         if !b.is_empty() && !is_dead(&failed) {
-            let written = match route_follow_ups(&b, &targets, &stats, &mut withheld).await {
-                Ok(pushes) => {
-                    if !withheld.is_empty() {
-                        b.acks.retain(|t| !withheld.remove(t));
+            let written =
+                match route_follow_ups(&b.follow_ups, &targets, &stats, &mut withheld).await {
+                    Ok(pushes) => {
+                        if !withheld.is_empty() {
+                            b.acks.retain(|t| !withheld.remove(t));
+                        }
+                        commit_broker(&b, &pushes, &targets, &stats).await
                     }
-                    commit_broker(&b, &pushes, &targets, &stats).await
-                }
-                Err(e) => Err(e),
-            };
+                    Err(e) => Err(e),
+                };
             match written {
                 Ok(()) => super::chord::clean_up(&b.cleanup, &targets, &stats).await,
                 Err(e) => give_up(&b, e, &failed, &gave_up),
@@ -460,36 +372,6 @@ async fn store_results(
     stats: &BrokerStats,
 ) -> Result<(), BrokerError> {
     store_on(backend, t, stats, &b.store_keys, &b.store_payloads).await
-}
-
-/// Stores results (`keys`, `payloads`) on `backend`, retrying through
-/// outages.
-pub(super) async fn store_on(
-    backend: &Link,
-    t: &Targets,
-    stats: &BrokerStats,
-    keys: &[String],
-    payloads: &[String],
-) -> Result<(), BrokerError> {
-    let cmd = commit(
-        &t.scripts.commit,
-        "",
-        t.result_expires,
-        (keys, payloads),
-        &[],
-        &[],
-    );
-    let what = format!("storing {} result(s)", keys.len());
-    stats.round_trip();
-    backend
-        .call_until_done(&what, |mut conn| {
-            let cmd = &cmd;
-            async move { cmd.query_async::<i64>(&mut conn).await }
-        })
-        .await?
-        .map_err(BrokerError::Redis)?;
-    stats.add_stored(keys.len() as u64);
-    Ok(())
 }
 
 /// Writes the broker part of a batch in one COMMIT, retrying through
@@ -532,82 +414,4 @@ async fn commit_broker(
     stats.add_stored(stores.0.len() as u64);
     stats.add_acked(b.acks.len() as u64);
     Ok(())
-}
-
-/// The list pushes of a batch's follow-ups: each on every queue its
-/// exchange and routing key route it to, at its priority step. The
-/// binding tables of the non-default exchanges named are read first (one
-/// round trip, none when every follow-up goes to the default exchange).
-/// A follow-up no queue receives is logged as an error, and its origin
-/// (when still unacked) goes into `withheld`: that ack is not sent.
-async fn route_follow_ups(
-    b: &Batch,
-    t: &Targets,
-    stats: &BrokerStats,
-    withheld: &mut HashSet<String>,
-) -> Result<Vec<Push>, BrokerError> {
-    if b.follow_ups.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut tables: BTreeMap<&str, Vec<Vec<u8>>> = b
-        .follow_ups
-        .iter()
-        .map(|f| f.exchange.as_str())
-        .filter(|e| !e.is_empty())
-        .map(|e| (e, Vec::new()))
-        .collect();
-    if !tables.is_empty() {
-        let mut pipe = redis::pipe();
-        for exchange in tables.keys() {
-            pipe.cmd("SMEMBERS").arg(keys::binding_key(exchange));
-        }
-        stats.round_trip();
-        let read: Vec<Vec<Vec<u8>>> = t
-            .broker
-            .call_until_done("reading the bindings", |mut conn| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?
-            .map_err(BrokerError::Redis)?;
-        for (table, members) in tables.values_mut().zip(read) {
-            *table = members;
-        }
-    }
-    let mut pushes = Vec::with_capacity(b.follow_ups.len());
-    for f in &b.follow_ups {
-        let queues = match tables.get(f.exchange.as_str()) {
-            Some(table) => super::bindings::route(table, &f.routing_key),
-            None if f.routing_key.is_empty() => Vec::new(),
-            None => vec![f.routing_key.clone()],
-        };
-        if queues.is_empty() {
-            unroutable(f);
-            if let Some(o) = &f.origin {
-                withheld.insert(o.clone());
-            }
-        }
-        for q in queues {
-            pushes.push(Push {
-                list: keys::queue_key(&q, f.priority),
-                payload: f.payload.clone(),
-                once: f.once.clone(),
-            });
-        }
-    }
-    Ok(pushes)
-}
-
-/// Logs a follow-up that no queue is bound to receive.
-fn unroutable(f: &FollowUp) {
-    let fate = if f.origin.is_some() {
-        "the message it came from stays unacked"
-    } else {
-        "it is lost (the message it came from was acked when its task started)"
-    };
-    tracing::error!(
-        "cannot send a follow-up: no queue is bound to exchange {:?} with routing key {:?}; {fate}",
-        f.exchange,
-        f.routing_key
-    );
 }

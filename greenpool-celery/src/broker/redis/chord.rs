@@ -2,31 +2,16 @@
 //! backend (the [`JOIN`](super::scripts::JOIN) script), and what a
 //! concluded chord writes added to the same batch: the body (or its link
 //! errors) as a follow-up pushed under the chord's once-key, the body's
-//! FAILURE as a result, and the chord's keys for deleting once the
+//! FAILURE as a result, and the chord's group for cleaning up once the
 //! batch's broker part is written. What a conclusion is, is decided in
 //! [`crate::canvas::chord`].
 
-use super::batch::Targets;
-use super::batch::{Batch, FollowUp};
+use super::writes::{store_on, Concluded, FollowUp, Targets};
 use crate::backend::{result_key, ResultMeta, TaskState};
 use crate::canvas::chord::{conclude, ChordPart, Conclusion, JoinKeys};
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::stats::BrokerStats;
-
-/// A concluded chord whose messages go to another broker (see
-/// [`Targets::forward`]): send `publish`, then delete `keys`.
-#[derive(Debug)]
-#[cfg_attr(not(feature = "amqp"), allow(dead_code))] // read by the AMQP outbox
-pub(crate) struct Concluded {
-    /// The body (or its link errors), in order.
-    pub(crate) publish: Vec<crate::broker::Publish>,
-    /// The part's still unacked delivery, whose ack waits for them.
-    pub(crate) origin: Option<String>,
-    /// The chord's group, whose keys are cleaned up once the messages
-    /// are confirmed.
-    pub(crate) group: String,
-}
 
 /// A chord part waiting for its join.
 #[derive(Debug)]
@@ -38,24 +23,36 @@ pub(crate) struct Joining {
     pub(crate) origin: Option<String>,
 }
 
+/// What the joins of a batch add to it: follow-ups (the bodies), results
+/// for its COMMIT (a failed body's, when results share the broker's
+/// server), and the groups of the chords to clean up after it.
+#[derive(Default)]
+pub(super) struct Joined {
+    pub(super) follow_ups: Vec<FollowUp>,
+    pub(super) store_keys: Vec<String>,
+    pub(super) store_payloads: Vec<String>,
+    pub(super) cleanup: Vec<String>,
+}
+
 /// The link the chord keys live on: the result backend's.
 fn backend(t: &Targets) -> &Link {
     t.backend.as_deref().unwrap_or(&t.broker)
 }
 
-/// Joins every part of `b`, in order, and adds what the concluded chords
-/// write to `b`.
+/// Joins every part of `joins`, in order; what the concluded chords
+/// write.
 ///
 /// # Errors
 ///
 /// When the backend's link gives up or the server refuses the script.
 pub(super) async fn join_all(
-    b: &mut Batch,
+    joins: Vec<Joining>,
     t: &Targets,
     stats: &BrokerStats,
-) -> Result<(), BrokerError> {
+) -> Result<Joined, BrokerError> {
     let link = backend(t);
-    for j in std::mem::take(&mut b.joins) {
+    let mut b = Joined::default();
+    for j in joins {
         let keys = JoinKeys::of(&j.part.group);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&t.scripts.join)
@@ -82,22 +79,22 @@ pub(super) async fn join_all(
             continue;
         }
         let conclusion = conclude(&j.part, &members);
-        write(b, t, stats, &j, &keys, conclusion).await?;
+        write(&mut b, t, stats, &j, conclusion).await?;
     }
-    Ok(())
+    Ok(b)
 }
 
 /// Adds what `conclusion` writes to `b` (the body's FAILURE is stored
 /// at once when the backend is a separate server, as the batch's results
 /// already were).
 async fn write(
-    b: &mut Batch,
+    b: &mut Joined,
     t: &Targets,
     stats: &BrokerStats,
     j: &Joining,
-    keys: &JoinKeys,
     conclusion: Conclusion,
 ) -> Result<(), BrokerError> {
+    let keys = JoinKeys::of(&j.part.group);
     let group = crate::repr::cut(&j.part.group, crate::repr::LOG_NAME_MAX);
     let applied = match conclusion {
         Conclusion::Run(a) => {
@@ -149,7 +146,7 @@ async fn write(
 /// Stores the body's result: in the batch's COMMIT when results share
 /// the broker's server, else on the backend now.
 async fn store(
-    b: &mut Batch,
+    b: &mut Joined,
     t: &Targets,
     stats: &BrokerStats,
     key: String,
@@ -162,7 +159,7 @@ async fn store(
     };
     let keys = [key];
     let payloads = [payload];
-    super::batch::store_on(link, t, stats, &keys, &payloads).await
+    store_on(link, t, stats, &keys, &payloads).await
 }
 
 /// Cleans up the chords of `groups` that a written batch concluded: their

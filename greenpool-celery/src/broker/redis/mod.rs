@@ -25,12 +25,13 @@
 
 pub(crate) mod batch;
 mod bindings;
-pub(crate) mod chord;
+mod chord;
 pub(crate) mod consumer;
 mod fetch;
 mod liveness;
 mod restore;
 pub(crate) mod scripts;
+pub(crate) mod writes;
 
 pub(crate) use self::bindings::bind;
 pub(crate) use self::liveness::LIVENESS_REFRESH;
