@@ -79,6 +79,10 @@ pub(crate) struct JoinKeys {
     pub(crate) size: String,
     /// The parts added, as `id:score` (`.d`).
     pub(crate) parts: String,
+    /// The group's own key, where a client saves a header that holds
+    /// groups (`GroupResult.save()`), so that the body gets their
+    /// results nested.
+    pub(crate) group: String,
     /// The claim of the conclusion, then `done` (`.c`).
     pub(crate) claim: String,
     /// The once-key of the body's push, on the broker.
@@ -93,6 +97,7 @@ impl JoinKeys {
             added: format!("{GROUP_PREFIX}{group}.t"),
             size: format!("{GROUP_PREFIX}{group}.s"),
             parts: format!("{GROUP_PREFIX}{group}.d"),
+            group: format!("{GROUP_PREFIX}{group}"),
             claim: format!("{GROUP_PREFIX}{group}.c"),
             once: format!("greenpool.chord.{group}"),
         }
@@ -152,8 +157,9 @@ pub(crate) enum Conclusion {
 }
 
 /// What to do once every part of `part`'s chord is in; `members` are the
-/// join's members in header order.
-pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>]) -> Conclusion {
+/// join's members in header order, `saved` the header's structure a
+/// client saved when it holds groups (`{"result": GroupResult.as_tuple()}`).
+pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>], saved: Option<&[u8]>) -> Conclusion {
     let mut results = Vec::with_capacity(members.len());
     for m in members {
         match unpack(m) {
@@ -161,7 +167,13 @@ pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>]) -> Conclusion {
             Err(e) => return fail(part, e),
         }
     }
-    let results = Value::Array(results);
+    let results = match saved {
+        None => Value::Array(results.into_iter().map(|(_, v)| v).collect()),
+        Some(saved) => match nested(saved, results) {
+            Ok(v) => v,
+            Err(e) => return fail(part, e),
+        },
+    };
     // Chain steps after the chord ride in the body's options (last first).
     let rest: Vec<Signature> = match part.body.options().and_then(|o| o.get("chain")) {
         Some(Value::Array(items)) => items
@@ -180,8 +192,54 @@ pub(crate) fn conclude(part: &ChordPart, members: &[Vec<u8>]) -> Conclusion {
     }
 }
 
-/// One member's result, or the `ChordError` of a part that failed.
-fn unpack(member: &[u8]) -> Result<Value, TaskError> {
+/// The results arranged as the saved header is: a task's tuple
+/// `[[id, parent], null]` becomes its result, a group's `[[id, parent],
+/// [children]]` the list of its children's.
+fn nested(saved: &[u8], results: Vec<(String, Value)>) -> Result<Value, TaskError> {
+    let join_error = |why: &str| chord_error(format!("Join error: {why}"));
+    let v: Value = serde_json::from_slice(saved).map_err(|e| join_error(&e.to_string()))?;
+    let header = v
+        .get("result")
+        .ok_or_else(|| join_error("the saved header has no result"))?;
+    let mut by_id: std::collections::HashMap<String, Value> = results.into_iter().collect();
+    fn walk(
+        node: &Value,
+        by_id: &mut std::collections::HashMap<String, Value>,
+        depth: usize,
+    ) -> Result<Value, String> {
+        if depth > 64 {
+            return Err("the saved header nests too deep".to_owned());
+        }
+        let id = node
+            .get(0)
+            .and_then(|h| h.get(0))
+            .and_then(Value::as_str)
+            .ok_or("a saved result without an id")?;
+        match node.get(1) {
+            Some(Value::Array(children)) => children
+                .iter()
+                .map(|c| walk(c, by_id, depth + 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            _ => by_id
+                .remove(id)
+                .ok_or_else(|| format!("no result joined for {id}")),
+        }
+    }
+    match header.get(1) {
+        Some(Value::Array(children)) => children
+            .iter()
+            .map(|c| walk(c, &mut by_id, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array)
+            .map_err(|e| join_error(&e)),
+        _ => Err(join_error("the saved header is not a group")),
+    }
+}
+
+/// One member's task id and result, or the `ChordError` of a part that
+/// failed.
+fn unpack(member: &[u8]) -> Result<(String, Value), TaskError> {
     let parsed: Result<(Value, String, String, Value), _> = serde_json::from_slice(member);
     let (_, id, state, result) = match parsed {
         Ok(t) => t,
@@ -193,7 +251,7 @@ fn unpack(member: &[u8]) -> Result<Value, TaskError> {
             .unwrap_or_else(|| crate::repr::repr(&result));
         return Err(chord_error(format!("Dependency {id} raised {shown}")));
     }
-    Ok(result)
+    Ok((id, result))
 }
 
 /// The body is applied as the part's follow-up, on a backend that joins.

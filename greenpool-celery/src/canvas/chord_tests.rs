@@ -65,7 +65,7 @@ fn the_last_part_sends_the_body_with_the_results_in_order() {
         br#"[1, "p1", "SUCCESS", 3]"#.to_vec(),
         br#"[1, "p2", "SUCCESS", {"a": [7]}]"#.to_vec(),
     ];
-    let Conclusion::Run(applied) = conclude(&p, &members) else {
+    let Conclusion::Run(applied) = conclude(&p, &members, None) else {
         panic!("the body should run");
     };
     let [publish] = <[_; 1]>::try_from(applied.publish).unwrap();
@@ -84,7 +84,8 @@ fn an_immutable_body_gets_no_results() {
     let mut b = body();
     b["immutable"] = json!(true);
     let p = part(&header(Some(0), b), TaskState::Success, &json!(3)).unwrap();
-    let Conclusion::Run(applied) = conclude(&p, &[br#"[1, "p1", "SUCCESS", 3]"#.to_vec()]) else {
+    let Conclusion::Run(applied) = conclude(&p, &[br#"[1, "p1", "SUCCESS", 3]"#.to_vec()], None)
+    else {
         panic!("the body should run");
     };
     let publish = applied.publish[0].clone();
@@ -104,7 +105,7 @@ fn a_failed_part_fails_the_body_and_calls_its_link_errors() {
         body_id,
         error,
         errbacks,
-    } = conclude(&p, &members)
+    } = conclude(&p, &members, None)
     else {
         panic!("the body should fail");
     };
@@ -125,7 +126,7 @@ fn a_failed_part_fails_the_body_and_calls_its_link_errors() {
     }])
     .to_string();
     assert!(matches!(
-        conclude(&p, &[revoked.into_bytes()]),
+        conclude(&p, &[revoked.into_bytes()], None),
         Conclusion::Fail { .. }
     ));
 }
@@ -133,7 +134,7 @@ fn a_failed_part_fails_the_body_and_calls_its_link_errors() {
 #[test]
 fn an_unreadable_member_is_a_join_error() {
     let p = part(&header(Some(0), body()), TaskState::Success, &json!(3)).unwrap();
-    let Conclusion::Fail { error, .. } = conclude(&p, &[b"not json".to_vec()]) else {
+    let Conclusion::Fail { error, .. } = conclude(&p, &[b"not json".to_vec()], None) else {
         panic!("the body should fail");
     };
     assert!(error.args()[0]
@@ -149,5 +150,33 @@ fn the_keys_are_celerys() {
     assert_eq!(k.size, "celery-taskset-meta-g1.s");
     assert_eq!(k.parts, "celery-taskset-meta-g1.d");
     assert_eq!(k.claim, "celery-taskset-meta-g1.c");
+    assert_eq!(k.group, "celery-taskset-meta-g1");
     assert_eq!(k.once, "greenpool.chord.g1");
+}
+
+#[test]
+fn a_header_saved_with_groups_gets_its_results_nested() {
+    let p = part(&header(Some(0), body()), TaskState::Success, &json!(3)).unwrap();
+    let members = vec![
+        br#"[1, "a", "SUCCESS", 1]"#.to_vec(),
+        br#"[1, "b", "SUCCESS", 2]"#.to_vec(),
+        br#"[1, "c", "SUCCESS", 3]"#.to_vec(),
+    ];
+    // chord([group(a, b), c], body), as GroupResult.as_tuple() saves it.
+    let saved = json!({"result": [["g1", null], [
+        [["g2", null], [[["a", null], null], [["b", null], null]]],
+        [["c", null], null]
+    ]]})
+    .to_string();
+    let Conclusion::Run(applied) = conclude(&p, &members, Some(saved.as_bytes())) else {
+        panic!("the body should run");
+    };
+    let m = TaskMessage::from_envelope(applied.publish[0].message.clone()).unwrap();
+    assert_eq!(m.args[0], json!([[1, 2], 3]));
+    // A saved header naming a part that never joined is a join error.
+    let short = json!({"result": [["g1", null], [[["zz", null], null]]]}).to_string();
+    assert!(matches!(
+        conclude(&p, &members, Some(short.as_bytes())),
+        Conclusion::Fail { .. }
+    ));
 }

@@ -56,29 +56,32 @@ pub(super) async fn join_all(
         let keys = JoinKeys::of(&j.part.group);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&t.scripts.join)
-            .arg(5)
+            .arg(6)
             .arg(&keys.joined)
             .arg(&keys.added)
             .arg(&keys.size)
             .arg(&keys.parts)
             .arg(&keys.claim)
+            .arg(&keys.group)
             .arg(&j.part.member)
             .arg(&j.part.score)
             .arg(t.result_expires)
             .arg(&j.part.task_id)
             .arg(crate::canvas::chord::CLAIM_SECONDS);
         stats.round_trip();
-        let members: Vec<Vec<u8>> = link
+        let mut members: Vec<Vec<u8>> = link
             .call_until_done("joining a chord part", |mut conn| {
                 let cmd = &cmd;
                 async move { cmd.query_async(&mut conn).await }
             })
             .await?
             .map_err(BrokerError::Redis)?;
-        if members.is_empty() {
+        // Concluded: the members, then the saved header ("" when flat).
+        let Some(saved) = members.pop() else {
             continue;
-        }
-        let conclusion = conclude(&j.part, &members);
+        };
+        let saved = (!saved.is_empty()).then_some(saved.as_slice());
+        let conclusion = conclude(&j.part, &members, saved);
         write(&mut b, t, stats, &j, conclusion).await?;
     }
     Ok(b)

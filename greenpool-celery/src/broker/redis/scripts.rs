@@ -95,11 +95,13 @@ pub(crate) const RESTORE: &str = include_str!("lua/restore.lua");
 /// chord's size read, each key's expiry renewed; and the chord claimed
 /// (`.c`) when the count reaches the size: see [`crate::canvas::chord`].
 ///
-/// KEYS: `.j`, `.t`, `.s`, `.d`, `.c` of the chord's group. ARGV: the
+/// KEYS: `.j`, `.t`, `.s`, `.d`, `.c` of the chord's group, and the
+/// group's own key (where a client saves a header holding groups). ARGV: the
 /// member, its score, result expiry seconds (0: none), the part's task
 /// id, the claim's lifetime in seconds.
 ///
-/// Returns the members in score order when this part concludes the chord
+/// Returns the members in score order, then the group key's value (`""`
+/// when none), when this part concludes the chord
 /// (the count reached, and the claim free, expired or already this
 /// part's: its message came back after a lost worker); an empty list
 /// otherwise.

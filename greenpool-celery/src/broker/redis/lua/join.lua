@@ -1,5 +1,5 @@
 -- The JOIN script: documented at its constant in ../scripts.rs.
-local jkey, tkey, skey, dkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local jkey, tkey, skey, dkey, ckey, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local value, score, tid = ARGV[1], ARGV[2], ARGV[4]
 local expires, claim_expires = tonumber(ARGV[3]), tonumber(ARGV[5])
 -- A chord already concluded and cleaned up: a late duplicate does nothing.
@@ -23,4 +23,7 @@ if size == nil or ready ~= size + added then return {} end
 local claim = redis.call('GET', ckey)
 if claim and claim ~= tid then return {} end
 redis.call('SET', ckey, tid, 'EX', claim_expires)
-return redis.call('ZRANGE', jkey, 0, -1)
+-- The members, then the header's saved structure ('' when it is flat).
+local out = redis.call('ZRANGE', jkey, 0, -1)
+table.insert(out, redis.call('GET', gkey) or '')
+return out
