@@ -28,11 +28,7 @@ import uuid
 
 import pytest
 from celery import chain, group
-from celery.exceptions import (
-    MaxRetriesExceededError,
-    TaskRevokedError,
-    TimeLimitExceeded,
-)
+from celery.exceptions import MaxRetriesExceededError, TaskRevokedError, TimeLimitExceeded
 from celery.result import AsyncResult
 
 import conftest
