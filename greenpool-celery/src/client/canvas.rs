@@ -72,10 +72,11 @@ impl GroupResult {
     /// The first member's error, in order ([`ResultError::Timeout`] when
     /// the time is up).
     pub async fn get(&self, timeout: Duration) -> Result<Vec<Value>, ResultError> {
-        let deadline = Instant::now() + timeout;
+        // No deadline when `timeout` is beyond what the clock can add.
+        let deadline = Instant::now().checked_add(timeout);
         let mut out = Vec::with_capacity(self.results.len());
         for r in &self.results {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
             out.push(Box::pin(r.get(left)).await?);
         }
         Ok(out)
