@@ -18,16 +18,6 @@ use support::faulty::{messages, push_all, start, succeeded, twice, until, Runs, 
 use support::proxy::Proxy;
 use support::RedisServer;
 
-fn aof_dir(tag: &str) -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "greenpool-faults-{tag}-{}-{}",
-        std::process::id(),
-        support::free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.to_string_lossy().into_owned()
-}
-
 /// Redis stopped and started again (AOF on) while the worker drains
 /// 2,000 tasks: every task gets its result.
 async fn redis_restart(outage: Duration, acks_late: bool) {
@@ -37,15 +27,7 @@ async fn redis_restart(outage: Duration, acks_late: bool) {
             .with_max_level(tracing::Level::WARN)
             .finish(),
     );
-    let dir = aof_dir("restart");
-    let Some(server) = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &dir,
-    ]) else {
+    let Some((server, dir)) = RedisServer::start_with_aof("faults-restart") else {
         return;
     };
     let n = 2000;

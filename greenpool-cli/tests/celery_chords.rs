@@ -207,24 +207,10 @@ fn bodies_sent(conn: &mut redis::Connection, size: usize) -> (usize, HashMap<Str
 /// of 20, with late acks and with early acks: the worker reconnects, and
 /// every chord's body is sent once.
 fn redis_restart_mid_chords(acks_late: bool) {
-    let dir = std::env::temp_dir().join(format!(
-        "greenpool-chords-restart-{}-{}",
-        std::process::id(),
-        support::free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = dir.to_string_lossy().into_owned();
     let Some(python) = support::python() else {
         return;
     };
-    let Some(server) = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &dir,
-    ]) else {
+    let Some((server, dir)) = RedisServer::start_with_aof("chords-restart") else {
         return;
     };
     let (n, size) = (200, 20);

@@ -282,16 +282,7 @@ impl Client {
                 let payload = crate::broker::publish::kombu_json(&mut p)
                     .map_err(|e| BrokerError::Canvas(e.to_string()))?;
                 let key = crate::broker::keys::queue_key(&p.routing_key, p.priority.unwrap_or(0));
-                let mut push = redis::cmd("LPUSH");
-                push.arg(key).arg(payload);
-                let _: i64 = link
-                    .call_until_done("sending a task", |mut conn| {
-                        let push = &push;
-                        async move { push.query_async(&mut conn).await }
-                    })
-                    .await?
-                    .map_err(BrokerError::Redis)?;
-                Ok(())
+                super::lpush(link, &key, payload).await
             }
             #[cfg(feature = "amqp")]
             ClientBroker::Amqp(amqp) => {

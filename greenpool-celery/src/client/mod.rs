@@ -300,7 +300,12 @@ async fn send_redis(
             e.to_string(),
         )))
     })?;
-    let key = keys::queue_key(queue, priority);
+    lpush(link, &keys::queue_key(queue, priority), payload).await
+}
+
+/// LPUSHes `payload` on list `key` (a queue at one priority step).
+#[cfg(feature = "redis")]
+async fn lpush(link: &Link, key: &str, payload: String) -> Result<(), BrokerError> {
     let mut push = redis::cmd("LPUSH");
     push.arg(key).arg(payload);
     let _: i64 = link

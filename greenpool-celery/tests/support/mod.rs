@@ -48,6 +48,28 @@ impl RedisServer {
         Self::start_with(&["--appendonly", "no"])
     }
 
+    /// Starts one that writes every command to its AOF (`appendfsync
+    /// always`) in a new temporary directory, so that a restart keeps
+    /// everything; returns the directory too (for the caller to remove).
+    pub fn start_with_aof(tag: &str) -> Option<(Self, String)> {
+        let dir = std::env::temp_dir().join(format!(
+            "greenpool-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.to_string_lossy().into_owned();
+        let args = [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            &dir,
+        ];
+        Some((Self::start_with(&args)?, dir))
+    }
+
     /// Starts one with `extra` arguments (they come last and win).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
