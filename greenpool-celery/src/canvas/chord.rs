@@ -23,8 +23,10 @@
 //! part's task id for [`CLAIM_SECONDS`]) and the members are read. The
 //! body (or its link errors) is then pushed under a once-key on the
 //! broker (`greenpool.chord.<group>`, a day), in the same atomic write as
-//! the part's ack; after it the chord's keys are deleted and `.c` is set
-//! to `done` for [`DONE_SECONDS`], so a late duplicate does nothing.
+//! the part's ack; the chord's keys are deleted and `.c` is set to `done`
+//! for [`DONE_SECONDS`] (so a late duplicate does nothing) in that same
+//! write when the result backend is the broker's server, just after it
+//! when the backend is another one.
 //! Should the worker die between the join and that write, the part's
 //! message (late ack) comes back; its join finds the claim its own or
 //! expired and concludes again (as would a Python worker's), and the

@@ -353,7 +353,10 @@ async fn broker_stage(
                     Err(e) => Err(e),
                 };
             match written {
-                Ok(()) => super::chord::clean_up(&b.cleanup, &targets, &stats).await,
+                Ok(()) if targets.backend.is_some() => {
+                    super::chord::clean_up(&b.cleanup, &targets, &stats).await;
+                }
+                Ok(()) => {}
                 Err(e) => give_up(&b, e, &failed, &gave_up),
             }
         }
@@ -389,12 +392,16 @@ async fn commit_broker(
     } else {
         format!("greenpool.commit.{}", crate::uuid::uuid4())
     };
+    // A concluded chord whose keys live on this server is cleaned up in
+    // the same step as its body's push; on a separate backend, after it.
+    let done: &[String] = if t.backend.is_none() { &b.cleanup } else { &[] };
     let cmd = commit(
         &t.scripts.commit,
         &once,
         t.result_expires,
         stores,
         pushes,
+        done,
         &b.acks,
     );
     let what = format!(

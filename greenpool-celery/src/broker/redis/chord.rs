@@ -165,8 +165,10 @@ async fn store(
     store_on(link, t, stats, &keys, &payloads).await
 }
 
-/// Cleans up the chords of `groups` that a written batch concluded: their
-/// keys deleted and the claim set to `done`, as Celery does. A failure is
+/// Cleans up the chords of `groups` that a written batch concluded, when
+/// their keys live on a separate backend (on the broker's own server the
+/// batch's COMMIT does it): their keys deleted and the claim set to
+/// `done`, as Celery does. A failure is
 /// only logged: the keys expire with the results, and the once-key keeps
 /// a body from being sent again meanwhile.
 pub(super) async fn clean_up(groups: &[String], t: &Targets, stats: &BrokerStats) {

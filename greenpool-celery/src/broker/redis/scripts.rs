@@ -59,15 +59,16 @@ pub(crate) const TAKE: &str = include_str!("lua/take.lua");
 pub(crate) const RETURN: &str = include_str!("lua/return.lua");
 
 /// Writes a batch in one atomic step: results first, then follow-up
-/// messages, then the acks; a batch sent twice (its first reply lost)
-/// pushes once.
+/// messages, then the clean-up of the chords concluded, then the acks; a
+/// batch sent twice (its first reply lost) pushes once.
 ///
 /// KEYS: `unacked`, `unacked_index`, the batch's once-key (`""` when the
 /// batch pushes nothing), then the result keys, then for each push its
-/// queue key and its own once-key (`""`: none).
+/// queue key and its own once-key (`""`: none), then for each concluded
+/// chord its `.j`, `.t`, `.s`, `.d` (deleted) and `.c` (set to `done`).
 /// ARGV: result expiry seconds (0: none), number of results, number of
-/// pushes, then one payload per result, one per push, then the tags to
-/// ack.
+/// pushes, number of concluded chords, seconds `.c` reads `done`, then
+/// one payload per result, one per push, then the tags to ack.
 ///
 /// A push with a once-key is made only by the first script run that sets
 /// that key (kept a day); pushes sharing a key (one message routed to

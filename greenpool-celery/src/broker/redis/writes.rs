@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::scripts::Scripts;
 use crate::broker::keys::{self, UNACKED, UNACKED_INDEX};
 use crate::broker::Publish;
+use crate::canvas::chord::{JoinKeys, DONE_SECONDS};
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::stats::BrokerStats;
@@ -91,11 +92,12 @@ pub(super) fn commit(
     expires: u64,
     stores: (&[String], &[String]),
     pushes: &[Push],
+    done: &[String],
     acks: &[String],
 ) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(sha)
-        .arg(3 + stores.0.len() + 2 * pushes.len())
+        .arg(3 + stores.0.len() + 2 * pushes.len() + 5 * done.len())
         .arg(UNACKED)
         .arg(UNACKED_INDEX)
         .arg(once)
@@ -103,9 +105,19 @@ pub(super) fn commit(
     for p in pushes {
         cmd.arg(&p.list).arg(p.once.as_deref().unwrap_or(""));
     }
+    for group in done {
+        let k = JoinKeys::of(group);
+        cmd.arg(&k.joined)
+            .arg(&k.added)
+            .arg(&k.size)
+            .arg(&k.parts)
+            .arg(&k.claim);
+    }
     cmd.arg(expires)
         .arg(stores.0.len())
         .arg(pushes.len())
+        .arg(done.len())
+        .arg(DONE_SECONDS)
         .arg(stores.1);
     for p in pushes {
         cmd.arg(&p.payload);
@@ -128,6 +140,7 @@ pub(super) async fn store_on(
         "",
         t.result_expires,
         (keys, payloads),
+        &[],
         &[],
         &[],
     );

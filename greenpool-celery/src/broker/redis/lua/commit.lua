@@ -2,6 +2,8 @@
 local expires = tonumber(ARGV[1])
 local nstore = tonumber(ARGV[2])
 local npush = tonumber(ARGV[3])
+local ndone = tonumber(ARGV[4])
+local done_secs = tonumber(ARGV[5])
 if KEYS[3] ~= '' then
   -- The first write: if the server refuses it (maxmemory), nothing of
   -- the batch is written.
@@ -10,7 +12,7 @@ end
 local stored = 0
 for i = 1, nstore do
   local key = KEYS[3 + i]
-  local payload = ARGV[3 + i]
+  local payload = ARGV[5 + i]
   local cur = redis.pcall('GET', key)
   local keep = false
   if type(cur) == 'string' then
@@ -39,10 +41,17 @@ for i = 1, npush do
     go = once[guard]
   end
   if go then
-    redis.call('LPUSH', list, ARGV[3 + nstore + i])
+    redis.call('LPUSH', list, ARGV[5 + nstore + i])
   end
 end
-local first = 4 + nstore + npush
+-- Concluded chords: their keys deleted, their claim set to 'done'.
+local kbase = 3 + nstore + 2 * npush
+for i = 0, ndone - 1 do
+  local k = kbase + 5 * i
+  redis.call('DEL', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4])
+  redis.call('SET', KEYS[k + 5], 'done', 'EX', done_secs)
+end
+local first = 6 + nstore + npush
 local n = #ARGV
 while first <= n do
   local last = math.min(first + 999, n)
