@@ -146,6 +146,15 @@ pub enum BrokerError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// Transport options (`broker_transport_options`,
+    /// `result_backend_transport_options`) that cannot be used.
+    #[error("{which} transport options: {reason}")]
+    TransportOptions {
+        /// `"broker"` or `"result backend"`.
+        which: &'static str,
+        /// What is wrong, and what is supported.
+        reason: String,
+    },
     /// An environment variable holds a value of the wrong form.
     #[error("environment variable {name}={value:?} is invalid: {reason}")]
     Env {

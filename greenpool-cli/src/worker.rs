@@ -51,6 +51,15 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps [default: 100].
     #[arg(long)]
     restore_interval: Option<f64>,
+    /// Celery's broker_transport_options as JSON: `master_name` and
+    /// `sentinel_kwargs` for a sentinel:// broker, `visibility_timeout`;
+    /// any other key is refused.
+    #[arg(long)]
+    broker_transport_options: Option<String>,
+    /// Celery's result_backend_transport_options as JSON: `master_name`
+    /// and `sentinel_kwargs` for a sentinel:// result backend.
+    #[arg(long)]
+    result_backend_transport_options: Option<String>,
     /// Operating the worker: -E, --autoscale, time limits.
     #[command(flatten)]
     control: crate::control::WorkerControlArgs,
@@ -127,6 +136,14 @@ impl WorkerArgs {
                 0 => None,
                 s => Some(secs("result-expires", s as f64)?),
             };
+        }
+        if let Some(json) = &self.broker_transport_options {
+            let t = greenpool_celery::TransportOptions::parse(json, "broker")?;
+            config = config.broker_transport_options(t);
+        }
+        if let Some(json) = &self.result_backend_transport_options {
+            let t = greenpool_celery::TransportOptions::parse(json, "result backend")?;
+            config = config.result_backend_transport_options(t);
         }
         if let Some(s) = self.visibility_timeout {
             config.redis.visibility_timeout = secs("visibility-timeout", s)?;

@@ -45,12 +45,14 @@ impl Transport {
         let scheme = url.split_once("://").map_or("", |(s, _)| s);
         match scheme.to_ascii_lowercase().as_str() {
             #[cfg(feature = "redis")]
-            "redis" | "rediss" | "unix" | "redis+unix" => Ok(Transport::Redis),
+            "redis" | "rediss" | "unix" | "redis+unix" | "sentinel" => Ok(Transport::Redis),
             #[cfg(not(feature = "redis"))]
-            "redis" | "rediss" | "unix" | "redis+unix" => Err(BrokerError::NotCompiled {
-                scheme: scheme.to_owned(),
-                feature: "redis",
-            }),
+            "redis" | "rediss" | "unix" | "redis+unix" | "sentinel" => {
+                Err(BrokerError::NotCompiled {
+                    scheme: scheme.to_owned(),
+                    feature: "redis",
+                })
+            }
             #[cfg(feature = "amqp")]
             "amqp" | "amqps" | "pyamqp" => Ok(Transport::Amqp),
             #[cfg(not(feature = "amqp"))]

@@ -50,6 +50,14 @@ pub const WORKER_VARIABLES: &[(&str, &str)] = &[
         "Redis: seconds between restore sweeps",
     ),
     (
+        "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
+        "Redis: broker_transport_options as JSON (master_name, sentinel_kwargs, visibility_timeout)",
+    ),
+    (
+        "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
+        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs)",
+    ),
+    (
         "GREENPOOL_QUEUE_MAX_PRIORITY",
         "AMQP: x-max-priority of declared queues",
     ),
@@ -195,6 +203,15 @@ pub(super) fn apply(
     }
     if let Some(d) = r.parse("GREENPOOL_RESTORE_INTERVAL", seconds)? {
         config.redis.restore_interval = d;
+    }
+    if let Some(v) = r.raw("GREENPOOL_BROKER_TRANSPORT_OPTIONS") {
+        config = config.broker_transport_options(super::TransportOptions::parse(&v, "broker")?);
+    }
+    if let Some(v) = r.raw("GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS") {
+        config = config.result_backend_transport_options(super::TransportOptions::parse(
+            &v,
+            "result backend",
+        )?);
     }
     if let Some(p) = r.parse("GREENPOOL_QUEUE_MAX_PRIORITY", priority)? {
         config.amqp.queue_max_priority = Some(p);

@@ -9,6 +9,7 @@ mod connection;
 mod env;
 mod limits;
 mod redis;
+mod sentinel;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub use self::connection::ConnectionPolicy;
 pub use self::env::WORKER_VARIABLES;
 pub use self::limits::{Limits, DEFAULT_MAX_MESSAGE_SIZE};
 pub use self::redis::RedisOptions;
+pub use self::sentinel::{SentinelOptions, TransportOptions};
 use crate::error::ConfigError;
 
 /// Settings of a [`Worker`](crate::Worker).
@@ -218,6 +220,22 @@ impl WorkerConfig {
     /// Sets the result lifetime.
     pub fn result_expires(mut self, d: Option<Duration>) -> Self {
         self.result_expires = d;
+        self
+    }
+    /// Applies Celery's `broker_transport_options` (a
+    /// [`TransportOptions`], e.g. read from JSON): the sentinel settings
+    /// of a `sentinel://` broker URL and the visibility timeout.
+    pub fn broker_transport_options(mut self, t: TransportOptions) -> Self {
+        self.redis.broker_sentinel = t.sentinel;
+        if let Some(d) = t.visibility_timeout {
+            self.redis.visibility_timeout = d;
+        }
+        self
+    }
+    /// Applies Celery's `result_backend_transport_options`: the sentinel
+    /// settings of a `sentinel://` result backend URL.
+    pub fn result_backend_transport_options(mut self, t: TransportOptions) -> Self {
+        self.redis.backend_sentinel = t.sentinel;
         self
     }
     /// Sets the visibility timeout (Redis).

@@ -27,6 +27,10 @@ pub struct RedisOptions {
     /// script instead of `SORT … STORE` and `RENAME`, for servers where
     /// `SORT` or `RENAME` is renamed or forbidden. Slower, as safe.
     pub legacy_fetch: bool,
+    /// How a `sentinel://` broker URL finds its master.
+    pub broker_sentinel: super::SentinelOptions,
+    /// How a `sentinel://` result backend URL finds its master.
+    pub backend_sentinel: super::SentinelOptions,
 }
 
 impl Default for RedisOptions {
@@ -36,6 +40,8 @@ impl Default for RedisOptions {
             restore_interval: Duration::from_secs(100),
             fetch_batch: 1024,
             legacy_fetch: false,
+            broker_sentinel: super::SentinelOptions::default(),
+            backend_sentinel: super::SentinelOptions::default(),
         }
     }
 }

@@ -51,7 +51,11 @@ pub(crate) struct Link {
     name: &'static str,
     /// The URL without password, for log lines.
     shown: String,
-    client: redis::Client,
+    /// The server's client: fixed, or (with Sentinel) the master's as of
+    /// the last connection.
+    client: Mutex<redis::Client>,
+    /// The sentinels, for a `sentinel://` URL.
+    sentinel: Option<super::sentinel::SentinelTarget>,
     settings: LinkSettings,
     on_start: Option<StartHook>,
     state: Mutex<State>,
@@ -105,15 +109,23 @@ impl Link {
                 .with_interval(Duration::from_secs(10))
                 .with_retries(3),
         );
-        let info = url
-            .into_connection_info()
-            .map_err(BrokerError::Url)?
-            .set_tcp_settings(tcp);
-        let client = redis::Client::open(info).map_err(BrokerError::Url)?;
+        let (client, sentinel) = if super::sentinel::is_sentinel(url) {
+            let target = super::sentinel::SentinelTarget::from_url(url, &settings.sentinel, tcp)?;
+            let placeholder =
+                redis::Client::open(target.placeholder.clone()).map_err(BrokerError::Url)?;
+            (placeholder, Some(target))
+        } else {
+            let info = url
+                .into_connection_info()
+                .map_err(BrokerError::Url)?
+                .set_tcp_settings(tcp);
+            (redis::Client::open(info).map_err(BrokerError::Url)?, None)
+        };
         let link = Link {
             name,
             shown: redact(url),
-            client,
+            client: Mutex::new(client),
+            sentinel,
             settings,
             on_start,
             state: Mutex::new(State {
@@ -158,9 +170,13 @@ impl Link {
         self.reconnects.get().cloned()
     }
 
-    /// The redis client (for pub/sub connections).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// The redis client (for pub/sub connections): with Sentinel, the
+    /// master's as of the last connection.
+    pub(crate) fn client(&self) -> redis::Client {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The settings.
@@ -178,8 +194,29 @@ impl Link {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(Some(self.settings.command_timeout));
-        let conn = self
-            .client
+        let client = match &self.sentinel {
+            None => self.client(),
+            Some(target) => {
+                let client = tokio::time::timeout(self.settings.connect_timeout, target.master())
+                    .await
+                    .map_err(|_| {
+                        redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no sentinel named the master in time",
+                        ))
+                    })??;
+                let (was, now) = (
+                    self.client().get_connection_info().addr().to_string(),
+                    client.get_connection_info().addr().to_string(),
+                );
+                if was != now {
+                    tracing::warn!("{}: the sentinels name {now} as the master", self.name);
+                }
+                *self.client.lock().unwrap_or_else(PoisonError::into_inner) = client.clone();
+                client
+            }
+        };
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         if let Some(hook) = &self.on_start {
@@ -239,7 +276,17 @@ impl Link {
                 ))),
             };
         result.map_err(|error| {
-            let fault = Fault::of(&error);
+            let fault = match Fault::of(&error) {
+                // Behind Sentinel a read-only or master-less server was
+                // demoted: reconnect, and ask the sentinels again.
+                Fault::Busy
+                    if self.sentinel.is_some()
+                        && matches!(error.code(), Some("READONLY" | "MASTERDOWN")) =>
+                {
+                    Fault::Lost
+                }
+                f => f,
+            };
             match fault {
                 Fault::Lost => self.mark_lost(generation, &error),
                 Fault::NoScript => {

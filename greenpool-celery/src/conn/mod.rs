@@ -46,6 +46,8 @@ mod backoff;
 mod fault;
 #[cfg(feature = "redis")]
 pub(crate) mod link;
+#[cfg(feature = "redis")]
+mod sentinel;
 mod settings;
 #[cfg(feature = "redis")]
 mod subscriber;

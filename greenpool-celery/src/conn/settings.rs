@@ -18,6 +18,8 @@ pub(crate) struct LinkSettings {
     /// Attempts before giving up; `None`: forever.
     pub(crate) max_retries: Option<u32>,
     pub(crate) backoff: Backoff,
+    /// How a `sentinel://` URL finds its master (Redis links only).
+    pub(crate) sentinel: crate::config::SentinelOptions,
 }
 
 impl LinkSettings {
@@ -33,6 +35,15 @@ impl LinkSettings {
                 first: c.connection.reconnect_delay,
                 max: c.connection.reconnect_delay_max,
             },
+            sentinel: c.redis.broker_sentinel.clone(),
+        }
+    }
+
+    /// The worker's settings for its result backend's link.
+    pub(crate) fn for_backend(c: &WorkerConfig) -> Self {
+        LinkSettings {
+            sentinel: c.redis.backend_sentinel.clone(),
+            ..Self::from_config(c)
         }
     }
 

@@ -111,7 +111,8 @@ impl NodeWire {
 /// kombu's `Connection.info()` for a Redis URL (password left out).
 #[cfg(feature = "redis")]
 fn redis_info(link: &Link, connect_timeout: f64) -> Value {
-    let info = link.client().get_connection_info();
+    let client = link.client();
+    let info = client.get_connection_info();
     let (host, port, ssl) = match info.addr() {
         redis::ConnectionAddr::Tcp(h, p) => (json!(h), json!(p), false),
         redis::ConnectionAddr::TcpTls { host, port, .. } => (json!(host), json!(port), true),

@@ -87,6 +87,10 @@ pub(crate) async fn open(
     use crate::conn::Link;
     use crate::error::BrokerError;
 
+    let settings = LinkSettings {
+        sentinel: config.redis.backend_sentinel.clone(),
+        ..settings
+    };
     let link = Arc::new(Link::open("result backend", url, settings, Some(Scripts::hook())).await?);
     link.count_reconnects(metrics.reconnects.counter("result backend"));
     let scripts = link

@@ -74,6 +74,7 @@ impl WorkerTransport for RedisTransport {
         broker.register().await?;
         let backend_link = match &config.result_backend {
             Some(url) if *url != config.broker_url => {
+                let settings = LinkSettings::for_backend(config);
                 let link =
                     Link::open("result backend", url, settings, Some(Scripts::hook())).await?;
                 link.count_reconnects(how.metrics.reconnects.counter("result backend"));
