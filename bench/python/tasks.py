@@ -3,6 +3,7 @@
 Run: GREENPOOL_BROKER_URL=redis://... celery -A tasks worker -P eventlet -c 1000
 (from this folder). The bench and the interop tests start it this way.
 """
+import json
 import os
 import time
 
@@ -11,6 +12,16 @@ from celery import Celery
 broker = os.environ.get("GREENPOOL_BROKER_URL", "redis://127.0.0.1:6379/0")
 backend = os.environ.get("GREENPOOL_RESULT_BACKEND", broker)
 app = Celery("greenpool_twin", broker=broker, backend=backend)
+# Celery's transport options as JSON (a sentinel:// broker's master_name,
+# say), and late acks, as the failover tests run it.
+for setting, var in (
+    ("broker_transport_options", "GREENPOOL_BROKER_TRANSPORT_OPTIONS"),
+    ("result_backend_transport_options", "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS"),
+):
+    if os.environ.get(var):
+        app.conf[setting] = json.loads(os.environ[var])
+if os.environ.get("GREENPOOL_ACKS_LATE") == "1":
+    app.conf.task_acks_late = True
 
 
 def _sleep(secs):

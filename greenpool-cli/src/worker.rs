@@ -51,6 +51,15 @@ pub(crate) struct WorkerArgs {
     /// Seconds between restore sweeps [default: 100].
     #[arg(long)]
     restore_interval: Option<f64>,
+    /// Redis: replicas that must hold each batch of results and acks
+    /// before it counts as written (WAIT); closes the window in which a
+    /// failover loses what the old master never replicated [default: 0].
+    #[arg(long)]
+    sync_replicas: Option<u32>,
+    /// Redis: seconds one WAIT for the replicas may take before the batch
+    /// is written again on a new connection [default: 1].
+    #[arg(long)]
+    sync_replicas_timeout: Option<f64>,
     /// Celery's broker_transport_options as JSON: `master_name` and
     /// `sentinel_kwargs` for a sentinel:// broker, `visibility_timeout`;
     /// any other key is refused.
@@ -150,6 +159,12 @@ impl WorkerArgs {
         }
         if let Some(s) = self.restore_interval {
             config.redis.restore_interval = secs("restore-interval", s)?;
+        }
+        if let Some(n) = self.sync_replicas {
+            config.redis.sync_replicas = n;
+        }
+        if let Some(s) = self.sync_replicas_timeout {
+            config.redis.sync_replicas_timeout = secs("sync-replicas-timeout", s)?;
         }
         if let Some(b) = self.broker_connection_retry {
             config.connection.retry = b;

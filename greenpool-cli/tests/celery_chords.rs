@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use greenpool_celery::TaskMessage;
 use redis::Commands;
-use support::process::Proc;
+use support::process::{runs, Proc};
 use support::RedisServer;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -70,25 +70,6 @@ fn until(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20)); // polling a condition
     }
-}
-
-/// How many log lines of `logs` say task `name[id]` succeeded, per id.
-fn runs(logs: &[&[String]], name: &str, ids: &[String]) -> HashMap<String, usize> {
-    let mut n: HashMap<String, usize> = ids.iter().map(|i| (i.clone(), 0)).collect();
-    for line in logs.iter().flat_map(|l| l.iter()) {
-        let Some(rest) = line.split(&format!("{name}[")).nth(1) else {
-            continue;
-        };
-        let Some((id, tail)) = rest.split_once(']') else {
-            continue;
-        };
-        if tail.trim_start().starts_with("succeeded") {
-            if let Some(c) = n.get_mut(id) {
-                *c += 1;
-            }
-        }
-    }
-    n
 }
 
 /// The chord forms of a Celery user, on a greenpool worker alone: the

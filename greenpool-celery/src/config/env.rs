@@ -50,6 +50,14 @@ pub const WORKER_VARIABLES: &[(&str, &str)] = &[
         "Redis: seconds between restore sweeps",
     ),
     (
+        "GREENPOOL_SYNC_REPLICAS",
+        "Redis: replicas that must hold each batch of results and acks (WAIT; 0: none)",
+    ),
+    (
+        "GREENPOOL_SYNC_REPLICAS_TIMEOUT",
+        "Redis: seconds one WAIT for the replicas may take",
+    ),
+    (
         "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
         "Redis: broker_transport_options as JSON (master_name, sentinel_kwargs, visibility_timeout)",
     ),
@@ -203,6 +211,15 @@ pub(super) fn apply(
     }
     if let Some(d) = r.parse("GREENPOOL_RESTORE_INTERVAL", seconds)? {
         config.redis.restore_interval = d;
+    }
+    let replicas = |v: &str| {
+        whole(v).and_then(|n| u32::try_from(n).map_err(|_| "expected a number below 2^32"))
+    };
+    if let Some(n) = r.parse("GREENPOOL_SYNC_REPLICAS", replicas)? {
+        config.redis.sync_replicas = n;
+    }
+    if let Some(d) = r.parse("GREENPOOL_SYNC_REPLICAS_TIMEOUT", seconds)? {
+        config.redis.sync_replicas_timeout = d;
     }
     if let Some(v) = r.raw("GREENPOOL_BROKER_TRANSPORT_OPTIONS") {
         config = config.broker_transport_options(super::TransportOptions::parse(&v, "broker")?);

@@ -248,6 +248,22 @@ impl WorkerConfig {
         self.redis.restore_interval = d;
         self
     }
+    /// Waits for `replicas` Redis replicas to hold each batch of results
+    /// and acks, `timeout` at most per batch, before counting it written
+    /// (see [`RedisOptions::sync_replicas`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use greenpool_celery::WorkerConfig;
+    /// let c = WorkerConfig::new("sentinel://127.0.0.1:26379/0")
+    ///     .sync_replicas(1, Duration::from_millis(500));
+    /// assert_eq!(c.redis.sync_replicas, 1);
+    /// ```
+    pub fn sync_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.redis.sync_replicas = replicas;
+        self.redis.sync_replicas_timeout = timeout;
+        self
+    }
     /// Sets the largest fetch (Redis).
     pub fn fetch_batch(mut self, n: usize) -> Self {
         self.redis.fetch_batch = n;
@@ -387,6 +403,12 @@ impl WorkerConfig {
                 "with autoscale, concurrency is the autoscale maximum",
             )?;
         }
+        rule(
+            self.redis.sync_replicas > 0
+                && self.redis.sync_replicas_timeout >= self.connection.command_timeout,
+            "the sync-replicas timeout must be shorter than the command timeout (a WAIT \
+             outlasting it would read as a lost connection)",
+        )?;
         let problem = [
             self.limits.problem(),
             self.connection.problem(),

@@ -31,6 +31,16 @@ pub struct RedisOptions {
     pub broker_sentinel: super::SentinelOptions,
     /// How a `sentinel://` result backend URL finds its master.
     pub backend_sentinel: super::SentinelOptions,
+    /// Replicas that must hold each batch of results and acks before the
+    /// worker counts it written (`WAIT`); 0, the default, waits for none
+    /// (Redis replicates asynchronously). A batch fewer replicas confirm
+    /// within [`sync_replicas_timeout`](Self::sync_replicas_timeout) is
+    /// written again on a new connection (with Sentinel, to the master
+    /// the sentinels name then).
+    pub sync_replicas: u32,
+    /// How long one `WAIT` waits for the replicas (default 1 s); under
+    /// the command timeout.
+    pub sync_replicas_timeout: Duration,
 }
 
 impl Default for RedisOptions {
@@ -42,6 +52,8 @@ impl Default for RedisOptions {
             legacy_fetch: false,
             broker_sentinel: super::SentinelOptions::default(),
             backend_sentinel: super::SentinelOptions::default(),
+            sync_replicas: 0,
+            sync_replicas_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -60,6 +72,9 @@ impl RedisOptions {
         }
         if self.restore_interval.is_zero() {
             return Some("the restore interval must be longer than zero");
+        }
+        if self.sync_replicas > 0 && self.sync_replicas_timeout.as_millis() == 0 {
+            return Some("the sync-replicas timeout must be at least 1 ms");
         }
         None
     }

@@ -42,6 +42,9 @@ struct State {
     lost_at: Option<Instant>,
     /// Set once the link gave up; every later call fails with it.
     dead: Option<String>,
+    /// With Sentinel: the failovers announced before the live connection
+    /// was made; a later one makes it stale.
+    switches_seen: u64,
 }
 
 /// A Redis connection that reconnects by itself (see the [module
@@ -56,6 +59,8 @@ pub(crate) struct Link {
     client: Mutex<redis::Client>,
     /// The sentinels, for a `sentinel://` URL.
     sentinel: Option<super::sentinel::SentinelTarget>,
+    /// Stops the sentinels' `+switch-master` watcher with the link.
+    _watcher: Option<tokio_util::sync::DropGuard>,
     settings: LinkSettings,
     on_start: Option<StartHook>,
     state: Mutex<State>,
@@ -121,11 +126,17 @@ impl Link {
                 .set_tcp_settings(tcp);
             (redis::Client::open(info).map_err(BrokerError::Url)?, None)
         };
+        let watcher = sentinel.as_ref().map(|target| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            target.watch(name, stop.clone());
+            stop.drop_guard()
+        });
         let link = Link {
             name,
             shown: redact(url),
             client: Mutex::new(client),
             sentinel,
+            _watcher: watcher,
             settings,
             on_start,
             state: Mutex::new(State {
@@ -133,6 +144,7 @@ impl Link {
                 generation: 0,
                 lost_at: None,
                 dead: None,
+                switches_seen: 0,
             }),
             reconnecting: tokio::sync::Mutex::new(()),
             reconnects: OnceLock::new(),
@@ -194,6 +206,7 @@ impl Link {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.connect_timeout))
             .set_response_timeout(Some(self.settings.command_timeout));
+        let switches = self.sentinel.as_ref().map_or(0, |t| t.switches());
         let client = match &self.sentinel {
             None => self.client(),
             Some(target) => {
@@ -232,6 +245,7 @@ impl Link {
         let mut st = self.lock();
         st.generation += 1;
         st.conn = Some((st.generation, conn));
+        st.switches_seen = switches;
         Ok(())
     }
 
@@ -254,7 +268,28 @@ impl Link {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let current = self.lock().conn.clone();
+        if let Some(target) = &self.sentinel {
+            target.hold(self.name).await;
+        }
+        let (current, seen) = {
+            let st = self.lock();
+            (st.conn.clone(), st.switches_seen)
+        };
+        if let (Some(target), Some((generation, _))) = (&self.sentinel, &current) {
+            if target.switches() != seen {
+                // The sentinels announced a failover since this
+                // connection was made: ask them again before writing.
+                let error = redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the sentinels announced a new master",
+                ));
+                self.mark_lost(*generation, &error);
+                return Err(CallError {
+                    fault: Fault::Lost,
+                    error,
+                });
+            }
+        }
         let Some((generation, conn)) = current else {
             return Err(CallError {
                 fault: Fault::Lost,
@@ -387,6 +422,45 @@ impl Link {
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Runs `cmd` (a batch of writes) until it is done, as
+    /// [`call_until_done`](Self::call_until_done) does; with
+    /// `sync_replicas` set, the same round trip then `WAIT`s for that
+    /// many replicas, and a batch fewer replicas confirm in time reads as
+    /// a lost connection: the link reconnects (with Sentinel, to the
+    /// master the sentinels name then) and writes the batch again. Every
+    /// batch written this way must be idempotent.
+    pub(crate) async fn write_until_done(
+        &self,
+        describe: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<Result<(), redis::RedisError>, BrokerError> {
+        let sync = self.settings.sync_replicas;
+        self.call_until_done(describe, |mut conn| async move {
+            let Some((replicas, timeout)) = sync else {
+                return cmd.query_async::<redis::Value>(&mut conn).await.map(drop);
+            };
+            let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let (_, acked): (redis::Value, u64) = redis::pipe()
+                .add_command(cmd.clone())
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(millis)
+                .query_async(&mut conn)
+                .await?;
+            if acked < u64::from(replicas) {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{acked} of the {replicas} replica(s) asked for (--sync-replicas) \
+                         confirmed a write within {millis} ms; writing it again"
+                    ),
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Calls `f` until it succeeds: reconnecting after a loss, waiting

@@ -20,6 +20,11 @@ pub(crate) struct LinkSettings {
     pub(crate) backoff: Backoff,
     /// How a `sentinel://` URL finds its master (Redis links only).
     pub(crate) sentinel: crate::config::SentinelOptions,
+    /// Replicas a write through [`Link::write_until_done`] must reach, and
+    /// how long to wait for them (Redis links only; `None`: no `WAIT`).
+    ///
+    /// [`Link::write_until_done`]: super::Link::write_until_done
+    pub(crate) sync_replicas: Option<(u32, Duration)>,
 }
 
 impl LinkSettings {
@@ -36,6 +41,8 @@ impl LinkSettings {
                 max: c.connection.reconnect_delay_max,
             },
             sentinel: c.redis.broker_sentinel.clone(),
+            sync_replicas: (c.redis.sync_replicas > 0)
+                .then_some((c.redis.sync_replicas, c.redis.sync_replicas_timeout)),
         }
     }
 

@@ -39,6 +39,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Extra arguments, kept for restarts.
     extra: Vec<String>,
+    /// Its working directory, removed on drop.
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -94,6 +96,10 @@ impl RedisServer {
     }
 
     fn spawn(port: u16, extra: Vec<String>) -> Option<Self> {
+        // A directory of its own: a replica's full sync writes dump.rdb
+        // there, and a server started in a directory holding one loads it.
+        let dir = std::env::temp_dir().join(format!("greenpool-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let spawned = Command::new("redis-server")
             .args([
                 "--port",
@@ -102,7 +108,9 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
+                "--dir",
             ])
+            .arg(&dir)
             .args(&extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -126,7 +134,12 @@ impl RedisServer {
         }
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Some(RedisServer { child, port, extra })
+        Some(RedisServer {
+            child,
+            port,
+            extra,
+            dir,
+        })
     }
 
     /// `redis://127.0.0.1:<port>/<db>`.
@@ -153,6 +166,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -215,3 +215,30 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// How many log lines of `logs` say task `name[id]` succeeded, per id of
+/// `ids` (0 for one that never ran): the line a greenpool or a Python
+/// worker writes at `info` for each run.
+pub fn runs(
+    logs: &[&[String]],
+    name: &str,
+    ids: &[String],
+) -> std::collections::HashMap<String, usize> {
+    let mut n: std::collections::HashMap<String, usize> =
+        ids.iter().map(|i| (i.clone(), 0)).collect();
+    let prefix = format!("{name}[");
+    for line in logs.iter().flat_map(|l| l.iter()) {
+        let Some(rest) = line.split(&prefix).nth(1) else {
+            continue;
+        };
+        let Some((id, tail)) = rest.split_once(']') else {
+            continue;
+        };
+        if tail.trim_start().starts_with("succeeded") {
+            if let Some(c) = n.get_mut(id) {
+                *c += 1;
+            }
+        }
+    }
+    n
+}

@@ -412,10 +412,7 @@ async fn commit_broker(
     );
     stats.round_trip();
     t.broker
-        .call_until_done(&what, |mut conn| {
-            let cmd = &cmd;
-            async move { cmd.query_async::<i64>(&mut conn).await }
-        })
+        .write_until_done(&what, &cmd)
         .await?
         .map_err(BrokerError::Redis)?;
     stats.add_stored(stores.0.len() as u64);

@@ -85,30 +85,41 @@ impl RedisBroker {
     /// back every message delivered more than `visibility_timeout` seconds
     /// ago, by any worker. Returns how many came back; 0 when another
     /// worker holds the lock.
+    ///
+    /// The lock's token is the worker's name, so that a lock of its own
+    /// left on a server (a release lost to a failover) is taken over.
     pub(crate) async fn restore_visible(
         &self,
         visibility_timeout: f64,
     ) -> Result<usize, BrokerError> {
-        let token = crate::uuid::uuid4();
+        // The lock's token is this worker's name: a lock this worker
+        // left behind (its release lost in a failover, or the worker
+        // killed and started again under the same name) is taken over
+        // at once instead of stopping every sweep for its lifetime.
+        let token = self.worker.as_str();
         self.stats.round_trip();
-        let locked: Option<String> = self
+        let holder: Option<String> = self
             .link
-            .call(|mut conn| {
-                let token = &token;
-                async move {
-                    redis::cmd("SET")
-                        .arg(UNACKED_MUTEX)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(300_000)
-                        .query_async(&mut conn)
-                        .await
+            .call(|mut conn| async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(UNACKED_MUTEX)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(300_000)
+                    .query_async(&mut conn)
+                    .await?;
+                if set.is_some() {
+                    return Ok(Some(token.to_owned()));
                 }
+                redis::cmd("GET")
+                    .arg(UNACKED_MUTEX)
+                    .query_async(&mut conn)
+                    .await
             })
             .await
             .map_err(|e| BrokerError::Redis(e.error))?;
-        if locked.is_none() {
+        if holder.as_deref() != Some(token) {
             return Ok(0);
         }
         let ceiling = now_secs() - visibility_timeout;
@@ -135,11 +146,15 @@ impl RedisBroker {
             Ok(restored)
         }
         .await;
+        // The release goes through reconnections: after a failover the
+        // lock may live on the new master (replicated there), where only
+        // this token can lift it; left, it would stop every worker's
+        // sweep for the lock's whole lifetime.
         self.stats.round_trip();
         let _ = self
             .link
-            .call(|mut conn| {
-                let (sha, token) = (&self.scripts.unlock, &token);
+            .call_until_done("releasing the unacked_mutex lock", |mut conn| {
+                let sha = &self.scripts.unlock;
                 async move {
                     redis::cmd("EVALSHA")
                         .arg(sha)

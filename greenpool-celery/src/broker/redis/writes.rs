@@ -147,10 +147,7 @@ pub(super) async fn store_on(
     let what = format!("storing {} result(s)", keys.len());
     stats.round_trip();
     backend
-        .call_until_done(&what, |mut conn| {
-            let cmd = &cmd;
-            async move { cmd.query_async::<i64>(&mut conn).await }
-        })
+        .write_until_done(&what, &cmd)
         .await?
         .map_err(BrokerError::Redis)?;
     stats.add_stored(keys.len() as u64);
