@@ -45,6 +45,11 @@ pub(crate) struct WorkerBenchArgs {
     /// Parts of each chord with --canvas.
     #[arg(long, default_value_t = 10, requires = "canvas")]
     pub(crate) chord_size: usize,
+    /// greenpool's worker waits for this many replicas after each batch
+    /// of results and acks (`--sync-replicas`, 1 s timeout); needs
+    /// `--redis` naming a master with that many replicas.
+    #[arg(long, default_value_t = 0, requires = "redis")]
+    pub(crate) sync_replicas: u32,
 }
 
 /// One worker's figures.

@@ -234,6 +234,7 @@ async fn bench_greenpool(
     let config = WorkerConfig::new(format!("{url}/0"))
         .result_backend(Some(results_url.to_owned()))
         .concurrency(args.concurrency)
+        .sync_replicas(args.sync_replicas, Duration::from_secs(1))
         .hostname("bench@greenpool");
     let worker = Worker::new(config, crate::builtin_tasks::registry())?;
     let stop = worker.shutdown_handle();

@@ -32,6 +32,19 @@
 //! returns at once and sleeps between polls while the queues are empty,
 //! so every command has a timeout and shutdown never waits on Redis.
 //!
+//! # Sentinel and replicas
+//!
+//! A `sentinel://` URL gives the link a `SentinelTarget` (`sentinel.rs`):
+//! each connection asks the sentinels for the master and checks its
+//! `ROLE`; a watcher on every sentinel holds the link's calls from a
+//! replica's promotion to the `+switch-master` that announces it (so no
+//! write lands on a master being demoted), after which the link
+//! reconnects to the announced master; `READONLY` and `MASTERDOWN` count
+//! as a lost connection there. With `sync_replicas` set,
+//! [`Link::write_until_done`] follows each batch with `WAIT` in the same
+//! round trip, and a batch too few replicas confirm is written again on a
+//! new connection.
+//!
 //! # Pub/sub
 //!
 //! [`Subscriber`] is the reconnecting subscriber for listeners (result

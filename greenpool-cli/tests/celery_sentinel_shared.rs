@@ -1,0 +1,114 @@
+//! A stock Python client, a Python worker and `greenpool worker` on one
+//! Redis Sentinel set: the client sends through the sentinels, both
+//! workers share the queue, each task runs once and every result comes
+//! back; `greenpool inspect` and `control` reach the workers through the
+//! sentinels too. Transport options the worker cannot honour are
+//! refused at start.
+
+#![cfg(feature = "redis")] // `greenpool worker` on Redis
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on setup failure
+
+mod sentinel_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use sentinel_support::support::process::{runs, stdout_of, Proc};
+use sentinel_support::{support, Topology, MASTER};
+
+fn options() -> String {
+    format!("{{\"master_name\": \"{MASTER}\"}}")
+}
+
+/// A `greenpool` command reaching the sentinels of `topo`.
+fn greenpool(topo: &Topology, verb: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.arg(verb)
+        .args(["--broker", &topo.url(0)])
+        .args(["--broker-transport-options", &options()])
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+#[test]
+fn python_client_and_both_workers_share_work_through_the_sentinels() {
+    let Some(python) = support::python() else {
+        return;
+    };
+    let Some(topo) = Topology::start(1) else {
+        return;
+    };
+    let mut cmd = greenpool(&topo, "worker");
+    cmd.args(["-n", "gp@%h", "--loglevel", "info", "-c", "50"]);
+    let gp = Proc::spawn("greenpool", cmd);
+    gp.wait_for(" ready.");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/python");
+    let mut cmd = Command::new(python.with_file_name("celery"));
+    cmd.current_dir(dir)
+        .args(["-A", "tasks", "worker", "-P", "eventlet", "-l", "info"])
+        .args(["-n", "py@%h", "-c", "50"])
+        .env("GREENPOOL_BROKER_URL", topo.url(0))
+        .env("GREENPOOL_BROKER_TRANSPORT_OPTIONS", options())
+        .env("GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS", options());
+    let py = Proc::spawn("celery", cmd);
+    py.wait_for("ready.");
+
+    // Remote control through the sentinels reaches both workers.
+    let mut ping = greenpool(&topo, "inspect");
+    ping.args(["ping", "--timeout", "2"]);
+    let out = stdout_of(ping, "greenpool inspect ping");
+    assert!(out.contains("gp@") && out.contains("py@"), "{out}");
+
+    let n = 2000;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sentinel.py");
+    let mut client = Command::new(&python);
+    client
+        .arg(script)
+        .arg(topo.url(0))
+        .arg(MASTER)
+        .arg(n.to_string());
+    let out = stdout_of(client, "python sentinel.py");
+    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(ids.len(), n);
+
+    let (gp_log, py_log) = (gp.stop_and_log(), py.stop_and_log());
+    let by_gp = runs(&[&gp_log], "greenpool.add", &ids);
+    let by_py = runs(&[&py_log], "greenpool.add", &ids);
+    let once = ids
+        .iter()
+        .filter(|i| by_gp.get(*i).copied().unwrap_or(0) + by_py.get(*i).copied().unwrap_or(0) == 1)
+        .count();
+    let (gp_ran, py_ran): (usize, usize) = (by_gp.values().sum(), by_py.values().sum());
+    println!(
+        "one Sentinel set, a Python client, greenpool and celery -P eventlet: {n} tasks, \
+         {gp_ran} run by greenpool, {py_ran} by Python, {once} once"
+    );
+    assert_eq!(once, n);
+    assert!(gp_ran > 0 && py_ran > 0, "both workers took a share");
+}
+
+/// Transport options the worker cannot honour, and a sentinel URL
+/// without a master name, stop it at start with the reason.
+#[test]
+fn unusable_transport_options_are_refused_with_the_reason() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_greenpool"))
+            .arg("worker")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--broker-transport-options", r#"{"no_such_option": "x"}"#]);
+    assert!(!ok && err.contains("no_such_option"), "{err}");
+    let (ok, err) = run(&[
+        "--broker",
+        "sentinel://127.0.0.1:1/0",
+        "--broker-connection-retry-on-startup",
+        "false",
+    ]);
+    assert!(!ok && err.contains("master_name"), "{err}");
+}
