@@ -58,7 +58,8 @@ fn start_redis() -> anyhow::Result<(Server, String)> {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
+    // The worker's own way to read a URL: rediss:// with Celery's ssl_* keys, ACL users.
+    let client = greenpool_celery::redis_client(url)?;
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_TIMEOUT));
     Ok(client
         .get_multiplexed_async_connection_with_config(&config)

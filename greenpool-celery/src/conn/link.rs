@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2, TcpSettings};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use redis::AsyncConnectionConfig;
 
 use super::{Fault, LinkSettings};
 use crate::error::BrokerError;
@@ -76,7 +76,7 @@ impl std::fmt::Debug for Link {
 }
 
 /// `url` with any password replaced by `***`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -110,16 +110,20 @@ impl Link {
                 .with_retries(3),
         );
         let (client, sentinel) = if super::sentinel::is_sentinel(url) {
+            if super::tls::has_tls_options(url) {
+                return Err(BrokerError::Tls {
+                    url: redact(url),
+                    problem: "TLS to Sentinel is not supported: name the master with a \
+                              rediss:// URL, or drop the ssl_* keys"
+                        .to_owned(),
+                });
+            }
             let target = super::sentinel::SentinelTarget::from_url(url, &settings.sentinel, tcp)?;
             let placeholder =
                 redis::Client::open(target.placeholder.clone()).map_err(BrokerError::Url)?;
             (placeholder, Some(target))
         } else {
-            let info = url
-                .into_connection_info()
-                .map_err(BrokerError::Url)?
-                .set_tcp_settings(tcp);
-            (redis::Client::open(info).map_err(BrokerError::Url)?, None)
+            (super::tls::client_for(url, tcp)?, None)
         };
         let link = Link {
             name,
@@ -137,7 +141,18 @@ impl Link {
             reconnecting: tokio::sync::Mutex::new(()),
             reconnects: OnceLock::new(),
         };
-        match link.connect_once().await {
+        let first = link.connect_once().await;
+        // Credentials or certificates that do not fit: not retried.
+        if let Some(hint) = first.as_ref().err().and_then(Fault::refusal) {
+            if let Err(source) = first {
+                return Err(BrokerError::Refused {
+                    url: link.shown,
+                    hint,
+                    source,
+                });
+            }
+        }
+        match first {
             Ok(()) => Ok(link),
             Err(e) if !link.settings.retry_on_startup => Err(BrokerError::Connect(e)),
             Err(e) => {
