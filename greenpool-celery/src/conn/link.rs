@@ -141,7 +141,16 @@ impl Link {
             reconnecting: tokio::sync::Mutex::new(()),
             reconnects: OnceLock::new(),
         };
-        let first = link.connect_once().await;
+        let first = match link.connect_once().await {
+            // Without a start hook nothing was sent yet: a PING tells a
+            // password the server wants (NOAUTH) now, not at the first
+            // command.
+            Ok(()) if link.on_start.is_none() => link
+                .call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+                .await
+                .map_err(|e| e.error),
+            r => r,
+        };
         // Credentials or certificates that do not fit: not retried.
         if let Some(hint) = first.as_ref().err().and_then(Fault::refusal) {
             if let Err(source) = first {
