@@ -110,14 +110,6 @@ impl Link {
                 .with_retries(3),
         );
         let (client, sentinel) = if super::sentinel::is_sentinel(url) {
-            if super::tls::has_tls_options(url) {
-                return Err(BrokerError::Tls {
-                    url: redact(url),
-                    problem: "TLS to Sentinel is not supported: name the master with a \
-                              rediss:// URL, or drop the ssl_* keys"
-                        .to_owned(),
-                });
-            }
             let target = super::sentinel::SentinelTarget::from_url(url, &settings.sentinel, tcp)?;
             let placeholder =
                 redis::Client::open(target.placeholder.clone()).map_err(BrokerError::Url)?;
@@ -144,11 +136,15 @@ impl Link {
         let first = match link.connect_once().await {
             // Without a start hook nothing was sent yet: a PING tells a
             // password the server wants (NOAUTH) now, not at the first
-            // command.
-            Ok(()) if link.on_start.is_none() => link
+            // command. Any other failure is left to the calls (a loss
+            // marked the link down; they recover).
+            Ok(()) if link.on_start.is_none() => match link
                 .call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
                 .await
-                .map_err(|e| e.error),
+            {
+                Err(e) if Fault::refusal(&e.error).is_some() => Err(e.error),
+                _ => Ok(()),
+            },
             r => r,
         };
         // Credentials or certificates that do not fit: not retried.
