@@ -95,8 +95,10 @@ impl Link {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Url`] for a bad URL; [`BrokerError::Connect`] or
-    /// [`BrokerError::GaveUp`] when the server cannot be reached.
+    /// [`BrokerError::Url`] for a bad URL, [`BrokerError::Tls`] for TLS
+    /// options that cannot be used; [`BrokerError::Refused`] at once for
+    /// a wrong password or a failed TLS handshake; [`BrokerError::Connect`]
+    /// or [`BrokerError::GaveUp`] when the server cannot be reached.
     pub(crate) async fn open(
         name: &'static str,
         url: &str,
@@ -133,32 +135,14 @@ impl Link {
             reconnecting: tokio::sync::Mutex::new(()),
             reconnects: OnceLock::new(),
         };
-        let first = match link.connect_once().await {
-            // Without a start hook nothing was sent yet: a PING tells a
-            // password the server wants (NOAUTH) now, not at the first
-            // command. Any other failure is left to the calls (a loss
-            // marked the link down; they recover).
-            Ok(()) if link.on_start.is_none() => match link
-                .call(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
-                .await
-            {
-                Err(e) if Fault::refusal(&e.error).is_some() => Err(e.error),
-                _ => Ok(()),
-            },
-            r => r,
-        };
-        // Credentials or certificates that do not fit: not retried.
-        if let Some(hint) = first.as_ref().err().and_then(Fault::refusal) {
-            if let Err(source) = first {
-                return Err(BrokerError::Refused {
-                    url: link.shown,
-                    hint,
-                    source,
-                });
-            }
-        }
-        match first {
+        match link.connect_first().await {
             Ok(()) => Ok(link),
+            // Credentials or certificates that do not fit: not retried.
+            Err(source) if Fault::refusal(&source).is_some() => Err(BrokerError::Refused {
+                hint: Fault::refusal(&source).unwrap_or_default(),
+                url: link.shown,
+                source,
+            }),
             Err(e) if !link.settings.retry_on_startup => Err(BrokerError::Connect(e)),
             Err(e) => {
                 tracing::warn!(
@@ -207,6 +191,24 @@ impl Link {
     /// What the link is for and where it goes, for log lines.
     pub(crate) fn label(&self) -> String {
         format!("{} {}", self.name, self.shown)
+    }
+
+    /// The first connection. Without a start hook nothing was sent on
+    /// it yet, so one PING shows a password the server wants (NOAUTH)
+    /// now rather than at the first command; any other failure of the
+    /// PING is left to the calls (a loss marked the link down).
+    async fn connect_first(&self) -> redis::RedisResult<()> {
+        self.connect_once().await?;
+        if self.on_start.is_some() {
+            return Ok(());
+        }
+        let ping = |mut c: MultiplexedConnection| async move {
+            redis::cmd("PING").query_async::<()>(&mut c).await
+        };
+        match self.call(ping).await {
+            Err(e) if Fault::refusal(&e.error).is_some() => Err(e.error),
+            _ => Ok(()),
+        }
     }
 
     /// Opens a new connection, runs the start hook and installs it.
