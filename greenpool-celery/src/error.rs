@@ -77,6 +77,36 @@ pub enum BrokerError {
     #[cfg(feature = "redis")]
     #[error("cannot connect to Redis: {0}; is the server running?")]
     Connect(#[source] redis::RedisError),
+    /// A Redis URL's TLS options cannot be used: an unknown query key on
+    /// a `rediss://` URL, a bad `ssl_cert_reqs`, a certificate or key
+    /// file that cannot be read, or TLS options where TLS is not spoken
+    /// (`redis://`, `sentinel://`). `url` has no password.
+    #[cfg(feature = "redis")]
+    #[non_exhaustive]
+    #[error("cannot use the TLS options of {url}: {problem}")]
+    Tls {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// The server answered but refused this client at its first
+    /// connection: a wrong user name or password (Redis ACL users), or a
+    /// TLS handshake that failed (a certificate not signed by the CA the
+    /// URL names, a host name the certificate does not cover, TLS against
+    /// a plain port). Retrying would not help, so it is not retried.
+    #[cfg(feature = "redis")]
+    #[non_exhaustive]
+    #[error("{url} refused the connection: {source}; {hint}")]
+    Refused {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What to check.
+        hint: &'static str,
+        /// The redis crate's error.
+        #[source]
+        source: redis::RedisError,
+    },
     /// A Redis command failed.
     #[cfg(feature = "redis")]
     #[error("Redis command failed: {0}")]

@@ -135,6 +135,8 @@ pub use config::{
     host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, RedisOptions, SentinelOptions,
     TransportOptions, WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,
 };
+#[cfg(feature = "redis")]
+pub use conn::redis_client;
 pub use context::TaskContext;
 #[cfg(any(feature = "redis", feature = "amqp"))]
 pub use control::{Control, ControlOptions, Replies};

@@ -57,8 +57,18 @@ fn start_redis() -> anyhow::Result<(Server, String)> {
 /// server, during which the bench's polls simply queue up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Database `db` of the server `base` names (`redis://host:port`, or
+/// `rediss://host:port?ssl_...` with its query kept after the path).
+fn db_url(base: &str, db: u8) -> String {
+    match base.split_once('?') {
+        Some((server, query)) => format!("{}/{db}?{query}", server.trim_end_matches('/')),
+        None => format!("{}/{db}", base.trim_end_matches('/')),
+    }
+}
+
 async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = redis::Client::open(url)?;
+    // The worker's own way to read a URL: rediss:// with Celery's ssl_* keys, ACL users.
+    let client = greenpool_celery::redis_client(url)?;
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(REPLY_TIMEOUT));
     Ok(client
         .get_multiplexed_async_connection_with_config(&config)
@@ -228,10 +238,10 @@ async fn bench_greenpool(
     results_url: &str,
     args: &WorkerBenchArgs,
 ) -> anyhow::Result<Run> {
-    let mut conn = connect(&format!("{url}/0")).await?;
+    let mut conn = connect(&db_url(url, 0)).await?;
     let mut results = connect(results_url).await?;
     let bodies = enqueue_load(&mut conn, &mut results, args).await?;
-    let config = WorkerConfig::new(format!("{url}/0"))
+    let config = WorkerConfig::new(db_url(url, 0))
         .result_backend(Some(results_url.to_owned()))
         .concurrency(args.concurrency)
         .sync_replicas(args.sync_replicas, Duration::from_secs(1))
@@ -268,11 +278,10 @@ async fn bench_python(
     results_url: &str,
     args: &WorkerBenchArgs,
 ) -> anyhow::Result<Run> {
-    let mut conn = connect(&format!("{url}/0")).await?;
+    let mut conn = connect(&db_url(url, 0)).await?;
     let mut results = connect(results_url).await?;
     let bodies = enqueue_load(&mut conn, &mut results, args).await?;
-    let mut child =
-        start_python_worker(python, args.concurrency, &format!("{url}/0"), results_url)?;
+    let mut child = start_python_worker(python, args.concurrency, &db_url(url, 0), results_url)?;
     let outcome = tokio::select! {
         r = wait_load(&mut results, args, &bodies, "celery eventlet") => r,
         e = exited(&mut child) => Err(e),
@@ -317,7 +326,7 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
         }
     };
     // Results in db 1, as many deployments keep them, so DBSIZE counts them.
-    let results_url = format!("{url}/1");
+    let results_url = db_url(&url, 1);
     if args.canvas {
         println!(
             "worker bench: {} chords of {} greenpool.add parts (body greenpool.echo) \
@@ -367,6 +376,15 @@ pub(crate) async fn run(args: &WorkerBenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_database_goes_before_the_query() {
+        assert_eq!(db_url("redis://h:1", 0), "redis://h:1/0");
+        assert_eq!(
+            db_url("rediss://h:1?ssl_cert_reqs=none", 1),
+            "rediss://h:1/1?ssl_cert_reqs=none"
+        );
+    }
 
     /// A worker script holding the server longer than the redis crate's
     /// default reply timeout (0.5 s) must not fail the bench's polls.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2, TcpSettings};
-use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+use redis::AsyncConnectionConfig;
 
 use super::{Fault, LinkSettings};
 use crate::error::BrokerError;
@@ -81,7 +81,7 @@ impl std::fmt::Debug for Link {
 }
 
 /// `url` with any password replaced by `***`.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -100,8 +100,10 @@ impl Link {
     ///
     /// # Errors
     ///
-    /// [`BrokerError::Url`] for a bad URL; [`BrokerError::Connect`] or
-    /// [`BrokerError::GaveUp`] when the server cannot be reached.
+    /// [`BrokerError::Url`] for a bad URL, [`BrokerError::Tls`] for TLS
+    /// options that cannot be used; [`BrokerError::Refused`] at once for
+    /// a wrong password or a failed TLS handshake; [`BrokerError::Connect`]
+    /// or [`BrokerError::GaveUp`] when the server cannot be reached.
     pub(crate) async fn open(
         name: &'static str,
         url: &str,
@@ -120,11 +122,7 @@ impl Link {
                 redis::Client::open(target.placeholder.clone()).map_err(BrokerError::Url)?;
             (placeholder, Some(target))
         } else {
-            let info = url
-                .into_connection_info()
-                .map_err(BrokerError::Url)?
-                .set_tcp_settings(tcp);
-            (redis::Client::open(info).map_err(BrokerError::Url)?, None)
+            (super::tls::client_for(url, tcp)?, None)
         };
         let watcher = sentinel.as_ref().map(|target| {
             let stop = tokio_util::sync::CancellationToken::new();
@@ -149,8 +147,14 @@ impl Link {
             reconnecting: tokio::sync::Mutex::new(()),
             reconnects: OnceLock::new(),
         };
-        match link.connect_once().await {
+        match link.connect_first().await {
             Ok(()) => Ok(link),
+            // Credentials or certificates that do not fit: not retried.
+            Err(source) if Fault::refusal(&source).is_some() => Err(BrokerError::Refused {
+                hint: Fault::refusal(&source).unwrap_or_default(),
+                url: link.shown,
+                source,
+            }),
             Err(e) if !link.settings.retry_on_startup => Err(BrokerError::Connect(e)),
             Err(e) => {
                 tracing::warn!(
@@ -199,6 +203,24 @@ impl Link {
     /// What the link is for and where it goes, for log lines.
     pub(crate) fn label(&self) -> String {
         format!("{} {}", self.name, self.shown)
+    }
+
+    /// The first connection. Without a start hook nothing was sent on
+    /// it yet, so one PING shows a password the server wants (NOAUTH)
+    /// now rather than at the first command; any other failure of the
+    /// PING is left to the calls (a loss marked the link down).
+    async fn connect_first(&self) -> redis::RedisResult<()> {
+        self.connect_once().await?;
+        if self.on_start.is_some() {
+            return Ok(());
+        }
+        let ping = |mut c: MultiplexedConnection| async move {
+            redis::cmd("PING").query_async::<()>(&mut c).await
+        };
+        match self.call(ping).await {
+            Err(e) if Fault::refusal(&e.error).is_some() => Err(e.error),
+            _ => Ok(()),
+        }
     }
 
     /// Opens a new connection, runs the start hook and installs it.

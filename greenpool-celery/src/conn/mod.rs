@@ -64,6 +64,8 @@ mod sentinel;
 mod settings;
 #[cfg(feature = "redis")]
 mod subscriber;
+#[cfg(feature = "redis")]
+pub(crate) mod tls;
 
 pub(crate) use backoff::Backoff;
 #[cfg(feature = "redis")]
@@ -74,3 +76,5 @@ pub(crate) use settings::LinkSettings;
 #[cfg(feature = "redis")]
 #[allow(unused_imports)] // used by the client's result waits and by remote control
 pub(crate) use subscriber::{Subscriber, SubscriberEvent};
+#[cfg(feature = "redis")]
+pub use tls::redis_client;

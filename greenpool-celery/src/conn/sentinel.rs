@@ -70,12 +70,21 @@ impl SentinelTarget {
     /// # Errors
     ///
     /// [`BrokerError::Url`] for a URL that does not parse or options
-    /// without `master_name`.
+    /// without `master_name`; [`BrokerError::Tls`] for Celery's `ssl_*`
+    /// keys (the sentinels and their master are reached over plain TCP).
     pub(crate) fn from_url(
         url: &str,
         opts: &SentinelOptions,
         tcp: TcpSettings,
     ) -> Result<Self, BrokerError> {
+        if super::tls::has_tls_options(url) {
+            return Err(BrokerError::Tls {
+                url: super::link::redact(url),
+                problem: "TLS to Sentinel and its master is not supported: use a rediss:// URL \
+                          of the master, or drop the ssl_* keys"
+                    .to_owned(),
+            });
+        }
         let master = opts.master_name.clone().ok_or_else(|| {
             bad(
                 "sentinel:// needs the master's name",
@@ -423,6 +432,17 @@ mod tests {
         let none = SentinelOptions::default();
         let e = SentinelTarget::from_url(url, &none, TcpSettings::default()).unwrap_err();
         assert!(e.to_string().contains("master_name"), "{e}");
+        let e = SentinelTarget::from_url(
+            "sentinel://:pw@h:1/0?ssl_cert_reqs=required",
+            &opts,
+            TcpSettings::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, BrokerError::Tls { .. }), "{e}");
+        assert!(
+            e.to_string().contains("rediss://") && !e.to_string().contains("pw@"),
+            "{e}"
+        );
         assert!(SentinelTarget::from_url(
             "sentinel://a:1;redis://b:2",
             &opts,

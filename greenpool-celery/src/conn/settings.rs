@@ -47,6 +47,7 @@ impl LinkSettings {
     }
 
     /// The worker's settings for its result backend's link.
+    #[cfg(feature = "redis")]
     pub(crate) fn for_backend(c: &WorkerConfig) -> Self {
         LinkSettings {
             sentinel: c.redis.backend_sentinel.clone(),

@@ -109,7 +109,7 @@ impl WorkerTransport for RedisTransport {
             broker,
             acks,
             results,
-            label: config.broker_url.clone(),
+            label: crate::conn::link::redact(&config.broker_url),
             fetch_batch: config.redis.fetch_batch,
             idle: Duration::ZERO,
             failures: 0,
