@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use greenpool_celery::TaskMessage;
 use redis::Commands;
-use serde_json::{json, Map};
 use sentinel_support::support::faulty::succeeded;
 use sentinel_support::support::process::{runs, Proc};
 use sentinel_support::{support, until, Topology, MASTER};
+use serde_json::{json, Map};
 
 /// Tasks per scenario.
 const TASKS: usize = 5000;

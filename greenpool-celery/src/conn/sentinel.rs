@@ -264,7 +264,10 @@ impl FailoverState {
                     if let (Some(host), Some(Ok(port))) =
                         (words.next(), words.next().map(str::parse::<u16>))
                     {
-                        *self.announced.lock().unwrap_or_else(PoisonError::into_inner) =
+                        *self
+                            .announced
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) =
                             Some((host.to_owned(), port, std::time::Instant::now()));
                     }
                     tracing::warn!("{name}: the sentinels announce a new master: {payload}");
@@ -282,7 +285,10 @@ impl FailoverState {
 
     /// The new master announced less than [`ANNOUNCED_TRUST`] ago.
     fn recent_switch(&self) -> Option<(String, u16)> {
-        let a = self.announced.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         a.as_ref()
             .filter(|(_, _, at)| at.elapsed() < ANNOUNCED_TRUST)
             .map(|(h, p, _)| (h.clone(), *p))
@@ -381,7 +387,10 @@ mod tests {
         let other = "slave 127.0.0.1:6380 127.0.0.1 6380 @ other 127.0.0.1 6379";
         assert_eq!(ev("+failover-state-send-slaveof-noone", other), None);
         assert_eq!(
-            ev("-failover-abort-no-good-slave", "master mymaster 127.0.0.1 6379"),
+            ev(
+                "-failover-abort-no-good-slave",
+                "master mymaster 127.0.0.1 6379"
+            ),
             Some(Event::Aborted)
         );
         assert_eq!(ev("+failover-end", "master mymaster 127.0.0.1 6379"), None);

@@ -98,7 +98,8 @@ impl RedisServer {
     fn spawn(port: u16, extra: Vec<String>) -> Option<Self> {
         // A directory of its own: a replica's full sync writes dump.rdb
         // there, and a server started in a directory holding one loads it.
-        let dir = std::env::temp_dir().join(format!("greenpool-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("greenpool-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let spawned = Command::new("redis-server")
             .args([

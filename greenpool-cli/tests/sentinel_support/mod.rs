@@ -182,4 +182,3 @@ impl Topology {
             .unwrap()
     }
 }
-
