@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use sentinel_support::support::process::{runs, stdout_of, Proc};
-use sentinel_support::{support, Topology, MASTER};
+use sentinel_support::{support, until, Topology, MASTER};
 
 fn options() -> String {
     format!("{{\"master_name\": \"{MASTER}\"}}")
@@ -39,7 +39,7 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
         return;
     };
     let mut cmd = greenpool(&topo, "worker");
-    cmd.args(["-n", "gp@%h", "--loglevel", "info", "-c", "50"]);
+    cmd.args(["-n", "gp@sentinel-test", "--loglevel", "info", "-c", "50"]);
     let gp = Proc::spawn("greenpool", cmd);
     gp.wait_for(" ready.");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/python");
@@ -59,32 +59,67 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
     let out = stdout_of(ping, "greenpool inspect ping");
     assert!(out.contains("gp@") && out.contains("py@"), "{out}");
 
+    let send = |n: usize| -> Vec<String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sentinel.py");
+        let mut client = Command::new(&python);
+        client
+            .arg(script)
+            .arg(topo.url(0))
+            .arg(MASTER)
+            .arg(n.to_string());
+        let out = stdout_of(client, "python sentinel.py");
+        let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(ids.len(), n);
+        ids
+    };
     let n = 2000;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sentinel.py");
-    let mut client = Command::new(&python);
-    client
-        .arg(script)
-        .arg(topo.url(0))
-        .arg(MASTER)
-        .arg(n.to_string());
-    let out = stdout_of(client, "python sentinel.py");
-    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(ids.len(), n);
+    let ids = send(n);
+
+    // Then the master dies: greenpool follows the sentinels to the
+    // promoted replica, takes what the client sends there, and still
+    // answers remote control (its pidbox subscription moved too).
+    let old = topo.master.port;
+    let ok = Command::new("kill")
+        .args(["-KILL", &topo.master.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -KILL of the master");
+    until("a replica promoted", || {
+        topo.sentinels
+            .iter()
+            .all(|s| s.master_port().is_some_and(|p| p != old))
+    });
+    gp.wait_for("announce a new master");
+    let after = send(500);
+    let mut ping = greenpool(&topo, "inspect");
+    ping.args(["ping", "--timeout", "2", "-d", "gp@sentinel-test"]);
+    let pong = stdout_of(ping, "greenpool inspect ping after the failover");
 
     let (gp_log, py_log) = (gp.stop_and_log(), py.stop_and_log());
-    let by_gp = runs(&[&gp_log], "greenpool.add", &ids);
-    let by_py = runs(&[&py_log], "greenpool.add", &ids);
-    let once = ids
-        .iter()
-        .filter(|i| by_gp.get(*i).copied().unwrap_or(0) + by_py.get(*i).copied().unwrap_or(0) == 1)
-        .count();
-    let (gp_ran, py_ran): (usize, usize) = (by_gp.values().sum(), by_py.values().sum());
+    let count = |ids: &[String]| {
+        let by_gp = runs(&[&gp_log], "greenpool.add", ids);
+        let by_py = runs(&[&py_log], "greenpool.add", ids);
+        let once = ids
+            .iter()
+            .filter(|i| {
+                by_gp.get(*i).copied().unwrap_or(0) + by_py.get(*i).copied().unwrap_or(0) == 1
+            })
+            .count();
+        let (g, p): (usize, usize) = (by_gp.values().sum(), by_py.values().sum());
+        (once, g, p)
+    };
+    let (once, gp_ran, py_ran) = count(&ids);
+    let (once_after, gp_after, py_after) = count(&after);
     println!(
         "one Sentinel set, a Python client, greenpool and celery -P eventlet: {n} tasks, \
-         {gp_ran} run by greenpool, {py_ran} by Python, {once} once"
+         {gp_ran} run by greenpool, {py_ran} by Python, {once} once; after kill -9 of the \
+         master: 500 more, {gp_after} run by greenpool, {py_after} by Python, {once_after} once"
     );
     assert_eq!(once, n);
     assert!(gp_ran > 0 && py_ran > 0, "both workers took a share");
+    assert_eq!(once_after, 500);
+    assert!(pong.contains("gp@"), "{pong}");
 }
 
 /// Transport options the worker cannot honour, and a sentinel URL

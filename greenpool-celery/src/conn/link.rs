@@ -58,7 +58,7 @@ pub(crate) struct Link {
     /// the last connection.
     client: Mutex<redis::Client>,
     /// The sentinels, for a `sentinel://` URL.
-    sentinel: Option<super::sentinel::SentinelTarget>,
+    sentinel: Option<std::sync::Arc<super::sentinel::SentinelTarget>>,
     /// Stops the sentinels' `+switch-master` watcher with the link.
     _watcher: Option<tokio_util::sync::DropGuard>,
     settings: LinkSettings,
@@ -120,7 +120,7 @@ impl Link {
             let target = super::sentinel::SentinelTarget::from_url(url, &settings.sentinel, tcp)?;
             let placeholder =
                 redis::Client::open(target.placeholder.clone()).map_err(BrokerError::Url)?;
-            (placeholder, Some(target))
+            (placeholder, Some(std::sync::Arc::new(target)))
         } else {
             (super::tls::client_for(url, tcp)?, None)
         };
@@ -193,6 +193,11 @@ impl Link {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The sentinels of a `sentinel://` link (for its subscribers).
+    pub(crate) fn sentinel(&self) -> Option<std::sync::Arc<super::sentinel::SentinelTarget>> {
+        self.sentinel.clone()
     }
 
     /// The settings.

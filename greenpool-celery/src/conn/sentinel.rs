@@ -140,6 +140,21 @@ impl SentinelTarget {
         self.failover.switches.load(Ordering::Acquire)
     }
 
+    /// Returns once a new master was announced after the `seen`-th.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn switched_since(&self, seen: u64) {
+        loop {
+            let next = self.failover.switched.notified();
+            if self.switches() != seen {
+                return;
+            }
+            next.await;
+        }
+    }
+
     /// Returns at once unless a failover is under way; then waits until
     /// the sentinels announce its end, [`HOLD_LIMIT`] at most.
     pub(crate) async fn hold(&self, name: &str) {
@@ -241,6 +256,8 @@ struct FailoverState {
     ended: tokio::sync::Notify,
     /// New masters announced.
     switches: AtomicU64,
+    /// Woken when `switches` grows.
+    switched: tokio::sync::Notify,
     /// The last `+switch-master` payload, so that the same announcement
     /// from several sentinels counts once.
     last: Mutex<String>,
@@ -272,6 +289,7 @@ impl FailoverState {
                     }
                     tracing::warn!("{name}: the sentinels announce a new master: {payload}");
                     self.switches.fetch_add(1, Ordering::AcqRel);
+                    self.switched.notify_waiters();
                 }
                 drop(last);
                 self.end();

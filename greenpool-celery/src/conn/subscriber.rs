@@ -1,9 +1,11 @@
 //! A pub/sub subscriber that reconnects and subscribes again by itself.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 
+use super::sentinel::SentinelTarget;
 use super::{Link, LinkSettings};
 use crate::error::BrokerError;
 
@@ -22,6 +24,11 @@ pub(crate) enum SubscriberEvent {
 /// reconnection policy of the [`Link`] it was made from.
 pub(crate) struct Subscriber {
     client: redis::Client,
+    /// With Sentinel: where the master is asked for on each connection,
+    /// and the failovers announced before the current one was made (a
+    /// later one moves the subscription to the new master).
+    sentinel: Option<Arc<SentinelTarget>>,
+    seen: u64,
     settings: LinkSettings,
     label: String,
     channels: Vec<String>,
@@ -57,6 +64,8 @@ impl Subscriber {
     ) -> Result<Self, BrokerError> {
         let mut s = Subscriber {
             client: link.client().clone(),
+            sentinel: link.sentinel(),
+            seen: 0,
             settings: link.settings().clone(),
             label: link.label(),
             channels,
@@ -79,6 +88,8 @@ impl Subscriber {
     pub(crate) fn lazy(link: &Link, channels: Vec<String>, patterns: Vec<String>) -> Self {
         Subscriber {
             client: link.client().clone(),
+            sentinel: link.sentinel(),
+            seen: 0,
             settings: link.settings().clone(),
             label: link.label(),
             channels,
@@ -89,9 +100,19 @@ impl Subscriber {
         }
     }
 
-    async fn open(&self) -> Result<redis::aio::PubSub, BrokerError> {
+    async fn open(&mut self) -> Result<redis::aio::PubSub, BrokerError> {
         let t = self.settings.connect_timeout;
-        let mut ps = match tokio::time::timeout(t, self.client.get_async_pubsub()).await {
+        let pubsub = async {
+            let client = match &self.sentinel {
+                Some(target) => {
+                    self.seen = target.switches();
+                    target.master().await?
+                }
+                None => self.client.clone(),
+            };
+            client.get_async_pubsub().await
+        };
+        let mut ps = match tokio::time::timeout(t, pubsub).await {
             Ok(r) => r.map_err(BrokerError::Connect)?,
             Err(_) => {
                 return Err(BrokerError::Connect(redis::RedisError::from(
@@ -121,10 +142,25 @@ impl Subscriber {
     /// Cancel safe: a message not yet returned stays queued.
     pub(crate) async fn next(&mut self) -> Result<SubscriberEvent, BrokerError> {
         if let Some(ps) = &mut self.pubsub {
-            if let Some(msg) = ps.on_message().next().await {
-                return Ok(SubscriberEvent::Message(msg));
+            let switched = async {
+                match &self.sentinel {
+                    Some(target) => target.switched_since(self.seen).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut messages = ps.on_message();
+            tokio::select! {
+                msg = messages.next() => {
+                    if let Some(msg) = msg {
+                        return Ok(SubscriberEvent::Message(msg));
+                    }
+                    tracing::error!("pub/sub connection to {} lost", self.label);
+                }
+                () = switched => {
+                    tracing::warn!("pub/sub {}: following the new master", self.label);
+                }
             }
-            tracing::error!("pub/sub connection to {} lost", self.label);
+            drop(messages);
             self.pubsub = None;
         }
         let since = Instant::now();
