@@ -31,6 +31,16 @@ pub struct RedisOptions {
     pub broker_sentinel: super::SentinelOptions,
     /// How a `sentinel://` result backend URL finds its master.
     pub backend_sentinel: super::SentinelOptions,
+    /// The broker's key names (`global_keyprefix`, `sep`,
+    /// `priority_steps`, ...), kombu's by default.
+    pub keys: super::RedisKeys,
+    /// The order queues are taken from (`queue_order_strategy`).
+    pub queue_order: super::QueueOrder,
+    /// The broker's `health_check_interval`: TCP keepalive's idle time
+    /// before its first probe (`None`: 60 s).
+    pub broker_health_check_interval: Option<Duration>,
+    /// The result backend's `health_check_interval` (`None`: 60 s).
+    pub backend_health_check_interval: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -42,11 +52,24 @@ impl Default for RedisOptions {
             legacy_fetch: false,
             broker_sentinel: super::SentinelOptions::default(),
             backend_sentinel: super::SentinelOptions::default(),
+            keys: super::RedisKeys::default(),
+            queue_order: super::QueueOrder::default(),
+            broker_health_check_interval: None,
+            backend_health_check_interval: None,
         }
     }
 }
 
 impl RedisOptions {
+    /// Whether a broker transport option other than the visibility
+    /// timeout was set (they only apply to a Redis broker).
+    pub(crate) fn broker_transport_set(&self) -> bool {
+        self.keys != super::RedisKeys::default()
+            || self.queue_order != super::QueueOrder::default()
+            || self.broker_health_check_interval.is_some()
+            || self.broker_sentinel != super::SentinelOptions::default()
+    }
+
     /// Why these options cannot run a worker, if they cannot.
     pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.fetch_batch == 0 {
@@ -61,6 +84,6 @@ impl RedisOptions {
         if self.restore_interval.is_zero() {
             return Some("the restore interval must be longer than zero");
         }
-        None
+        self.keys.problem()
     }
 }
