@@ -37,8 +37,17 @@ impl RedisKeys {
         }
     }
 
-    /// The list key for `queue` at message priority `priority`.
-    pub(crate) fn queue_key(&self, queue: &str, priority: u8) -> String {
+    /// The list key a message of priority `priority` (0–9, clamped) sent
+    /// to `queue` is pushed on, as kombu names it: the global key prefix,
+    /// the queue's name, and `sep` + step unless the step is 0.
+    ///
+    /// ```
+    /// use greenpool_celery::{RedisKeys, TransportOptions};
+    /// assert_eq!(RedisKeys::default().queue_key("celery", 4), "celery\x06\x163");
+    /// let t = TransportOptions::parse(r#"{"global_keyprefix": "gp:"}"#, "broker").unwrap();
+    /// assert_eq!(t.keys.queue_key("celery", 0), "gp:celery");
+    /// ```
+    pub fn queue_key(&self, queue: &str, priority: u8) -> String {
         self.step_key(queue, self.step_for(priority))
     }
 
