@@ -261,4 +261,24 @@ mod tests {
         assert_eq!(server_version(info), Some((6, 0, "6.0.16".to_owned())));
         assert_eq!(server_version("nothing"), None);
     }
+
+    #[test]
+    fn layouts_rank_queues_by_the_strategy() {
+        let queues = Arc::new(vec![
+            ConsumedQueue::named("b"),
+            ConsumedQueue::named("c"),
+            ConsumedQueue::named("a"),
+        ]);
+        let keys = RedisKeys::default();
+        for (order, rank) in [
+            (QueueOrder::RoundRobin, [0, 1, 2]),
+            (QueueOrder::Priority, [0, 1, 2]),
+            (QueueOrder::Sorted, [2, 0, 1]),
+        ] {
+            let l = Layout::new(&keys, order, "w", Arc::clone(&queues));
+            assert_eq!(l.rank, rank, "{order:?}");
+            assert_eq!(l.pairs.len(), 3);
+            assert_eq!(l.pairs[0].len(), 4);
+        }
+    }
 }
