@@ -133,8 +133,8 @@ pub use backend::{result_key, ResultMeta, TaskState};
 pub use client::{AsyncResult, CanvasResult, Client, ClientOptions, GroupResult, SendOptions};
 pub use config::{
     host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, QueueOrder, RedisKeys,
-    RedisOptions, SentinelOptions, TransportOptions, WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE,
-    WORKER_VARIABLES,
+    RedisOptions, SentinelOptions, SocketOptions, TransportOptions, WorkerConfig,
+    DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,
 };
 pub use context::TaskContext;
 #[cfg(any(feature = "redis", feature = "amqp"))]

@@ -55,13 +55,15 @@ pub(crate) struct WorkerArgs {
     /// Celery's broker_transport_options as JSON: `global_keyprefix`,
     /// `sep`, `priority_steps`, `unacked_key`, `unacked_index_key`,
     /// `unacked_mutex_key`, `fanout_prefix`, `fanout_patterns`,
-    /// `queue_order_strategy`, `visibility_timeout`,
-    /// `health_check_interval`, `master_name` and `sentinel_kwargs` for a
-    /// sentinel:// broker; any other key is refused, with its reason.
+    /// `queue_order_strategy`, `visibility_timeout`, `socket_timeout`,
+    /// `socket_connect_timeout`, `health_check_interval`, `master_name`
+    /// and `sentinel_kwargs` for a sentinel:// broker; any other key is
+    /// refused, with its reason.
     #[arg(long, value_name = "JSON")]
     broker_transport_options: Option<String>,
     /// Celery's result_backend_transport_options as JSON: `master_name`
     /// and `sentinel_kwargs` for a sentinel:// result backend,
+    /// `socket_timeout`, `socket_connect_timeout`,
     /// `health_check_interval`.
     #[arg(long, value_name = "JSON")]
     result_backend_transport_options: Option<String>,

@@ -258,7 +258,7 @@ impl Client {
         let settings = client_settings().with_transport(&options.broker);
         let broker = Arc::new(Link::open("broker", broker_url, settings, None).await?);
         let same = options.result_backend.sentinel == options.broker.sentinel
-            && options.result_backend.health_check_interval == options.broker.health_check_interval;
+            && options.result_backend.socket == options.broker.socket;
         let backend = match result_backend {
             Some(url) if url == broker_url && same => Some(Arc::clone(&broker)),
             Some(url) => {

@@ -51,11 +51,11 @@ pub const WORKER_VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
-        "Redis: broker_transport_options as JSON (sentinel, visibility_timeout, key names, queue_order_strategy, health_check_interval)",
+        "Redis: broker_transport_options as JSON (sentinel, visibility_timeout, key names, queue_order_strategy, socket options)",
     ),
     (
         "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
-        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs, health_check_interval)",
+        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs, socket options)",
     ),
     (
         "GREENPOOL_QUEUE_MAX_PRIORITY",
@@ -309,11 +309,11 @@ mod tests {
         assert_eq!(c.redis.queue_order, crate::QueueOrder::Sorted);
         assert_eq!(c.redis.visibility_timeout, Duration::from_secs(60));
         assert_eq!(
-            c.redis.broker_health_check_interval,
+            c.redis.broker_socket.health_check_interval,
             Some(Duration::from_secs(5))
         );
         assert_eq!(
-            c.redis.backend_health_check_interval,
+            c.redis.backend_socket.health_check_interval,
             Some(Duration::from_secs(7))
         );
         let e = with(&[

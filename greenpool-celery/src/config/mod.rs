@@ -11,6 +11,7 @@ mod limits;
 mod redis;
 mod redis_keys;
 mod sentinel;
+mod socket_options;
 mod transport_options;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub use self::redis::RedisOptions;
 pub use self::redis_keys::RedisKeys;
 pub(crate) use self::redis_keys::DEFAULT_SEP;
 pub use self::sentinel::SentinelOptions;
+pub use self::socket_options::SocketOptions;
 pub use self::transport_options::{QueueOrder, TransportOptions};
 use crate::error::ConfigError;
 
@@ -230,7 +232,7 @@ impl WorkerConfig {
     /// Applies Celery's `broker_transport_options` (a
     /// [`TransportOptions`], e.g. read from JSON): the sentinel settings
     /// of a `sentinel://` broker URL, the visibility timeout (when given),
-    /// the key names, the queue order and the health check interval.
+    /// the key names, the queue order and the socket options.
     pub fn broker_transport_options(mut self, t: TransportOptions) -> Self {
         self.redis.broker_sentinel = t.sentinel;
         if let Some(d) = t.visibility_timeout {
@@ -238,15 +240,15 @@ impl WorkerConfig {
         }
         self.redis.keys = t.keys;
         self.redis.queue_order = t.queue_order_strategy;
-        self.redis.broker_health_check_interval = t.health_check_interval;
+        self.redis.broker_socket = t.socket;
         self
     }
     /// Applies Celery's `result_backend_transport_options`: the sentinel
-    /// settings of a `sentinel://` result backend URL and the health
-    /// check interval.
+    /// settings of a `sentinel://` result backend URL and the socket
+    /// options.
     pub fn result_backend_transport_options(mut self, t: TransportOptions) -> Self {
         self.redis.backend_sentinel = t.sentinel;
-        self.redis.backend_health_check_interval = t.health_check_interval;
+        self.redis.backend_socket = t.socket;
         self
     }
     /// Sets the visibility timeout (Redis).
@@ -403,8 +405,8 @@ impl WorkerConfig {
             .any(|s| self.broker_url.starts_with(s));
         rule(
             amqp && self.redis.broker_transport_set(),
-            "Redis broker transport options (key names, queue_order_strategy, \
-             health_check_interval, master_name, sentinel_kwargs) do not apply to an AMQP broker",
+            "Redis broker transport options (key names, queue_order_strategy, socket options, \
+             master_name, sentinel_kwargs) do not apply to an AMQP broker",
         )?;
         let problem = [
             self.limits.problem(),

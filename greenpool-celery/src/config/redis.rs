@@ -36,11 +36,11 @@ pub struct RedisOptions {
     pub keys: super::RedisKeys,
     /// The order queues are taken from (`queue_order_strategy`).
     pub queue_order: super::QueueOrder,
-    /// The broker's `health_check_interval`: TCP keepalive's idle time
-    /// before its first probe (`None`: 60 s).
-    pub broker_health_check_interval: Option<Duration>,
-    /// The result backend's `health_check_interval` (`None`: 60 s).
-    pub backend_health_check_interval: Option<Duration>,
+    /// The broker connection's `socket_timeout`,
+    /// `socket_connect_timeout` and `health_check_interval`.
+    pub broker_socket: super::SocketOptions,
+    /// The result backend connection's.
+    pub backend_socket: super::SocketOptions,
 }
 
 impl Default for RedisOptions {
@@ -54,8 +54,8 @@ impl Default for RedisOptions {
             backend_sentinel: super::SentinelOptions::default(),
             keys: super::RedisKeys::default(),
             queue_order: super::QueueOrder::default(),
-            broker_health_check_interval: None,
-            backend_health_check_interval: None,
+            broker_socket: super::SocketOptions::default(),
+            backend_socket: super::SocketOptions::default(),
         }
     }
 }
@@ -66,7 +66,7 @@ impl RedisOptions {
     pub(crate) fn broker_transport_set(&self) -> bool {
         self.keys != super::RedisKeys::default()
             || self.queue_order != super::QueueOrder::default()
-            || self.broker_health_check_interval.is_some()
+            || self.broker_socket != super::SocketOptions::default()
             || self.broker_sentinel != super::SentinelOptions::default()
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Number, Value};
 
-use super::{RedisKeys, SentinelOptions};
+use super::{RedisKeys, SentinelOptions, SocketOptions};
 use crate::error::ConfigError;
 
 /// How a worker consuming several queues picks the next one
@@ -38,9 +38,10 @@ pub enum QueueOrder {
 /// `visibility_timeout`, `global_keyprefix`, `sep`, `priority_steps`,
 /// `unacked_key`, `unacked_index_key`, `unacked_mutex_key`,
 /// `fanout_prefix`, `fanout_patterns`, `queue_order_strategy`,
-/// `health_check_interval`, and `ack_emulation` (only `true`: greenpool
+/// `socket_timeout`, `socket_connect_timeout`, `health_check_interval`
+/// (see [`SocketOptions`]), and `ack_emulation` (only `true`: greenpool
 /// always keeps kombu's unacked bookkeeping). Result backend options:
-/// `master_name`, `sentinel_kwargs`, `health_check_interval`.
+/// `master_name`, `sentinel_kwargs` and the three socket options.
 ///
 /// ```
 /// use std::time::Duration;
@@ -52,7 +53,7 @@ pub enum QueueOrder {
 /// ).unwrap();
 /// assert_eq!(t.keys.global_keyprefix, "gp:");
 /// assert_eq!(t.queue_order_strategy, QueueOrder::Priority);
-/// assert_eq!(t.health_check_interval, Some(Duration::from_secs(30)));
+/// assert_eq!(t.socket.health_check_interval, Some(Duration::from_secs(30)));
 /// assert_eq!(t.visibility_timeout, Some(Duration::from_secs(600)));
 /// let e = TransportOptions::parse(r#"{"max_connections": 20}"#, "broker").unwrap_err();
 /// assert!(e.to_string().contains("max_connections"));
@@ -70,14 +71,9 @@ pub struct TransportOptions {
     pub keys: RedisKeys,
     /// `queue_order_strategy` (broker options only).
     pub queue_order_strategy: QueueOrder,
-    /// `health_check_interval` in seconds: redis-py pings a connection
-    /// idle that long before it uses it. greenpool's connections are
-    /// multiplexed and never idle-then-reused that way; they detect a
-    /// dead peer with TCP keepalive instead, and this sets the idle time
-    /// before its first probe (default 60 s). `0` (redis-py: no checks)
-    /// keeps that default: a link always has keepalive and a command
-    /// timeout.
-    pub health_check_interval: Option<Duration>,
+    /// `socket_timeout`, `socket_connect_timeout` and
+    /// `health_check_interval`, in seconds.
+    pub socket: SocketOptions,
 }
 
 /// Options kombu or Celery accept that greenpool refuses, with the
@@ -86,14 +82,6 @@ const REFUSED: &[(&str, &str)] = &[
     (
         "max_connections",
         "greenpool multiplexes one connection per link, so there is no pool to bound",
-    ),
-    (
-        "socket_timeout",
-        "the command timeout (10 s) plays this part and is not configurable here",
-    ),
-    (
-        "socket_connect_timeout",
-        "use broker_connection_timeout (--broker-connection-timeout) instead",
     ),
     (
         "socket_keepalive",
@@ -153,11 +141,19 @@ const BROKER_KEYS: &[&str] = &[
     "fanout_patterns",
     "queue_order_strategy",
     "health_check_interval",
+    "socket_timeout",
+    "socket_connect_timeout",
     "ack_emulation",
 ];
 
 /// The result backend options greenpool reads.
-const BACKEND_KEYS: &[&str] = &["master_name", "sentinel_kwargs", "health_check_interval"];
+const BACKEND_KEYS: &[&str] = &[
+    "master_name",
+    "sentinel_kwargs",
+    "health_check_interval",
+    "socket_timeout",
+    "socket_connect_timeout",
+];
 
 /// Seconds as a positive duration, or why not.
 fn positive_secs(key: &str, n: &Number) -> Result<Duration, String> {
@@ -259,11 +255,18 @@ impl TransportOptions {
                 }
             }
             ("health_check_interval", Value::Number(n)) => {
-                self.health_check_interval = if n.as_f64() == Some(0.0) {
+                self.socket.health_check_interval = if n.as_f64() == Some(0.0) {
                     None
                 } else {
                     Some(positive_secs(key, &n)?)
                 };
+            }
+            ("socket_timeout" | "socket_connect_timeout", Value::Null) => {}
+            ("socket_timeout", Value::Number(n)) => {
+                self.socket.socket_timeout = Some(positive_secs(key, &n)?);
+            }
+            ("socket_connect_timeout", Value::Number(n)) => {
+                self.socket.socket_connect_timeout = Some(positive_secs(key, &n)?);
             }
             ("visibility_timeout", Value::Number(n)) if broker => {
                 self.visibility_timeout = Some(positive_secs(key, &n)?);

@@ -46,7 +46,7 @@ fn defaults_are_kombus() {
     assert_eq!(t.keys.fanout_prefix, "/{db}.");
     assert!(t.keys.fanout_patterns);
     assert_eq!(t.queue_order_strategy, QueueOrder::RoundRobin);
-    assert_eq!(t.health_check_interval, None);
+    assert_eq!(t.socket, SocketOptions::default());
 }
 
 #[test]
@@ -119,13 +119,18 @@ fn queue_order_strategies_are_kombus_names() {
 #[test]
 fn health_check_interval_is_seconds_and_zero_is_the_default() {
     let t = broker(r#"{"health_check_interval": 2.5}"#);
-    assert_eq!(t.health_check_interval, Some(Duration::from_millis(2500)));
     assert_eq!(
-        broker(r#"{"health_check_interval": 0}"#).health_check_interval,
+        t.socket.health_check_interval,
+        Some(Duration::from_millis(2500))
+    );
+    assert_eq!(
+        broker(r#"{"health_check_interval": 0}"#)
+            .socket
+            .health_check_interval,
         None
     );
     let t = TransportOptions::parse(r#"{"health_check_interval": 5}"#, "result backend").unwrap();
-    assert_eq!(t.health_check_interval, Some(Duration::from_secs(5)));
+    assert_eq!(t.socket.health_check_interval, Some(Duration::from_secs(5)));
     for bad in [
         r#"{"health_check_interval": -1}"#,
         r#"{"health_check_interval": "5"}"#,
@@ -139,8 +144,6 @@ fn health_check_interval_is_seconds_and_zero_is_the_default() {
 fn known_options_that_are_not_honoured_say_why() {
     for key in [
         "max_connections",
-        "socket_timeout",
-        "socket_connect_timeout",
         "socket_keepalive",
         "retry_on_timeout",
         "retry_policy",
@@ -164,5 +167,28 @@ fn known_options_that_are_not_honoured_say_why() {
     ] {
         let e = refused(&format!(r#"{{"{key}": 1}}"#), "result backend");
         assert!(e.contains("supported: master_name"), "{e}");
+    }
+}
+
+#[test]
+fn socket_timeouts_are_seconds_and_null_is_the_default() {
+    let t = broker(r#"{"socket_timeout": 5, "socket_connect_timeout": 0.5}"#);
+    assert_eq!(t.socket.socket_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(
+        t.socket.socket_connect_timeout,
+        Some(Duration::from_millis(500))
+    );
+    let t = broker(r#"{"socket_timeout": null, "socket_connect_timeout": null}"#);
+    assert_eq!(t.socket, SocketOptions::default());
+    for bad in [
+        r#"{"socket_timeout": 0}"#,
+        r#"{"socket_timeout": -2}"#,
+        r#"{"socket_connect_timeout": "5"}"#,
+    ] {
+        let e = refused(bad, "result backend");
+        assert!(
+            e.starts_with("result backend transport options"),
+            "{bad}: {e}"
+        );
     }
 }

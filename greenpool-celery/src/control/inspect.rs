@@ -220,8 +220,15 @@ fn transport_options(c: &crate::config::WorkerConfig) -> Value {
         crate::config::QueueOrder::Priority => "priority",
     };
     put("queue_order_strategy", order != "round_robin", json!(order));
-    if let Some(h) = c.redis.broker_health_check_interval {
-        put("health_check_interval", true, json!(h.as_secs_f64()));
+    let s = &c.redis.broker_socket;
+    for (key, d) in [
+        ("health_check_interval", s.health_check_interval),
+        ("socket_timeout", s.socket_timeout),
+        ("socket_connect_timeout", s.socket_connect_timeout),
+    ] {
+        if let Some(d) = d {
+            put(key, true, json!(d.as_secs_f64()));
+        }
     }
     if let Some(m) = &c.redis.broker_sentinel.master_name {
         put("master_name", true, json!(m));
