@@ -22,6 +22,7 @@ pub use self::env::WORKER_VARIABLES;
 pub use self::limits::{Limits, DEFAULT_MAX_MESSAGE_SIZE};
 pub use self::redis::RedisOptions;
 pub use self::redis_keys::RedisKeys;
+#[cfg(feature = "redis")]
 pub(crate) use self::redis_keys::DEFAULT_SEP;
 pub use self::sentinel::SentinelOptions;
 pub use self::socket_options::SocketOptions;

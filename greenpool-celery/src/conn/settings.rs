@@ -30,6 +30,7 @@ pub(crate) struct LinkSettings {
 
 /// TCP keepalive's idle time before the first probe when no
 /// `health_check_interval` is given.
+#[cfg(feature = "redis")] // Redis links only
 pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 impl LinkSettings {
@@ -52,6 +53,7 @@ impl LinkSettings {
         .with_socket(&c.redis.broker_socket)
     }
 
+    #[cfg(feature = "redis")] // Redis links only
     /// The worker's settings for its result backend's link.
     pub(crate) fn for_backend(c: &WorkerConfig) -> Self {
         let base = LinkSettings {
@@ -69,6 +71,7 @@ impl LinkSettings {
         Self::from_config(&WorkerConfig::new(""))
     }
 
+    #[cfg(feature = "redis")] // Redis links only
     /// These settings with a connection's transport options applied
     /// (the key names matter on the broker's link only).
     pub(crate) fn with_transport(mut self, t: &crate::config::TransportOptions) -> Self {
@@ -91,13 +94,14 @@ impl LinkSettings {
         self
     }
 
+    #[cfg(feature = "redis")] // Redis links only
     /// TCP keepalive's idle time before its first probe.
     pub(crate) fn keepalive_idle(&self) -> Duration {
         self.health_check_interval.unwrap_or(KEEPALIVE_IDLE)
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
     use crate::TransportOptions;

@@ -13,9 +13,7 @@ use serde_json::{json, Map, Value};
 use super::envelope;
 #[cfg(feature = "redis")]
 use super::mailbox::EXCHANGE;
-#[cfg(feature = "redis")]
 use super::wire::NodeWire;
-#[cfg(feature = "redis")]
 #[cfg(feature = "redis")]
 use crate::conn::Link;
 use crate::conn::LinkSettings;

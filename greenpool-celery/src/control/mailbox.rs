@@ -9,7 +9,6 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "redis")]
 use super::message::ControlRequest;
 use super::node::Node;
 use super::table;
