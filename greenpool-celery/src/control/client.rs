@@ -128,7 +128,9 @@ impl Control {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let options = TransportOptions::parse(r#"{"global_keyprefix": "gp:"}"#, "broker")?;
     /// let control = Control::connect_with("redis://127.0.0.1:6379/0", &options).await?;
-    /// let pongs = control.call("ping", Default::default(), ControlOptions::default()).await?;
+    /// for (node, answer) in control.call("ping", Default::default(), ControlOptions::default()).await? {
+    ///     println!("{node}: {answer}");
+    /// }
     /// # Ok(()) }
     /// ```
     ///
