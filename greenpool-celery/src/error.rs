@@ -151,6 +151,10 @@ pub enum BrokerError {
         /// The cargo feature that brings it.
         feature: &'static str,
     },
+    /// Settings that cannot be used with this broker (e.g. Redis
+    /// transport options on an AMQP broker).
+    #[error(transparent)]
+    Config(crate::error::ConfigError),
     /// A canvas the client cannot send (a chord without a Redis result
     /// backend, a form greenpool does not apply, options that cannot be
     /// used): nothing of it was sent.

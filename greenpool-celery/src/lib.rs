@@ -130,10 +130,11 @@ mod worker;
 pub use self::uuid::uuid4;
 pub use backend::{result_key, ResultMeta, TaskState};
 #[cfg(any(feature = "redis", feature = "amqp"))]
-pub use client::{AsyncResult, CanvasResult, Client, GroupResult, SendOptions};
+pub use client::{AsyncResult, CanvasResult, Client, ClientOptions, GroupResult, SendOptions};
 pub use config::{
-    host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, RedisOptions, SentinelOptions,
-    TransportOptions, WorkerConfig, DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,
+    host_name, node_name, AmqpOptions, ConnectionPolicy, Limits, QueueOrder, RedisKeys,
+    RedisOptions, SentinelOptions, SocketOptions, TransportOptions, WorkerConfig,
+    DEFAULT_MAX_MESSAGE_SIZE, WORKER_VARIABLES,
 };
 #[cfg(feature = "redis")]
 pub use conn::redis_client;

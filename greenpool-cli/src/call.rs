@@ -57,6 +57,8 @@ pub(crate) struct CallArgs {
     /// Seconds to wait with --wait.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    #[command(flatten)]
+    transport: crate::transport_args::TransportArgs,
 }
 
 fn seconds(name: &'static str, s: f64) -> anyhow::Result<Duration> {
@@ -105,9 +107,10 @@ pub(crate) fn run(a: CallArgs) -> anyhow::Result<()> {
                 .context("--canvas must be a signature as a JSON object, e.g. '{\"task\": \"celery.group\", \"subtask_type\": \"group\", \"kwargs\": {\"tasks\": [...]}}'")
         })
         .transpose()?;
+    let client_options = a.transport.client()?;
     runtime.block_on(async move {
         let backend = a.result_backend.clone().unwrap_or_else(|| a.broker.clone());
-        let client = Client::connect(&a.broker, Some(&backend)).await?;
+        let client = Client::connect_with(&a.broker, Some(&backend), client_options).await?;
         if let Some(canvas) = canvas {
             let result = client.apply(&canvas).await?;
             println!("{}", result.id());

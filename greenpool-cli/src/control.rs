@@ -106,6 +106,8 @@ pub(crate) struct RemoteArgs {
     /// Print the replies as JSON.
     #[arg(short = 'j', long)]
     json: bool,
+    #[command(flatten)]
+    transport: crate::transport_args::TransportArgs,
 }
 
 /// Arguments of `greenpool control`.
@@ -198,12 +200,14 @@ pub(crate) fn remote(
         remote.timeout.is_finite() && remote.timeout > 0.0,
         "--timeout must be a positive number of seconds"
     );
+    let options = remote.transport.broker()?;
+    remote.transport.result_backend()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     let replies: Replies = runtime.block_on(async {
-        let control = Control::connect(&remote.broker).await?;
+        let control = Control::connect_with(&remote.broker, &options).await?;
         let mut opts = ControlOptions::default().timeout(Duration::from_secs_f64(remote.timeout));
         if let Some(d) = &remote.destination {
             opts = opts.destination(d.clone());

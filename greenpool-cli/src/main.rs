@@ -16,6 +16,7 @@ mod control;
 mod inspect;
 mod py_int;
 mod tour;
+mod transport_args;
 mod worker;
 mod worker_bench;
 mod worker_bench_amqp;

@@ -45,7 +45,8 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     result_expires: Option<u64>,
     /// Seconds after which unacked messages go back to their queue
-    /// [default: 3600].
+    /// [default: 3600]; refused when --broker-transport-options sets
+    /// another visibility_timeout.
     #[arg(long)]
     visibility_timeout: Option<f64>,
     /// Seconds between restore sweeps [default: 100].
@@ -60,14 +61,20 @@ pub(crate) struct WorkerArgs {
     /// is written again on a new connection [default: 1].
     #[arg(long)]
     sync_replicas_timeout: Option<f64>,
-    /// Celery's broker_transport_options as JSON: `master_name` and
-    /// `sentinel_kwargs` for a sentinel:// broker, `visibility_timeout`;
-    /// any other key is refused.
-    #[arg(long)]
+    /// Celery's broker_transport_options as JSON: `global_keyprefix`,
+    /// `sep`, `priority_steps`, `unacked_key`, `unacked_index_key`,
+    /// `unacked_mutex_key`, `fanout_prefix`, `fanout_patterns`,
+    /// `queue_order_strategy`, `visibility_timeout`, `socket_timeout`,
+    /// `socket_connect_timeout`, `health_check_interval`, `master_name`
+    /// and `sentinel_kwargs` for a sentinel:// broker; any other key is
+    /// refused, with its reason.
+    #[arg(long, value_name = "JSON")]
     broker_transport_options: Option<String>,
     /// Celery's result_backend_transport_options as JSON: `master_name`
-    /// and `sentinel_kwargs` for a sentinel:// result backend.
-    #[arg(long)]
+    /// and `sentinel_kwargs` for a sentinel:// result backend,
+    /// `socket_timeout`, `socket_connect_timeout`,
+    /// `health_check_interval`.
+    #[arg(long, value_name = "JSON")]
     result_backend_transport_options: Option<String>,
     /// Operating the worker: -E, --autoscale, time limits.
     #[command(flatten)]
@@ -148,6 +155,11 @@ impl WorkerArgs {
         }
         if let Some(json) = &self.broker_transport_options {
             let t = greenpool_celery::TransportOptions::parse(json, "broker")?;
+            let flag = self
+                .visibility_timeout
+                .map(|s| secs("visibility-timeout", s))
+                .transpose()?;
+            t.check_visibility_timeout(flag, "--visibility-timeout")?;
             config = config.broker_transport_options(t);
         }
         if let Some(json) = &self.result_backend_transport_options {

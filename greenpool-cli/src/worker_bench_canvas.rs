@@ -25,6 +25,8 @@ pub(crate) async fn enqueue(
         ProgressStyle::with_template("  enqueue {bar:40} {pos}/{len} chords")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The bench's workers run with kombu's default key names.
+    let list = greenpool_celery::RedisKeys::default().queue_key("celery", 0);
     let mut bodies = Vec::with_capacity(chords);
     for c in 0..chords {
         let group = greenpool_celery::uuid4();
@@ -45,7 +47,7 @@ pub(crate) async fn enqueue(
             m.headers.group_index = i64::try_from(i).ok();
             m.embed.chord = Some(body.clone());
             m.properties.delivery_info.routing_key = "celery".to_owned();
-            pipe.cmd("LPUSH").arg("celery").arg(m.encode()?).ignore();
+            pipe.cmd("LPUSH").arg(&list).arg(m.encode()?).ignore();
         }
         pipe.query_async::<()>(conn).await?;
         bodies.push(body_id);

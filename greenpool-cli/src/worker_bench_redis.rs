@@ -82,13 +82,15 @@ async fn enqueue(conn: &mut MultiplexedConnection, n: usize) -> anyhow::Result<(
         ProgressStyle::with_template("  enqueue {bar:40} {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The bench's workers run with kombu's default key names.
+    let list = greenpool_celery::RedisKeys::default().queue_key("celery", 0);
     let mut sent = 0;
     while sent < n {
         let chunk = (n - sent).min(1000);
         let mut pipe = redis::pipe();
         for i in sent..sent + chunk {
             let msg = TaskMessage::new("greenpool.add", vec![json!(i), json!(1)], Map::new());
-            pipe.cmd("LPUSH").arg("celery").arg(msg.encode()?).ignore();
+            pipe.cmd("LPUSH").arg(&list).arg(msg.encode()?).ignore();
         }
         pipe.query_async::<()>(conn).await?;
         sent += chunk;

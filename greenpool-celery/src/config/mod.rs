@@ -9,7 +9,10 @@ mod connection;
 mod env;
 mod limits;
 mod redis;
+mod redis_keys;
 mod sentinel;
+mod socket_options;
+mod transport_options;
 
 use std::time::Duration;
 
@@ -18,7 +21,12 @@ pub use self::connection::ConnectionPolicy;
 pub use self::env::WORKER_VARIABLES;
 pub use self::limits::{Limits, DEFAULT_MAX_MESSAGE_SIZE};
 pub use self::redis::RedisOptions;
-pub use self::sentinel::{SentinelOptions, TransportOptions};
+pub use self::redis_keys::RedisKeys;
+#[cfg(feature = "redis")]
+pub(crate) use self::redis_keys::DEFAULT_SEP;
+pub use self::sentinel::SentinelOptions;
+pub use self::socket_options::SocketOptions;
+pub use self::transport_options::{QueueOrder, TransportOptions};
 use crate::error::ConfigError;
 
 /// Settings of a [`Worker`](crate::Worker).
@@ -224,18 +232,24 @@ impl WorkerConfig {
     }
     /// Applies Celery's `broker_transport_options` (a
     /// [`TransportOptions`], e.g. read from JSON): the sentinel settings
-    /// of a `sentinel://` broker URL and the visibility timeout.
+    /// of a `sentinel://` broker URL, the visibility timeout (when given),
+    /// the key names, the queue order and the socket options.
     pub fn broker_transport_options(mut self, t: TransportOptions) -> Self {
         self.redis.broker_sentinel = t.sentinel;
         if let Some(d) = t.visibility_timeout {
             self.redis.visibility_timeout = d;
         }
+        self.redis.keys = t.keys;
+        self.redis.queue_order = t.queue_order_strategy;
+        self.redis.broker_socket = t.socket;
         self
     }
     /// Applies Celery's `result_backend_transport_options`: the sentinel
-    /// settings of a `sentinel://` result backend URL.
+    /// settings of a `sentinel://` result backend URL and the socket
+    /// options.
     pub fn result_backend_transport_options(mut self, t: TransportOptions) -> Self {
         self.redis.backend_sentinel = t.sentinel;
+        self.redis.backend_socket = t.socket;
         self
     }
     /// Sets the visibility timeout (Redis).
@@ -405,9 +419,22 @@ impl WorkerConfig {
         }
         rule(
             self.redis.sync_replicas > 0
-                && self.redis.sync_replicas_timeout >= self.connection.command_timeout,
+                && [&self.redis.broker_socket, &self.redis.backend_socket]
+                    .iter()
+                    .any(|s| {
+                        self.redis.sync_replicas_timeout
+                            >= s.socket_timeout.unwrap_or(self.connection.command_timeout)
+                    }),
             "the sync-replicas timeout must be shorter than the command timeout (a WAIT \
              outlasting it would read as a lost connection)",
+        )?;
+        let amqp = ["amqp://", "amqps://", "pyamqp://"]
+            .iter()
+            .any(|s| self.broker_url.starts_with(s));
+        rule(
+            amqp && self.redis.broker_transport_set(),
+            "Redis broker transport options (key names, queue_order_strategy, socket options, \
+             master_name, sentinel_kwargs) do not apply to an AMQP broker",
         )?;
         let problem = [
             self.limits.problem(),
@@ -460,6 +487,19 @@ mod tests {
         delays.connection.reconnect_delay = Duration::from_secs(5);
         delays.connection.reconnect_delay_max = Duration::from_secs(1);
         cases.push((delays, "reconnection delay"));
+        let mut steps = ok.clone();
+        steps.redis.keys.priority_steps.clear();
+        cases.push((steps, "priority_steps"));
+        let prefixed = TransportOptions::parse(r#"{"global_keyprefix": "gp:"}"#, "broker").unwrap();
+        cases.push((
+            WorkerConfig::new("amqp://x").broker_transport_options(prefixed.clone()),
+            "do not apply to an AMQP broker",
+        ));
+        assert!(ok
+            .clone()
+            .broker_transport_options(prefixed)
+            .validate()
+            .is_ok());
         for (config, why) in cases {
             let e = config.validate().err().map(|e| e.to_string());
             assert!(

@@ -41,6 +41,16 @@ pub struct RedisOptions {
     /// How long one `WAIT` waits for the replicas (default 1 s); under
     /// the command timeout.
     pub sync_replicas_timeout: Duration,
+    /// The broker's key names (`global_keyprefix`, `sep`,
+    /// `priority_steps`, ...), kombu's by default.
+    pub keys: super::RedisKeys,
+    /// The order queues are taken from (`queue_order_strategy`).
+    pub queue_order: super::QueueOrder,
+    /// The broker connection's `socket_timeout`,
+    /// `socket_connect_timeout` and `health_check_interval`.
+    pub broker_socket: super::SocketOptions,
+    /// The result backend connection's.
+    pub backend_socket: super::SocketOptions,
 }
 
 impl Default for RedisOptions {
@@ -54,11 +64,24 @@ impl Default for RedisOptions {
             backend_sentinel: super::SentinelOptions::default(),
             sync_replicas: 0,
             sync_replicas_timeout: Duration::from_secs(1),
+            keys: super::RedisKeys::default(),
+            queue_order: super::QueueOrder::default(),
+            broker_socket: super::SocketOptions::default(),
+            backend_socket: super::SocketOptions::default(),
         }
     }
 }
 
 impl RedisOptions {
+    /// Whether a broker transport option other than the visibility
+    /// timeout was set (they only apply to a Redis broker).
+    pub(crate) fn broker_transport_set(&self) -> bool {
+        self.keys != super::RedisKeys::default()
+            || self.queue_order != super::QueueOrder::default()
+            || self.broker_socket != super::SocketOptions::default()
+            || self.broker_sentinel != super::SentinelOptions::default()
+    }
+
     /// Why these options cannot run a worker, if they cannot.
     pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.fetch_batch == 0 {
@@ -76,6 +99,6 @@ impl RedisOptions {
         if self.sync_replicas > 0 && self.sync_replicas_timeout.as_millis() == 0 {
             return Some("the sync-replicas timeout must be at least 1 ms");
         }
-        None
+        self.keys.problem()
     }
 }

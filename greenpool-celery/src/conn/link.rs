@@ -112,7 +112,7 @@ impl Link {
     ) -> Result<Self, BrokerError> {
         let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(
             socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
+                .with_time(settings.keepalive_idle())
                 .with_interval(Duration::from_secs(10))
                 .with_retries(3),
         );

@@ -9,7 +9,8 @@
 //! # What a link does
 //!
 //! * Opens one multiplexed connection with a connect timeout, TCP
-//!   keepalive (probes after 60 s idle, every 10 s) and `TCP_NODELAY`,
+//!   keepalive (probes after 60 s idle, or the `health_check_interval`
+//!   of the transport options, then every 10 s) and `TCP_NODELAY`,
 //!   then runs its start-up hook (the broker loads its Lua scripts there,
 //!   so a restarted server gets them back before the first command).
 //! * Runs each command or pipeline under the command timeout: a reply

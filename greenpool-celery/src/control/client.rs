@@ -13,11 +13,7 @@ use serde_json::{json, Map, Value};
 use super::envelope;
 #[cfg(feature = "redis")]
 use super::mailbox::EXCHANGE;
-#[cfg(feature = "redis")]
-use super::reply::binding_key;
 use super::wire::NodeWire;
-#[cfg(feature = "redis")]
-use crate::broker::keys::SEP;
 #[cfg(feature = "redis")]
 use crate::conn::Link;
 use crate::conn::LinkSettings;
@@ -119,10 +115,39 @@ impl Control {
     ///
     /// [`BrokerError`] when the URL is invalid or Redis cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, &crate::config::TransportOptions::default()).await
+    }
+
+    /// Connects to the broker at `url` with its transport options (the
+    /// workers' `broker_transport_options`: a `global_keyprefix` changes
+    /// the mailbox channel and the reply lists, as with kombu).
+    ///
+    /// ```no_run
+    /// use greenpool_celery::{Control, ControlOptions, TransportOptions};
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let options = TransportOptions::parse(r#"{"global_keyprefix": "gp:"}"#, "broker")?;
+    /// let control = Control::connect_with("redis://127.0.0.1:6379/0", &options).await?;
+    /// for (node, answer) in control.call("ping", Default::default(), ControlOptions::default()).await? {
+    ///     println!("{node}: {answer}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError`] when the URL is invalid or Redis cannot be reached;
+    /// [`BrokerError::Config`] for Redis transport options on an AMQP
+    /// broker, where they cannot apply.
+    pub async fn connect_with(
+        url: &str,
+        options: &crate::config::TransportOptions,
+    ) -> Result<Self, BrokerError> {
         let wire = match crate::broker::Transport::of(url)? {
             #[cfg(feature = "redis")]
             crate::broker::Transport::Redis => {
-                let link = Link::open("remote control", url, LinkSettings::client(), None).await?;
+                let settings = LinkSettings::client().with_transport(options);
+                let link = Link::open("remote control", url, settings, None).await?;
                 let db = link.client().get_connection_info().redis_settings().db();
                 NodeWire::Redis {
                     link: Arc::new(link),
@@ -130,10 +155,21 @@ impl Control {
                 }
             }
             #[cfg(feature = "amqp")]
-            crate::broker::Transport::Amqp => NodeWire::Amqp(
-                crate::broker::amqp::node_link::AmqpNodeLink::open(url, LinkSettings::client())
-                    .await?,
-            ),
+            crate::broker::Transport::Amqp => {
+                if *options != crate::config::TransportOptions::default() {
+                    return Err(BrokerError::Config(
+                        crate::error::ConfigError::TransportOptions {
+                            which: "broker",
+                            reason: "the broker is AMQP: Redis transport options do not apply"
+                                .to_owned(),
+                        },
+                    ));
+                }
+                NodeWire::Amqp(
+                    crate::broker::amqp::node_link::AmqpNodeLink::open(url, LinkSettings::client())
+                        .await?,
+                )
+            }
         };
         Ok(Control {
             wire,
@@ -250,7 +286,7 @@ async fn publish_redis(
     timeout: Duration,
 ) -> Result<(), BrokerError> {
     let payload = envelope::encode(body, request_headers(timeout), EXCHANGE, "", 2);
-    let topic = envelope::fanout_topic(db, EXCHANGE, "");
+    let topic = link.settings().keys.fanout_topic(db, EXCHANGE, "");
     let _: i64 = run(link, || {
         let mut c = redis::cmd("PUBLISH");
         c.arg(&topic).arg(&payload);
@@ -272,9 +308,12 @@ async fn call_redis(
     options: &ControlOptions,
     ticket: &str,
 ) -> Result<Replies, BrokerError> {
+    let keys = &link.settings().keys;
     let queue = format!("{oid}.{REPLY_EXCHANGE}");
-    let member = format!("{oid}{SEP}{SEP}{queue}");
-    let binding = binding_key(REPLY_EXCHANGE);
+    let member = keys.binding_member(oid, &queue);
+    let binding = keys.binding_key(REPLY_EXCHANGE);
+    // Replies have priority 0: the list of the step 0 falls in.
+    let queue = keys.queue_key(&queue, 0);
     let _: i64 = run(link, || {
         let mut c = redis::cmd("SADD");
         c.arg(&binding).arg(&member);

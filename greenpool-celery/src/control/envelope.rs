@@ -30,17 +30,6 @@ pub(crate) fn encode(
     .to_string()
 }
 
-/// The fanout topic kombu's Redis transport publishes `exchange` on for
-/// database `db`: `/{db}.{exchange}`, with `/{routing_key}` appended when
-/// it is not empty (fanout patterns).
-pub(crate) fn fanout_topic(db: i64, exchange: &str, routing_key: &str) -> String {
-    if routing_key.is_empty() {
-        format!("/{db}.{exchange}")
-    } else {
-        format!("/{db}.{exchange}/{routing_key}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,10 +48,5 @@ mod tests {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v, json!({"w1@h": {"ok": "pong"}}));
         assert_eq!(env.properties.delivery_info.routing_key, "abc");
-        assert_eq!(fanout_topic(0, "celery.pidbox", ""), "/0.celery.pidbox");
-        assert_eq!(
-            fanout_topic(3, "celeryev", "task.received"),
-            "/3.celeryev/task.received"
-        );
     }
 }

@@ -158,11 +158,82 @@ fn settings(node: &Node) -> Map<String, Value> {
     put("task_time_limit", json!(c.limits.time_limit));
     put("task_soft_time_limit", json!(c.limits.soft_time_limit));
     put("task_queues", json!(c.queues));
-    put(
-        "broker_transport_options",
-        json!({"visibility_timeout": c.redis.visibility_timeout.as_secs()}),
-    );
+    put("broker_transport_options", transport_options(c));
     m
+}
+
+/// The broker transport options in effect, as Celery's `conf` shows
+/// them: the visibility timeout always, the others when not kombu's
+/// defaults (the sentinel password never).
+fn transport_options(c: &crate::config::WorkerConfig) -> Value {
+    let mut t = Map::new();
+    t.insert(
+        "visibility_timeout".into(),
+        json!(c.redis.visibility_timeout.as_secs()),
+    );
+    let k = &c.redis.keys;
+    let d = crate::config::RedisKeys::default();
+    let mut put = |key: &str, changed: bool, v: Value| {
+        if changed {
+            t.insert(key.into(), v);
+        }
+    };
+    put(
+        "global_keyprefix",
+        k.global_keyprefix != d.global_keyprefix,
+        json!(k.global_keyprefix),
+    );
+    put("sep", k.sep != d.sep, json!(k.sep));
+    put(
+        "priority_steps",
+        k.priority_steps != d.priority_steps,
+        json!(k.priority_steps),
+    );
+    put(
+        "unacked_key",
+        k.unacked_key != d.unacked_key,
+        json!(k.unacked_key),
+    );
+    put(
+        "unacked_index_key",
+        k.unacked_index_key != d.unacked_index_key,
+        json!(k.unacked_index_key),
+    );
+    put(
+        "unacked_mutex_key",
+        k.unacked_mutex_key != d.unacked_mutex_key,
+        json!(k.unacked_mutex_key),
+    );
+    put(
+        "fanout_prefix",
+        k.fanout_prefix != d.fanout_prefix,
+        json!(k.fanout_prefix),
+    );
+    put(
+        "fanout_patterns",
+        k.fanout_patterns != d.fanout_patterns,
+        json!(k.fanout_patterns),
+    );
+    let order = match c.redis.queue_order {
+        crate::config::QueueOrder::RoundRobin => "round_robin",
+        crate::config::QueueOrder::Sorted => "sorted",
+        crate::config::QueueOrder::Priority => "priority",
+    };
+    put("queue_order_strategy", order != "round_robin", json!(order));
+    let s = &c.redis.broker_socket;
+    for (key, d) in [
+        ("health_check_interval", s.health_check_interval),
+        ("socket_timeout", s.socket_timeout),
+        ("socket_connect_timeout", s.socket_connect_timeout),
+    ] {
+        if let Some(d) = d {
+            put(key, true, json!(d.as_secs_f64()));
+        }
+    }
+    if let Some(m) = &c.redis.broker_sentinel.master_name {
+        put("master_name", true, json!(m));
+    }
+    Value::Object(t)
 }
 
 /// `conf`: the worker's settings.
@@ -235,5 +306,23 @@ mod tests {
         assert_eq!(mask_url("redis://:pw@h:1/0"), "redis://:********@h:1/0");
         assert_eq!(mask_url("redis://u:pw@h/0"), "redis://u:********@h/0");
         assert_eq!(mask_url("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn conf_shows_the_transport_options_that_differ_from_kombus() {
+        let c = crate::config::WorkerConfig::new("redis://x");
+        assert_eq!(transport_options(&c), json!({"visibility_timeout": 3600}));
+        let t = crate::TransportOptions::parse(
+            r#"{"global_keyprefix": "gp:", "queue_order_strategy": "sorted",
+                "health_check_interval": 30, "sentinel_kwargs": {"password": "s"}}"#,
+            "broker",
+        )
+        .unwrap();
+        let c = c.broker_transport_options(t);
+        assert_eq!(
+            transport_options(&c),
+            json!({"visibility_timeout": 3600, "global_keyprefix": "gp:",
+                   "queue_order_strategy": "sorted", "health_check_interval": 30.0})
+        );
     }
 }

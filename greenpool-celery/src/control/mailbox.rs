@@ -9,8 +9,6 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "redis")]
-use super::envelope;
 use super::message::ControlRequest;
 use super::node::Node;
 use super::table;
@@ -46,7 +44,7 @@ async fn run_redis(
     subscribed: oneshot::Sender<()>,
     stop: CancellationToken,
 ) {
-    let topic = envelope::fanout_topic(db, EXCHANGE, "");
+    let topic = link.settings().keys.fanout_topic(db, EXCHANGE, "");
     let mut subscribed = Some(subscribed);
     let mut sub = loop {
         let opened = tokio::select! {

@@ -8,18 +8,13 @@ use super::message::ReplyTo;
 use crate::conn::Link;
 use crate::error::BrokerError;
 
-/// The binding table of reply exchange `exchange` (kombu's key).
-pub(crate) fn binding_key(exchange: &str) -> String {
-    format!("_kombu.binding.{exchange}")
-}
-
-/// The lists bound under `routing_key` among binding-table `members`
-/// (`routing_key SEP pattern SEP queue`).
-pub(crate) fn bound_queues(members: &[String], routing_key: &str) -> Vec<String> {
+/// The queues bound under `routing_key` among binding-table `members`
+/// (`routing_key sep pattern sep queue`).
+pub(crate) fn bound_queues(members: &[String], routing_key: &str, sep: &str) -> Vec<String> {
     members
         .iter()
         .filter_map(|m| {
-            let mut parts = m.split(crate::broker::keys::SEP);
+            let mut parts = m.split(sep);
             let rk = parts.next()?;
             let _pattern = parts.next()?;
             let queue = parts.next()?;
@@ -38,7 +33,8 @@ pub(crate) async fn send(
     hostname: &str,
     answer: Value,
 ) -> Result<usize, BrokerError> {
-    let key = binding_key(&to.exchange);
+    let keys = &link.settings().keys;
+    let key = keys.binding_key(&to.exchange);
     let members: Vec<String> = link
         .call_until_done("read reply bindings", |mut conn| {
             let key = key.clone();
@@ -46,7 +42,7 @@ pub(crate) async fn send(
         })
         .await?
         .map_err(BrokerError::Redis)?;
-    let queues = bound_queues(&members, &to.routing_key);
+    let queues = bound_queues(&members, &to.routing_key, &keys.sep);
     if queues.is_empty() {
         return Ok(0);
     }
@@ -64,7 +60,11 @@ pub(crate) async fn send(
     );
     let mut pipe = redis::pipe();
     for q in &queues {
-        pipe.cmd("LPUSH").arg(q).arg(&payload).ignore();
+        // A reply's priority is 0: the list of the step 0 falls in.
+        pipe.cmd("LPUSH")
+            .arg(keys.queue_key(q, 0))
+            .arg(&payload)
+            .ignore();
     }
     link.call_until_done("send a control reply", |mut conn| {
         let pipe = pipe.clone();
@@ -86,7 +86,10 @@ mod tests {
             "oid2\x06\x16\x06\x16oid2.reply.celery.pidbox".to_owned(),
             "garbage".to_owned(),
         ];
-        assert_eq!(bound_queues(&m, "oid2"), ["oid2.reply.celery.pidbox"]);
-        assert!(bound_queues(&m, "none").is_empty());
+        assert_eq!(
+            bound_queues(&m, "oid2", "\x06\x16"),
+            ["oid2.reply.celery.pidbox"]
+        );
+        assert!(bound_queues(&m, "none", "\x06\x16").is_empty());
     }
 }

@@ -183,7 +183,10 @@ async fn publish(
             let mut pipe = redis::pipe();
             for (routing_key, body, headers) in events {
                 let payload = envelope::encode(&body, headers, EXCHANGE, &routing_key, 1);
-                let topic = envelope::fanout_topic(*db, EXCHANGE, &routing_key);
+                let topic = link
+                    .settings()
+                    .keys
+                    .fanout_topic(*db, EXCHANGE, &routing_key);
                 pipe.cmd("PUBLISH").arg(topic).arg(payload).ignore();
             }
             link.call_until_done("publish events", |mut conn| {

@@ -390,20 +390,13 @@ async fn commit_broker(
     let once = if pushes.is_empty() {
         String::new()
     } else {
-        format!("greenpool.commit.{}", crate::uuid::uuid4())
+        let keys = &t.broker.settings().keys;
+        keys.prefixed(&format!("greenpool.commit.{}", crate::uuid::uuid4()))
     };
     // A concluded chord whose keys live on this server is cleaned up in
     // the same step as its body's push; on a separate backend, after it.
     let done: &[String] = if t.backend.is_none() { &b.cleanup } else { &[] };
-    let cmd = commit(
-        &t.scripts.commit,
-        &once,
-        t.result_expires,
-        stores,
-        pushes,
-        done,
-        &b.acks,
-    );
+    let cmd = commit(t, &once, stores, pushes, done, &b.acks);
     let what = format!(
         "writing {} result(s), {} follow-up(s) and {} ack(s)",
         stores.0.len(),

@@ -11,7 +11,6 @@
 //! to the queue named by the routing key.
 
 use super::{write_pipe, RedisBroker};
-use crate::broker::keys;
 use crate::broker::ConsumedQueue;
 use crate::conn::Link;
 use crate::error::BrokerError;
@@ -40,13 +39,13 @@ impl RedisBroker {
             .link
             .call_until_done("reading the bindings", |mut conn| async move {
                 redis::cmd("SMEMBERS")
-                    .arg(keys::binding_key(exchange))
+                    .arg(self.keys().binding_key(exchange))
                     .query_async(&mut conn)
                     .await
             })
             .await?
             .map_err(BrokerError::Redis)?;
-        let mut out = route(&members, routing_key);
+        let mut out = route(&members, routing_key, &self.keys().sep);
         if out.is_empty() {
             out.push(routing_key.to_owned());
         }
@@ -55,17 +54,18 @@ impl RedisBroker {
 }
 
 /// The queues of binding table `members` that receive a message with
-/// `routing_key`, each once, in a stable order. A table whose members
+/// `routing_key`, each once, in a stable order (`sep` separates a
+/// member's parts). A table whose members
 /// carry a pattern is a topic exchange's: binding keys match by AMQP's
 /// topic rules (`*` one word, `#` zero or more); otherwise a direct
 /// exchange's: binding keys match when equal. Unreadable members are
 /// skipped.
-pub(crate) fn route<M: AsRef<[u8]>>(members: &[M], routing_key: &str) -> Vec<String> {
+pub(crate) fn route<M: AsRef<[u8]>>(members: &[M], routing_key: &str, sep: &str) -> Vec<String> {
     let parsed: Vec<(&str, &str, &str)> = members
         .iter()
         .filter_map(|m| {
             let m = std::str::from_utf8(m.as_ref()).ok()?;
-            let mut parts = m.split(keys::SEP);
+            let mut parts = m.split(sep);
             let rk = parts.next()?;
             let pattern = parts.next()?;
             let queue = parts.next()?;
@@ -115,15 +115,16 @@ fn topic_matches(binding: &str, routing_key: &str) -> bool {
 ///
 /// [`BrokerError`] when Redis fails beyond the link's retries.
 pub(crate) async fn bind(link: &Link, queues: &[ConsumedQueue]) -> Result<(), BrokerError> {
+    let keys = &link.settings().keys;
     let mut pipe = redis::pipe();
     for q in queues {
-        let member = keys::binding_member(&q.routing_key, &q.name);
+        let member = keys.binding_member(&q.routing_key, &q.name);
         pipe.cmd("SADD")
-            .arg(keys::binding_key(&q.exchange))
+            .arg(keys.binding_key(&q.exchange))
             .arg(&member)
             .ignore();
         pipe.cmd("SADD")
-            .arg(keys::binding_permanent_key(&q.exchange))
+            .arg(keys.binding_permanent_key(&q.exchange))
             .arg(&member)
             .ignore();
     }
@@ -137,8 +138,14 @@ pub(crate) async fn bind(link: &Link, queues: &[ConsumedQueue]) -> Result<(), Br
 mod tests {
     use super::*;
 
+    const SEP: &str = crate::config::DEFAULT_SEP;
+
     fn member(rk: &str, pattern: &str, queue: &str) -> String {
-        format!("{rk}{}{pattern}{}{queue}", keys::SEP, keys::SEP)
+        format!("{rk}{SEP}{pattern}{SEP}{queue}")
+    }
+
+    fn route_(table: &[String], rk: &str) -> Vec<String> {
+        route(table, rk, SEP)
     }
 
     #[test]
@@ -150,10 +157,10 @@ mod tests {
             member("other", "", "q3"),
             "garbage".to_owned(),
         ];
-        assert_eq!(route(&table, "rk2"), ["q2", "q2copy"]);
-        assert_eq!(route(&table, "other"), ["q3"]);
-        assert!(route(&table, "nothing").is_empty());
-        assert!(route::<&[u8]>(&[], "rk2").is_empty());
+        assert_eq!(route_(&table, "rk2"), ["q2", "q2copy"]);
+        assert_eq!(route_(&table, "other"), ["q3"]);
+        assert!(route_(&table, "nothing").is_empty());
+        assert!(route::<&[u8]>(&[], "rk2", SEP).is_empty());
     }
 
     #[test]
@@ -163,10 +170,10 @@ mod tests {
             member("a.#", "^a\\..*?$", "any"),
             member("#.z", "^.*?\\.z$", "tail"),
         ];
-        assert_eq!(route(&table, "a.b"), ["any", "one"]);
-        assert_eq!(route(&table, "a.b.c"), ["any"]);
-        assert_eq!(route(&table, "a"), ["any"]);
-        assert_eq!(route(&table, "x.y.z"), ["tail"]);
-        assert!(route(&table, "b.c").is_empty());
+        assert_eq!(route_(&table, "a.b"), ["any", "one"]);
+        assert_eq!(route_(&table, "a.b.c"), ["any"]);
+        assert_eq!(route_(&table, "a"), ["any"]);
+        assert_eq!(route_(&table, "x.y.z"), ["tail"]);
+        assert!(route_(&table, "b.c").is_empty());
     }
 }

@@ -65,6 +65,7 @@ impl WorkerTransport for RedisTransport {
                 config.hostname.clone(),
                 Arc::clone(how.queues),
                 config.redis.legacy_fetch,
+                config.redis.queue_order,
                 config.limits.max_message_size,
                 Arc::clone(how.stats),
             )

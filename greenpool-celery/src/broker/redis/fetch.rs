@@ -60,15 +60,15 @@
 //!
 //! [`TAKE`]: super::scripts::TAKE
 //! [`RETURN`]: super::scripts::RETURN
-//! [`inflight_key`]: crate::broker::keys::inflight_key
+//! [`inflight_key`]: crate::config::RedisKeys::inflight_key
 //! [`LIVENESS_TTL`]: super::liveness::LIVENESS_TTL
 //! [`LIVENESS_REFRESH`]: super::liveness::LIVENESS_REFRESH
 
 use std::sync::atomic::Ordering;
 
 use super::{now_secs, write_pipe, Layout, Pair, RedisBroker};
-use crate::broker::keys::{self, UNACKED, UNACKED_INDEX};
 use crate::broker::{Delivery, Fetched, Oversized};
+use crate::config::QueueOrder;
 use crate::error::BrokerError;
 
 /// Most bytes of unacked entries written by one `MULTI`/`EXEC` of step 2
@@ -85,14 +85,19 @@ const RECORD_CHUNK_BYTES: usize = 64 << 20;
 pub(super) const HALT_AFTER_TAKE_ENV: &str = "GREENPOOL_FAULT_HALT_AFTER_TAKE";
 
 /// The keys a fetch takes from, priority-major (every queue's plain key
-/// first, then every queue's step-3 key, and so on: kombu's order), the
-/// queues rotated by `turn`; each with the index of its queue.
-fn take_order(pairs: &[Vec<Pair>], turn: usize) -> Vec<(usize, &Pair)> {
-    let n = pairs.len();
-    let mut order = Vec::with_capacity(n * keys::PRIORITY_STEPS.len());
-    for step in 0..keys::PRIORITY_STEPS.len() {
+/// first, then every queue's next step's key, and so on: kombu's order),
+/// the queues in `rank`'s order rotated by `turn`; each with the index of
+/// its queue.
+fn take_order<'a>(pairs: &'a [Vec<Pair>], rank: &[usize], turn: usize) -> Vec<(usize, &'a Pair)> {
+    let n = rank.len();
+    let steps = pairs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut order = Vec::with_capacity(n.saturating_mul(steps));
+    for step in 0..steps {
         for i in 0..n {
-            let q = (i + turn) % n;
+            // Both terms are below n, so the sum cannot overflow.
+            let Some(&q) = rank.get((turn % n + i) % n) else {
+                continue;
+            };
             if let Some(p) = pairs.get(q).and_then(|ps| ps.get(step)) {
                 order.push((q, p));
             }
@@ -134,6 +139,9 @@ fn partial(out: &mut Fetched, written: usize, e: BrokerError) -> Result<(), Brok
 
 /// One `MULTI`/`EXEC` of step 2 being built.
 struct Chunk {
+    /// The unacked hash and index keys.
+    unacked: String,
+    unacked_index: String,
     at: String,
     hset: redis::Cmd,
     zadd: redis::Cmd,
@@ -145,12 +153,14 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn new(at: &str) -> Self {
+    fn new(at: &str, unacked: &str, unacked_index: &str) -> Self {
         let mut hset = redis::cmd("HSET");
-        hset.arg(UNACKED);
+        hset.arg(unacked);
         let mut zadd = redis::cmd("ZADD");
-        zadd.arg(UNACKED_INDEX);
+        zadd.arg(unacked_index);
         Chunk {
+            unacked: unacked.to_owned(),
+            unacked_index: unacked_index.to_owned(),
             at: at.to_owned(),
             hset,
             zadd,
@@ -191,8 +201,14 @@ impl RedisBroker {
             // Every queue was cancelled: nothing to read until one is added.
             return Ok(Fetched::default());
         }
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let order = take_order(&layout.pairs, turn);
+        // kombu's round-robin cycle moves the queue it last took from to
+        // the end; `sorted` and `priority` keep their order, so the first
+        // queue is emptied before the next is read.
+        let turn = match self.queue_order {
+            QueueOrder::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        let order = take_order(&layout.pairs, &layout.rank, turn);
         let mut pipe = redis::pipe();
         let mut take = redis::cmd("EVALSHA");
         take.arg(&self.scripts.take).arg(2 * order.len());
@@ -303,7 +319,8 @@ impl RedisBroker {
         out: &mut Fetched,
     ) -> Result<(), BrokerError> {
         let at = format!("{stamp:.6}");
-        let mut chunk = Chunk::new(&at);
+        let keys = self.keys();
+        let mut chunk = Chunk::new(&at, &keys.unacked(), &keys.unacked_index());
         // Deliveries whose chunk is written; on a failure only those are
         // handed out (the rest stay in flight for the next fetch).
         let mut written = 0;
@@ -339,8 +356,8 @@ impl RedisBroker {
 
     /// Writes one chunk of step 2 and starts the next.
     async fn write(&self, chunk: &mut Chunk) -> Result<(), BrokerError> {
-        let at = chunk.at.clone();
-        let done = std::mem::replace(chunk, Chunk::new(&at));
+        let next = Chunk::new(&chunk.at, &chunk.unacked, &chunk.unacked_index);
+        let done = std::mem::replace(chunk, next);
         if done.trims.is_empty() {
             return Ok(());
         }
@@ -368,33 +385,38 @@ impl RedisBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::keys;
+    use crate::config::RedisKeys;
     use serde_json::Value;
 
-    #[test]
-    fn takes_are_priority_major_and_rotate_the_queues() {
-        let pairs: Vec<Vec<Pair>> = ["a", "b"]
+    fn pairs(keys: &RedisKeys, queues: &[&str]) -> Vec<Vec<Pair>> {
+        queues
             .iter()
             .map(|q| {
-                keys::PRIORITY_STEPS
+                keys.priority_steps
                     .iter()
                     .map(|s| {
-                        let key = keys::queue_key(q, *s);
+                        let key = keys.step_key(q, *s);
                         Pair {
-                            flight: keys::inflight_key("w@h", &key),
+                            flight: keys.inflight_key("w@h", &key),
                             key,
                         }
                     })
                     .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn takes_are_priority_major_and_rotate_the_queues() {
+        let pairs = pairs(&RedisKeys::default(), &["a", "b"]);
+        let rank = [0, 1];
         let names = |turn| -> Vec<(usize, String)> {
-            take_order(&pairs, turn)
+            take_order(&pairs, &rank, turn)
                 .into_iter()
                 .map(|(q, p)| (q, p.key.clone()))
                 .collect()
         };
-        let sep = keys::SEP;
+        let sep = crate::config::DEFAULT_SEP;
         assert_eq!(
             names(0)[..4],
             [
@@ -407,9 +429,26 @@ mod tests {
         assert_eq!(names(1)[..2], [(1, "b".to_owned()), (0, "a".to_owned())]);
         assert_eq!(names(0).len(), 8);
         assert_eq!(
-            take_order(&pairs, 0)[2].1.flight,
+            take_order(&pairs, &rank, 0)[2].1.flight,
             format!("greenpool.inflight.w@h{sep}a{sep}3")
         );
+        assert_eq!(names(usize::MAX).len(), 8);
+    }
+
+    #[test]
+    fn a_fixed_rank_reads_its_first_queue_first_at_every_step() {
+        let keys = crate::TransportOptions::parse(
+            r#"{"global_keyprefix": "gp:", "priority_steps": [0, 5]}"#,
+            "broker",
+        )
+        .unwrap()
+        .keys;
+        let pairs = pairs(&keys, &["b", "a"]);
+        let order: Vec<&str> = take_order(&pairs, &[1, 0], 0)
+            .into_iter()
+            .map(|(_, p)| p.key.as_str())
+            .collect();
+        assert_eq!(order, ["gp:a", "gp:b", "gp:a\x06\x165", "gp:b\x06\x165"]);
     }
 
     #[test]

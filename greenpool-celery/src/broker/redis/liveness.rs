@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{write_pipe, Layout, RedisBroker};
-use crate::broker::keys::{self, WORKERS};
 use crate::error::BrokerError;
 
 /// How long a worker's liveness key lives without a refresh; once it is
@@ -25,7 +24,7 @@ impl RedisBroker {
     /// returned at the next start or by another worker).
     pub(super) async fn register_lists(&self, layout: &Layout) -> Result<(), BrokerError> {
         let mut hset = redis::cmd("HSET");
-        hset.arg(keys::inflight_hash(&self.worker));
+        hset.arg(self.keys().inflight_hash(&self.worker));
         let mut any = false;
         for p in layout.pairs.iter().flatten() {
             hset.arg(&p.key).arg(&p.flight);
@@ -50,7 +49,7 @@ impl RedisBroker {
     /// its lists so that others can return them if it dies. Returns how
     /// many messages went back.
     pub(crate) async fn register(&self) -> Result<u64, BrokerError> {
-        let hash = keys::inflight_hash(&self.worker);
+        let hash = self.keys().inflight_hash(&self.worker);
         let earlier = self.registered_lists().await?;
         let (layout, _) = self.layout();
         let mut all: Vec<(String, String)> = layout
@@ -74,7 +73,7 @@ impl RedisBroker {
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("SET")
-            .arg(keys::alive_key(&self.worker))
+            .arg(self.keys().alive_key(&self.worker))
             .arg("1")
             .arg("EX")
             .arg(LIVENESS_TTL.as_secs())
@@ -86,7 +85,10 @@ impl RedisBroker {
             hset.arg(&p.key).arg(&p.flight);
         }
         pipe.add_command(hset).ignore();
-        pipe.cmd("SADD").arg(WORKERS).arg(&self.worker).ignore();
+        pipe.cmd("SADD")
+            .arg(self.keys().workers())
+            .arg(&self.worker)
+            .ignore();
         self.stats.round_trip();
         write_pipe(&self.link, "registering the worker", &pipe).await?;
         Ok(back)
@@ -94,7 +96,7 @@ impl RedisBroker {
 
     /// Refreshes this worker's liveness key.
     pub(crate) async fn refresh_liveness(&self) -> Result<(), BrokerError> {
-        let key = keys::alive_key(&self.worker);
+        let key = self.keys().alive_key(&self.worker);
         self.stats.round_trip();
         self.link
             .call(|mut conn| {
@@ -115,7 +117,7 @@ impl RedisBroker {
 
     /// This worker's registered `(queue key, in-flight list)` pairs.
     async fn registered_lists(&self) -> Result<Vec<(String, String)>, BrokerError> {
-        let hash = keys::inflight_hash(&self.worker);
+        let hash = self.keys().inflight_hash(&self.worker);
         self.stats.round_trip();
         self.link
             .call_until_done("reading the in-flight lists", |mut conn| {
@@ -135,10 +137,13 @@ impl RedisBroker {
         self.give_back(&self.worker, &all, true).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("SREM").arg(WORKERS).arg(&self.worker).ignore();
+        pipe.cmd("SREM")
+            .arg(self.keys().workers())
+            .arg(&self.worker)
+            .ignore();
         pipe.cmd("DEL")
-            .arg(keys::inflight_hash(&self.worker))
-            .arg(keys::alive_key(&self.worker))
+            .arg(self.keys().inflight_hash(&self.worker))
+            .arg(self.keys().alive_key(&self.worker))
             .ignore();
         self.stats.round_trip();
         self.link
@@ -154,24 +159,23 @@ impl RedisBroker {
     /// key is gone. Returns how many messages went back.
     pub(crate) async fn return_dead(&self) -> Result<u64, BrokerError> {
         self.stats.round_trip();
-        let workers: Vec<String> = self
-            .link
-            .call(|mut conn| async move {
-                redis::cmd("SMEMBERS")
-                    .arg(WORKERS)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await
-            .map_err(|e| BrokerError::Redis(e.error))?;
+        let set = self.keys().workers();
+        let set = set.as_str();
+        let workers: Vec<String> =
+            self.link
+                .call(|mut conn| async move {
+                    redis::cmd("SMEMBERS").arg(set).query_async(&mut conn).await
+                })
+                .await
+                .map_err(|e| BrokerError::Redis(e.error))?;
         let others: Vec<String> = workers.into_iter().filter(|w| *w != self.worker).collect();
         if others.is_empty() {
             return Ok(0);
         }
         let mut pipe = redis::pipe();
         for w in &others {
-            pipe.cmd("EXISTS").arg(keys::alive_key(w));
-            pipe.cmd("HGETALL").arg(keys::inflight_hash(w));
+            pipe.cmd("EXISTS").arg(self.keys().alive_key(w));
+            pipe.cmd("HGETALL").arg(self.keys().inflight_hash(w));
         }
         self.stats.round_trip();
         let found: Vec<(bool, HashMap<String, String>)> = self
@@ -212,9 +216,9 @@ impl RedisBroker {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.scripts.give_back)
             .arg(3 + 2 * lists.len())
-            .arg(keys::alive_key(worker))
-            .arg(WORKERS)
-            .arg(keys::inflight_hash(worker));
+            .arg(self.keys().alive_key(worker))
+            .arg(self.keys().workers())
+            .arg(self.keys().inflight_hash(worker));
         for (key, flight) in lists {
             cmd.arg(key).arg(flight);
         }

@@ -41,8 +41,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use self::scripts::Scripts;
-use super::keys;
 use super::{ActiveQueues, ConsumedQueue};
+use crate::config::{QueueOrder, RedisKeys};
 use crate::conn::Link;
 use crate::error::BrokerError;
 use crate::stats::BrokerStats;
@@ -65,26 +65,46 @@ struct Pair {
 struct Layout {
     queues: Arc<Vec<ConsumedQueue>>,
     pairs: Vec<Vec<Pair>>,
+    /// The queues' indices in the order the take reads them (before the
+    /// round-robin rotation, if any): consumption order, or by name for
+    /// `queue_order_strategy` `sorted`.
+    rank: Vec<usize>,
 }
 
 impl Layout {
-    fn new(worker: &str, queues: Arc<Vec<ConsumedQueue>>) -> Self {
+    fn new(
+        keys: &RedisKeys,
+        order: QueueOrder,
+        worker: &str,
+        queues: Arc<Vec<ConsumedQueue>>,
+    ) -> Self {
         let pairs = queues
             .iter()
             .map(|q| {
-                keys::PRIORITY_STEPS
+                keys.priority_steps
                     .iter()
                     .map(|step| {
-                        let key = keys::queue_key(&q.name, *step);
+                        let key = keys.step_key(&q.name, *step);
                         Pair {
-                            flight: keys::inflight_key(worker, &key),
+                            flight: keys.inflight_key(worker, &key),
                             key,
                         }
                     })
                     .collect()
             })
             .collect();
-        Layout { queues, pairs }
+        let mut rank: Vec<usize> = (0..queues.len()).collect();
+        if order == QueueOrder::Sorted {
+            rank.sort_by(|a, b| {
+                let name = |i: &usize| queues.get(*i).map(|q| q.name.as_str());
+                name(a).cmp(&name(b))
+            });
+        }
+        Layout {
+            queues,
+            pairs,
+            rank,
+        }
     }
 }
 
@@ -102,6 +122,8 @@ pub(crate) struct RedisBroker {
     worker: String,
     /// Rotation of the queue order, as kombu's round-robin cycle.
     turn: AtomicUsize,
+    /// How the next queue is picked (`queue_order_strategy`).
+    queue_order: QueueOrder,
     /// Move one message at a time in the take script (no `SORT`).
     single_moves: bool,
     max_message_size: usize,
@@ -153,6 +175,7 @@ impl RedisBroker {
         worker: String,
         queues: Arc<ActiveQueues>,
         legacy_fetch: bool,
+        queue_order: QueueOrder,
         max_message_size: usize,
         stats: Arc<BrokerStats>,
     ) -> Result<Self, BrokerError> {
@@ -174,7 +197,9 @@ impl RedisBroker {
                 needed: "4.0",
             });
         }
-        let layout = Mutex::new(Arc::new(Layout::new(&worker, queues.snapshot())));
+        let keys = &link.settings().keys;
+        let layout = Layout::new(keys, queue_order, &worker, queues.snapshot());
+        let layout = Mutex::new(Arc::new(layout));
         Ok(RedisBroker {
             single_moves: legacy_fetch,
             link,
@@ -183,6 +208,7 @@ impl RedisBroker {
             layout,
             worker,
             turn: AtomicUsize::new(0),
+            queue_order,
             max_message_size,
             #[cfg(feature = "fault-injection")]
             halt_after_take: std::env::var(fetch::HALT_AFTER_TAKE_ENV).is_ok_and(|v| v == "1"),
@@ -193,6 +219,11 @@ impl RedisBroker {
     /// The broker's link.
     pub(crate) fn link(&self) -> &Arc<Link> {
         &self.link
+    }
+
+    /// The broker's key names.
+    pub(crate) fn keys(&self) -> &RedisKeys {
+        &self.link.settings().keys
     }
 
     /// The loaded scripts.
@@ -209,7 +240,12 @@ impl RedisBroker {
         if Arc::ptr_eq(&cur.queues, &now) {
             return (Arc::clone(&cur), false);
         }
-        let fresh = Arc::new(Layout::new(&self.worker, now));
+        let fresh = Arc::new(Layout::new(
+            self.keys(),
+            self.queue_order,
+            &self.worker,
+            now,
+        ));
         *cur = Arc::clone(&fresh);
         (fresh, true)
     }
@@ -224,5 +260,25 @@ mod tests {
         let info = "# Server\r\nredis_version:6.0.16\r\nredis_mode:standalone\r\n";
         assert_eq!(server_version(info), Some((6, 0, "6.0.16".to_owned())));
         assert_eq!(server_version("nothing"), None);
+    }
+
+    #[test]
+    fn layouts_rank_queues_by_the_strategy() {
+        let queues = Arc::new(vec![
+            ConsumedQueue::named("b"),
+            ConsumedQueue::named("c"),
+            ConsumedQueue::named("a"),
+        ]);
+        let keys = RedisKeys::default();
+        for (order, rank) in [
+            (QueueOrder::RoundRobin, [0, 1, 2]),
+            (QueueOrder::Priority, [0, 1, 2]),
+            (QueueOrder::Sorted, [2, 0, 1]),
+        ] {
+            let l = Layout::new(&keys, order, "w", Arc::clone(&queues));
+            assert_eq!(l.rank, rank, "{order:?}");
+            assert_eq!(l.pairs.len(), 3);
+            assert_eq!(l.pairs[0].len(), 4);
+        }
     }
 }

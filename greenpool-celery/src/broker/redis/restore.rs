@@ -5,7 +5,6 @@
 use serde_json::Value;
 
 use super::{now_secs, RedisBroker};
-use crate::broker::keys::{self, UNACKED, UNACKED_INDEX, UNACKED_MUTEX};
 use crate::error::BrokerError;
 
 impl RedisBroker {
@@ -14,12 +13,14 @@ impl RedisBroker {
     /// back (a requeueing reject), with `redelivered` set, and removes it
     /// from `unacked`. Returns false if it was no longer unacked.
     pub(crate) async fn restore(&self, tag: &str, leftmost: bool) -> Result<bool, BrokerError> {
+        let (unacked, unacked_index) = (self.keys().unacked(), self.keys().unacked_index());
+        let (unacked, unacked_index) = (unacked.as_str(), unacked_index.as_str());
         self.stats.round_trip();
         let entry: Option<Vec<u8>> = self
             .link
             .call_until_done("reading an unacked message", |mut conn| async move {
                 redis::cmd("HGET")
-                    .arg(UNACKED)
+                    .arg(unacked)
                     .arg(tag)
                     .query_async(&mut conn)
                     .await
@@ -31,7 +32,7 @@ impl RedisBroker {
                 .link
                 .call(|mut conn| async move {
                     redis::cmd("ZREM")
-                        .arg(UNACKED_INDEX)
+                        .arg(unacked_index)
                         .arg(tag)
                         .query_async::<()>(&mut conn)
                         .await
@@ -54,7 +55,7 @@ impl RedisBroker {
         }
         let dests: Vec<String> = queues
             .iter()
-            .map(|q| keys::queue_key(q, priority))
+            .map(|q| self.keys().queue_key(q, priority))
             .collect();
         self.stats.round_trip();
         let restored: i64 = self
@@ -66,8 +67,8 @@ impl RedisBroker {
                     redis::cmd("EVALSHA")
                         .arg(sha)
                         .arg(dests.len() + 2)
-                        .arg(UNACKED)
-                        .arg(UNACKED_INDEX)
+                        .arg(unacked)
+                        .arg(unacked_index)
                         .arg(dests)
                         .arg(tag)
                         .arg(payload)
@@ -97,12 +98,14 @@ impl RedisBroker {
         // killed and started again under the same name) is taken over
         // at once instead of stopping every sweep for its lifetime.
         let token = self.worker.as_str();
+        let (mutex, unacked_index) = (self.keys().unacked_mutex(), self.keys().unacked_index());
+        let (mutex, unacked_index) = (mutex.as_str(), unacked_index.as_str());
         self.stats.round_trip();
         let holder: Option<String> = self
             .link
             .call(|mut conn| async move {
                 let set: Option<String> = redis::cmd("SET")
-                    .arg(UNACKED_MUTEX)
+                    .arg(mutex)
                     .arg(token)
                     .arg("NX")
                     .arg("PX")
@@ -113,7 +116,7 @@ impl RedisBroker {
                     return Ok(Some(token.to_owned()));
                 }
                 redis::cmd("GET")
-                    .arg(UNACKED_MUTEX)
+                    .arg(mutex)
                     .query_async(&mut conn)
                     .await
             })
@@ -129,7 +132,7 @@ impl RedisBroker {
                 .link
                 .call(|mut conn| async move {
                     redis::cmd("ZREVRANGEBYSCORE")
-                        .arg(UNACKED_INDEX)
+                        .arg(unacked_index)
                         .arg(format!("{ceiling:.6}"))
                         .arg("-inf")
                         .query_async(&mut conn)
@@ -159,7 +162,7 @@ impl RedisBroker {
                     redis::cmd("EVALSHA")
                         .arg(sha)
                         .arg(1)
-                        .arg(UNACKED_MUTEX)
+                        .arg(mutex)
                         .arg(token)
                         .query_async::<i64>(&mut conn)
                         .await

@@ -10,7 +10,7 @@ use redis::aio::MultiplexedConnection;
 
 /// Step 1 of a fetch: moves up to `ARGV[1]` messages from the queue keys,
 /// in the given order, each into its own in-flight list of this worker
-/// (see [`crate::broker::keys::inflight_key`]). Nothing is lost whatever
+/// (see [`crate::config::RedisKeys::inflight_key`]). Nothing is lost whatever
 /// happens next: a message is in its queue or in an in-flight list at
 /// every instant, and an in-flight list is recorded (step 2) or returned
 /// to its queue by [`RETURN`].

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::scripts::Scripts;
-use crate::broker::keys::{self, UNACKED, UNACKED_INDEX};
 use crate::broker::Publish;
 use crate::canvas::chord::{JoinKeys, DONE_SECONDS};
 use crate::conn::Link;
@@ -84,22 +83,23 @@ pub(crate) struct Targets {
     pub(crate) forward: Option<mpsc::UnboundedSender<Concluded>>,
 }
 
-/// The COMMIT call for results `stores` (keys, payloads), `pushes` and
-/// `acks`, under `once` (`""`: no pushes, no once-key needed).
+/// The COMMIT call of `t` for results `stores` (keys, payloads),
+/// `pushes` and `acks`, under `once` (`""`: no pushes, no once-key
+/// needed).
 pub(super) fn commit(
-    sha: &str,
+    t: &Targets,
     once: &str,
-    expires: u64,
     stores: (&[String], &[String]),
     pushes: &[Push],
     done: &[String],
     acks: &[String],
 ) -> redis::Cmd {
+    let keys = &t.broker.settings().keys;
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha)
+    cmd.arg(&t.scripts.commit)
         .arg(3 + stores.0.len() + 2 * pushes.len() + 5 * done.len())
-        .arg(UNACKED)
-        .arg(UNACKED_INDEX)
+        .arg(keys.unacked())
+        .arg(keys.unacked_index())
         .arg(once)
         .arg(stores.0);
     for p in pushes {
@@ -113,7 +113,7 @@ pub(super) fn commit(
             .arg(&k.parts)
             .arg(&k.claim);
     }
-    cmd.arg(expires)
+    cmd.arg(t.result_expires)
         .arg(stores.0.len())
         .arg(pushes.len())
         .arg(done.len())
@@ -135,15 +135,7 @@ pub(super) async fn store_on(
     keys: &[String],
     payloads: &[String],
 ) -> Result<(), BrokerError> {
-    let cmd = commit(
-        &t.scripts.commit,
-        "",
-        t.result_expires,
-        (keys, payloads),
-        &[],
-        &[],
-        &[],
-    );
+    let cmd = commit(t, "", (keys, payloads), &[], &[], &[]);
     let what = format!("storing {} result(s)", keys.len());
     stats.round_trip();
     backend
@@ -169,6 +161,7 @@ pub(super) async fn route_follow_ups(
     if follow_ups.is_empty() {
         return Ok(Vec::new());
     }
+    let keys = &t.broker.settings().keys;
     let mut tables: BTreeMap<&str, Vec<Vec<u8>>> = follow_ups
         .iter()
         .map(|f| f.exchange.as_str())
@@ -178,7 +171,7 @@ pub(super) async fn route_follow_ups(
     if !tables.is_empty() {
         let mut pipe = redis::pipe();
         for exchange in tables.keys() {
-            pipe.cmd("SMEMBERS").arg(keys::binding_key(exchange));
+            pipe.cmd("SMEMBERS").arg(keys.binding_key(exchange));
         }
         stats.round_trip();
         let read: Vec<Vec<Vec<u8>>> = t
@@ -196,7 +189,7 @@ pub(super) async fn route_follow_ups(
     let mut pushes = Vec::with_capacity(follow_ups.len());
     for f in follow_ups {
         let queues = match tables.get(f.exchange.as_str()) {
-            Some(table) => super::bindings::route(table, &f.routing_key),
+            Some(table) => super::bindings::route(table, &f.routing_key, &keys.sep),
             None if f.routing_key.is_empty() => Vec::new(),
             None => vec![f.routing_key.clone()],
         };
@@ -208,7 +201,7 @@ pub(super) async fn route_follow_ups(
         }
         for q in queues {
             pushes.push(Push {
-                list: keys::queue_key(&q, f.priority),
+                list: keys.queue_key(&q, f.priority),
                 payload: f.payload.clone(),
                 once: f.once.clone(),
             });
