@@ -90,13 +90,14 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
             .iter()
             .all(|s| s.master_port().is_some_and(|p| p != old))
     });
-    gp.wait_for("announce a new master");
+    let mut gp_log = gp.wait_for("announce a new master");
     let after = send(500);
     let mut ping = greenpool(&topo, "inspect");
     ping.args(["ping", "--timeout", "2", "-d", "gp@sentinel-test"]);
     let pong = stdout_of(ping, "greenpool inspect ping after the failover");
 
-    let (gp_log, py_log) = (gp.stop_and_log(), py.stop_and_log());
+    gp_log.extend(gp.stop_and_log());
+    let py_log = py.stop_and_log();
     let count = |ids: &[String]| {
         let by_gp = runs(&[&gp_log], "greenpool.add", ids);
         let by_py = runs(&[&py_log], "greenpool.add", ids);

@@ -447,7 +447,10 @@ impl Link {
                 self.shown,
                 delay.as_secs_f64()
             );
-            tokio::time::sleep(delay).await;
+            match &self.sentinel {
+                Some(target) => target.backoff(delay).await,
+                None => tokio::time::sleep(delay).await,
+            }
         }
     }
 

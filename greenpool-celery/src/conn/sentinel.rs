@@ -155,6 +155,16 @@ impl SentinelTarget {
         }
     }
 
+    /// Sleeps `delay`, or less when a new master is announced meanwhile
+    /// (a reconnection's backoff need not outlast the failover).
+    pub(crate) async fn backoff(&self, delay: Duration) {
+        let seen = self.switches();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.switched_since(seen) => {}
+        }
+    }
+
     /// Returns at once unless a failover is under way; then waits until
     /// the sentinels announce its end, [`HOLD_LIMIT`] at most.
     pub(crate) async fn hold(&self, name: &str) {

@@ -198,7 +198,10 @@ impl Subscriber {
                         self.label,
                         delay.as_secs_f64()
                     );
-                    tokio::time::sleep(delay).await;
+                    match &self.sentinel {
+                        Some(target) => target.backoff(delay).await,
+                        None => tokio::time::sleep(delay).await,
+                    }
                 }
             }
         }

@@ -115,10 +115,7 @@ impl RedisBroker {
                 if set.is_some() {
                     return Ok(Some(token.to_owned()));
                 }
-                redis::cmd("GET")
-                    .arg(mutex)
-                    .query_async(&mut conn)
-                    .await
+                redis::cmd("GET").arg(mutex).query_async(&mut conn).await
             })
             .await
             .map_err(|e| BrokerError::Redis(e.error))?;
