@@ -264,8 +264,8 @@ fn unusable_transport_options_are_refused_with_the_reason() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, err) = run(&["--broker-transport-options", r#"{"global_keyprefix": "x"}"#]);
-    assert!(!ok && err.contains("global_keyprefix"), "{err}");
+    let (ok, err) = run(&["--broker-transport-options", r#"{"max_connections": 5}"#]);
+    assert!(!ok && err.contains("max_connections"), "{err}");
     let (ok, err) = run(&[
         "--broker",
         "sentinel://127.0.0.1:1/0",
