@@ -15,10 +15,9 @@ pub(crate) struct TransportArgs {
     /// greenpool does not support is refused.
     #[arg(long, env = "GREENPOOL_BROKER_TRANSPORT_OPTIONS", value_name = "JSON")]
     broker_transport_options: Option<String>,
-    /// Celery's result_backend_transport_options as JSON: master_name,
-    /// sentinel_kwargs, socket_timeout, socket_connect_timeout,
-    /// health_check_interval. (inspect and control never read results:
-    /// there they are only checked.)
+    /// Celery's result_backend_transport_options as JSON: master_name and
+    /// sentinel_kwargs for a sentinel:// result backend. (inspect and
+    /// control never read results: there they are only checked.)
     #[arg(
         long,
         env = "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",

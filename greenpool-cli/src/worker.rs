@@ -71,9 +71,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "JSON")]
     broker_transport_options: Option<String>,
     /// Celery's result_backend_transport_options as JSON: `master_name`
-    /// and `sentinel_kwargs` for a sentinel:// result backend,
-    /// `socket_timeout`, `socket_connect_timeout`,
-    /// `health_check_interval`.
+    /// and `sentinel_kwargs` for a sentinel:// result backend.
     #[arg(long, value_name = "JSON")]
     result_backend_transport_options: Option<String>,
     /// Operating the worker: -E, --autoscale, time limits.

@@ -16,7 +16,7 @@ use crate::config::TransportOptions;
 ///         "broker",
 ///     )?)
 ///     .result_backend_transport_options(TransportOptions::parse(
-///         r#"{"health_check_interval": 30}"#,
+///         r#"{"master_name": "results"}"#,
 ///         "result backend",
 ///     )?);
 /// assert_eq!(options.broker.keys.global_keyprefix, "gp:");

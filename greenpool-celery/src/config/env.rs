@@ -63,7 +63,7 @@ pub const WORKER_VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
-        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs, socket options)",
+        "Redis: result_backend_transport_options as JSON (master_name, sentinel_kwargs)",
     ),
     (
         "GREENPOOL_QUEUE_MAX_PRIORITY",
@@ -318,7 +318,7 @@ mod tests {
             ("GREENPOOL_VISIBILITY_TIMEOUT", "60"),
             (
                 "GREENPOOL_RESULT_BACKEND_TRANSPORT_OPTIONS",
-                r#"{"health_check_interval": 7}"#,
+                r#"{"master_name": "results"}"#,
             ),
         ])
         .unwrap();
@@ -330,8 +330,8 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(
-            c.redis.backend_socket.health_check_interval,
-            Some(Duration::from_secs(7))
+            c.redis.backend_sentinel.master_name.as_deref(),
+            Some("results")
         );
         let e = with(&[
             (

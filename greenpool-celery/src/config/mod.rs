@@ -245,8 +245,7 @@ impl WorkerConfig {
         self
     }
     /// Applies Celery's `result_backend_transport_options`: the sentinel
-    /// settings of a `sentinel://` result backend URL and the socket
-    /// options.
+    /// settings of a `sentinel://` result backend URL.
     pub fn result_backend_transport_options(mut self, t: TransportOptions) -> Self {
         self.redis.backend_sentinel = t.sentinel;
         self.redis.backend_socket = t.socket;

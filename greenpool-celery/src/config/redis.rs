@@ -49,7 +49,9 @@ pub struct RedisOptions {
     /// The broker connection's `socket_timeout`,
     /// `socket_connect_timeout` and `health_check_interval`.
     pub broker_socket: super::SocketOptions,
-    /// The result backend connection's.
+    /// The result backend connection's (Celery's `redis_socket_timeout`,
+    /// `redis_socket_connect_timeout`, `redis_backend_health_check_interval`;
+    /// settable from Rust only).
     pub backend_socket: super::SocketOptions,
 }
 

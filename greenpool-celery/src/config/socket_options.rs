@@ -1,19 +1,22 @@
-//! [`SocketOptions`]: the transport options that say how one Redis
+//! [`SocketOptions`]: the broker transport options that say how a Redis
 //! connection is opened and watched (`socket_timeout`,
 //! `socket_connect_timeout`, `health_check_interval`).
 
 use std::time::Duration;
 
-/// How one Redis connection (the broker's or the result backend's) is
-/// opened and watched, from its transport options; `None` keeps
-/// greenpool's default.
+/// How a Redis connection is opened and watched; `None` keeps
+/// greenpool's default. Read from `broker_transport_options` for the
+/// broker's connections; the result backend's can be set from Rust
+/// ([`RedisOptions::backend_socket`](crate::RedisOptions::backend_socket)),
+/// since Celery reads them from settings of their own (`redis_socket_timeout`,
+/// ...) rather than from `result_backend_transport_options`.
 ///
 /// ```
 /// use std::time::Duration;
 /// use greenpool_celery::TransportOptions;
 /// let t = TransportOptions::parse(
 ///     r#"{"socket_timeout": 5, "socket_connect_timeout": 2, "health_check_interval": 30}"#,
-///     "result backend",
+///     "broker",
 /// ).unwrap();
 /// assert_eq!(t.socket.socket_timeout, Some(Duration::from_secs(5)));
 /// assert_eq!(t.socket.socket_connect_timeout, Some(Duration::from_secs(2)));

@@ -41,7 +41,9 @@ pub enum QueueOrder {
 /// `socket_timeout`, `socket_connect_timeout`, `health_check_interval`
 /// (see [`SocketOptions`]), and `ack_emulation` (only `true`: greenpool
 /// always keeps kombu's unacked bookkeeping). Result backend options:
-/// `master_name`, `sentinel_kwargs` and the three socket options.
+/// `master_name`, `sentinel_kwargs` (Celery's result backend reads its
+/// socket settings from `redis_socket_timeout` and the like, not from
+/// its transport options, so they are refused there).
 ///
 /// ```
 /// use std::time::Duration;
@@ -72,7 +74,7 @@ pub struct TransportOptions {
     /// `queue_order_strategy` (broker options only).
     pub queue_order_strategy: QueueOrder,
     /// `socket_timeout`, `socket_connect_timeout` and
-    /// `health_check_interval`, in seconds.
+    /// `health_check_interval`, in seconds (broker options only).
     pub socket: SocketOptions,
 }
 
@@ -147,12 +149,17 @@ const BROKER_KEYS: &[&str] = &[
 ];
 
 /// The result backend options greenpool reads.
-const BACKEND_KEYS: &[&str] = &[
-    "master_name",
-    "sentinel_kwargs",
-    "health_check_interval",
-    "socket_timeout",
-    "socket_connect_timeout",
+const BACKEND_KEYS: &[&str] = &["master_name", "sentinel_kwargs"];
+
+/// Broker options Celery's result backend reads from its own settings
+/// instead of `result_backend_transport_options`.
+const BACKEND_SETTINGS: &[(&str, &str)] = &[
+    ("socket_timeout", "redis_socket_timeout"),
+    ("socket_connect_timeout", "redis_socket_connect_timeout"),
+    (
+        "health_check_interval",
+        "redis_backend_health_check_interval",
+    ),
 ];
 
 /// Seconds as a positive duration, or why not.
@@ -254,18 +261,18 @@ impl TransportOptions {
                     }
                 }
             }
-            ("health_check_interval", Value::Number(n)) => {
+            ("health_check_interval", Value::Number(n)) if broker => {
                 self.socket.health_check_interval = if n.as_f64() == Some(0.0) {
                     None
                 } else {
                     Some(positive_secs(key, &n)?)
                 };
             }
-            ("socket_timeout" | "socket_connect_timeout", Value::Null) => {}
-            ("socket_timeout", Value::Number(n)) => {
+            ("socket_timeout" | "socket_connect_timeout", Value::Null) if broker => {}
+            ("socket_timeout", Value::Number(n)) if broker => {
                 self.socket.socket_timeout = Some(positive_secs(key, &n)?);
             }
-            ("socket_connect_timeout", Value::Number(n)) => {
+            ("socket_connect_timeout", Value::Number(n)) if broker => {
                 self.socket.socket_connect_timeout = Some(positive_secs(key, &n)?);
             }
             ("visibility_timeout", Value::Number(n)) if broker => {
@@ -316,6 +323,14 @@ impl TransportOptions {
                 };
             }
             (key, value) => {
+                if let Some((_, setting)) = BACKEND_SETTINGS.iter().find(|(k, _)| *k == key) {
+                    if !broker {
+                        return Err(format!(
+                            "{key} is not a result backend transport option: Celery reads it \
+                             from the {setting} setting, which greenpool does not read"
+                        ));
+                    }
+                }
                 if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == key) {
                     return Err(format!("{key} is not supported by greenpool: {why}"));
                 }

@@ -120,11 +120,8 @@ mod tests {
             "broker",
         )
         .unwrap();
-        let backend =
-            TransportOptions::parse(r#"{"socket_connect_timeout": 1}"#, "result backend").unwrap();
-        let c = WorkerConfig::new("redis://x")
-            .broker_transport_options(broker.clone())
-            .result_backend_transport_options(backend);
+        let mut c = WorkerConfig::new("redis://x").broker_transport_options(broker.clone());
+        c.redis.backend_socket.socket_connect_timeout = Some(Duration::from_secs(1));
         let b = LinkSettings::from_config(&c);
         assert_eq!(b.command_timeout, Duration::from_secs(3));
         assert_eq!(b.connect_timeout, c.connection.connect_timeout);

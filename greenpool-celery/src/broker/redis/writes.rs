@@ -203,7 +203,8 @@ pub(super) async fn route_follow_ups(
             pushes.push(Push {
                 list: keys.queue_key(&q, f.priority),
                 payload: f.payload.clone(),
-                once: f.once.clone(),
+                // A once-key lives beside the lists, under their prefix.
+                once: f.once.as_deref().map(|o| keys.prefixed(o)),
             });
         }
     }
