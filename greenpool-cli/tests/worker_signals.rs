@@ -52,3 +52,30 @@ fn third_signal_ends_a_worker_whose_redis_hangs() {
     assert_eq!(status.code(), Some(1), "a forced exit says so: {status}");
     println!("third SIGTERM: worker exited with {status} while Redis hung");
 }
+
+/// A worker still retrying its first connection (nothing listens on the
+/// broker's port) stops at the first SIGTERM, with status 0: it had
+/// taken nothing.
+#[test]
+fn sigterm_while_the_broker_is_unreachable_at_start_stops_the_worker() {
+    let port = support::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_greenpool"));
+    cmd.args(["worker", "--broker", &format!("redis://127.0.0.1:{port}/0")])
+        .args(["-n", "unreachable@%h", "--loglevel", "info"])
+        .env_remove("RUST_LOG");
+    let mut worker = Proc::spawn("worker", cmd);
+    worker.wait_for("retrying in");
+    worker.signal("-TERM");
+    let mut lines = Vec::new();
+    let status = worker.exit_within(Duration::from_secs(30), &mut lines);
+    let Some(status) = status else {
+        panic!("SIGTERM during the startup retries was ignored: the worker still runs");
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("stopped before it reached its broker")),
+        "{lines:?}"
+    );
+}

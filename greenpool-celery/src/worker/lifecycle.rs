@@ -56,6 +56,12 @@ pub(crate) struct Start {
     pub(crate) metrics: Arc<WorkerMetrics>,
 }
 
+/// The report of a worker stopped while it still waited for its broker.
+fn stopped_before_ready() -> WorkerReport {
+    tracing::warn!("worker: stopped before it reached its broker; nothing was taken");
+    WorkerReport::default()
+}
+
 /// Runs a worker on transport `T` until shut down.
 pub(crate) async fn run<T: WorkerTransport>(start: Start) -> Result<WorkerReport, WorkerError> {
     let Start {
@@ -67,14 +73,19 @@ pub(crate) async fn run<T: WorkerTransport>(start: Start) -> Result<WorkerReport
         metrics,
     } = start;
     let queues = Arc::new(ActiveQueues::new(&config.queues));
-    let mut transport = T::connect(Connect {
+    // A shutdown asked for while the broker cannot be reached yet (the
+    // startup retries) stops the worker there: nothing was taken.
+    let connect = T::connect(Connect {
         config: &config,
         queues: &queues,
         stats: &stats,
         metrics: &metrics,
         warm: &shutdown.warm,
-    })
-    .await?;
+    });
+    let Some(transport) = shutdown.warm.run_until_cancelled(connect).await else {
+        return Ok(stopped_before_ready());
+    };
+    let mut transport = transport?;
     let backend = transport.results();
     let pool = TaskPool::builder()
         .limit(i64::try_from(config.initial_pool_limit()).unwrap_or(i64::MAX))
@@ -89,8 +100,11 @@ pub(crate) async fn run<T: WorkerTransport>(start: Start) -> Result<WorkerReport
         shutdown: shutdown.warm.clone(),
         queues,
         metrics,
-    })
-    .await?;
+    });
+    let Some(control) = shutdown.warm.run_until_cancelled(control).await else {
+        return Ok(stopped_before_ready());
+    };
+    let control = control?;
     let shared = Shared::new(Arc::clone(&control), transport.outbox());
     let config = &control.config;
     tracing::info!(
