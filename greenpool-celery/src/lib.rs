@@ -56,8 +56,12 @@
 //!    (`worker/lifecycle.rs`, once for every transport).
 //!
 //! Every connection reconnects by itself with backoff (`conn/` for Redis,
-//! `broker/amqp/session.rs` for AMQP). `RELIABILITY.md` lists the faults
-//! survived and their tests.
+//! `broker/amqp/session.rs` for AMQP). A Redis link reaches its server
+//! directly, over TLS (`conn/tls.rs`) or through Redis Sentinel
+//! (`conn/sentinel.rs`: the master asked for on each connection, calls
+//! held through a failover, `WAIT` for `sync_replicas`); the key names
+//! kombu's transport options change are in `config/redis_keys.rs`.
+//! `RELIABILITY.md` lists the faults survived and their tests.
 //!
 //! # Where a change goes
 //!
