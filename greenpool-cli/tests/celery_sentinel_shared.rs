@@ -95,6 +95,11 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
     let mut ping = greenpool(&topo, "inspect");
     ping.args(["ping", "--timeout", "2", "-d", "gp@sentinel-test"]);
     let pong = stdout_of(ping, "greenpool inspect ping after the failover");
+    // The Rust client through the sentinels, results read where the
+    // broker is (no result backend options of their own).
+    let mut call = greenpool(&topo, "call");
+    call.args(["greenpool.add", "[2, 3]", "--wait"]);
+    let five = stdout_of(call, "greenpool call --wait after the failover");
 
     gp_log.extend(gp.stop_and_log());
     let py_log = py.stop_and_log();
@@ -121,6 +126,7 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
     assert!(gp_ran > 0 && py_ran > 0, "both workers took a share");
     assert_eq!(once_after, 500);
     assert!(pong.contains("gp@"), "{pong}");
+    assert_eq!(five.lines().last(), Some("5"), "{five}");
 }
 
 /// Transport options the worker cannot honour, and a sentinel URL

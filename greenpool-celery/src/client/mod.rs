@@ -257,8 +257,11 @@ impl Client {
     ) -> Result<Self, BrokerError> {
         let settings = client_settings().with_transport(&options.broker);
         let broker = Arc::new(Link::open("broker", broker_url, settings, None).await?);
-        let same = options.result_backend.sentinel == options.broker.sentinel
-            && options.result_backend.socket == options.broker.socket;
+        // The broker's server holds the results too unless the backend
+        // was given options of its own that differ (as the worker does).
+        let same = options.result_backend == crate::config::TransportOptions::default()
+            || (options.result_backend.sentinel == options.broker.sentinel
+                && options.result_backend.socket == options.broker.socket);
         let backend = match result_backend {
             Some(url) if url == broker_url && same => Some(Arc::clone(&broker)),
             Some(url) => {
