@@ -104,7 +104,7 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
         || {
             let mut ping = greenpool(&topo, "inspect");
             ping.args(["ping", "--timeout", "2", "-d", "gp@sentinel-test"]);
-            pong = ping
+            let pong = ping
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
