@@ -157,20 +157,9 @@ fn scenario(
                 .query(&mut s)
                 .unwrap();
         }
-        Failover::Kill9 => {
-            let ok = Command::new("kill")
-                .args(["-KILL", &topo.master.pid().to_string()])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "kill -KILL of the master");
-        }
+        Failover::Kill9 => topo.kill_master(),
     }
-    until("a replica promoted", || {
-        topo.sentinels
-            .iter()
-            .all(|s| s.master_port().is_some_and(|p| p != old))
-    });
+    topo.wait_promoted(old);
     // Settled: nothing queued or unacked, and every result in or none
     // new for longer than the visibility timeout (what was lost stays
     // lost); or, for a worker that never comes back, SETTLE_LIMIT after

@@ -86,17 +86,8 @@ fn python_client_and_both_workers_share_work_through_the_sentinels() {
     // promoted replica, takes what the client sends there, and still
     // answers remote control (its pidbox subscription moved too).
     let old = topo.master.port;
-    let ok = Command::new("kill")
-        .args(["-KILL", &topo.master.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -KILL of the master");
-    until("a replica promoted", || {
-        topo.sentinels
-            .iter()
-            .all(|s| s.master_port().is_some_and(|p| p != old))
-    });
+    topo.kill_master();
+    topo.wait_promoted(old);
     let mut gp_log = gp.wait_for("announce a new master");
     let after = send(500);
     until(

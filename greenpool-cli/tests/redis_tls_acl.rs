@@ -96,6 +96,59 @@ fn have_openssl() -> bool {
     ok
 }
 
+/// A key and certificate in `dir` signed by the CA `ca.pem`:
+/// `<name>.key`, `<name>.pem`, for subject `subj`, with the extensions
+/// of section `ext` of `openssl.cnf`.
+fn sign(dir: &Path, name: &str, subj: &str, ext: &str) {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-config",
+            "openssl.cnf",
+            "-subj",
+            subj,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "openssl.cnf",
+            "-extensions",
+            ext,
+        ],
+    );
+}
+
 /// A CA (`<name>.pem`, `<name>.key`) in `dir`.
 fn make_ca(dir: &Path, name: &str) -> PathBuf {
     let (pem, key) = (format!("{name}.pem"), format!("{name}.key"));
@@ -141,95 +194,13 @@ impl Certs {
         std::fs::write(dir.path("openssl.cnf"), OPENSSL_CNF).unwrap();
         let ca = make_ca(&dir.0, "ca");
         let other_ca = make_ca(&dir.0, "other");
-        openssl(
-            &dir.0,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-config",
-                "openssl.cnf",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        );
-        openssl(
-            &dir.0,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "server_ext",
-            ],
-        );
+        sign(&dir.0, "server", "/CN=127.0.0.1", "server_ext");
         Certs { dir, ca, other_ca }
     }
 
     /// A client certificate the CA signed: `client.pem`, `client.key`.
     fn client(&self) -> (PathBuf, PathBuf) {
-        openssl(
-            &self.dir.0,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "client.key",
-                "-out",
-                "client.csr",
-                "-config",
-                "openssl.cnf",
-                "-subj",
-                "/CN=greenpool client",
-            ],
-        );
-        openssl(
-            &self.dir.0,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "client.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "client.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "openssl.cnf",
-                "-extensions",
-                "client_ext",
-            ],
-        );
+        sign(&self.dir.0, "client", "/CN=greenpool client", "client_ext");
         (self.dir.path("client.pem"), self.dir.path("client.key"))
     }
 }

@@ -173,6 +173,26 @@ impl Topology {
             .join(";")
     }
 
+    /// Kills the first master with SIGKILL.
+    pub fn kill_master(&self) {
+        let ok = Command::new("kill")
+            .args(["-KILL", &self.master.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -KILL of the master");
+    }
+
+    /// Waits until every sentinel names a master other than the one on
+    /// port `old`.
+    pub fn wait_promoted(&self, old: u16) {
+        until("a replica promoted", || {
+            self.sentinels
+                .iter()
+                .all(|s| s.master_port().is_some_and(|p| p != old))
+        });
+    }
+
     /// A connection to whichever server the first sentinel names master.
     pub fn master_conn(&self) -> redis::Connection {
         let port = self.sentinels[0].master_port().unwrap();
